@@ -1,0 +1,11 @@
+//! DaemonEye IPC: procmond (the privileged collector) streams protobuf-encoded
+//! process data to daemoneye-agent (the detection orchestrator) through a
+//! shared-memory ring. See `ARCHITECTURE.md` for the layers.
+
+pub mod codec;
+pub mod collector;
+pub mod control;
+pub mod models;
+pub mod proto;
+pub mod ring;
+pub mod sys;
