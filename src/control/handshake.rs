@@ -62,21 +62,19 @@ pub fn accept_client(
         return Err(err);
     }
 
-    let hello = match read_message::<ClientFrame>(&stream, 0, Some(deadline), "the client hello") {
-        Ok((frame, _)) => match frame.body {
+    let hello = read_message::<ClientFrame>(&stream, 0, Some(deadline), "the client hello")
+        .and_then(|(frame, _)| match frame.body {
             Some(client_frame::Body::Hello(hello)) => Ok(hello),
             other => Err(ControlError::UnexpectedFrame {
                 expected: "a client hello",
                 got: frame_name_client(other.as_ref()),
             }),
-        },
-        Err(err) => Err(err),
-    };
-    let hello = hello.inspect_err(|err| {
-        if err.is_protocol_violation() || matches!(err, ControlError::Timeout { .. }) {
-            send_refusal(&stream, RefusalCode::BadFrame, err.to_string());
-        }
-    })?;
+        })
+        .inspect_err(|err| {
+            if err.is_protocol_violation() || matches!(err, ControlError::Timeout { .. }) {
+                send_refusal(&stream, RefusalCode::BadFrame, err.to_string());
+            }
+        })?;
 
     if hello.protocol_version != PROTOCOL_VERSION {
         let reason = format!(
