@@ -7,6 +7,12 @@ pub mod ipc {
     include!(concat!(env!("OUT_DIR"), "/daemoneye.ipc.rs"));
 }
 
+/// Generated code for package `daemoneye.control`: the control-socket envelope.
+#[allow(clippy::all, missing_docs)]
+pub mod control {
+    include!(concat!(env!("OUT_DIR"), "/daemoneye.control.rs"));
+}
+
 pub use ipc::{DetectionResult, DetectionTask};
 
 /// The schema's `HashCheck`.

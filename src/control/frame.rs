@@ -1,0 +1,513 @@
+//! Length-delimited protobuf frames on a Unix stream socket.
+//!
+//! A frame is a 4-byte little-endian payload length, then the payload (one
+//! encoded protobuf message), at most [`MAX_FRAME_BYTES`]. The length is
+//! checked before anything is allocated for the payload. A frame may carry
+//! file descriptors (`SCM_RIGHTS`): they ride on its first bytes and belong to
+//! that frame; a reader never reads past the end of the frame it is reading,
+//! so descriptors cannot slip into the wrong frame.
+//!
+//! Reads take an optional deadline for the whole frame; in addition, once a
+//! frame has begun, its remaining bytes must arrive within
+//! [`FRAME_COMPLETION_TIMEOUT`], so a peer that stalls mid-frame cannot hold a
+//! reader forever even when it waits for the next frame without a deadline.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+
+use super::error::ControlError;
+use crate::sys::socket::{FdsTruncated, recv_with_fds, send_with_fds};
+
+/// The hard cap on a control frame's payload: 64 KiB.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// The most file descriptors one frame may carry.
+pub const MAX_FDS_PER_FRAME: usize = 16;
+
+/// How long the rest of a frame may take once its first byte has arrived.
+pub const FRAME_COMPLETION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One frame as read: its payload and the descriptors that came with it.
+#[derive(Debug)]
+pub struct Frame {
+    /// The payload, without the length prefix.
+    pub payload: Vec<u8>,
+    /// Descriptors received with the frame, close-on-exec.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Encodes `message` and writes it as one frame, `fds` attached to its first
+/// byte.
+///
+/// A message that encodes to more than [`MAX_FRAME_BYTES`] is refused with
+/// [`ControlError::FrameTooLarge`] before anything is sent.
+pub fn write_message<M: Message>(
+    stream: &UnixStream,
+    message: &M,
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+) -> Result<(), ControlError> {
+    let len = message.encoded_len();
+    if len > MAX_FRAME_BYTES {
+        return Err(ControlError::FrameTooLarge {
+            len: len as u64,
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    let mut bytes = Vec::with_capacity(LENGTH_PREFIX_BYTES + len);
+    bytes.extend_from_slice(&(len as u32).to_le_bytes());
+    message.encode(&mut bytes).map_err(|e| ControlError::Io {
+        context: "encoding a control frame",
+        source: io::Error::other(e),
+    })?;
+    write_all(stream, &bytes, fds, deadline)
+}
+
+/// Writes `payload` as one frame, `fds` attached to its first byte.
+pub fn write_frame(
+    stream: &UnixStream,
+    payload: &[u8],
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+) -> Result<(), ControlError> {
+    if payload.len() > MAX_FRAME_BYTES {
+        return Err(ControlError::FrameTooLarge {
+            len: payload.len() as u64,
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    let mut bytes = Vec::with_capacity(LENGTH_PREFIX_BYTES + payload.len());
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(payload);
+    write_all(stream, &bytes, fds, deadline)
+}
+
+/// Sends all of `bytes` (prefix and payload), the descriptors with the first
+/// chunk.
+fn write_all(
+    stream: &UnixStream,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+) -> Result<(), ControlError> {
+    const SENDING: &str = "sending a control frame";
+    const WAITING: &str = "the peer to take a control frame";
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let timeout = remaining(deadline, WAITING)?;
+        stream
+            .set_write_timeout(timeout)
+            .map_err(|e| ControlError::Io {
+                context: "setting the send timeout",
+                source: e,
+            })?;
+        let fds_now = if sent == 0 { fds } else { &[] };
+        match send_with_fds(stream, &bytes[sent..], fds_now) {
+            Ok(0) => return Err(ControlError::PeerGone),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ControlError::from_io(SENDING, WAITING, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one frame and decodes it as `M`, accepting up to `max_fds`
+/// descriptors with it.
+///
+/// `waiting_for` names the frame in a [`ControlError::Timeout`].
+pub fn read_message<M: Message + Default>(
+    stream: &UnixStream,
+    max_fds: usize,
+    deadline: Option<Instant>,
+    waiting_for: &'static str,
+) -> Result<(M, Vec<OwnedFd>), ControlError> {
+    let frame = read_frame(stream, max_fds, deadline, waiting_for)?;
+    let message =
+        M::decode(frame.payload.as_slice()).map_err(|source| ControlError::Malformed {
+            message: short_type_name::<M>(),
+            source,
+        })?;
+    Ok((message, frame.fds))
+}
+
+/// Reads one frame, accepting up to `max_fds` descriptors with it.
+///
+/// End of stream before the first byte is [`ControlError::PeerGone`]; after
+/// it, [`ControlError::Truncated`]. A length beyond [`MAX_FRAME_BYTES`] is
+/// [`ControlError::FrameTooLarge`], reported without reading or allocating the
+/// payload (the stream is then out of step and should be closed).
+pub fn read_frame(
+    stream: &UnixStream,
+    max_fds: usize,
+    deadline: Option<Instant>,
+    waiting_for: &'static str,
+) -> Result<Frame, ControlError> {
+    let max_fds = max_fds.min(MAX_FDS_PER_FRAME);
+    let mut reader = FrameReader {
+        stream,
+        max_fds,
+        fds: Vec::new(),
+        deadline,
+        waiting_for,
+        expected: LENGTH_PREFIX_BYTES,
+        got: 0,
+    };
+
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    let got = reader.fill(&mut prefix)?;
+    if got < LENGTH_PREFIX_BYTES {
+        return Err(if got == 0 {
+            ControlError::PeerGone
+        } else {
+            ControlError::Truncated {
+                expected: LENGTH_PREFIX_BYTES,
+                got,
+            }
+        });
+    }
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(ControlError::FrameTooLarge {
+            len: len as u64,
+            max: MAX_FRAME_BYTES,
+        });
+    }
+
+    reader.expected = LENGTH_PREFIX_BYTES + len;
+    let mut payload = vec![0u8; len];
+    let got = reader.fill(&mut payload)?;
+    if got < len {
+        return Err(ControlError::Truncated {
+            expected: LENGTH_PREFIX_BYTES + len,
+            got: LENGTH_PREFIX_BYTES + got,
+        });
+    }
+    Ok(Frame {
+        payload,
+        fds: reader.fds,
+    })
+}
+
+/// Reading state for one frame: descriptors gathered so far and the deadline,
+/// which tightens to [`FRAME_COMPLETION_TIMEOUT`] once the frame has begun.
+struct FrameReader<'s> {
+    stream: &'s UnixStream,
+    max_fds: usize,
+    fds: Vec<OwnedFd>,
+    deadline: Option<Instant>,
+    waiting_for: &'static str,
+    /// Bytes of the frame (prefix included) known to be due so far.
+    expected: usize,
+    /// Bytes of the frame received so far.
+    got: usize,
+}
+
+impl FrameReader<'_> {
+    /// Fills `buf` unless the stream ends first; returns the bytes read.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, ControlError> {
+        const RECEIVING: &str = "receiving a control frame";
+        let mut got = 0;
+        while got < buf.len() {
+            let timeout =
+                remaining(self.deadline, self.waiting_for).map_err(|e| self.stalled_or(e))?;
+            self.stream
+                .set_read_timeout(timeout)
+                .map_err(|e| ControlError::Io {
+                    context: "setting the receive timeout",
+                    source: e,
+                })?;
+            let room = self.max_fds - self.fds.len();
+            match recv_with_fds(self.stream, &mut buf[got..], room) {
+                Ok((0, _)) => break,
+                Ok((n, fds)) => {
+                    if self.got == 0 {
+                        let limit = Instant::now() + FRAME_COMPLETION_TIMEOUT;
+                        self.deadline = Some(self.deadline.map_or(limit, |d| d.min(limit)));
+                    }
+                    got += n;
+                    self.got += n;
+                    self.fds.extend(fds);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if e.get_ref().is_some_and(|inner| inner.is::<FdsTruncated>()) {
+                        return Err(ControlError::TooManyFds { max: self.max_fds });
+                    }
+                    return Err(self.stalled_or(ControlError::from_io(
+                        RECEIVING,
+                        self.waiting_for,
+                        e,
+                    )));
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// A timeout once the frame has begun means the peer stalled mid-frame.
+    fn stalled_or(&self, err: ControlError) -> ControlError {
+        match err {
+            ControlError::Timeout { .. } if self.got > 0 => ControlError::Stalled {
+                expected: self.expected,
+                got: self.got,
+            },
+            other => other,
+        }
+    }
+}
+
+/// The time left before `deadline` as a socket timeout (`None`: no bound),
+/// or [`ControlError::Timeout`] when it has passed.
+fn remaining(
+    deadline: Option<Instant>,
+    waiting_for: &'static str,
+) -> Result<Option<Duration>, ControlError> {
+    match deadline {
+        None => Ok(None),
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(ControlError::Timeout { waiting_for })
+            } else {
+                Ok(Some(left))
+            }
+        }
+    }
+}
+
+/// `daemoneye_lib::proto::control::ClientFrame` → `ClientFrame`.
+fn short_type_name<M>() -> &'static str {
+    let full = std::any::type_name::<M>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::control::{ClientFrame, Goodbye, client_frame::Body};
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    fn soon() -> Option<Instant> {
+        Some(Instant::now() + Duration::from_secs(5))
+    }
+
+    fn goodbye(reason: &str) -> ClientFrame {
+        ClientFrame {
+            body: Some(Body::Goodbye(Goodbye {
+                reason: reason.into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn a_message_round_trips() {
+        let (a, b) = UnixStream::pair().unwrap();
+        write_message(&a, &goodbye("done"), &[], soon()).unwrap();
+        let (got, fds) = read_message::<ClientFrame>(&b, 0, soon(), "a frame").unwrap();
+        assert_eq!(got, goodbye("done"));
+        assert!(fds.is_empty());
+    }
+
+    #[test]
+    fn frames_keep_their_own_descriptors() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        write_frame(&a, b"first", &[], soon()).unwrap();
+        write_frame(&a, b"second", &[r.as_fd()], soon()).unwrap();
+        write_frame(&a, b"third", &[], soon()).unwrap();
+        let first = read_frame(&b, 4, soon(), "first").unwrap();
+        let second = read_frame(&b, 4, soon(), "second").unwrap();
+        let third = read_frame(&b, 4, soon(), "third").unwrap();
+        assert_eq!(
+            (first.payload.as_slice(), first.fds.len()),
+            (&b"first"[..], 0)
+        );
+        assert_eq!(
+            (second.payload.as_slice(), second.fds.len()),
+            (&b"second"[..], 1)
+        );
+        assert_eq!(
+            (third.payload.as_slice(), third.fds.len()),
+            (&b"third"[..], 0)
+        );
+    }
+
+    #[test]
+    fn an_empty_payload_is_a_frame() {
+        let (a, b) = UnixStream::pair().unwrap();
+        write_frame(&a, b"", &[], soon()).unwrap();
+        assert!(
+            read_frame(&b, 0, soon(), "a frame")
+                .unwrap()
+                .payload
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_huge_length_prefix_is_refused_before_allocating() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        // Claims 2 GiB; a reader that allocated first would try to.
+        a.write_all(&0x8000_0000u32.to_le_bytes()).unwrap();
+        let err = read_frame(&b, 0, soon(), "a frame").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ControlError::FrameTooLarge {
+                    len: 0x8000_0000,
+                    max: MAX_FRAME_BYTES
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("2147483648"), "{err}");
+    }
+
+    #[test]
+    fn the_cap_itself_is_allowed_and_one_more_is_not() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let big = vec![7u8; MAX_FRAME_BYTES];
+        let writer = std::thread::spawn(move || write_frame(&a, &big, &[], soon()).map(|()| a));
+        assert_eq!(
+            read_frame(&b, 0, soon(), "a frame").unwrap().payload.len(),
+            MAX_FRAME_BYTES
+        );
+        let a = writer.join().unwrap().unwrap();
+        let err = write_frame(&a, &vec![0u8; MAX_FRAME_BYTES + 1], &[], soon()).unwrap_err();
+        assert!(
+            matches!(err, ControlError::FrameTooLarge { len, .. } if len == MAX_FRAME_BYTES as u64 + 1)
+        );
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let (a, b) = UnixStream::pair().unwrap();
+        write_frame(&a, &[0xff; 12], &[], soon()).unwrap();
+        let err = read_message::<ClientFrame>(&b, 0, soon(), "a frame").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ControlError::Malformed {
+                    message: "ClientFrame",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn eof_at_a_boundary_is_peer_gone() {
+        let (a, b) = UnixStream::pair().unwrap();
+        write_frame(&a, b"last", &[], soon()).unwrap();
+        drop(a);
+        read_frame(&b, 0, soon(), "a frame").unwrap();
+        assert!(matches!(
+            read_frame(&b, 0, soon(), "a frame"),
+            Err(ControlError::PeerGone)
+        ));
+    }
+
+    #[test]
+    fn eof_inside_a_frame_is_truncated() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&10u32.to_le_bytes()).unwrap();
+        a.write_all(b"abc").unwrap();
+        drop(a);
+        let err = read_frame(&b, 0, soon(), "a frame").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ControlError::Truncated {
+                    expected: 14,
+                    got: 7
+                }
+            ),
+            "{err}"
+        );
+
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&[1, 0]).unwrap();
+        drop(a);
+        let err = read_frame(&b, 0, soon(), "a frame").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ControlError::Truncated {
+                    expected: 4,
+                    got: 2
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn silence_times_out_at_the_deadline() {
+        let (_a, b) = UnixStream::pair().unwrap();
+        let deadline = Instant::now() + Duration::from_millis(30);
+        let err = read_frame(&b, 0, Some(deadline), "the test frame").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ControlError::Timeout {
+                    waiting_for: "the test frame"
+                }
+            ),
+            "{err}"
+        );
+        assert!(Instant::now() >= deadline);
+    }
+
+    #[test]
+    fn a_peer_stalling_mid_frame_is_reported_as_such() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&8u32.to_le_bytes()).unwrap();
+        a.write_all(b"abc").unwrap();
+        let err = read_frame(
+            &b,
+            0,
+            Some(Instant::now() + Duration::from_millis(30)),
+            "a frame",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ControlError::Stalled {
+                    expected: 12,
+                    got: 7
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn descriptors_where_none_are_expected_are_refused() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        write_frame(&a, b"x", &[r.as_fd()], soon()).unwrap();
+        let err = read_frame(&b, 0, soon(), "a frame").unwrap_err();
+        assert!(matches!(err, ControlError::TooManyFds { max: 0 }), "{err}");
+    }
+
+    #[test]
+    fn writing_to_a_closed_peer_is_peer_gone() {
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        assert!(matches!(
+            write_frame(&a, b"x", &[], soon()),
+            Err(ControlError::PeerGone)
+        ));
+    }
+}

@@ -1,0 +1,465 @@
+//! The opening exchange on a new connection.
+//!
+//! ```text
+//! agent                                   procmond
+//!   │  connect ─────────────────────────────▶ │ SO_PEERCRED uid in the allow-list?
+//!   │                                         │   no: Refusal(NOT_ALLOWED), close
+//!   │  ClientFrame{hello: version, name} ───▶ │ version equal?
+//!   │                                         │   no: Refusal(VERSION_MISMATCH), close
+//!   │                                         │ (daemon: room for a client? make its ring)
+//!   │ ◀── ServerFrame{hello: sizes, fd_count} │
+//!   │     + the ring's descriptors (SCM_RIGHTS)
+//! ```
+//!
+//! Every step has a deadline. A refused peer is told why in a
+//! [`Refusal`] before the socket closes.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::allow::AllowList;
+use super::channel::{ClientChannel, ServerChannel, frame_name_client, frame_name_server};
+use super::error::ControlError;
+use super::frame::{MAX_FDS_PER_FRAME, read_message, write_message};
+use crate::proto::control::{
+    ClientFrame, ClientHello, Refusal, RefusalCode, ServerFrame, ServerHello, client_frame,
+    server_frame,
+};
+use crate::sys::socket::{PeerCred, peer_credentials};
+
+/// The control protocol's version. Both sides must speak the same one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The default bound on the whole handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a refusal may take to send before the server gives up on it.
+const REFUSAL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Runs the server's side of the handshake up to the point where the daemon
+/// decides to take the client: checks the peer against `allow`, then reads
+/// and checks its hello, all within `timeout`.
+///
+/// A refused peer has already been sent a [`Refusal`] saying why when this
+/// returns the error ([`ControlError::NotAllowed`],
+/// [`ControlError::VersionMismatch`], or the frame error); the connection is
+/// closed by dropping it. Nothing is read from a peer that is not allowed.
+pub fn accept_client(
+    stream: UnixStream,
+    allow: &AllowList,
+    timeout: Duration,
+) -> Result<PendingClient, ControlError> {
+    let deadline = Instant::now() + timeout;
+    let peer = peer_credentials(&stream).map_err(|source| ControlError::Io {
+        context: "reading the peer's credentials",
+        source,
+    })?;
+    if let Err(err) = allow.check(peer) {
+        let reason = format!("uid {} is not in procmond's allow-list", peer.uid);
+        send_refusal(&stream, RefusalCode::NotAllowed, reason);
+        return Err(err);
+    }
+
+    let hello = read_message::<ClientFrame>(&stream, 0, Some(deadline), "the client hello")
+        .and_then(|(frame, _)| match frame.body {
+            Some(client_frame::Body::Hello(hello)) => Ok(hello),
+            other => Err(ControlError::UnexpectedFrame {
+                expected: "a client hello",
+                got: frame_name_client(other.as_ref()),
+            }),
+        })
+        .inspect_err(|err| {
+            if err.is_protocol_violation() || matches!(err, ControlError::Timeout { .. }) {
+                send_refusal(&stream, RefusalCode::BadFrame, err.to_string());
+            }
+        })?;
+
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let reason = format!(
+            "procmond speaks control protocol version {PROTOCOL_VERSION}, this client version {}",
+            hello.protocol_version
+        );
+        send_refusal(&stream, RefusalCode::VersionMismatch, reason);
+        return Err(ControlError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: hello.protocol_version,
+        });
+    }
+
+    Ok(PendingClient {
+        stream,
+        peer,
+        client_name: hello.client_name,
+        timeout,
+    })
+}
+
+/// Best effort: the peer may already be gone, and it is being dropped anyway.
+fn send_refusal(stream: &UnixStream, code: RefusalCode, reason: String) {
+    let frame = ServerFrame {
+        body: Some(server_frame::Body::Refusal(Refusal {
+            code: code as i32,
+            reason,
+            server_protocol_version: PROTOCOL_VERSION,
+        })),
+    };
+    let _ = write_message(
+        stream,
+        &frame,
+        &[],
+        Some(Instant::now() + REFUSAL_SEND_TIMEOUT),
+    );
+}
+
+/// The ring the server gives a client: its sizes and its descriptors, which
+/// the client receives with the server's hello. The control layer does not
+/// look inside.
+#[derive(Clone, Copy, Debug)]
+pub struct RingOffer<'a> {
+    /// Size of the shared segment.
+    pub ring_bytes: u64,
+    /// Largest frame the ring carries.
+    pub max_frame_bytes: u32,
+    /// Descriptors to pass, at most [`MAX_FDS_PER_FRAME`].
+    pub fds: &'a [BorrowedFd<'a>],
+}
+
+/// A client that passed the allow-list and the version check, waiting for the
+/// daemon to welcome it (with a ring) or refuse it.
+#[derive(Debug)]
+pub struct PendingClient {
+    stream: UnixStream,
+    peer: PeerCred,
+    client_name: String,
+    timeout: Duration,
+}
+
+impl PendingClient {
+    /// Who connected.
+    pub fn peer(&self) -> PeerCred {
+        self.peer
+    }
+
+    /// The name the client gave in its hello.
+    pub fn client_name(&self) -> &str {
+        &self.client_name
+    }
+
+    /// Sends the server hello with the ring's descriptors; the connection then
+    /// carries control frames.
+    pub fn welcome(self, ring: &RingOffer<'_>) -> Result<ServerChannel, ControlError> {
+        if ring.fds.len() > MAX_FDS_PER_FRAME {
+            return Err(ControlError::TooManyFds {
+                max: MAX_FDS_PER_FRAME,
+            });
+        }
+        let hello = ServerFrame {
+            body: Some(server_frame::Body::Hello(ServerHello {
+                protocol_version: PROTOCOL_VERSION,
+                ring_bytes: ring.ring_bytes,
+                max_frame_bytes: ring.max_frame_bytes,
+                fd_count: ring.fds.len() as u32,
+            })),
+        };
+        write_message(
+            &self.stream,
+            &hello,
+            ring.fds,
+            Some(Instant::now() + self.timeout),
+        )?;
+        Ok(ServerChannel::new(self.stream, self.peer, self.client_name))
+    }
+
+    /// Refuses the client with `code` and `reason` (best effort) and closes
+    /// the connection.
+    pub fn refuse(self, code: RefusalCode, reason: impl Into<String>) {
+        send_refusal(&self.stream, code, reason.into());
+    }
+
+    /// Refuses the client because the server already serves `max_clients`;
+    /// returns the error to log. (The daemon does the counting.)
+    pub fn refuse_busy(self, max_clients: usize) -> ControlError {
+        self.refuse(
+            RefusalCode::TooManyClients,
+            format!(
+                "procmond already serves its maximum of {max_clients} clients; try again later"
+            ),
+        );
+        ControlError::TooManyClients { max: max_clients }
+    }
+}
+
+/// What the server granted: the ring's sizes and descriptors.
+#[derive(Debug)]
+pub struct Welcome {
+    /// Size of the shared segment.
+    pub ring_bytes: u64,
+    /// Largest frame the ring carries.
+    pub max_frame_bytes: u32,
+    /// The ring's descriptors, exactly as many as the server announced, in
+    /// the order it sent them, close-on-exec.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// The client's side of the handshake.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    client_name: String,
+    timeout: Duration,
+    protocol_version: u32,
+}
+
+impl Connector {
+    /// A connector that introduces itself as `client_name` (for the
+    /// server's logs) and gives the handshake [`HANDSHAKE_TIMEOUT`].
+    pub fn new(client_name: impl Into<String>) -> Self {
+        Self {
+            client_name: client_name.into(),
+            timeout: HANDSHAKE_TIMEOUT,
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+
+    /// Bounds the whole handshake by `timeout` instead.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Connects to the server at `path` and runs the handshake.
+    pub fn connect(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> Result<(ClientChannel, Welcome), ControlError> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path).map_err(|source| ControlError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.handshake(stream)
+    }
+
+    /// Runs the handshake on an already connected stream.
+    ///
+    /// A refusal becomes a typed error: [`ControlError::VersionMismatch`]
+    /// naming both versions, or [`ControlError::Refused`] with the server's
+    /// reason.
+    pub fn handshake(&self, stream: UnixStream) -> Result<(ClientChannel, Welcome), ControlError> {
+        let deadline = Instant::now() + self.timeout;
+        let hello = ClientFrame {
+            body: Some(client_frame::Body::Hello(ClientHello {
+                protocol_version: self.protocol_version,
+                client_name: self.client_name.clone(),
+            })),
+        };
+        match write_message(&stream, &hello, &[], Some(deadline)) {
+            // A server that refused us on sight may have closed before our
+            // hello went out; its refusal can still be waiting to be read.
+            Ok(()) | Err(ControlError::PeerGone) => {}
+            Err(err) => return Err(err),
+        }
+
+        let (frame, fds) = read_message::<ServerFrame>(
+            &stream,
+            MAX_FDS_PER_FRAME,
+            Some(deadline),
+            "the server hello",
+        )?;
+        match frame.body {
+            Some(server_frame::Body::Hello(hello)) => {
+                if hello.protocol_version != self.protocol_version {
+                    return Err(ControlError::VersionMismatch {
+                        ours: self.protocol_version,
+                        theirs: hello.protocol_version,
+                    });
+                }
+                if fds.len() != hello.fd_count as usize {
+                    return Err(ControlError::MissingFds {
+                        expected: hello.fd_count,
+                        got: fds.len(),
+                    });
+                }
+                let welcome = Welcome {
+                    ring_bytes: hello.ring_bytes,
+                    max_frame_bytes: hello.max_frame_bytes,
+                    fds,
+                };
+                Ok((ClientChannel::new(stream), welcome))
+            }
+            Some(server_frame::Body::Refusal(refusal)) => Err(self.refusal_error(refusal)),
+            Some(server_frame::Body::Error(error)) => Err(ControlError::PeerError {
+                message: error.message,
+            }),
+            other => Err(ControlError::UnexpectedFrame {
+                expected: "a server hello or refusal",
+                got: frame_name_server(other.as_ref()),
+            }),
+        }
+    }
+
+    fn refusal_error(&self, refusal: Refusal) -> ControlError {
+        match refusal.code() {
+            RefusalCode::VersionMismatch => ControlError::VersionMismatch {
+                ours: self.protocol_version,
+                theirs: refusal.server_protocol_version,
+            },
+            code => ControlError::Refused {
+                code,
+                reason: refusal.reason,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::thread;
+
+    fn short() -> Duration {
+        Duration::from_secs(5)
+    }
+
+    #[test]
+    fn a_version_mismatch_names_both_versions_on_both_sides() {
+        let (server_end, client_end) = UnixStream::pair().unwrap();
+        let server = thread::spawn(move || {
+            accept_client(server_end, &AllowList::new(), short()).map(|_| ())
+        });
+        let mut connector = Connector::new("future-agent");
+        connector.protocol_version = 7;
+        let client_err = connector.handshake(client_end).unwrap_err();
+        assert!(matches!(
+            client_err,
+            ControlError::VersionMismatch {
+                ours: 7,
+                theirs: PROTOCOL_VERSION
+            }
+        ));
+        let text = client_err.to_string();
+        assert!(
+            text.contains("version 7") && text.contains(&format!("version {PROTOCOL_VERSION}")),
+            "{text}"
+        );
+
+        let server_err = server.join().unwrap().unwrap_err();
+        assert!(matches!(
+            server_err,
+            ControlError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 7
+            }
+        ));
+    }
+
+    #[test]
+    fn a_server_hello_of_another_version_is_refused_by_the_client() {
+        let (server_end, client_end) = UnixStream::pair().unwrap();
+        let server = thread::spawn(move || {
+            let (_hello, _) = read_message::<ClientFrame>(
+                &server_end,
+                0,
+                Some(Instant::now() + short()),
+                "hello",
+            )?;
+            let hello = ServerFrame {
+                body: Some(server_frame::Body::Hello(ServerHello {
+                    protocol_version: 2,
+                    ..Default::default()
+                })),
+            };
+            write_message(&server_end, &hello, &[], None)
+        });
+        let err = Connector::new("agent").handshake(client_end).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ControlError::VersionMismatch {
+                    ours: PROTOCOL_VERSION,
+                    theirs: 2
+                }
+            ),
+            "{err}"
+        );
+        server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn fewer_descriptors_than_announced_is_missing_fds() {
+        let (server_end, client_end) = UnixStream::pair().unwrap();
+        let server = thread::spawn(move || {
+            read_message::<ClientFrame>(&server_end, 0, Some(Instant::now() + short()), "hello")?;
+            let (r, _w) = nix::unistd::pipe().unwrap();
+            let hello = ServerFrame {
+                body: Some(server_frame::Body::Hello(ServerHello {
+                    protocol_version: PROTOCOL_VERSION,
+                    fd_count: 2,
+                    ..Default::default()
+                })),
+            };
+            write_message(&server_end, &hello, &[r.as_fd()], None)
+        });
+        let err = Connector::new("agent").handshake(client_end).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ControlError::MissingFds {
+                    expected: 2,
+                    got: 1
+                }
+            ),
+            "{err}"
+        );
+        server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_silent_client_is_timed_out_and_told() {
+        let (server_end, client_end) = UnixStream::pair().unwrap();
+        let err =
+            accept_client(server_end, &AllowList::new(), Duration::from_millis(30)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ControlError::Timeout {
+                    waiting_for: "the client hello"
+                }
+            ),
+            "{err}"
+        );
+        let (frame, _) =
+            read_message::<ServerFrame>(&client_end, 0, Some(Instant::now() + short()), "refusal")
+                .unwrap();
+        match frame.body {
+            Some(server_frame::Body::Refusal(r)) => {
+                assert_eq!(r.code(), RefusalCode::BadFrame);
+                assert!(r.reason.contains("timed out"), "{}", r.reason);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_busy_server_refuses_with_its_limit() {
+        let (server_end, client_end) = UnixStream::pair().unwrap();
+        let server = thread::spawn(move || {
+            let pending = accept_client(server_end, &AllowList::new(), short())?;
+            Ok::<_, ControlError>(pending.refuse_busy(8))
+        });
+        let err = Connector::new("agent").handshake(client_end).unwrap_err();
+        match &err {
+            ControlError::Refused {
+                code: RefusalCode::TooManyClients,
+                reason,
+            } => assert!(reason.contains('8'), "{reason}"),
+            other => panic!("expected TooManyClients, got {other:?}"),
+        }
+        assert!(matches!(
+            server.join().unwrap().unwrap(),
+            ControlError::TooManyClients { max: 8 }
+        ));
+    }
+}

@@ -1,0 +1,334 @@
+//! procmond's listening socket: where it lives, who can reach it, and taking
+//! over from a server that died without cleaning up.
+//!
+//! Directory policy. A missing directory is created 0700 (0710 and owned by
+//! the configured group when there is one, so that group can reach the
+//! socket but not list or change the directory). An existing directory is
+//! never modified, only checked: it must be owned by this user or root, and
+//! must not be writable by group or others unless it has the sticky bit (as
+//! `/tmp` does), because whoever can write there can replace the socket. An
+//! unsafe directory is an error naming the problem, so an administrator's
+//! choice is never silently changed.
+//!
+//! The socket file is 0600, or 0660 owned by the configured group. Between
+//! `bind` and `chmod` it briefly has the umask's mode; the directory rule
+//! above is what keeps strangers out of that window.
+
+use std::ffi::OsString;
+use std::fs::{self, DirBuilder, Permissions};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::error::ControlError;
+use crate::sys::socket::set_accept_timeout;
+
+/// procmond's socket path when it runs as root.
+pub const ROOT_SOCKET_PATH: &str = "/run/daemoneye/procmond.sock";
+
+/// The socket's path below `$XDG_RUNTIME_DIR` for other users.
+pub const USER_SOCKET_SUBPATH: &str = "daemoneye/procmond.sock";
+
+/// Who besides the server's own user may reach the socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// A group allowed to connect: the socket becomes 0660 owned by this
+    /// gid, and a directory created by `bind` 0710 owned by it. `None`: socket
+    /// 0600, directory 0700. (Peers must still pass the
+    /// [`AllowList`](super::AllowList).)
+    pub group: Option<u32>,
+}
+
+/// The default socket path: [`ROOT_SOCKET_PATH`] for root, else
+/// `$XDG_RUNTIME_DIR/daemoneye/procmond.sock`; [`ControlError::NoRuntimeDir`]
+/// when that variable is unset or not absolute.
+pub fn default_socket_path() -> Result<PathBuf, ControlError> {
+    socket_path_for(
+        rustix::process::geteuid().is_root(),
+        std::env::var_os("XDG_RUNTIME_DIR"),
+    )
+}
+
+fn socket_path_for(root: bool, runtime_dir: Option<OsString>) -> Result<PathBuf, ControlError> {
+    if root {
+        return Ok(PathBuf::from(ROOT_SOCKET_PATH));
+    }
+    match runtime_dir.map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => Ok(dir.join(USER_SOCKET_SUBPATH)),
+        _ => Err(ControlError::NoRuntimeDir),
+    }
+}
+
+/// A bound, listening control socket. Dropping it removes the socket file,
+/// unless something else has replaced it meanwhile.
+#[derive(Debug)]
+pub struct ControlListener {
+    listener: UnixListener,
+    path: PathBuf,
+    /// (device, inode) of the socket file we created, to remove only ours.
+    identity: (u64, u64),
+}
+
+impl ControlListener {
+    /// Binds a listening socket at `path`, preparing its directory (see the
+    /// module docs) and replacing a stale socket file, one nobody listens on
+    /// any more. A live one is [`ControlError::AlreadyListening`]; anything at
+    /// `path` that is not a socket is left alone and reported.
+    pub fn bind(path: impl AsRef<Path>, options: &SocketOptions) -> Result<Self, ControlError> {
+        let path = path.as_ref();
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        prepare_dir(dir, options)?;
+        remove_stale_socket(path)?;
+
+        let listener = UnixListener::bind(path).map_err(|source| {
+            if source.kind() == io::ErrorKind::AddrInUse {
+                ControlError::AlreadyListening {
+                    path: path.to_owned(),
+                }
+            } else {
+                ControlError::PathIo {
+                    action: "bind a socket at",
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })?;
+        let meta = fs::symlink_metadata(path).map_err(|source| ControlError::PathIo {
+            action: "inspect the new socket",
+            path: path.to_owned(),
+            source,
+        })?;
+        // From here on, dropping `bound` on an error removes the socket file.
+        let bound = Self {
+            listener,
+            path: path.to_owned(),
+            identity: (meta.dev(), meta.ino()),
+        };
+        let (mode, group) = match options.group {
+            None => (0o600, None),
+            Some(gid) => (0o660, Some(gid)),
+        };
+        set_owner_and_mode(path, group, mode)?;
+        Ok(bound)
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for the next connection, without a bound.
+    pub fn accept(&self) -> Result<UnixStream, ControlError> {
+        set_accept_timeout(&self.listener, None).map_err(|source| ControlError::Io {
+            context: "clearing the accept timeout",
+            source,
+        })?;
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => return Ok(stream),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(ControlError::Io {
+                        context: "accepting a connection",
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the next connection; `Ok(None)` when none
+    /// came. Lets a server loop check for shutdown between waits.
+    pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<UnixStream>, ControlError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            set_accept_timeout(&self.listener, Some(left)).map_err(|source| ControlError::Io {
+                context: "setting the accept timeout",
+                source,
+            })?;
+            match self.listener.accept() {
+                Ok((stream, _)) => return Ok(Some(stream)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) => {}
+                Err(source) => {
+                    return Err(ControlError::Io {
+                        context: "accepting a connection",
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl AsFd for ControlListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+}
+
+impl Drop for ControlListener {
+    fn drop(&mut self) {
+        let ours =
+            fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity);
+        if ours {
+            // Best effort: nothing useful to do if it is already gone.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates `dir` if missing, else checks it is safe to hold the socket.
+fn prepare_dir(dir: &Path, options: &SocketOptions) -> Result<(), ControlError> {
+    match fs::metadata(dir) {
+        Ok(meta) => check_dir(dir, &meta),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mode = if options.group.is_some() {
+                0o710
+            } else {
+                0o700
+            };
+            DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)
+                .map_err(|source| ControlError::PathIo {
+                    action: "create directory",
+                    path: dir.to_owned(),
+                    source,
+                })?;
+            // The umask may have narrowed `mode`; set it exactly.
+            set_owner_and_mode(dir, options.group, mode)
+        }
+        Err(source) => Err(ControlError::PathIo {
+            action: "inspect directory",
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// An existing directory must be ours or root's and writable only by its
+/// owner, unless sticky.
+fn check_dir(dir: &Path, meta: &fs::Metadata) -> Result<(), ControlError> {
+    let unsafe_path = |problem: String| ControlError::UnsafePath {
+        path: dir.to_owned(),
+        problem,
+    };
+    if !meta.is_dir() {
+        return Err(unsafe_path("is not a directory".into()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(unsafe_path(format!(
+            "is owned by uid {}, neither this user (uid {me}) nor root, so its owner could replace the socket",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky {
+        return Err(unsafe_path(format!(
+            "is writable by group or others (mode {mode:04o}) without the sticky bit, so anyone able to write there could replace the socket"
+        )));
+    }
+    Ok(())
+}
+
+fn set_owner_and_mode(path: &Path, group: Option<u32>, mode: u32) -> Result<(), ControlError> {
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|source| ControlError::PathIo {
+            action: "give the configured group",
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|source| ControlError::PathIo {
+        action: "set the mode of",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Removes a socket file nobody listens on; refuses a live one or a
+/// non-socket.
+fn remove_stale_socket(path: &Path) -> Result<(), ControlError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ControlError::PathIo {
+                action: "inspect",
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ControlError::UnsafePath {
+            path: path.to_owned(),
+            problem: "exists and is not a socket; refusing to replace it".into(),
+        });
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(ControlError::AlreadyListening {
+            path: path.to_owned(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ControlError::PathIo {
+                action: "remove the stale socket",
+                path: path.to_owned(),
+                source,
+            }),
+        },
+        Err(source) => Err(ControlError::PathIo {
+            action: "probe the existing socket",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_uses_run() {
+        let path = socket_path_for(true, Some("/run/user/1000".into())).unwrap();
+        assert_eq!(path, Path::new("/run/daemoneye/procmond.sock"));
+    }
+
+    #[test]
+    fn users_use_their_runtime_dir() {
+        let path = socket_path_for(false, Some("/run/user/1000".into())).unwrap();
+        assert_eq!(path, Path::new("/run/user/1000/daemoneye/procmond.sock"));
+    }
+
+    #[test]
+    fn users_without_a_runtime_dir_get_a_clear_error() {
+        assert!(matches!(
+            socket_path_for(false, None),
+            Err(ControlError::NoRuntimeDir)
+        ));
+        assert!(matches!(
+            socket_path_for(false, Some("relative".into())),
+            Err(ControlError::NoRuntimeDir)
+        ));
+    }
+}

@@ -1,0 +1,294 @@
+//! Unix-socket calls of the control channel: the peer's credentials
+//! (`SO_PEERCRED`) and file descriptors passed with `SCM_RIGHTS`.
+//!
+//! Linux-specific; another platform would get its own file beside this one.
+//!
+//! Peer credentials come from nix. Descriptor passing uses rustix instead:
+//! nix's `RecvMsg::cmsgs` refuses to iterate once the kernel reports
+//! `MSG_CTRUNC`, which would leave the descriptors that did arrive open and
+//! unreachable; rustix hands them out as `OwnedFd` and closes whatever is left
+//! in its buffer when the buffer is dropped, all without `unsafe` here.
+//! (rustix's own `socket_peercred` is not used: its `Pid` is non-zero, and the
+//! kernel reports pid 0 for a peer outside our pid namespace.)
+
+use std::error::Error;
+use std::fmt;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+/// The most descriptors one message can carry on Linux (`SCM_MAX_FD`).
+pub const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// Who is on the other end of a Unix socket, as the kernel recorded it when
+/// the connection was made (it cannot be forged by the peer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerCred {
+    /// The peer's process id; 0 when that process is outside our pid namespace.
+    pub pid: u32,
+    /// The peer's effective user id at `connect` time.
+    pub uid: u32,
+    /// The peer's effective group id at `connect` time.
+    pub gid: u32,
+}
+
+/// Reads the peer's credentials with `SO_PEERCRED`.
+pub fn peer_credentials(stream: &UnixStream) -> io::Result<PeerCred> {
+    let cred = getsockopt(stream, PeerCredentials)?;
+    Ok(PeerCred {
+        // A pid_t is never negative here; 0 (unknown) maps to 0.
+        pid: u32::try_from(cred.pid()).unwrap_or(0),
+        uid: cred.uid(),
+        gid: cred.gid(),
+    })
+}
+
+/// Sends `bytes` with `fds` attached to them (`SCM_RIGHTS`), returning how
+/// many bytes went out; on a stream socket that can be fewer than asked, and
+/// the descriptors travel with the first byte sent.
+///
+/// Uses `MSG_NOSIGNAL`: a vanished peer is an `EPIPE` error, never `SIGPIPE`.
+/// Sending descriptors with an empty `bytes` is refused (`InvalidInput`): on a
+/// stream socket they need at least one byte to ride on.
+pub fn send_with_fds(
+    stream: &UnixStream,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} descriptors exceed the {MAX_FDS_PER_MESSAGE} one message can carry",
+                fds.len()
+            ),
+        ));
+    }
+    if bytes.is_empty() && !fds.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptors need at least one byte to travel with",
+        ));
+    }
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        // Cannot happen: the buffer was sized for exactly these descriptors.
+        return Err(io::Error::other(
+            "control buffer too small for the descriptors",
+        ));
+    }
+    let sent = rustix::net::sendmsg(
+        stream,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(sent)
+}
+
+/// The peer sent more descriptors than `recv_with_fds` accepted (more than
+/// its `max_fds`, or more than fitted: `MSG_CTRUNC`). Those that arrived were
+/// closed; the kernel discarded the rest.
+///
+/// Returned inside an [`io::Error`] of kind `InvalidData`; callers that care
+/// find it with `err.get_ref().and_then(|e| e.downcast_ref::<FdsTruncated>())`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdsTruncated {
+    /// The most descriptors the receiver accepted.
+    pub max_fds: usize,
+}
+
+impl fmt::Display for FdsTruncated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "peer sent more file descriptors than the {} expected; those received were closed",
+            self.max_fds
+        )
+    }
+}
+
+impl Error for FdsTruncated {}
+
+/// Receives into `buf`, accepting at most `max_fds` descriptors; returns the
+/// byte count (0 at end of stream) and the descriptors that arrived, each
+/// close-on-exec (`MSG_CMSG_CLOEXEC`).
+///
+/// More descriptors than `max_fds` (including control data truncated by the
+/// kernel, `MSG_CTRUNC`) is an error, [`FdsTruncated`] inside an `InvalidData` [`io::Error`], and every
+/// descriptor that did arrive is closed; the bytes of that read are lost with
+/// it, so the caller should treat the stream as broken. A read timeout set on
+/// the socket surfaces as `WouldBlock`.
+pub fn recv_with_fds(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let max_fds = max_fds.min(MAX_FDS_PER_MESSAGE);
+    // Control space rounds up to alignment, so it may hold a descriptor or
+    // two more than `max_fds`; the count is enforced below as well.
+    let space_len = if max_fds == 0 {
+        0
+    } else {
+        rustix::cmsg_space!(ScmRights(max_fds))
+    };
+    let mut space = vec![MaybeUninit::uninit(); space_len];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        stream,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let truncated = msg.flags.contains(ReturnFlags::CTRUNC);
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
+        }
+    }
+    if truncated || fds.len() > max_fds {
+        // Dropping `fds` (and `control`, for anything not drained) closes
+        // every descriptor that arrived.
+        drop(fds);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            FdsTruncated { max_fds },
+        ));
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// Bounds how long a blocking `accept` on `listener` waits (`None`: no
+/// bound); when it passes, `accept` fails with `WouldBlock`. Linux applies a
+/// listening socket's `SO_RCVTIMEO` to `accept`.
+pub fn set_accept_timeout(listener: &UnixListener, timeout: Option<Duration>) -> io::Result<()> {
+    // The kernel reads a zero timeout as "wait forever"; the shortest real
+    // bound is one microsecond.
+    let timeout = timeout.map(|t| t.max(Duration::from_micros(1)));
+    rustix::net::sockopt::set_socket_timeout(
+        listener,
+        rustix::net::sockopt::Timeout::Recv,
+        timeout,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        nix::unistd::pipe().expect("pipe")
+    }
+
+    #[test]
+    fn peer_credentials_name_this_process() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        for end in [&a, &b] {
+            let cred = peer_credentials(end).expect("SO_PEERCRED");
+            assert_eq!(cred.pid, std::process::id());
+            assert_eq!(cred.uid, rustix::process::geteuid().as_raw());
+            assert_eq!(cred.gid, rustix::process::getegid().as_raw());
+        }
+    }
+
+    #[test]
+    fn a_passed_pipe_works_on_the_other_side() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        let (pipe_r, pipe_w) = pipe();
+        let sent = send_with_fds(&a, b"hello", &[pipe_r.as_fd()]).expect("send");
+        assert_eq!(sent, 5);
+        drop(pipe_r);
+
+        let mut buf = [0u8; 16];
+        let (n, fds) = recv_with_fds(&b, &mut buf, 4).expect("recv");
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(fds.len(), 1);
+        let flags = rustix::io::fcntl_getfd(&fds[0]).expect("F_GETFD");
+        assert!(
+            flags.contains(rustix::io::FdFlags::CLOEXEC),
+            "received fd must be close-on-exec"
+        );
+
+        let mut writer = std::fs::File::from(pipe_w);
+        writer.write_all(b"through the pipe").expect("write");
+        drop(writer);
+        let mut reader = std::fs::File::from(fds.into_iter().next().expect("one fd"));
+        let mut got = String::new();
+        reader.read_to_string(&mut got).expect("read");
+        assert_eq!(got, "through the pipe");
+    }
+
+    #[test]
+    fn too_many_fds_is_an_error_and_closes_them() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        let (r1, w1) = pipe();
+        let (r2, _w2) = pipe();
+        send_with_fds(&a, b"x", &[r1.as_fd(), r2.as_fd()]).expect("send");
+        drop(r1);
+
+        let mut buf = [0u8; 4];
+        let err = recv_with_fds(&b, &mut buf, 1).expect_err("two fds into room for one");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<FdsTruncated>());
+        assert_eq!(inner, Some(&FdsTruncated { max_fds: 1 }));
+        // The only read end of pipe 1 was in flight; if the receiver had kept
+        // it open, this write would succeed instead of failing with EPIPE.
+        let mut w1 = std::fs::File::from(w1);
+        let err = w1.write(b"y").expect_err("no reader left");
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn eof_reads_zero_bytes_and_no_fds() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        drop(a);
+        let mut buf = [0u8; 4];
+        let (n, fds) = recv_with_fds(&b, &mut buf, 2).expect("recv at EOF");
+        assert_eq!(n, 0);
+        assert!(fds.is_empty());
+    }
+
+    #[test]
+    fn send_to_a_closed_peer_is_broken_pipe() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        drop(b);
+        let err = send_with_fds(&a, b"x", &[]).expect_err("peer closed");
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn accept_gives_up_after_its_timeout() {
+        let dir = std::env::temp_dir().join(format!("daemoneye-sys-accept-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("bind");
+        set_accept_timeout(&listener, Some(Duration::from_millis(20))).expect("SO_RCVTIMEO");
+        let err = listener.accept().expect_err("nobody connects");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let _client = UnixStream::connect(&path).expect("connect");
+        listener.accept().expect("a waiting connection is accepted");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn descriptors_without_bytes_are_refused() {
+        let (a, _b) = UnixStream::pair().expect("socketpair");
+        let (r, _w) = pipe();
+        let err = send_with_fds(&a, b"", &[r.as_fd()]).expect_err("no byte to carry them");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+}

@@ -1,0 +1,608 @@
+//! The control channel over real Unix sockets: a listener in a temporary
+//! directory, real peers (threads of this process, and a child process under
+//! another uid), real descriptors passed and used.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use daemoneye_lib::control::frame::{read_message, write_frame, write_message};
+use daemoneye_lib::control::{
+    AllowList, ClientFrame, Connector, ControlError, ControlListener, PROTOCOL_VERSION,
+    RefusalCode, RingOffer, ServerChannel, ServerFrame, SocketOptions, accept_client, client_frame,
+    server_frame,
+};
+use daemoneye_lib::proto::DetectionTask;
+use daemoneye_lib::proto::control::{Cancel, ClientHello, Goodbye, TaskAccepted, TaskRequest};
+
+/// Bound on every wait in these tests.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn deadline() -> Option<Instant> {
+    Some(Instant::now() + WAIT)
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        // Relaxed: only uniqueness of the number matters.
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("daemoneye-ctl-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir(&path).expect("create temp dir");
+        // Reachable (not listable) by anyone, so a child under another uid can
+        // traverse it; the socket's own directory is what guards the socket.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o711)).expect("chmod temp dir");
+        Self(path)
+    }
+
+    fn join(&self, rest: &str) -> PathBuf {
+        self.0.join(rest)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).expect("stat").mode() & 0o7777
+}
+
+/// A memfd holding `contents`, standing in for a ring segment.
+fn memfd_with(contents: &[u8]) -> OwnedFd {
+    let fd = rustix::fs::memfd_create("control-test", rustix::fs::MemfdFlags::CLOEXEC)
+        .expect("memfd_create");
+    let mut file = File::from(fd);
+    file.write_all(contents).expect("write memfd");
+    OwnedFd::from(file)
+}
+
+/// Runs the server side for one connection: handshake, then a ring offer of
+/// one memfd holding `b"ring segment"`.
+fn serve_one(listener: &ControlListener) -> Result<ServerChannel, ControlError> {
+    let stream = listener
+        .accept_timeout(WAIT)?
+        .expect("a client connected in time");
+    let pending = accept_client(stream, &AllowList::new(), WAIT)?;
+    let segment = memfd_with(b"ring segment");
+    pending.welcome(&RingOffer {
+        ring_bytes: 4096,
+        max_frame_bytes: 1024,
+        fds: &[segment.as_fd()],
+    })
+}
+
+#[test]
+fn bind_creates_a_private_directory_and_socket_and_removes_it_on_drop() {
+    let tmp = TempDir::new("modes");
+    let path = tmp.join("run/daemoneye/procmond.sock");
+    let listener = ControlListener::bind(&path, &SocketOptions::default()).expect("bind");
+    assert_eq!(listener.path(), path);
+    assert_eq!(mode(&tmp.join("run/daemoneye")), 0o700, "directory mode");
+    assert_eq!(mode(&path), 0o600, "socket mode");
+    assert!(fs::symlink_metadata(&path).unwrap().file_type().is_socket());
+    drop(listener);
+    assert!(!path.exists(), "the socket file is removed on drop");
+}
+
+#[test]
+fn a_group_gets_0660_on_the_socket_and_can_traverse_a_new_directory() {
+    let tmp = TempDir::new("group");
+    let path = tmp.join("sockdir/procmond.sock");
+    let gid = rustix::process::getegid().as_raw();
+    let listener = ControlListener::bind(&path, &SocketOptions { group: Some(gid) }).expect("bind");
+    let dir_meta = fs::metadata(tmp.join("sockdir")).unwrap();
+    assert_eq!(dir_meta.mode() & 0o7777, 0o710);
+    assert_eq!(dir_meta.gid(), gid);
+    let sock_meta = fs::symlink_metadata(listener.path()).unwrap();
+    assert_eq!(sock_meta.mode() & 0o7777, 0o660);
+    assert_eq!(sock_meta.gid(), gid);
+}
+
+#[test]
+fn a_world_writable_directory_is_refused_and_left_alone() {
+    let tmp = TempDir::new("insecure");
+    let dir = tmp.join("open");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let err =
+        ControlListener::bind(dir.join("procmond.sock"), &SocketOptions::default()).unwrap_err();
+    match &err {
+        ControlError::UnsafePath { path, problem } => {
+            assert_eq!(path, &dir);
+            assert!(
+                problem.contains("0777") && problem.contains("writable"),
+                "{problem}"
+            );
+        }
+        other => panic!("expected UnsafePath, got {other:?}"),
+    }
+    assert_eq!(mode(&dir), 0o777, "an existing directory is not modified");
+
+    // With the sticky bit (as /tmp has) nobody else can replace our socket.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+    ControlListener::bind(dir.join("procmond.sock"), &SocketOptions::default())
+        .expect("sticky directory is fine");
+}
+
+#[test]
+fn a_stale_socket_is_replaced_but_a_live_one_and_other_files_are_not() {
+    let tmp = TempDir::new("stale");
+    let path = tmp.join("sock/procmond.sock");
+
+    // Stale: a server that died, leaving its socket file with nobody listening.
+    fs::create_dir(tmp.join("sock")).unwrap();
+    fs::set_permissions(tmp.join("sock"), fs::Permissions::from_mode(0o700)).unwrap();
+    drop(UnixListener::bind(&path).unwrap());
+    let refused = UnixStream::connect(&path).expect_err("nobody listens on the stale socket");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    let replaced =
+        ControlListener::bind(&path, &SocketOptions::default()).expect("stale socket is replaced");
+
+    // Live: a second server on the same path is refused, the first unharmed.
+    let err = ControlListener::bind(&path, &SocketOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, ControlError::AlreadyListening { path: p } if p == &path),
+        "{err}"
+    );
+    assert!(err.to_string().contains("another procmond is listening"));
+    let client = thread::spawn({
+        let path = path.clone();
+        move || UnixStream::connect(path)
+    });
+    replaced
+        .accept_timeout(WAIT)
+        .unwrap()
+        .expect("the first server still accepts");
+    client.join().unwrap().unwrap();
+    drop(replaced);
+
+    // Not a socket: never deleted.
+    fs::write(&path, b"precious").unwrap();
+    let err = ControlListener::bind(&path, &SocketOptions::default()).unwrap_err();
+    assert!(matches!(err, ControlError::UnsafePath { .. }), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), b"precious");
+}
+
+#[test]
+fn drop_leaves_a_socket_that_replaced_ours() {
+    let tmp = TempDir::new("replaced");
+    let path = tmp.join("sock/procmond.sock");
+    let listener = ControlListener::bind(&path, &SocketOptions::default()).unwrap();
+    fs::remove_file(&path).unwrap();
+    let other = UnixListener::bind(&path).unwrap();
+    drop(listener);
+    assert!(path.exists(), "someone else's socket must survive our drop");
+    drop(other);
+}
+
+#[test]
+fn accept_timeout_returns_none_when_nobody_comes() {
+    let tmp = TempDir::new("accept");
+    let listener =
+        ControlListener::bind(tmp.join("s/procmond.sock"), &SocketOptions::default()).unwrap();
+    let start = Instant::now();
+    assert!(
+        listener
+            .accept_timeout(Duration::from_millis(30))
+            .unwrap()
+            .is_none()
+    );
+    assert!(start.elapsed() >= Duration::from_millis(30));
+}
+
+#[test]
+fn handshake_passes_working_descriptors_and_peer_credentials() {
+    let tmp = TempDir::new("handshake");
+    let listener =
+        ControlListener::bind(tmp.join("s/procmond.sock"), &SocketOptions::default()).unwrap();
+    let path = listener.path().to_owned();
+    let server = thread::spawn(move || serve_one(&listener));
+
+    let (_channel, welcome) = Connector::new("test-agent")
+        .timeout(WAIT)
+        .connect(&path)
+        .expect("handshake");
+    assert_eq!(
+        (
+            welcome.ring_bytes,
+            welcome.max_frame_bytes,
+            welcome.fds.len()
+        ),
+        (4096, 1024, 1)
+    );
+    let segment = File::from(welcome.fds.into_iter().next().unwrap());
+    let mut buf = [0u8; 12];
+    segment
+        .read_exact_at(&mut buf, 0)
+        .expect("read through the passed memfd");
+    assert_eq!(&buf, b"ring segment");
+
+    let server_channel = server.join().unwrap().expect("server side");
+    let peer = server_channel.peer();
+    assert_eq!(peer.pid, std::process::id());
+    assert_eq!(peer.uid, rustix::process::geteuid().as_raw());
+    assert_eq!(server_channel.client_name(), "test-agent");
+}
+
+#[test]
+fn tasks_and_replies_cross_and_eof_means_peer_gone() {
+    let tmp = TempDir::new("frames");
+    let listener =
+        ControlListener::bind(tmp.join("s/procmond.sock"), &SocketOptions::default()).unwrap();
+    let path = listener.path().to_owned();
+    let (tx, rx) = mpsc::channel();
+    let server = thread::spawn(move || -> Result<(), ControlError> {
+        let mut channel = serve_one(&listener)?;
+        loop {
+            let frame = channel.recv(deadline());
+            let done = frame.is_err();
+            if let Ok(client_frame::Body::Task(request)) = &frame {
+                let task_id = request
+                    .task
+                    .as_ref()
+                    .map(|t| t.task_id.clone())
+                    .unwrap_or_default();
+                channel.send(&ServerFrame {
+                    body: Some(server_frame::Body::Accepted(TaskAccepted { task_id })),
+                })?;
+            }
+            tx.send(frame).unwrap();
+            if done {
+                return Ok(());
+            }
+        }
+    });
+
+    let (mut channel, _welcome) = Connector::new("agent").connect(&path).unwrap();
+    let task = DetectionTask {
+        task_id: "t-1".into(),
+        task_type: 2,
+        ..Default::default()
+    };
+    let request = TaskRequest {
+        task: Some(task.clone()),
+        with_hashes: true,
+        interval_ms: 25,
+    };
+    channel
+        .send(&ClientFrame {
+            body: Some(client_frame::Body::Task(request.clone())),
+        })
+        .unwrap();
+    match channel.recv(deadline()).unwrap() {
+        server_frame::Body::Accepted(accepted) => assert_eq!(accepted.task_id, "t-1"),
+        other => panic!("expected TaskAccepted, got {other:?}"),
+    }
+    channel
+        .send(&ClientFrame {
+            body: Some(client_frame::Body::Cancel(Cancel {
+                task_id: "t-1".into(),
+            })),
+        })
+        .unwrap();
+    drop(channel);
+
+    let got = |rx: &mpsc::Receiver<_>| rx.recv_timeout(WAIT).expect("server saw a frame");
+    match got(&rx) {
+        Ok(client_frame::Body::Task(seen)) => {
+            assert_eq!(seen, request);
+            assert_eq!(
+                seen.task.unwrap().task_type(),
+                daemoneye_lib::proto::ProtoTaskType::MonitorProcessTree
+            );
+        }
+        other => panic!("expected the task, got {other:?}"),
+    }
+    assert!(
+        matches!(got(&rx), Ok(client_frame::Body::Cancel(Cancel { task_id })) if task_id == "t-1")
+    );
+    assert!(
+        matches!(got(&rx), Err(ControlError::PeerGone)),
+        "closing the socket is peer gone"
+    );
+    server.join().unwrap().unwrap();
+}
+
+/// One server thread handling several connections in turn, as procmond does:
+/// a bad client's error ends only that connection.
+#[test]
+fn bad_frames_end_one_connection_and_the_server_keeps_serving() {
+    let tmp = TempDir::new("bad");
+    let listener =
+        ControlListener::bind(tmp.join("s/procmond.sock"), &SocketOptions::default()).unwrap();
+    let path = listener.path().to_owned();
+    const CLIENTS: usize = 5;
+    let server = thread::spawn(move || {
+        let mut outcomes = Vec::new();
+        for _ in 0..CLIENTS {
+            let outcome = serve_one(&listener).and_then(|mut channel| channel.recv(deadline()));
+            outcomes.push(outcome);
+        }
+        outcomes
+    });
+
+    // Completes the handshake, writes something bad on the raw socket, and
+    // returns what the server answered.
+    let raw_client = |send: &dyn Fn(&UnixStream)| -> ControlError {
+        let (mut channel, _welcome) = Connector::new("bad").connect(&path).unwrap();
+        let raw = UnixStream::from(channel.as_fd().try_clone_to_owned().unwrap());
+        send(&raw);
+        let err = channel
+            .recv(deadline())
+            .expect_err("the server answers a bad frame with an error");
+        // ...and then closes the connection.
+        assert!(matches!(
+            channel.recv(deadline()),
+            Err(ControlError::PeerGone)
+        ));
+        err
+    };
+
+    // Oversize: a length prefix claiming 2 GiB.
+    let e1 = raw_client(&|mut s| s.write_all(&0x8000_0000u32.to_le_bytes()).unwrap());
+    // Garbage that is not protobuf.
+    let e2 = raw_client(&|s| write_frame(s, &[0xff; 9], &[], deadline()).unwrap());
+    // A well-formed but unexpected frame: a second hello.
+    let e3 = raw_client(&|s| {
+        let hello = ClientHello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "again".into(),
+        };
+        write_message(
+            s,
+            &ClientFrame {
+                body: Some(client_frame::Body::Hello(hello)),
+            },
+            &[],
+            deadline(),
+        )
+        .unwrap();
+    });
+    // Truncated: half a frame, then the client leaves.
+    {
+        let (channel, _welcome) = Connector::new("truncating").connect(&path).unwrap();
+        let stream = UnixStream::from(channel.as_fd().try_clone_to_owned().unwrap());
+        (&stream).write_all(&[20, 0, 0, 0, 1, 2, 3]).unwrap();
+    }
+    // And a well-behaved client after all that.
+    let (mut good, welcome) = Connector::new("good")
+        .connect(&path)
+        .expect("server still serving");
+    assert_eq!(welcome.fds.len(), 1);
+    good.send(&ClientFrame {
+        body: Some(client_frame::Body::Goodbye(Goodbye {
+            reason: "bye".into(),
+        })),
+    })
+    .unwrap();
+
+    for (err, needle) in [
+        (&e1, "2147483648"),
+        (&e2, "malformed"),
+        (&e3, "second client hello"),
+    ] {
+        assert!(matches!(err, ControlError::PeerError { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(needle),
+            "{err} should mention {needle}"
+        );
+    }
+    let outcomes = server.join().unwrap();
+    assert!(
+        matches!(
+            outcomes[0],
+            Err(ControlError::FrameTooLarge {
+                len: 0x8000_0000,
+                ..
+            })
+        ),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(
+        matches!(outcomes[1], Err(ControlError::Malformed { .. })),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(
+        matches!(outcomes[2], Err(ControlError::UnexpectedFrame { .. })),
+        "{:?}",
+        outcomes[2]
+    );
+    assert!(
+        matches!(
+            outcomes[3],
+            Err(ControlError::Truncated {
+                expected: 24,
+                got: 7
+            })
+        ),
+        "{:?}",
+        outcomes[3]
+    );
+    assert!(
+        matches!(&outcomes[4], Ok(client_frame::Body::Goodbye(g)) if g.reason == "bye"),
+        "{:?}",
+        outcomes[4]
+    );
+}
+
+#[test]
+fn a_version_mismatch_is_refused_naming_both_versions() {
+    let tmp = TempDir::new("version");
+    let listener =
+        ControlListener::bind(tmp.join("s/procmond.sock"), &SocketOptions::default()).unwrap();
+    let path = listener.path().to_owned();
+    let server = thread::spawn(move || {
+        let first = listener.accept_timeout(WAIT).unwrap().expect("client");
+        let refused = accept_client(first, &AllowList::new(), WAIT).map(|_| ());
+        (refused, serve_one(&listener).map(|_| ()))
+    });
+
+    let stream = UnixStream::connect(&path).unwrap();
+    let hello = ClientHello {
+        protocol_version: PROTOCOL_VERSION + 98,
+        client_name: "old".into(),
+    };
+    write_message(
+        &stream,
+        &ClientFrame {
+            body: Some(client_frame::Body::Hello(hello)),
+        },
+        &[],
+        deadline(),
+    )
+    .unwrap();
+    let (reply, _) = read_message::<ServerFrame>(&stream, 0, deadline(), "refusal").unwrap();
+    match reply.body {
+        Some(server_frame::Body::Refusal(refusal)) => {
+            assert_eq!(refusal.code(), RefusalCode::VersionMismatch);
+            assert_eq!(refusal.server_protocol_version, PROTOCOL_VERSION);
+            let ours = format!("version {PROTOCOL_VERSION}");
+            let theirs = format!("version {}", PROTOCOL_VERSION + 98);
+            assert!(
+                refusal.reason.contains(&ours) && refusal.reason.contains(&theirs),
+                "{}",
+                refusal.reason
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(matches!(
+        read_message::<ServerFrame>(&stream, 0, deadline(), "eof"),
+        Err(ControlError::PeerGone)
+    ));
+
+    Connector::new("current")
+        .connect(&path)
+        .expect("the next client is served");
+    let (refused, served) = server.join().unwrap();
+    assert!(
+        matches!(refused, Err(ControlError::VersionMismatch { ours: PROTOCOL_VERSION, theirs }) if theirs == PROTOCOL_VERSION + 98)
+    );
+    served.unwrap();
+}
+
+/// Environment variable telling [`refused_peer_child`] where to connect.
+const CHILD_SOCKET_ENV: &str = "DAEMONEYE_CONTROL_TEST_CHILD_SOCKET";
+const NOBODY: u32 = 65534;
+
+#[test]
+fn a_peer_outside_the_allow_list_is_refused_and_the_server_keeps_serving() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: switching a child to uid {NOBODY} needs root");
+        return;
+    }
+    let tmp = TempDir::new("allow");
+    // The group option lets uid nobody (group nogroup) reach the socket, so
+    // the refusal comes from the allow-list, not from file permissions.
+    let options = SocketOptions {
+        group: Some(NOBODY),
+    };
+    let listener = ControlListener::bind(tmp.join("s/procmond.sock"), &options).unwrap();
+    let path = listener.path().to_owned();
+    let server = thread::spawn(move || {
+        let first = listener
+            .accept_timeout(WAIT)
+            .unwrap()
+            .expect("the child connected");
+        let refused = accept_client(first, &AllowList::new(), WAIT).map(|_| ());
+        (refused, serve_one(&listener).map(|_| ()))
+    });
+
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "refused_peer_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_SOCKET_ENV, &path)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the child as nobody");
+    let child_pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || tx.send(child.wait_with_output()));
+    let output = match rx.recv_timeout(WAIT) {
+        Ok(output) => output.expect("child output"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child_pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("the child did not finish within {WAIT:?}");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("CHILD: ").map(|(_, report)| report))
+        .unwrap_or_else(|| panic!("the child reported no error: {stdout}"));
+    assert!(
+        line.contains("refused") && line.contains("NOT_ALLOWED"),
+        "{line}"
+    );
+    assert!(line.contains(&format!("uid {NOBODY}")), "{line}");
+
+    // The next, allowed, client is served.
+    let (_channel, welcome) = Connector::new("root")
+        .connect(&path)
+        .expect("server still serving");
+    assert_eq!(welcome.fds.len(), 1);
+    let (refused, served) = server.join().unwrap();
+    assert!(
+        matches!(refused, Err(ControlError::NotAllowed { uid: NOBODY, pid }) if pid == child_pid),
+        "{refused:?}"
+    );
+    served.unwrap();
+}
+
+/// The child half of the test above, run as uid nobody in a separate process.
+#[test]
+#[ignore = "run by a_peer_outside_the_allow_list_is_refused_and_the_server_keeps_serving"]
+fn refused_peer_child() {
+    let path = std::env::var_os(CHILD_SOCKET_ENV).expect("run by the parent test");
+    assert_eq!(rustix::process::geteuid().as_raw(), NOBODY);
+    let err = Connector::new("nobody")
+        .timeout(WAIT)
+        .connect(path)
+        .expect_err("must be refused");
+    println!("CHILD: {err}");
+    assert!(
+        matches!(
+            err,
+            ControlError::Refused {
+                code: RefusalCode::NotAllowed,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
