@@ -4,12 +4,23 @@
 //! ctime is in the key because mtime alone can be set back by the file's
 //! owner (`touch -d`, `utimensat`) after changing the contents; ctime cannot
 //! be set by a user, and every write or `utimensat` moves it.
+//!
+//! File timestamps come from a coarse clock (one kernel tick, up to 10 ms),
+//! so two changes of the same size within one tick leave the key unchanged.
+//! As git does for its index, a hash is therefore cached only if the file
+//! had not changed for [`SETTLE`] when hashing began: any later change then
+//! falls in a later tick and moves ctime.
+//!
 //! Eviction is least-recently-used, by a scan over the entries when the cache
 //! is full: a miss costs a whole file hash anyway, which dwarfs the scan.
 
 use std::collections::HashMap;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a file must have been unchanged before its hash is cached.
+pub(crate) const SETTLE: Duration = Duration::from_millis(100);
 
 /// A SHA-256 digest.
 pub(crate) type Digest = [u8; 32];
@@ -34,6 +45,17 @@ impl FileKey {
             mtime: (meta.mtime(), meta.mtime_nsec()),
             ctime: (meta.ctime(), meta.ctime_nsec()),
         }
+    }
+
+    /// Whether the file's last change (ctime) was at least [`SETTLE`]
+    /// before `t`, so that a change after `t` cannot share its timestamp.
+    pub(crate) fn settled_at(&self, t: SystemTime) -> bool {
+        let Ok(since_epoch) = t.duration_since(UNIX_EPOCH) else {
+            return false;
+        };
+        let t_ns = i128::try_from(since_epoch.as_nanos()).unwrap_or(i128::MAX);
+        let ctime_ns = i128::from(self.ctime.0) * 1_000_000_000 + i128::from(self.ctime.1);
+        ctime_ns + SETTLE.as_nanos() as i128 <= t_ns
     }
 }
 
@@ -135,6 +157,19 @@ mod tests {
             mtime: (5, 0),
             ctime: (5, 0),
         }
+    }
+
+    #[test]
+    fn a_file_changed_just_before_hashing_is_not_settled() {
+        let changed = UNIX_EPOCH + Duration::new(1_000, 500);
+        let key = FileKey {
+            ctime: (1_000, 500),
+            ..key(1)
+        };
+        assert!(!key.settled_at(changed));
+        assert!(!key.settled_at(changed + SETTLE - Duration::from_nanos(1)));
+        assert!(key.settled_at(changed + SETTLE));
+        assert!(!key.settled_at(UNIX_EPOCH - Duration::from_secs(1)));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use nix::fcntl::OFlag;
 use sha2::{Digest as _, Sha256};
@@ -117,6 +118,7 @@ impl Hasher {
 
     /// Hashes an already opened file; `path` only names it in errors.
     pub(crate) fn hash_file(&mut self, mut file: File, path: &Path) -> Result<Digest, HashError> {
+        let started = SystemTime::now();
         let meta = file.metadata().map_err(|e| HashError::from_io(path, e))?;
         check_regular(path, &meta)?;
         if meta.len() > self.max_bytes {
@@ -131,10 +133,11 @@ impl Hasher {
             return Ok(digest);
         }
         let digest = self.stream(&mut file, path)?;
-        // Cache only if the file did not change while it was read; otherwise
-        // the key would name contents other than those hashed.
+        // Cache only if the file did not change while it was read (else the
+        // key would name other contents than those hashed), and had settled
+        // before (else a change in the same clock tick could keep the key).
         let after = file.metadata().map_err(|e| HashError::from_io(path, e))?;
-        if FileKey::of(&after) == key {
+        if FileKey::of(&after) == key && key.settled_at(started) {
             self.cache.insert(key, digest);
         }
         Ok(digest)

@@ -57,8 +57,10 @@ pub struct CollectorConfig {
     pub max_hash_bytes: u64,
     /// Block size of hashing reads. Default 1 MiB.
     pub hash_block_bytes: usize,
-    /// Most file hashes kept, keyed by file version. Default 4096; 0 disables
-    /// the cache.
+    /// Most file hashes kept, keyed by file version (device, inode, size,
+    /// mtime and ctime). Default 4096; 0 disables the cache. A file changed
+    /// less than 100 ms before it is hashed is not cached: a second change in
+    /// the same clock tick could leave its timestamps as they were.
     pub hash_cache_entries: usize,
     /// How long a process's name, command line and uid are trusted before
     /// they are read again (an exec is noticed at once regardless).
