@@ -303,21 +303,28 @@ fn hash_cache_hits_an_unchanged_file_and_misses_a_changed_one() {
     write_file(&file, 100_000, 1);
     let_settle(&file);
     let mut collector = Collector::new(CollectorConfig::default());
-    let stats = |c: &Collector| {
-        let s = c.hash_cache_stats();
-        (s.hits, s.misses)
+    // Hashes `file`, returning the hash and whether the cache answered.
+    let hash = |collector: &mut Collector| {
+        let before = collector.hash_cache_stats();
+        let outcome = check(collector, &file, "");
+        assert!(outcome.result.success, "{:?}", outcome.result.error_message);
+        let after = collector.hash_cache_stats();
+        assert_eq!(after.hits + after.misses, before.hits + before.misses + 1);
+        (outcome.result.hash_value, after.hits > before.hits)
     };
 
-    let first = check(&mut collector, &file, "").result.hash_value;
-    assert_eq!(stats(&collector), (0, 1));
-    let again = check(&mut collector, &file, "").result.hash_value;
-    assert_eq!(stats(&collector), (1, 1), "unchanged file: a hit");
-    assert_eq!(first, again);
+    let (first, hit) = hash(&mut collector);
+    assert!(!hit, "first hash: a miss");
+    assert_eq!(
+        hash(&mut collector),
+        (first.clone(), true),
+        "unchanged: a hit"
+    );
 
     // Same size, new contents: mtime moves.
     write_file(&file, 100_000, 2);
-    let rewritten = check(&mut collector, &file, "").result.hash_value;
-    assert_eq!(stats(&collector), (1, 2));
+    let (rewritten, hit) = hash(&mut collector);
+    assert!(!hit, "rewritten: a miss");
     assert_eq!(rewritten, sha256sum(&file));
     assert_ne!(rewritten, first);
 
@@ -328,12 +335,16 @@ fn hash_cache_hits_an_unchanged_file_and_misses_a_changed_one() {
         .unwrap()
         .write_all(b"more")
         .unwrap();
-    let grown = check(&mut collector, &file, "").result.hash_value;
-    assert_eq!(stats(&collector), (1, 3));
+    let (grown, hit) = hash(&mut collector);
+    assert!(!hit, "grown: a miss");
     assert_eq!(grown, sha256sum(&file));
+    // Once settled, the second hash of this version is a hit.
+    let_settle(&file);
+    hash(&mut collector);
+    assert_eq!(hash(&mut collector), (grown.clone(), true));
 
     // Same size, new contents, mtime set back to what it was: ctime still
-    // moves, so the stale hash is not served.
+    // moves, so the cached hash of the old contents is not served.
     let mtime = fs::metadata(&file).unwrap().modified().unwrap();
     let len = fs::metadata(&file).unwrap().len() as usize;
     write_file(&file, len, 9);
@@ -341,8 +352,9 @@ fn hash_cache_hits_an_unchanged_file_and_misses_a_changed_one() {
     handle.set_modified(mtime).unwrap();
     drop(handle);
     assert_eq!(fs::metadata(&file).unwrap().modified().unwrap(), mtime);
-    let restored = check(&mut collector, &file, "").result.hash_value;
-    assert_eq!(stats(&collector), (1, 4));
+    assert_eq!(fs::metadata(&file).unwrap().len() as usize, len);
+    let (restored, hit) = hash(&mut collector);
+    assert!(!hit, "mtime restored: still a miss");
     assert_eq!(restored, sha256sum(&file));
     assert_ne!(restored, grown);
 }

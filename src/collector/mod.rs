@@ -307,3 +307,16 @@ impl Collector {
         Ok((hex, matched))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collector_and_monitor_can_move_to_a_worker_thread() {
+        fn send<T: Send>() {}
+        send::<Collector>();
+        send::<TreeMonitor>();
+        send::<HashOutcome>();
+    }
+}
