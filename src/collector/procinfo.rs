@@ -112,26 +112,35 @@ impl ProcTable {
         if fields == Fields::Usage {
             kind = kind.with_memory().with_cpu();
         }
+        let sys = &mut self.sys;
+        // Forget the details of processes that exited (or whose pid was
+        // reused), looking only at the processes this refresh read.
+        let alive = |sys: &System, pid: u32, known: &Known| {
+            sys.process(Pid::from_u32(pid))
+                .is_some_and(|p| p.start_time() == known.start_time)
+        };
         match scope {
             Scope::All => {
-                let updated =
-                    self.sys
-                        .refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
+                let updated = sys.refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
                 if updated == 0 {
                     return Err(CollectError::ProcUnavailable { path: "/proc" });
                 }
+                self.known.retain(|&pid, known| alive(sys, pid, known));
             }
             Scope::Pids(pids) => {
-                let pids: Vec<Pid> = pids.iter().map(|&pid| Pid::from_u32(pid)).collect();
-                self.sys
-                    .refresh_processes_specifics(ProcessesToUpdate::Some(&pids), true, kind);
+                let wanted: Vec<Pid> = pids.iter().map(|&pid| Pid::from_u32(pid)).collect();
+                sys.refresh_processes_specifics(ProcessesToUpdate::Some(&wanted), true, kind);
+                for pid in pids {
+                    if self
+                        .known
+                        .get(pid)
+                        .is_some_and(|known| !alive(sys, *pid, known))
+                    {
+                        self.known.remove(pid);
+                    }
+                }
             }
         }
-        let sys = &self.sys;
-        self.known.retain(|&pid, known| {
-            sys.process(Pid::from_u32(pid))
-                .is_some_and(|p| p.start_time() == known.start_time)
-        });
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
