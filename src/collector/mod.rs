@@ -1,1 +1,322 @@
-//! (in progress)
+//! procmond's work: enumerate, filter, hash, verify and monitor processes.
+//!
+//! This module knows nothing of rings or sockets: it turns the seed's task
+//! inputs ([`ProtoProcessFilter`], [`ProtoHashCheck`]) into its outputs
+//! ([`ProtoProcessRecord`], [`ProtoHashResult`]), which the daemon streams.
+//!
+//! One [`Collector`] lives as long as procmond: it keeps a `sysinfo::System`
+//! and per-process details between polls (CPU usage is the delta since the
+//! previous poll, so the first poll of a process has none), and a bounded
+//! cache of file hashes.
+//!
+//! ```
+//! use daemoneye_lib::collector::{Collector, CollectorConfig};
+//! use daemoneye_lib::proto::ProtoProcessFilter;
+//!
+//! let mut collector = Collector::new(CollectorConfig::default());
+//! let me = ProtoProcessFilter {
+//!     process_names: vec![],
+//!     pids: vec![std::process::id()],
+//!     executable_pattern: None,
+//! };
+//! let records = collector.enumerate(Some(&me), false)?;
+//! assert_eq!(records[0].pid, std::process::id());
+//! assert_eq!(records[0].cpu_usage, None); // first poll
+//! # Ok::<(), daemoneye_lib::collector::CollectError>(())
+//! ```
+
+mod cache;
+mod cpu;
+mod filter;
+mod hash;
+mod monitor;
+mod procinfo;
+mod verify;
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::Duration;
+
+pub use cache::CacheStats;
+pub use filter::FilterError;
+pub use hash::HashError;
+pub use monitor::{TreeDelta, TreeMonitor};
+
+use crate::proto::{ProtoHashCheck, ProtoHashResult, ProtoProcessFilter, ProtoProcessRecord};
+use filter::ProcessFilter;
+use procinfo::{Fields, ProcTable, Scope};
+
+/// The name of the only hash algorithm, as records and results carry it.
+pub const HASH_ALGORITHM: &str = "sha256";
+
+/// Limits and cache sizes of a [`Collector`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectorConfig {
+    /// Largest file that is hashed; a larger one is an error
+    /// ([`HashError::TooLarge`]). Default 512 MiB.
+    pub max_hash_bytes: u64,
+    /// Block size of hashing reads. Default 1 MiB.
+    pub hash_block_bytes: usize,
+    /// Most file hashes kept, keyed by file version (device, inode, size,
+    /// mtime and ctime). Default 4096; 0 disables the cache. A file changed
+    /// less than 100 ms before it is hashed is not cached: a second change in
+    /// the same clock tick could leave its timestamps as they were.
+    pub hash_cache_entries: usize,
+    /// How long a process's name, command line and uid are trusted before
+    /// they are read again (an exec is noticed at once regardless).
+    /// Default 1 s.
+    pub details_max_age: Duration,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            max_hash_bytes: 512 << 20,
+            hash_block_bytes: 1 << 20,
+            hash_cache_entries: 4096,
+            details_max_age: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A task that could not be carried out at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// The task's filter is invalid.
+    #[error("invalid process filter: {0}")]
+    Filter(#[from] FilterError),
+    /// The process table could not be read.
+    #[error("cannot list processes: {path} is not readable or not mounted")]
+    ProcUnavailable {
+        /// The directory that failed.
+        path: &'static str,
+    },
+}
+
+/// The outcome of a CHECK_PROCESS_HASH task.
+#[derive(Debug)]
+pub struct HashOutcome {
+    /// The seed's result: `success` says whether the hash was computed;
+    /// `error_message` says what failed.
+    pub result: ProtoHashResult,
+    /// Whether the hash equals the expected one (compared without regard to
+    /// case); `None` when nothing was expected or nothing was computed.
+    pub matched: Option<bool>,
+    /// What failed, typed, when `result.success` is false.
+    pub error: Option<HashError>,
+}
+
+/// procmond's collector; see the [module documentation](self).
+pub struct Collector {
+    table: ProcTable,
+    hasher: hash::Hasher,
+}
+
+impl Collector {
+    /// A collector with the given limits. Cheap: nothing is read yet.
+    pub fn new(config: CollectorConfig) -> Self {
+        Self {
+            table: ProcTable::new(config.details_max_age),
+            hasher: hash::Hasher::new(
+                config.max_hash_bytes,
+                config.hash_block_bytes,
+                config.hash_cache_entries,
+            ),
+        }
+    }
+
+    /// ENUMERATE_PROCESSES: every visible process that passes `filter`
+    /// (`None`: all), sorted by pid. With `with_hashes`, each record also
+    /// carries the SHA-256 of its running image, and `file_exists` is
+    /// decided as by [`verify`](Self::verify).
+    ///
+    /// Without hashes, `file_exists` is true when the kernel reports a path
+    /// for the image that it has not marked deleted. `accessible` is false
+    /// when /proc refused the executable link or the command line (another
+    /// user's process, without privilege).
+    pub fn enumerate(
+        &mut self,
+        filter: Option<&ProtoProcessFilter>,
+        with_hashes: bool,
+    ) -> Result<Vec<ProtoProcessRecord>, CollectError> {
+        let mut records = Vec::new();
+        self.for_each(filter, with_hashes, |record| {
+            records.push(record);
+            ControlFlow::Continue(())
+        })?;
+        Ok(records)
+    }
+
+    /// [`enumerate`](Self::enumerate), handing each record to `sink` as it is
+    /// built instead of collecting them; `sink` may stop the walk early.
+    /// Returns how many records were handed over.
+    pub fn for_each(
+        &mut self,
+        filter: Option<&ProtoProcessFilter>,
+        with_hashes: bool,
+        mut sink: impl FnMut(ProtoProcessRecord) -> ControlFlow<()>,
+    ) -> Result<usize, CollectError> {
+        let filter = ProcessFilter::compile(filter)?;
+        let only_pids = filter.only_pids();
+        let scope = match &only_pids {
+            Some(pids) => Scope::Pids(pids),
+            None => Scope::All,
+        };
+        let poll = self.table.refresh(scope, Fields::Usage)?;
+        let mut handed = 0;
+        for pid in self.table.pids(scope) {
+            if !filter.admits_pid(pid) {
+                continue;
+            }
+            let Some(seen) = self.table.observe(pid, &poll) else {
+                continue;
+            };
+            let mut record = seen.record;
+            if !filter.admits(&record.name, record.executable_path.as_deref()) {
+                continue;
+            }
+            if with_hashes {
+                self.add_image_hash(&mut record, seen.exe.as_deref());
+            }
+            handed += 1;
+            if sink(record).is_break() {
+                break;
+            }
+        }
+        Ok(handed)
+    }
+
+    /// VERIFY_EXECUTABLE: for each process that passes `filter`, the SHA-256
+    /// of the image it runs (read through `/proc/<pid>/exe`, so a deleted or
+    /// replaced file is still hashed as it runs) in `executable_hash`, and
+    /// `file_exists` true only when the path on disk still holds that image
+    /// (same device and inode). A process whose image cannot be read (a
+    /// kernel thread, another user's process without privilege, a file over
+    /// the size limit) has no hash.
+    pub fn verify(
+        &mut self,
+        filter: Option<&ProtoProcessFilter>,
+    ) -> Result<Vec<ProtoProcessRecord>, CollectError> {
+        self.enumerate(filter, true)
+    }
+
+    /// CHECK_PROCESS_HASH: the SHA-256 of the file at
+    /// `check.executable_path`, compared with `check.expected_hash` when one
+    /// is given. The algorithm must be "sha256" (any case) or empty.
+    pub fn check_hash(&mut self, check: &ProtoHashCheck) -> HashOutcome {
+        let mut result = ProtoHashResult {
+            hash_value: String::new(),
+            algorithm: HASH_ALGORITHM.to_string(),
+            file_path: check.executable_path.clone(),
+            success: false,
+            error_message: None,
+        };
+        match self.hash_checked(check) {
+            Ok((hex, matched)) => {
+                result.hash_value = hex;
+                result.success = true;
+                HashOutcome {
+                    result,
+                    matched,
+                    error: None,
+                }
+            }
+            Err(error) => {
+                if let HashError::UnsupportedAlgorithm(asked) = &error {
+                    result.algorithm.clone_from(asked);
+                }
+                result.error_message = Some(error.to_string());
+                HashOutcome {
+                    result,
+                    matched: None,
+                    error: Some(error),
+                }
+            }
+        }
+    }
+
+    /// Counters of the file hash cache.
+    pub fn hash_cache_stats(&self) -> CacheStats {
+        self.hasher.cache_stats()
+    }
+
+    /// MONITOR_PROCESS_TREE: starts watching the tree under `roots` (every
+    /// process when empty). [`TreeMonitor::snapshot`] is the tree now; each
+    /// [`TreeMonitor::poll`] with this collector reports what started and
+    /// exited since the previous one.
+    pub fn monitor(&mut self, roots: &[u32]) -> Result<TreeMonitor, CollectError> {
+        TreeMonitor::start(self, roots)
+    }
+
+    /// Records of `pids` (sorted), read fresh with usage; `scope` says which
+    /// processes to re-read (all of them when `pids` is nearly everything).
+    fn records_of(
+        &mut self,
+        scope: Scope<'_>,
+        pids: &[u32],
+    ) -> Result<Vec<ProtoProcessRecord>, CollectError> {
+        let poll = self.table.refresh(scope, Fields::Usage)?;
+        Ok(pids
+            .iter()
+            .filter_map(|&pid| self.table.observe(pid, &poll))
+            .map(|seen| seen.record)
+            .collect())
+    }
+
+    fn add_image_hash(&mut self, record: &mut ProtoProcessRecord, exe: Option<&Path>) {
+        let image = verify::check_image(record.pid, exe, &mut self.hasher);
+        record.file_exists = image.file_exists;
+        match image.digest {
+            Ok(digest) => {
+                record.executable_hash = Some(hash::to_hex(&digest));
+                record.hash_algorithm = Some(HASH_ALGORITHM.to_string());
+            }
+            Err(error) => {
+                tracing::debug!(pid = record.pid, %error, "running image not hashed");
+            }
+        }
+    }
+
+    fn hash_checked(
+        &mut self,
+        check: &ProtoHashCheck,
+    ) -> Result<(String, Option<bool>), HashError> {
+        let algorithm = check.hash_algorithm.trim();
+        if !(algorithm.is_empty()
+            || algorithm.eq_ignore_ascii_case("sha256")
+            || algorithm.eq_ignore_ascii_case("sha-256"))
+        {
+            return Err(HashError::UnsupportedAlgorithm(
+                check.hash_algorithm.clone(),
+            ));
+        }
+        let expected = check.expected_hash.trim();
+        if !expected.is_empty() && !hash::is_sha256_hex(expected) {
+            return Err(HashError::MalformedExpectedHash(
+                check.expected_hash.clone(),
+            ));
+        }
+        let path = Path::new(&check.executable_path);
+        if !path.is_absolute() {
+            return Err(HashError::NotAbsolute {
+                path: path.to_path_buf(),
+            });
+        }
+        let hex = hash::to_hex(&self.hasher.hash_path(path)?);
+        let matched = (!expected.is_empty()).then(|| expected.eq_ignore_ascii_case(&hex));
+        Ok((hex, matched))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collector_and_monitor_can_move_to_a_worker_thread() {
+        fn send<T: Send>() {}
+        send::<Collector>();
+        send::<TreeMonitor>();
+        send::<HashOutcome>();
+    }
+}

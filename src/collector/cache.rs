@@ -1,0 +1,221 @@
+//! A bounded cache of file hashes, keyed by what identifies one version of a
+//! file: (device, inode, size, mtime), plus ctime.
+//!
+//! ctime is in the key because mtime alone can be set back by the file's
+//! owner (`touch -d`, `utimensat`) after changing the contents; ctime cannot
+//! be set by a user, and every write or `utimensat` moves it.
+//!
+//! File timestamps come from a coarse clock (one kernel tick, up to 10 ms),
+//! so two changes of the same size within one tick leave the key unchanged.
+//! As git does for its index, a hash is therefore cached only if the file
+//! had not changed for [`SETTLE`] when hashing began: any later change then
+//! falls in a later tick and moves ctime.
+//!
+//! Eviction is least-recently-used, by a scan over the entries when the cache
+//! is full: a miss costs a whole file hash anyway, which dwarfs the scan.
+
+use std::collections::HashMap;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a file must have been unchanged before its hash is cached.
+pub(crate) const SETTLE: Duration = Duration::from_millis(100);
+
+/// A SHA-256 digest.
+pub(crate) type Digest = [u8; 32];
+
+/// What identifies one version of one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileKey {
+    /// The key of the file version that `meta` (from `fstat`) describes.
+    pub(crate) fn of(meta: &Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// Whether the file's last change (ctime) was at least [`SETTLE`]
+    /// before `t`, so that a change after `t` cannot share its timestamp.
+    pub(crate) fn settled_at(&self, t: SystemTime) -> bool {
+        let Ok(since_epoch) = t.duration_since(UNIX_EPOCH) else {
+            return false;
+        };
+        let t_ns = i128::try_from(since_epoch.as_nanos()).unwrap_or(i128::MAX);
+        let ctime_ns = i128::from(self.ctime.0) * 1_000_000_000 + i128::from(self.ctime.1);
+        ctime_ns + SETTLE.as_nanos() as i128 <= t_ns
+    }
+}
+
+/// Counters of a [`HashCache`](crate::collector::Collector::hash_cache_stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that had to hash the file.
+    pub misses: u64,
+    /// Entries held now.
+    pub entries: usize,
+    /// Most entries the cache holds.
+    pub capacity: usize,
+}
+
+struct Entry {
+    digest: Digest,
+    last_used: u64,
+}
+
+/// Bounded LRU map from [`FileKey`] to [`Digest`].
+pub(crate) struct HashCache {
+    capacity: usize,
+    entries: HashMap<FileKey, Entry>,
+    clock: u64,
+    hits: u64,
+    misses: u64,
+}
+
+impl HashCache {
+    /// A cache of at most `capacity` entries; 0 disables caching.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: HashMap::with_capacity(capacity.min(4096)),
+            clock: 0,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// The cached digest of `key`, counted as a hit or a miss.
+    pub(crate) fn get(&mut self, key: &FileKey) -> Option<Digest> {
+        self.clock += 1;
+        match self.entries.get_mut(key) {
+            Some(entry) => {
+                entry.last_used = self.clock;
+                self.hits += 1;
+                Some(entry.digest)
+            }
+            None => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Remembers `digest` for `key`, evicting the least recently used entry
+    /// when full.
+    pub(crate) fn insert(&mut self, key: FileKey, digest: Digest) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, entry)| entry.last_used)
+                .map(|(key, _)| *key);
+            if let Some(oldest) = oldest {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.clock += 1;
+        let last_used = self.clock;
+        self.entries.insert(key, Entry { digest, last_used });
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits,
+            misses: self.misses,
+            entries: self.entries.len(),
+            capacity: self.capacity,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ino: u64) -> FileKey {
+        FileKey {
+            dev: 1,
+            ino,
+            size: 10,
+            mtime: (5, 0),
+            ctime: (5, 0),
+        }
+    }
+
+    #[test]
+    fn a_file_changed_just_before_hashing_is_not_settled() {
+        let changed = UNIX_EPOCH + Duration::new(1_000, 500);
+        let key = FileKey {
+            ctime: (1_000, 500),
+            ..key(1)
+        };
+        assert!(!key.settled_at(changed));
+        assert!(!key.settled_at(changed + SETTLE - Duration::from_nanos(1)));
+        assert!(key.settled_at(changed + SETTLE));
+        assert!(!key.settled_at(UNIX_EPOCH - Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn counts_hits_and_misses() {
+        let mut cache = HashCache::new(4);
+        assert_eq!(cache.get(&key(1)), None);
+        cache.insert(key(1), [7; 32]);
+        assert_eq!(cache.get(&key(1)), Some([7; 32]));
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
+    }
+
+    #[test]
+    fn any_field_change_is_a_different_version() {
+        let mut cache = HashCache::new(4);
+        cache.insert(key(1), [1; 32]);
+        let mut changed = key(1);
+        changed.size = 11;
+        assert_eq!(cache.get(&changed), None);
+        let mut changed = key(1);
+        changed.ctime = (6, 0);
+        assert_eq!(cache.get(&changed), None);
+        let mut changed = key(1);
+        changed.mtime = (5, 1);
+        assert_eq!(cache.get(&changed), None);
+    }
+
+    #[test]
+    fn evicts_the_least_recently_used() {
+        let mut cache = HashCache::new(2);
+        cache.insert(key(1), [1; 32]);
+        cache.insert(key(2), [2; 32]);
+        // Touch 1, so 2 is the oldest.
+        assert!(cache.get(&key(1)).is_some());
+        cache.insert(key(3), [3; 32]);
+        assert_eq!(cache.stats().entries, 2);
+        assert_eq!(cache.get(&key(2)), None);
+        assert_eq!(cache.get(&key(1)), Some([1; 32]));
+        assert_eq!(cache.get(&key(3)), Some([3; 32]));
+    }
+
+    #[test]
+    fn capacity_zero_caches_nothing() {
+        let mut cache = HashCache::new(0);
+        cache.insert(key(1), [1; 32]);
+        assert_eq!(cache.get(&key(1)), None);
+        assert_eq!(cache.stats().entries, 0);
+    }
+}

@@ -1,0 +1,357 @@
+//! The process table: one long-lived `sysinfo::System` for what changes every
+//! poll, and a cache of what rarely changes, read from `/proc` directly.
+//!
+//! Per poll and process, sysinfo reads `stat` (ppid, start time, CPU time;
+//! it keeps that file open between polls) and, when usage is asked for,
+//! `statm` (resident memory); tasks (threads) are never read. This module
+//! adds one `readlink` of `/proc/<pid>/exe`, which tells whether the image
+//! was deleted, whether /proc refused the details, and whether the process
+//! has exec'd since it was last read.
+//!
+//! The name (`comm`), command line and uid are read on first sight, after an
+//! exec (the exe link changed), and once they are older than the configured
+//! age. sysinfo's own `OnlyIfNotSet` caching of them is not used: it never
+//! notices an exec (name, command line and exe would stay those of the
+//! process before it), nor a uid dropped by `setuid`; and its uid read costs
+//! two reads of `/proc/<pid>/status` (about 50 µs a process on this machine,
+//! four times the rest of a poll).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, ThreadKind};
+
+use super::CollectError;
+use super::cpu::{self, CpuSample};
+use crate::proto::ProtoProcessRecord;
+
+/// Identifies a process across polls: a reused pid has another start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct ProcKey {
+    pub(crate) pid: u32,
+    /// Unix seconds.
+    pub(crate) start_time: u64,
+}
+
+/// Which processes a refresh reads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Scope<'a> {
+    All,
+    Pids(&'a [u32]),
+}
+
+/// What a refresh reads besides identity (pid, ppid, start time, state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fields {
+    Identity,
+    /// Also resident memory and CPU time.
+    Usage,
+}
+
+/// One refresh's timestamps.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Poll {
+    at: Instant,
+    unix_ms: i64,
+}
+
+/// The target of `/proc/<pid>/exe`, without the kernel's " (deleted)" mark.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ExeLink {
+    Path(PathBuf),
+    /// /proc refused it (the process belongs to someone else).
+    Denied,
+    /// No image: a kernel thread, a zombie, or gone.
+    Missing,
+}
+
+/// The rarely changing details of one process.
+struct Known {
+    start_time: u64,
+    exe: ExeLink,
+    name: String,
+    cmd: Vec<String>,
+    uid: Option<u32>,
+    cmd_denied: bool,
+    read_at: Instant,
+    cpu: Option<CpuSample>,
+}
+
+/// A process as seen by one poll, with the on-disk path of its image.
+pub(crate) struct Observed {
+    pub(crate) record: ProtoProcessRecord,
+    pub(crate) exe: Option<PathBuf>,
+}
+
+pub(crate) struct ProcTable {
+    sys: System,
+    known: HashMap<u32, Known>,
+    details_max_age: Duration,
+}
+
+impl ProcTable {
+    pub(crate) fn new(details_max_age: Duration) -> Self {
+        Self {
+            sys: System::new(),
+            known: HashMap::new(),
+            details_max_age,
+        }
+    }
+
+    /// Re-reads the processes of `scope`, dropping the ones that exited.
+    pub(crate) fn refresh(
+        &mut self,
+        scope: Scope<'_>,
+        fields: Fields,
+    ) -> Result<Poll, CollectError> {
+        let mut kind = ProcessRefreshKind::nothing().without_tasks();
+        if fields == Fields::Usage {
+            kind = kind.with_memory().with_cpu();
+        }
+        let sys = &mut self.sys;
+        // Forget the details of processes that exited (or whose pid was
+        // reused), looking only at the processes this refresh read.
+        let alive = |sys: &System, pid: u32, known: &Known| {
+            sys.process(Pid::from_u32(pid))
+                .is_some_and(|p| p.start_time() == known.start_time)
+        };
+        match scope {
+            Scope::All => {
+                let updated = sys.refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
+                if updated == 0 {
+                    return Err(CollectError::ProcUnavailable { path: "/proc" });
+                }
+                self.known.retain(|&pid, known| alive(sys, pid, known));
+            }
+            Scope::Pids(pids) => {
+                let wanted: Vec<Pid> = pids.iter().map(|&pid| Pid::from_u32(pid)).collect();
+                sys.refresh_processes_specifics(ProcessesToUpdate::Some(&wanted), true, kind);
+                for pid in pids {
+                    if self
+                        .known
+                        .get(pid)
+                        .is_some_and(|known| !alive(sys, *pid, known))
+                    {
+                        self.known.remove(pid);
+                    }
+                }
+            }
+        }
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Ok(Poll {
+            at: Instant::now(),
+            unix_ms,
+        })
+    }
+
+    /// The processes of `scope` known after the last refresh, sorted by pid
+    /// (threads named by their tid are left out).
+    pub(crate) fn pids(&self, scope: Scope<'_>) -> Vec<u32> {
+        let mut pids: Vec<u32> = match scope {
+            Scope::All => self
+                .sys
+                .processes()
+                .keys()
+                .map(|pid| pid.as_u32())
+                .collect(),
+            Scope::Pids(pids) => pids.to_vec(),
+        };
+        pids.retain(|&pid| {
+            self.sys
+                .process(Pid::from_u32(pid))
+                .is_some_and(|p| p.thread_kind() != Some(ThreadKind::Userland))
+        });
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Identity, parent and whether the process is a zombie (exited,
+    /// unreaped), from the last refresh.
+    pub(crate) fn identity(&self, pid: u32) -> Option<(ProcKey, Option<u32>, bool)> {
+        let p = self.sys.process(Pid::from_u32(pid))?;
+        let key = ProcKey {
+            pid,
+            start_time: p.start_time(),
+        };
+        let zombie = matches!(p.status(), ProcessStatus::Zombie | ProcessStatus::Dead);
+        Some((key, p.parent().map(Pid::as_u32), zombie))
+    }
+
+    /// Builds the record of `pid` from the last refresh (which must have
+    /// read [`Fields::Usage`]) and the details cache. `None` when the process
+    /// is unknown or has just gone.
+    pub(crate) fn observe(&mut self, pid: u32, poll: &Poll) -> Option<Observed> {
+        let p = self.sys.process(Pid::from_u32(pid))?;
+        let start_time = p.start_time();
+        let (link, deleted) = read_exe_link(pid);
+        let stale = match self.known.get(&pid) {
+            None => true,
+            Some(known) => {
+                known.start_time != start_time
+                    || known.exe != link
+                    || poll.at.saturating_duration_since(known.read_at) >= self.details_max_age
+            }
+        };
+        if stale {
+            let details = read_details(pid)?;
+            let cpu = self
+                .known
+                .get(&pid)
+                .filter(|known| known.start_time == start_time)
+                .and_then(|known| known.cpu);
+            self.known.insert(
+                pid,
+                Known {
+                    start_time,
+                    exe: link,
+                    name: details.name,
+                    cmd: details.cmd,
+                    uid: details.uid,
+                    cmd_denied: details.cmd_denied,
+                    read_at: poll.at,
+                    cpu,
+                },
+            );
+        }
+        let known = self.known.get_mut(&pid)?;
+        let sample = CpuSample {
+            cpu_ms: p.accumulated_cpu_time(),
+            at: poll.at,
+        };
+        let cpu_usage = cpu::usage_percent(known.cpu, sample);
+        known.cpu = Some(sample);
+
+        let exe = match &known.exe {
+            ExeLink::Path(path) => Some(path.clone()),
+            ExeLink::Denied | ExeLink::Missing => None,
+        };
+        let record = ProtoProcessRecord {
+            pid,
+            ppid: p.parent().map(Pid::as_u32),
+            name: known.name.clone(),
+            executable_path: exe.as_ref().map(|path| path.to_string_lossy().into_owned()),
+            command_line: known.cmd.clone(),
+            start_time: i64::try_from(start_time).ok(),
+            cpu_usage,
+            memory_usage: Some(p.memory()),
+            executable_hash: None,
+            hash_algorithm: None,
+            user_id: known.uid.map(|uid| uid.to_string()),
+            accessible: known.exe != ExeLink::Denied && !known.cmd_denied,
+            file_exists: exe.is_some() && !deleted,
+            collection_time: poll.unix_ms,
+        };
+        Some(Observed { record, exe })
+    }
+}
+
+/// Reads `/proc/<pid>/exe`: the image path and whether it was deleted.
+fn read_exe_link(pid: u32) -> (ExeLink, bool) {
+    const DELETED: &[u8] = b" (deleted)";
+    match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(path) => {
+            let bytes = path.as_os_str().as_bytes();
+            match bytes.strip_suffix(DELETED) {
+                Some(kept) => (ExeLink::Path(PathBuf::from(OsStr::from_bytes(kept))), true),
+                None => (ExeLink::Path(path), false),
+            }
+        }
+        Err(e) if is_denied(&e) => (ExeLink::Denied, false),
+        Err(_) => (ExeLink::Missing, false),
+    }
+}
+
+struct Details {
+    name: String,
+    cmd: Vec<String>,
+    uid: Option<u32>,
+    cmd_denied: bool,
+}
+
+/// Reads name, command line and uid; `None` if the process has gone.
+fn read_details(pid: u32) -> Option<Details> {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    // comm is world-readable while the process exists: its absence means gone.
+    let comm = std::fs::read(dir.join("comm")).ok()?;
+    let name = String::from_utf8_lossy(comm.strip_suffix(b"\n").unwrap_or(&comm)).into_owned();
+    let (cmd, cmd_denied) = match std::fs::read(dir.join("cmdline")) {
+        Ok(raw) => (split_cmdline(&raw), false),
+        Err(e) => (Vec::new(), is_denied(&e)),
+    };
+    let uid = read_uid(&dir.join("status"));
+    Some(Details {
+        name,
+        cmd,
+        uid,
+        cmd_denied,
+    })
+}
+
+/// Splits NUL-separated arguments, keeping empty ones (`a "" b` stays three).
+fn split_cmdline(raw: &[u8]) -> Vec<String> {
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
+    raw.split(|&b| b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
+/// The real uid from the `Uid:` line of `/proc/<pid>/status`.
+fn read_uid(status: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(status).ok()?;
+    parse_uid(&text)
+}
+
+fn parse_uid(status: &str) -> Option<u32> {
+    let line = status.lines().find(|line| line.starts_with("Uid:"))?;
+    line["Uid:".len()..].split_whitespace().next()?.parse().ok()
+}
+
+fn is_denied(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::PermissionDenied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_keeps_empty_arguments() {
+        assert_eq!(split_cmdline(b""), Vec::<String>::new());
+        assert_eq!(split_cmdline(b"sleep\x0030\x00"), ["sleep", "30"]);
+        assert_eq!(split_cmdline(b"a\x00\x00b\x00"), ["a", "", "b"]);
+        // A process may rewrite its command line without NULs.
+        assert_eq!(split_cmdline(b"nginx: worker"), ["nginx: worker"]);
+    }
+
+    #[test]
+    fn uid_is_the_real_one() {
+        let status = "Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t1\t1\t1\t1\n";
+        assert_eq!(parse_uid(status), Some(1000));
+        assert_eq!(parse_uid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn own_process_is_observed_with_its_exe_and_uid() {
+        let me = std::process::id();
+        let mut table = ProcTable::new(Duration::from_secs(1));
+        let poll = table.refresh(Scope::Pids(&[me]), Fields::Usage).unwrap();
+        let seen = table.observe(me, &poll).expect("own process");
+        assert_eq!(seen.record.pid, me);
+        assert_eq!(seen.exe, Some(std::env::current_exe().unwrap()));
+        assert_eq!(seen.record.user_id, Some(nix::unistd::getuid().to_string()));
+        assert!(seen.record.accessible && seen.record.file_exists);
+        assert_eq!(seen.record.cpu_usage, None);
+        let poll = table.refresh(Scope::Pids(&[me]), Fields::Usage).unwrap();
+        assert!(table.observe(me, &poll).unwrap().record.cpu_usage.is_some());
+    }
+}
