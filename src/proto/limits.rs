@@ -1,5 +1,5 @@
-//! Every bound that [`validate`](super::validate) and callers of the
-//! [`codec`](crate::codec) enforce, in one place.
+//! Every bound that validation ([`DetectionTask::validate`](super::DetectionTask::validate) and the
+//! others) and callers of the [`codec`](crate::codec) enforce, in one place.
 //!
 //! Validation bounds what a message *means* (how many names in a filter, how
 //! long a path); the encoded-size caps ([`MAX_TASK_BYTES`],

@@ -4,19 +4,6 @@
 //! Each check returns the first broken rule as a [`ValidationError`] that
 //! names the field (a path such as `processes[3].command_line`) and the
 //! [`Rule`].
-//!
-//! ```
-//! use daemoneye_lib::proto::{DetectionTask, ProtoHashCheck, Rule};
-//!
-//! let check = ProtoHashCheck {
-//!     expected_hash: "abc123".to_string(), // too short for sha256
-//!     hash_algorithm: "sha256".to_string(),
-//!     executable_path: "/usr/bin/firefox".to_string(),
-//! };
-//! let err = DetectionTask::new_hash_check("t-1", check).validate().unwrap_err();
-//! assert_eq!(err.field, "hash_check.expected_hash");
-//! assert!(matches!(err.rule, Rule::WrongHashLength { len: 6, expected: 64, .. }));
-//! ```
 
 use super::hash_algorithm::HashAlgorithm;
 use super::limits::*;
@@ -26,6 +13,19 @@ use super::{
 };
 
 /// A message broke a rule: `field` names where, `rule` says which.
+///
+/// ```
+/// use daemoneye_lib::proto::{DetectionTask, ProtoHashCheck, Rule};
+///
+/// let check = ProtoHashCheck {
+///     expected_hash: "abc123".to_string(), // too short for sha256
+///     hash_algorithm: "sha256".to_string(),
+///     executable_path: "/usr/bin/firefox".to_string(),
+/// };
+/// let err = DetectionTask::new_hash_check("t-1", check).validate().unwrap_err();
+/// assert_eq!(err.field, "hash_check.expected_hash");
+/// assert!(matches!(err.rule, Rule::WrongHashLength { len: 6, expected: 64, .. }));
+/// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid `{field}`: {rule}")]
 pub struct ValidationError {
