@@ -133,7 +133,7 @@ impl Codec {
     pub fn encode(&self, message: &impl Message) -> Result<Vec<u8>, CodecError> {
         let len = self.checked_encoded_len(message)?;
         let mut buf = Vec::with_capacity(len);
-        self.write(message, &mut buf, len)?;
+        Self::write(message, &mut buf, len)?;
         Ok(buf)
     }
 
@@ -143,7 +143,7 @@ impl Codec {
         let len = self.checked_encoded_len(message)?;
         Self::fits(len, buf.len())?;
         let mut out = &mut buf[..];
-        self.write(message, &mut out, len)?;
+        Self::write(message, &mut out, len)?;
         Ok(len)
     }
 
@@ -152,7 +152,7 @@ impl Codec {
         let len = self.checked_encoded_len(message)?;
         let total = prost::length_delimiter_len(len) + len;
         let mut buf = Vec::with_capacity(total);
-        self.write_length_delimited(message, &mut buf, total)?;
+        Self::write_length_delimited(message, &mut buf, total)?;
         Ok(buf)
     }
 
@@ -167,7 +167,7 @@ impl Codec {
         let total = prost::length_delimiter_len(len) + len;
         Self::fits(total, buf.len())?;
         let mut out = &mut buf[..];
-        self.write_length_delimited(message, &mut out, total)?;
+        Self::write_length_delimited(message, &mut out, total)?;
         Ok(total)
     }
 
@@ -235,7 +235,6 @@ impl Codec {
 
     /// Writes `message` into `out`, which has room for `needed` bytes.
     fn write(
-        &self,
         message: &impl Message,
         out: &mut impl prost::bytes::BufMut,
         needed: usize,
@@ -249,7 +248,6 @@ impl Codec {
     /// Writes `message` length-delimited into `out`, which has room for
     /// `needed` bytes.
     fn write_length_delimited(
-        &self,
         message: &impl Message,
         out: &mut impl prost::bytes::BufMut,
         needed: usize,
