@@ -1,1 +1,11 @@
-//! (in progress)
+//! Linux platform calls, one small file per concern, so that another platform
+//! could be added beside them. Nothing outside `sys` makes these calls.
+//!
+//! - [`memfd`]: anonymous shared-memory files, their seals, read-only
+//!   reopening and `mmap`.
+//! - [`futex`]: process-shared futex wait (with a timeout) and wake.
+//! - [`pidfd`]: a handle on another process that says when it has exited.
+
+pub mod futex;
+pub mod memfd;
+pub mod pidfd;
