@@ -60,14 +60,20 @@ mod tests {
     #[test]
     fn wait_returns_changed_when_the_value_differs() {
         let word = AtomicU32::new(1);
-        assert_eq!(wait(&word, 0, Duration::from_secs(5)).unwrap(), Wake::Changed);
+        assert_eq!(
+            wait(&word, 0, Duration::from_secs(5)).unwrap(),
+            Wake::Changed
+        );
     }
 
     #[test]
     fn wait_times_out() {
         let word = AtomicU32::new(0);
         let start = Instant::now();
-        assert_eq!(wait(&word, 0, Duration::from_millis(20)).unwrap(), Wake::TimedOut);
+        assert_eq!(
+            wait(&word, 0, Duration::from_millis(20)).unwrap(),
+            Wake::TimedOut
+        );
         assert!(start.elapsed() >= Duration::from_millis(20));
     }
 

@@ -112,9 +112,8 @@ impl Mapping {
         // no existing memory of this process is replaced; `len` is non-zero
         // and offset 0 is page-aligned. The returned range belongs to the new
         // `Mapping` alone, which unmaps it exactly once, in `drop`.
-        let ptr = unsafe {
-            rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)?
-        };
+        let ptr =
+            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)? };
         let ptr = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| io::Error::from(io::ErrorKind::AddrNotAvailable))?;
         Ok(Mapping { ptr, len, access })
@@ -207,7 +206,10 @@ mod tests {
         let fd = create("test", 4096).unwrap();
         let ro = reopen_read_only(&fd).unwrap();
         let err = Mapping::map(&ro, 4096, Access::ReadWrite).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(rustix::io::Errno::ACCESS.raw_os_error()));
+        assert_eq!(
+            err.raw_os_error(),
+            Some(rustix::io::Errno::ACCESS.raw_os_error())
+        );
         // ...but it maps read-only, and writes through `write` fail too.
         Mapping::map(&ro, 4096, Access::ReadOnly).unwrap();
         assert!(File::from(ro).write_at(b"x", 0).is_err());
@@ -221,8 +223,15 @@ mod tests {
         // Even the original read-write descriptor can no longer be mapped
         // writable, nor written...
         let err = Mapping::map(&fd, 4096, Access::ReadWrite).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(rustix::io::Errno::PERM.raw_os_error()));
-        assert!(File::from(fd.try_clone().unwrap()).write_at(b"x", 0).is_err());
+        assert_eq!(
+            err.raw_os_error(),
+            Some(rustix::io::Errno::PERM.raw_os_error())
+        );
+        assert!(
+            File::from(fd.try_clone().unwrap())
+                .write_at(b"x", 0)
+                .is_err()
+        );
         // ...while the mapping made before the seal still writes.
         // SAFETY (test): offset 0 is inside the live read-write mapping.
         unsafe { rw.as_ptr().write_volatile(7) };

@@ -19,7 +19,10 @@ impl PidFd {
     pub fn open(pid: u32) -> io::Result<PidFd> {
         let raw = i32::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let pid = Pid::from_raw(raw).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        Ok(PidFd(rustix::process::pidfd_open(pid, PidfdFlags::empty())?))
+        Ok(PidFd(rustix::process::pidfd_open(
+            pid,
+            PidfdFlags::empty(),
+        )?))
     }
 
     /// Wraps a descriptor that already is a pidfd (say, one received from
