@@ -234,7 +234,7 @@ fn consumer_survives_concurrent_scribbling() {
                     0 => data.write_all_at(&value.to_ne_bytes(), rng.next() % (region - 8)),
                     1 => data.write_all_at(&value.to_ne_bytes(), PRODUCER_POSITION_OFFSET as u64),
                     2 => {
-                        let at = DATA_OFFSET as u64 + (rng.next() % CAP as u64 & !7);
+                        let at = DATA_OFFSET as u64 + ((rng.next() % CAP as u64) & !7);
                         data.write_all_at(&(value >> 8).to_ne_bytes(), at)
                     }
                     // Anywhere before the close line: a scribbled closed
@@ -376,7 +376,7 @@ fn producer_survives_concurrent_scribbling() {
                     _ => rng.next() % (CONSUMER_CLOSED_OFFSET as u64 - 8),
                 };
                 let value = if value % 5 == 0 {
-                    position + (value % 4096 & !7)
+                    position + ((value % 4096) & !7)
                 } else {
                     value
                 };
