@@ -4,7 +4,7 @@
 //! sides may write). The protocol, for a waiter W and a notifier N:
 //!
 //! ```text
-//!  W: word = PARKED            N: publish position (or closed flag), Release
+//!  W: swap(word, PARKED)       N: publish position (or closed flag), Release
 //!     fence(SeqCst)               fence(SeqCst)
 //!     re-check the condition      if word == PARKED and swap(word, IDLE) == PARKED:
 //!     futex_wait(word, PARKED)        futex_wake(word)
@@ -142,9 +142,14 @@ pub(crate) fn block<T>(
             WaitStrategy::Park { timeout } => timeout,
         };
 
-        // Announce, then re-check (see the module docs). Relaxed store: the
-        // SeqCst fence after it orders it before the re-check's loads.
-        word.store(PARKED, Ordering::Relaxed);
+        // Announce, then re-check (see the module docs). Relaxed: the SeqCst
+        // fence after it orders it before the re-check's loads. A swap, not
+        // a store: as an RMW it is ordered after any notifier's earlier swap
+        // to IDLE, so a notifier that fences after this one cannot read that
+        // stale IDLE. (C++'s total modification order gives this for a
+        // plain store too; loom's weaker model of coherence needs the RMW,
+        // and it costs nothing beside the futex call that follows.)
+        word.swap(PARKED, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if let Some(result) = poll() {
             // Relaxed: nothing is published with the word; it only tells the
