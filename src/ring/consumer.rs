@@ -81,7 +81,7 @@ impl Consumer {
             }
             .into());
         }
-        consumer.refresh_tail(head)?;
+        consumer.refresh_tail()?;
         Ok(consumer)
     }
 
@@ -274,7 +274,7 @@ impl Consumer {
     fn peek(&mut self, mut at: u64) -> Result<Option<Peeked>, CorruptKind> {
         loop {
             if at == self.cached_tail {
-                self.refresh_tail(at)?;
+                self.refresh_tail()?;
                 if at == self.cached_tail {
                     return Ok(None);
                 }
@@ -341,9 +341,9 @@ impl Consumer {
     }
 
     /// Re-reads the producer position and checks it: aligned, not moved
-    /// backwards, at most one capacity past `at` (the consumer's read
-    /// point).
-    fn refresh_tail(&mut self, at: u64) -> Result<(), CorruptKind> {
+    /// backwards, at most one capacity past the released position (the
+    /// producer may not overwrite what this consumer has not released).
+    fn refresh_tail(&mut self) -> Result<(), CorruptKind> {
         // Acquire: pairs with the producer's Release store of its position,
         // so every frame below it is fully written before this consumer
         // reads it.
@@ -365,11 +365,11 @@ impl Consumer {
                 now: tail,
             });
         }
-        // tail >= cached_tail >= at.
-        if tail - at > self.capacity {
+        // tail >= cached_tail >= head.
+        if tail - self.head > self.capacity {
             return Err(CorruptKind::ProducerOverrun {
                 producer: tail,
-                consumer: at,
+                consumer: self.head,
                 capacity: self.capacity,
             });
         }
