@@ -288,6 +288,7 @@ impl Drop for Producer {
 ///
 /// [`commit`](Claim::commit) publishes it; dropping it abandons it.
 #[derive(Debug)]
+#[must_use = "a claim is abandoned unless committed"]
 pub struct Claim<'a> {
     producer: &'a mut Producer,
     /// Data area offset of the frame header.
