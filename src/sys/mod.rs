@@ -1,2 +1,14 @@
-//! (in progress)
+//! Linux platform calls, one small file per concern, so that another platform
+//! could be added beside them. Nothing outside `sys` makes these calls.
+//!
+//! - [`memfd`]: anonymous shared-memory files, their seals, read-only
+//!   reopening and `mmap`.
+//! - [`futex`]: process-shared futex wait (with a timeout) and wake.
+//! - [`pidfd`]: a handle on another process that says when it has exited.
+//! - [`socket`]: Unix-socket peer credentials (`SO_PEERCRED`) and descriptor
+//!   passing (`SCM_RIGHTS`).
+
+pub mod futex;
+pub mod memfd;
+pub mod pidfd;
 pub mod socket;

@@ -1,0 +1,540 @@
+//! The reading side: hands out published frames in place, then releases
+//! them to the producer.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::close::{self, Closer};
+use super::error::{CorruptKind, Position, RingError, TryReadError};
+use super::frame::{Frame, FrameHeader, FrameKind};
+use super::layout::{FRAME_ALIGN, FRAME_HEADER_LEN, frame_size};
+use super::segment::{self, ConsumerFds, DataReader, Shared};
+use super::wait::{self, WaitStrategy};
+use crate::sys::pidfd::PidFd;
+
+/// The reading end of a ring. Attach one with [`Consumer::attach`] (or
+/// [`pair`](super::pair)).
+///
+/// Reads hand each frame's bytes to a closure while they are still in the
+/// ring (no copy); the frame is released to the producer after the closure
+/// returns. The consumer keeps its own position in private memory and
+/// re-reads the producer's only when its cached copy says there is nothing
+/// left. Nothing the producer writes is trusted: every length and position
+/// is checked first, and a violation is a [`CorruptKind`] error. Dropping it
+/// closes the ring.
+#[derive(Debug)]
+pub struct Consumer {
+    reader: DataReader,
+    /// Capacity - 1; capacity is a power of two.
+    mask: u64,
+    capacity: u64,
+    max_frame: u64,
+    /// Bytes released so far (stored in shared memory after each release).
+    head: u64,
+    /// The producer position as last read and checked.
+    cached_tail: u64,
+    wait: WaitStrategy,
+    peer: Option<PidFd>,
+}
+
+/// A published data frame found by [`Consumer::peek`].
+#[derive(Clone, Copy, Debug)]
+struct Peeked {
+    /// Data area offset of the payload.
+    payload: usize,
+    len: usize,
+    flags: u16,
+    /// The position just after the frame.
+    next: u64,
+}
+
+impl Consumer {
+    /// Attaches to a ring from the descriptors its producer handed out,
+    /// checking everything the producer controls (seals, sizes, magic,
+    /// version, capacity, largest frame, positions). `wait` says how
+    /// blocking reads wait for data.
+    pub fn attach(fds: ConsumerFds, wait: WaitStrategy) -> Result<Consumer, RingError> {
+        wait.validate()?;
+        let reader = segment::attach(&fds)?;
+        let shared = reader.shared();
+        let capacity = shared.capacity() as u64;
+        let max_frame = shared.max_frame() as u64;
+        // The positions left by the producer (or an earlier session), as
+        // untrusted as everything else. Acquire: pairs with their Release
+        // stores.
+        let head = shared.consumer_lines().position.load(Ordering::Acquire);
+        let mut consumer = Consumer {
+            reader,
+            mask: capacity - 1,
+            capacity,
+            max_frame,
+            head,
+            cached_tail: head,
+            wait,
+            peer: None,
+        };
+        if head % FRAME_ALIGN as u64 != 0 {
+            return Err(CorruptKind::PositionMisaligned {
+                position: Position::Consumer,
+                value: head,
+            }
+            .into());
+        }
+        consumer.refresh_tail(head)?;
+        Ok(consumer)
+    }
+
+    fn shared(&self) -> &Shared {
+        self.reader.shared()
+    }
+
+    /// Bytes in the data area.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// The largest payload a frame may carry.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame as usize
+    }
+
+    /// Bytes released so far (frames, their headers, padding).
+    pub fn position(&self) -> u64 {
+        self.head
+    }
+
+    /// Reports [`RingError::PeerGone`] from blocking calls once the process
+    /// behind `pidfd` has exited and every frame it published has been read
+    /// (checked whenever a park times out, and every 100 ms of busy
+    /// spinning).
+    pub fn watch_peer(&mut self, pidfd: PidFd) {
+        self.peer = Some(pidfd);
+    }
+
+    /// A handle that closes this side from another thread.
+    pub fn closer(&self) -> Closer {
+        Closer::new(Arc::clone(self.reader.shared()))
+    }
+
+    /// Closes the ring: the producer's claims fail with `Closed`, and so do
+    /// this consumer's reads.
+    pub fn close(&mut self) {
+        close::close(self.shared());
+    }
+
+    /// Whether either side has closed the ring (frames published before the
+    /// producer closed may still be readable).
+    pub fn is_closed(&self) -> bool {
+        // Relaxed: a status read; a read checks again.
+        self.shared().own_closed().load(Ordering::Relaxed) != 0
+            || self.shared().peer_closed().load(Ordering::Relaxed) != 0
+    }
+
+    /// Runs `f` on the next frame, if one is published, then releases it.
+    pub fn try_read<R>(&mut self, f: impl FnOnce(Frame<'_>) -> R) -> Result<R, TryReadError> {
+        let frame = self.next_frame()?;
+        let result = f(Frame::new(
+            self.reader.bytes(frame.payload, frame.len),
+            frame.flags,
+        ));
+        self.release(frame.next);
+        Ok(result)
+    }
+
+    /// Runs `f` on the next frame, waiting until `deadline` for one, then
+    /// releases it.
+    pub fn read<R>(
+        &mut self,
+        deadline: Instant,
+        f: impl FnOnce(Frame<'_>) -> R,
+    ) -> Result<R, RingError> {
+        let frame = self.next_frame_blocking(deadline)?;
+        let result = f(Frame::new(
+            self.reader.bytes(frame.payload, frame.len),
+            frame.flags,
+        ));
+        self.release(frame.next);
+        Ok(result)
+    }
+
+    /// Runs `f` on each published frame, up to `max_frames`, then releases
+    /// them all with one store of the position (and at most one wake-up).
+    /// Returns how many frames `f` saw; `Empty` when there were none.
+    ///
+    /// Should the producer region turn out corrupt part-way, the frames
+    /// already handed to `f` are released and the error is returned.
+    pub fn try_read_batch(
+        &mut self,
+        max_frames: usize,
+        f: impl FnMut(Frame<'_>),
+    ) -> Result<usize, TryReadError> {
+        if max_frames == 0 {
+            return Ok(0);
+        }
+        let first = self.next_frame()?;
+        self.batch_from(first, max_frames, f)
+            .map_err(TryReadError::Corrupt)
+    }
+
+    /// Like [`try_read_batch`](Consumer::try_read_batch), but waits until
+    /// `deadline` for the first frame.
+    pub fn read_batch(
+        &mut self,
+        max_frames: usize,
+        deadline: Instant,
+        f: impl FnMut(Frame<'_>),
+    ) -> Result<usize, RingError> {
+        if max_frames == 0 {
+            return Ok(0);
+        }
+        let first = self.next_frame_blocking(deadline)?;
+        self.batch_from(first, max_frames, f)
+            .map_err(RingError::Corrupt)
+    }
+
+    /// Hands `first` and up to `max_frames - 1` more published frames to
+    /// `f`, then releases them all.
+    fn batch_from(
+        &mut self,
+        first: Peeked,
+        max_frames: usize,
+        mut f: impl FnMut(Frame<'_>),
+    ) -> Result<usize, CorruptKind> {
+        let mut frame = first;
+        let mut count = 0;
+        let result = loop {
+            f(Frame::new(
+                self.reader.bytes(frame.payload, frame.len),
+                frame.flags,
+            ));
+            count += 1;
+            if count == max_frames {
+                break Ok(count);
+            }
+            match self.peek(frame.next) {
+                Ok(Some(next)) => frame = next,
+                Ok(None) => break Ok(count),
+                Err(err) => break Err(err),
+            }
+        };
+        self.release(frame.next);
+        result
+    }
+
+    /// The next published frame, or why there is none.
+    fn next_frame(&mut self) -> Result<Peeked, TryReadError> {
+        // Relaxed: closing publishes nothing this side needs.
+        if self.shared().own_closed().load(Ordering::Relaxed) != 0 {
+            return Err(TryReadError::Closed);
+        }
+        if let Some(frame) = self.peek(self.head)? {
+            return Ok(frame);
+        }
+        // Acquire: pairs with the producer's Release store of its closed
+        // flag, so the position it published before closing is visible to
+        // the peek below, which reads it again.
+        if self.shared().peer_closed().load(Ordering::Acquire) != 0 {
+            return match self.peek(self.head)? {
+                Some(frame) => Ok(frame),
+                None => Err(TryReadError::Closed),
+            };
+        }
+        Err(TryReadError::Empty)
+    }
+
+    fn next_frame_blocking(&mut self, deadline: Instant) -> Result<Peeked, RingError> {
+        match self.next_frame() {
+            Ok(frame) => return Ok(frame),
+            Err(TryReadError::Empty) => {}
+            Err(err) => return Err(blocking_error(err)),
+        }
+        // Slow path: hold the shared memory through its own handle so the
+        // poll closure may borrow `self` mutably.
+        let shared = Arc::clone(self.reader.shared());
+        let (strategy, peer) = (self.wait, self.peer.take());
+        let result = wait::block(
+            strategy,
+            deadline,
+            &shared.consumer_lines().consumer_wait,
+            peer.as_ref(),
+            || match self.next_frame() {
+                Ok(frame) => Some(Ok(frame)),
+                Err(TryReadError::Empty) => None,
+                Err(err) => Some(Err(blocking_error(err))),
+            },
+        );
+        self.peer = peer;
+        result
+    }
+
+    /// The data frame at position `at` (skipping one padding frame), if it
+    /// is published. Checks the header copy against the largest frame, the
+    /// end of the data area and the published position before any use.
+    fn peek(&mut self, mut at: u64) -> Result<Option<Peeked>, CorruptKind> {
+        loop {
+            if at == self.cached_tail {
+                self.refresh_tail(at)?;
+                if at == self.cached_tail {
+                    return Ok(None);
+                }
+            }
+            // `at` is aligned and within one capacity of the published
+            // position, which is past it.
+            let published = self.cached_tail - at;
+            let offset = at & self.mask;
+            // Relaxed: the Acquire load of a producer position past this
+            // frame ordered the producer's header store before this load.
+            // One load, then only the copy is used.
+            let word = self
+                .reader
+                .frame_word(offset as usize)
+                .load(Ordering::Relaxed);
+            let header = FrameHeader::decode(word)?;
+            let len = u64::from(header.len);
+            let to_end = self.capacity - offset;
+            match header.kind {
+                FrameKind::Padding => {
+                    // The producer pads only from a non-zero offset, exactly
+                    // to the end; so at most one padding frame is skipped.
+                    if offset == 0 || len + FRAME_HEADER_LEN as u64 != to_end {
+                        return Err(CorruptKind::BadPadding { position: at, len });
+                    }
+                    if to_end > published {
+                        return Err(CorruptKind::FrameUnpublished {
+                            position: at,
+                            size: to_end,
+                            published: self.cached_tail,
+                        });
+                    }
+                    at += to_end;
+                }
+                FrameKind::Data => {
+                    if len > self.max_frame {
+                        return Err(CorruptKind::FrameTooLong {
+                            position: at,
+                            len,
+                            max: self.max_frame,
+                        });
+                    }
+                    // len <= max_frame < capacity / 2: no overflow.
+                    let size = frame_size(len as usize) as u64;
+                    if size > to_end {
+                        return Err(CorruptKind::FrameCrossesEnd { position: at, size });
+                    }
+                    if size > published {
+                        return Err(CorruptKind::FrameUnpublished {
+                            position: at,
+                            size,
+                            published: self.cached_tail,
+                        });
+                    }
+                    return Ok(Some(Peeked {
+                        payload: offset as usize + FRAME_HEADER_LEN,
+                        len: len as usize,
+                        flags: header.flags,
+                        next: at + size,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Re-reads the producer position and checks it: aligned, not moved
+    /// backwards, at most one capacity past `at` (the consumer's read
+    /// point).
+    fn refresh_tail(&mut self, at: u64) -> Result<(), CorruptKind> {
+        // Acquire: pairs with the producer's Release store of its position,
+        // so every frame below it is fully written before this consumer
+        // reads it.
+        let tail = self
+            .shared()
+            .producer_lines()
+            .position
+            .load(Ordering::Acquire);
+        if tail % FRAME_ALIGN as u64 != 0 {
+            return Err(CorruptKind::PositionMisaligned {
+                position: Position::Producer,
+                value: tail,
+            });
+        }
+        if tail < self.cached_tail {
+            return Err(CorruptKind::PositionBackwards {
+                position: Position::Producer,
+                was: self.cached_tail,
+                now: tail,
+            });
+        }
+        // tail >= cached_tail >= at.
+        if tail - at > self.capacity {
+            return Err(CorruptKind::ProducerOverrun {
+                producer: tail,
+                consumer: at,
+                capacity: self.capacity,
+            });
+        }
+        self.cached_tail = tail;
+        Ok(())
+    }
+
+    /// Releases everything below `next` to the producer.
+    fn release(&mut self, next: u64) {
+        self.head = next;
+        // Release: this consumer's reads of the released frames happen
+        // before the producer's Acquire load that lets it overwrite them.
+        self.shared()
+            .consumer_lines()
+            .position
+            .store(next, Ordering::Release);
+        wait::notify(&self.shared().consumer_lines().producer_wait);
+    }
+}
+
+/// A blocking call's error for a `try_read` error other than `Empty`.
+fn blocking_error(err: TryReadError) -> RingError {
+    match err {
+        TryReadError::Empty => RingError::TimedOut,
+        TryReadError::Closed => RingError::Closed,
+        TryReadError::Corrupt(kind) => RingError::Corrupt(kind),
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        close::close(self.shared());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::layout::MIN_CAPACITY;
+    use crate::ring::{Producer, RingConfig, pair};
+    use std::time::Duration;
+
+    fn ring(max_frame: usize) -> (Producer, Consumer) {
+        pair(&RingConfig::new(MIN_CAPACITY).with_max_frame(max_frame)).unwrap()
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    #[test]
+    fn empty_then_one_frame() {
+        let (mut producer, mut consumer) = ring(100);
+        assert!(matches!(
+            consumer.try_read(|_| ()),
+            Err(TryReadError::Empty)
+        ));
+        producer.try_write(b"hello", 0x0102).unwrap();
+        let (bytes, flags) = consumer
+            .try_read(|f| (f.bytes().to_vec(), f.flags()))
+            .unwrap();
+        assert_eq!(bytes, b"hello");
+        assert_eq!(flags, 0x0102);
+        assert_eq!(consumer.position(), producer.position());
+        assert!(matches!(
+            consumer.try_read(|_| ()),
+            Err(TryReadError::Empty)
+        ));
+    }
+
+    #[test]
+    fn shortened_claim_delivers_only_what_was_committed() {
+        let (mut producer, mut consumer) = ring(100);
+        let mut claim = producer.try_claim(100).unwrap();
+        claim[..3].copy_from_slice(b"abc");
+        claim.commit(3);
+        assert_eq!(consumer.try_read(|f| f.bytes().to_vec()).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn frames_wrap_with_padding() {
+        let (mut producer, mut consumer) = ring(5000);
+        // 4999-byte frames take 5008 bytes: 13 of them leave 656 bytes
+        // before the end, so the 14th goes after a padding frame.
+        for round in 0..100u32 {
+            let payload = vec![round as u8; 4999];
+            producer.try_write(&payload, round as u16).unwrap();
+            let seen = consumer
+                .try_read(|f| (f.bytes() == payload, f.flags()))
+                .unwrap();
+            assert_eq!(seen, (true, round as u16));
+        }
+        assert!(producer.position() > 7 * MIN_CAPACITY as u64);
+    }
+
+    #[test]
+    fn batch_reads_release_once() {
+        let (mut producer, mut consumer) = ring(100);
+        for i in 0..10u8 {
+            producer.try_write(&[i; 10], 0).unwrap();
+        }
+        let mut seen = Vec::new();
+        assert_eq!(
+            consumer
+                .try_read_batch(4, |f| seen.push(f.bytes()[0]))
+                .unwrap(),
+            4
+        );
+        assert_eq!(consumer.position(), 4 * 24);
+        assert_eq!(
+            consumer
+                .read_batch(100, soon(), |f| seen.push(f.bytes()[0]))
+                .unwrap(),
+            6
+        );
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        assert!(matches!(
+            consumer.try_read_batch(4, |_| ()),
+            Err(TryReadError::Empty)
+        ));
+        assert_eq!(consumer.try_read_batch(0, |_| ()).unwrap(), 0);
+    }
+
+    #[test]
+    fn producer_close_drains_then_closes() {
+        let (mut producer, mut consumer) = ring(100);
+        producer.try_write(b"last", 0).unwrap();
+        drop(producer);
+        assert_eq!(
+            consumer.read(soon(), |f| f.bytes().to_vec()).unwrap(),
+            b"last"
+        );
+        assert!(matches!(
+            consumer.try_read(|_| ()),
+            Err(TryReadError::Closed)
+        ));
+        assert!(matches!(
+            consumer.read(soon(), |_| ()),
+            Err(RingError::Closed)
+        ));
+    }
+
+    #[test]
+    fn own_close_ends_reads() {
+        let (mut producer, mut consumer) = ring(100);
+        producer.try_write(b"x", 0).unwrap();
+        consumer.close();
+        assert!(consumer.is_closed());
+        assert!(matches!(
+            consumer.try_read(|_| ()),
+            Err(TryReadError::Closed)
+        ));
+        assert!(matches!(
+            producer.try_claim(1),
+            Err(crate::ring::TryClaimError::Closed)
+        ));
+    }
+
+    #[test]
+    fn read_times_out_when_empty() {
+        let (_producer, mut consumer) = ring(100);
+        let deadline = Instant::now() + Duration::from_millis(20);
+        assert!(matches!(
+            consumer.read(deadline, |_| ()),
+            Err(RingError::TimedOut)
+        ));
+    }
+}

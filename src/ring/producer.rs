@@ -1,0 +1,454 @@
+//! The writing side: claims space in the ring, lets the caller fill it in
+//! place, and publishes it.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::close::{self, Closer};
+use super::config::RingConfig;
+use super::error::{CorruptKind, Position, RingError, TryClaimError};
+use super::frame::FrameHeader;
+use super::layout::{FRAME_ALIGN, FRAME_HEADER_LEN, frame_size};
+use super::segment::{self, ConsumerFds, DataWriter, Shared};
+use super::wait::{self, WaitStrategy};
+use crate::sys::pidfd::PidFd;
+
+/// The writing end of a ring. Create one with [`Producer::create`] (or
+/// [`pair`](super::pair)); send the returned [`ConsumerFds`] to the
+/// consumer.
+///
+/// The producer keeps its own position in private memory and publishes it
+/// after each commit; it re-reads the consumer's position only when its
+/// cached copy says the ring is short of room. Dropping it closes the ring.
+#[derive(Debug)]
+pub struct Producer {
+    writer: DataWriter,
+    /// Capacity - 1; capacity is a power of two.
+    mask: u64,
+    capacity: u64,
+    max_frame: usize,
+    /// Bytes reserved so far: the published position plus any padding
+    /// written for a claim not yet committed.
+    tail: u64,
+    /// The position last published (stored in shared memory).
+    published: u64,
+    /// The consumer position as last read and checked.
+    cached_head: u64,
+    wait: WaitStrategy,
+    peer: Option<PidFd>,
+}
+
+impl Producer {
+    /// Creates a ring (two sealed memfds, mapped) and returns its producer
+    /// and the descriptors for its consumer.
+    pub fn create(config: &RingConfig) -> Result<(Producer, ConsumerFds), RingError> {
+        config.validate()?;
+        let (writer, fds) = segment::create(config.capacity, config.max_frame)?;
+        let producer = Producer {
+            writer,
+            mask: config.capacity as u64 - 1,
+            capacity: config.capacity as u64,
+            max_frame: config.max_frame,
+            tail: 0,
+            published: 0,
+            cached_head: 0,
+            wait: config.wait,
+            peer: None,
+        };
+        Ok((producer, fds))
+    }
+
+    fn shared(&self) -> &Shared {
+        self.writer.shared()
+    }
+
+    /// Bytes in the data area.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// The largest payload a frame may carry.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Bytes published so far (frames, their headers, padding).
+    pub fn position(&self) -> u64 {
+        self.published
+    }
+
+    /// Reports [`RingError::PeerGone`] from blocking calls once the process
+    /// behind `pidfd` has exited (checked whenever a park times out, and
+    /// every 100 ms of busy spinning).
+    pub fn watch_peer(&mut self, pidfd: PidFd) {
+        self.peer = Some(pidfd);
+    }
+
+    /// A handle that closes this side from another thread.
+    pub fn closer(&self) -> Closer {
+        Closer::new(Arc::clone(self.writer.shared()))
+    }
+
+    /// Closes the ring: the consumer reads what was published, then sees
+    /// `Closed`. Further claims fail with `Closed`.
+    pub fn close(&mut self) {
+        close::close(self.shared());
+    }
+
+    /// Whether either side has closed the ring.
+    pub fn is_closed(&self) -> bool {
+        // Relaxed: a status read; a claim checks again.
+        self.shared().own_closed().load(Ordering::Relaxed) != 0
+            || self.shared().peer_closed().load(Ordering::Relaxed) != 0
+    }
+
+    /// Claims room for a payload of `len` bytes, without waiting.
+    ///
+    /// Fill the returned [`Claim`] in place, then [`Claim::commit`] it;
+    /// dropping it instead abandons it (the consumer never sees it).
+    pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>, TryClaimError> {
+        let offset = self.reserve(len)?;
+        Ok(Claim {
+            producer: self,
+            offset,
+            len,
+        })
+    }
+
+    /// Claims room for `len` bytes, waiting until `deadline` for the
+    /// consumer to make room.
+    pub fn claim(&mut self, len: usize, deadline: Instant) -> Result<Claim<'_>, RingError> {
+        let offset = self.reserve_blocking(len, deadline)?;
+        Ok(Claim {
+            producer: self,
+            offset,
+            len,
+        })
+    }
+
+    /// Copies `bytes` into one frame with `flags`, without waiting.
+    pub fn try_write(&mut self, bytes: &[u8], flags: u16) -> Result<(), TryClaimError> {
+        let mut claim = self.try_claim(bytes.len())?;
+        claim.copy_from_slice(bytes);
+        claim.commit_with_flags(bytes.len(), flags);
+        Ok(())
+    }
+
+    /// Copies `bytes` into one frame with `flags`, waiting until `deadline`
+    /// for room.
+    pub fn write(&mut self, bytes: &[u8], flags: u16, deadline: Instant) -> Result<(), RingError> {
+        let mut claim = self.claim(bytes.len(), deadline)?;
+        claim.copy_from_slice(bytes);
+        claim.commit_with_flags(bytes.len(), flags);
+        Ok(())
+    }
+
+    fn reserve_blocking(&mut self, len: usize, deadline: Instant) -> Result<usize, RingError> {
+        match self.reserve(len) {
+            Ok(offset) => return Ok(offset),
+            Err(TryClaimError::Full) => {}
+            Err(err) => return Err(blocking_error(err)),
+        }
+        // Slow path: hold the shared memory through its own handle so the
+        // poll closure may borrow `self` mutably.
+        let shared = Arc::clone(self.writer.shared());
+        let (strategy, peer) = (self.wait, self.peer.take());
+        let result = wait::block(
+            strategy,
+            deadline,
+            &shared.consumer_lines().producer_wait,
+            peer.as_ref(),
+            || match self.reserve(len) {
+                Ok(offset) => Some(Ok(offset)),
+                Err(TryClaimError::Full) => None,
+                Err(err) => Some(Err(blocking_error(err))),
+            },
+        );
+        self.peer = peer;
+        result
+    }
+
+    /// Finds room for a frame with `len` payload bytes; returns the data
+    /// area offset of its header. Writes a padding frame first when the
+    /// frame does not fit before the end of the data area.
+    fn reserve(&mut self, len: usize) -> Result<usize, TryClaimError> {
+        if len > self.max_frame {
+            return Err(TryClaimError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        // Relaxed: the flags publish nothing; a claim racing with a close
+        // may still succeed, and the consumer then never reads it.
+        let shared = self.writer.shared();
+        if shared.own_closed().load(Ordering::Relaxed) != 0
+            || shared.peer_closed().load(Ordering::Relaxed) != 0
+        {
+            return Err(TryClaimError::Closed);
+        }
+        let size = frame_size(len) as u64;
+        let offset = self.tail & self.mask;
+        let to_end = self.capacity - offset;
+        let needed = if size <= to_end { size } else { to_end + size };
+        if self.tail - self.cached_head + needed > self.capacity {
+            self.refresh_head()?;
+            if self.tail - self.cached_head + needed > self.capacity {
+                return Err(TryClaimError::Full);
+            }
+        }
+        if size <= to_end {
+            return Ok(offset as usize);
+        }
+        // Pad to the end; the padding is published with the next commit.
+        // Relaxed: the Release store of the position that covers it
+        // publishes it.
+        let padding = FrameHeader::padding((to_end as usize - FRAME_HEADER_LEN) as u32);
+        self.writer
+            .frame_word(offset as usize)
+            .store(padding.encode(), Ordering::Relaxed);
+        self.tail += to_end;
+        Ok(0)
+    }
+
+    /// Re-reads the consumer position and checks it: aligned, not moved
+    /// backwards, not past what was published.
+    fn refresh_head(&mut self) -> Result<(), CorruptKind> {
+        // Acquire: pairs with the consumer's Release store after it finished
+        // reading the frames below this position, so the bytes this producer
+        // now overwrites are no longer being read.
+        let head = self
+            .shared()
+            .consumer_lines()
+            .position
+            .load(Ordering::Acquire);
+        if head % FRAME_ALIGN as u64 != 0 {
+            return Err(CorruptKind::PositionMisaligned {
+                position: Position::Consumer,
+                value: head,
+            });
+        }
+        if head < self.cached_head {
+            return Err(CorruptKind::PositionBackwards {
+                position: Position::Consumer,
+                was: self.cached_head,
+                now: head,
+            });
+        }
+        if head > self.published {
+            return Err(CorruptKind::ConsumerOverrun {
+                producer: self.published,
+                consumer: head,
+            });
+        }
+        self.cached_head = head;
+        Ok(())
+    }
+
+    /// Writes the header of the claimed frame at `offset` and publishes it.
+    fn commit(&mut self, offset: usize, used: usize, flags: u16) {
+        // `used` is at most the claim, which is at most the largest frame,
+        // which fits a u32 (checked in layout).
+        let header = FrameHeader::data(used as u32, flags);
+        // Relaxed: published by the Release store of the position below.
+        self.writer
+            .frame_word(offset)
+            .store(header.encode(), Ordering::Relaxed);
+        self.tail += frame_size(used) as u64;
+        self.published = self.tail;
+        // Release: the payload and header writes above happen before any
+        // consumer load (Acquire) that sees this position.
+        self.shared()
+            .producer_lines()
+            .position
+            .store(self.tail, Ordering::Release);
+        wait::notify(&self.shared().consumer_lines().consumer_wait);
+    }
+}
+
+/// A blocking call's error for a `try_claim` error other than `Full`.
+fn blocking_error(err: TryClaimError) -> RingError {
+    match err {
+        TryClaimError::Full => RingError::TimedOut,
+        TryClaimError::TooLarge { len, max } => RingError::TooLarge { len, max },
+        TryClaimError::Closed => RingError::Closed,
+        TryClaimError::Corrupt(kind) => RingError::Corrupt(kind),
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        close::close(self.shared());
+    }
+}
+
+/// Room for one frame, claimed in the ring: the payload bytes, writable in
+/// place (it derefs to `[u8]` of the claimed length).
+///
+/// [`commit`](Claim::commit) publishes it; dropping it abandons it.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    producer: &'a mut Producer,
+    /// Data area offset of the frame header.
+    offset: usize,
+    len: usize,
+}
+
+impl Claim<'_> {
+    /// Publishes the first `used` bytes of the claim as one frame with no
+    /// flags.
+    ///
+    /// # Panics
+    /// If `used` is more than the claimed length.
+    pub fn commit(self, used: usize) {
+        self.commit_with_flags(used, 0);
+    }
+
+    /// Publishes the first `used` bytes of the claim as one frame carrying
+    /// `flags` (the consumer reads them back with
+    /// [`Frame::flags`](super::Frame::flags)).
+    ///
+    /// # Panics
+    /// If `used` is more than the claimed length.
+    pub fn commit_with_flags(self, used: usize, flags: u16) {
+        assert!(
+            used <= self.len,
+            "committed {used} bytes of a {}-byte claim",
+            self.len
+        );
+        self.producer.commit(self.offset, used, flags);
+    }
+}
+
+impl Deref for Claim<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.producer
+            .writer
+            .bytes(self.offset + FRAME_HEADER_LEN, self.len)
+    }
+}
+
+impl DerefMut for Claim<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.producer
+            .writer
+            .bytes_mut(self.offset + FRAME_HEADER_LEN, self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::layout::{MIN_CAPACITY, max_frame_limit};
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use std::time::Duration;
+
+    fn producer(max_frame: usize) -> (Producer, ConsumerFds) {
+        Producer::create(&RingConfig::new(MIN_CAPACITY).with_max_frame(max_frame)).unwrap()
+    }
+
+    #[test]
+    fn fills_up_then_reports_full() {
+        let (mut producer, _fds) = producer(1000);
+        let mut written = 0;
+        loop {
+            match producer.try_write(&[7; 1000], 0) {
+                Ok(()) => written += 1,
+                Err(TryClaimError::Full) => break,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        // 1008-byte frames: 65 fit in 64 KiB.
+        assert_eq!(written, MIN_CAPACITY / 1008);
+        assert_eq!(producer.position(), written as u64 * 1008);
+        let err = producer.write(&[1; 1000], 0, Instant::now() + Duration::from_millis(10));
+        assert!(matches!(err, Err(RingError::TimedOut)));
+    }
+
+    #[test]
+    fn too_large_is_refused() {
+        let (mut producer, _fds) = producer(100);
+        assert!(matches!(
+            producer.try_claim(101),
+            Err(TryClaimError::TooLarge { len: 101, max: 100 })
+        ));
+        assert!(producer.try_claim(100).is_ok());
+        let limit = max_frame_limit(MIN_CAPACITY);
+        let (mut producer, _fds) = self::producer(limit);
+        assert!(producer.try_claim(limit).is_ok());
+    }
+
+    #[test]
+    fn abandoned_claim_publishes_nothing() {
+        let (mut producer, _fds) = producer(100);
+        {
+            let mut claim = producer.try_claim(50).unwrap();
+            claim[0] = 1;
+        } // dropped here: abandoned
+        assert_eq!(producer.position(), 0);
+        producer.try_claim(10).unwrap().commit(3);
+        assert_eq!(producer.position(), 16);
+    }
+
+    #[test]
+    #[should_panic(expected = "committed 11 bytes of a 10-byte claim")]
+    fn over_commit_panics() {
+        let (mut producer, _fds) = producer(100);
+        producer.try_claim(10).unwrap().commit(11);
+    }
+
+    #[test]
+    fn closed_consumer_ends_claims() {
+        let (mut producer, fds) = producer(100);
+        let control = File::from(fds.control);
+        control
+            .write_all_at(
+                &1u32.to_ne_bytes(),
+                crate::ring::layout::CONSUMER_CLOSED_OFFSET as u64,
+            )
+            .unwrap();
+        assert!(producer.is_closed());
+        assert!(matches!(producer.try_claim(1), Err(TryClaimError::Closed)));
+    }
+
+    #[test]
+    fn scribbled_consumer_position_is_corrupt() {
+        use crate::ring::layout::CONSUMER_POSITION_OFFSET;
+        let (mut producer, fds) = producer(1000);
+        while producer.try_write(&[0; 1000], 0).is_ok() {}
+        let control = File::from(fds.control);
+        let set = |value: u64| {
+            control
+                .write_all_at(&value.to_ne_bytes(), CONSUMER_POSITION_OFFSET as u64)
+                .unwrap();
+        };
+        set(producer.position() + 8);
+        assert!(matches!(
+            producer.try_claim(1000),
+            Err(TryClaimError::Corrupt(CorruptKind::ConsumerOverrun { .. }))
+        ));
+        set(3);
+        assert!(matches!(
+            producer.try_claim(1000),
+            Err(TryClaimError::Corrupt(
+                CorruptKind::PositionMisaligned { .. }
+            ))
+        ));
+        set(2016);
+        producer.try_claim(1000).unwrap().commit(1000);
+        set(1008);
+        while producer.try_write(&[0; 1000], 0).is_ok() {}
+        assert!(matches!(
+            producer.try_claim(1000),
+            Err(TryClaimError::Corrupt(CorruptKind::PositionBackwards {
+                was: 2016,
+                now: 1008,
+                ..
+            }))
+        ));
+    }
+}

@@ -1,0 +1,333 @@
+//! How a side waits for room or data, and how the other side wakes it.
+//!
+//! Each side has a futex word in the consumer region (the only memory both
+//! sides may write). The protocol, for a waiter W and a notifier N:
+//!
+//! ```text
+//!  W: word = PARKED            N: publish position (or closed flag), Release
+//!     fence(SeqCst)               fence(SeqCst)
+//!     re-check the condition      if word == PARKED and swap(word, IDLE) == PARKED:
+//!     futex_wait(word, PARKED)        futex_wake(word)
+//!     word = IDLE
+//! ```
+//!
+//! The two SeqCst fences order each side's store before its load, so at
+//! least one side sees the other's store: either W's re-check sees the new
+//! position, or N sees `PARKED`. In the second case N sets the word to
+//! `IDLE` before waking, so a W that has not reached `futex_wait` yet does
+//! not sleep (the kernel compares the word with `PARKED` atomically with
+//! queueing W). No wake-up is lost, and N makes the wake system call only
+//! when W asked for one. `tests/loom_ring.rs` checks this model.
+//!
+//! Parked waits time out (every `park_timeout`) even so, to notice a dead
+//! peer through [`watch_peer`](super::Producer::watch_peer) and to bound the
+//! harm of a peer that scribbles on the futex words.
+
+use std::hint;
+use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::Backoff;
+
+use super::error::RingError;
+use super::layout::{IDLE, PARKED};
+use crate::sys::futex;
+use crate::sys::pidfd::PidFd;
+
+/// The default park timeout: how often a parked side wakes to check that
+/// its peer is alive.
+pub const DEFAULT_PARK_TIMEOUT: Duration = Duration::from_millis(100);
+/// The default number of [`Backoff::snooze`] rounds before parking: seven
+/// rounds of exponentially longer spinning (1 to 64 `spin_loop` hints), then
+/// yields.
+pub const DEFAULT_SPINS: u32 = 16;
+/// How often a busy-spinning side checks that its peer is alive.
+const BUSY_LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How a blocking call waits for room (producer) or data (consumer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Spin on the peer's position until the deadline; never sleep. Lowest
+    /// latency; burns a core while waiting.
+    BusySpin,
+    /// Spin with [`Backoff`] for `spins` rounds (exponential spinning, then
+    /// yielding), then park on the futex word, waking at least every
+    /// `park_timeout`.
+    SpinThenPark {
+        /// [`Backoff::snooze`] rounds before parking.
+        spins: u32,
+        /// Longest single sleep.
+        park_timeout: Duration,
+    },
+    /// Park at once, waking at least every `timeout`.
+    Park {
+        /// Longest single sleep.
+        timeout: Duration,
+    },
+}
+
+impl Default for WaitStrategy {
+    /// `SpinThenPark` with [`DEFAULT_SPINS`] and [`DEFAULT_PARK_TIMEOUT`].
+    fn default() -> Self {
+        WaitStrategy::SpinThenPark {
+            spins: DEFAULT_SPINS,
+            park_timeout: DEFAULT_PARK_TIMEOUT,
+        }
+    }
+}
+
+impl WaitStrategy {
+    /// Checks the parked timeouts: a zero timeout would make every park a
+    /// busy system call loop.
+    pub(crate) fn validate(&self) -> Result<(), RingError> {
+        let timeout = match *self {
+            WaitStrategy::BusySpin => return Ok(()),
+            WaitStrategy::SpinThenPark { park_timeout, .. } => park_timeout,
+            WaitStrategy::Park { timeout } => timeout,
+        };
+        if timeout.is_zero() {
+            return Err(RingError::InvalidConfig {
+                field: "park timeout",
+                value: 0,
+                reason: "must be more than zero",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Repeats `poll` until it gives a result, waiting between attempts as
+/// `strategy` says, parking on `word` (this side's futex word).
+///
+/// `poll` returns `None` while the condition (room, data) is not met. It
+/// must re-read the peer's position and both closed flags: it is the
+/// re-check after announcing the park. Gives `TimedOut` once `deadline`
+/// passes, and `PeerGone` when `peer` has exited and `poll` still has
+/// nothing.
+pub(crate) fn block<T>(
+    strategy: WaitStrategy,
+    deadline: Instant,
+    word: &AtomicU32,
+    peer: Option<&PidFd>,
+    mut poll: impl FnMut() -> Option<Result<T, RingError>>,
+) -> Result<T, RingError> {
+    let backoff = Backoff::new();
+    let mut spins = 0u32;
+    let mut next_liveness = Instant::now() + BUSY_LIVENESS_INTERVAL;
+    loop {
+        if let Some(result) = poll() {
+            return result;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(RingError::TimedOut);
+        }
+        let park_timeout = match strategy {
+            WaitStrategy::BusySpin => {
+                if now >= next_liveness {
+                    next_liveness = now + BUSY_LIVENESS_INTERVAL;
+                    if let Some(result) = check_peer(peer, &mut poll) {
+                        return result;
+                    }
+                }
+                hint::spin_loop();
+                continue;
+            }
+            WaitStrategy::SpinThenPark { spins: limit, .. } if spins < limit => {
+                backoff.snooze();
+                spins += 1;
+                continue;
+            }
+            WaitStrategy::SpinThenPark { park_timeout, .. } => park_timeout,
+            WaitStrategy::Park { timeout } => timeout,
+        };
+
+        // Announce, then re-check (see the module docs). Relaxed store: the
+        // SeqCst fence after it orders it before the re-check's loads.
+        word.store(PARKED, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if let Some(result) = poll() {
+            // Relaxed: nothing is published with the word; it only tells the
+            // peer not to bother waking this side.
+            word.store(IDLE, Ordering::Relaxed);
+            return result;
+        }
+        let woke = futex::wait(word, PARKED, park_timeout.min(deadline - now))
+            .map_err(RingError::sys("futex wait"));
+        // Relaxed: as above; the next round re-checks everything anyway.
+        word.store(IDLE, Ordering::Relaxed);
+        if woke? == futex::Wake::TimedOut {
+            if let Some(result) = check_peer(peer, &mut poll) {
+                return result;
+            }
+        }
+    }
+}
+
+/// When `peer` has exited: one last `poll` (frames it published before it
+/// died are still good), else `PeerGone`.
+fn check_peer<T>(
+    peer: Option<&PidFd>,
+    poll: &mut impl FnMut() -> Option<Result<T, RingError>>,
+) -> Option<Result<T, RingError>> {
+    let peer = peer?;
+    match peer.has_exited() {
+        Ok(false) => None,
+        Ok(true) => Some(poll().unwrap_or(Err(RingError::PeerGone))),
+        Err(source) => Some(Err(RingError::Sys {
+            op: "poll peer pidfd",
+            source,
+        })),
+    }
+}
+
+/// The notifier's half: call after a Release store that may unblock the
+/// side owning `word`. Costs a fence and a load when that side is not
+/// parked.
+#[inline]
+pub(crate) fn notify(word: &AtomicU32) {
+    // SeqCst fence: orders the caller's store (position, closed flag) before
+    // the load of `word`, against the waiter's store of PARKED before its
+    // re-check (see the module docs).
+    fence(Ordering::SeqCst);
+    wake_if_parked(word);
+}
+
+/// Wakes the side owning `word` if it announced a park. The caller has
+/// issued the SeqCst fence of the protocol.
+#[inline]
+pub(crate) fn wake_if_parked(word: &AtomicU32) {
+    // Relaxed load: a plain check to skip the swap and the system call in
+    // the common case; the fence before it does the ordering.
+    // Relaxed swap: an RMW always reads the latest value, so of several
+    // notifiers exactly one sees PARKED and wakes; the futex system call that
+    // follows is a full barrier in the kernel, which reads the word again
+    // under its own lock before queueing a waiter.
+    if word.load(Ordering::Relaxed) == PARKED && word.swap(IDLE, Ordering::Relaxed) == PARKED {
+        // A failed wake (EFAULT cannot happen on our own mapping) leaves the
+        // waiter to its timeout; nothing to report to the notifier.
+        let _ = futex::wake(word, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    fn strategies() -> [WaitStrategy; 3] {
+        [
+            WaitStrategy::BusySpin,
+            WaitStrategy::SpinThenPark {
+                spins: 3,
+                park_timeout: Duration::from_secs(5),
+            },
+            WaitStrategy::Park {
+                timeout: Duration::from_secs(5),
+            },
+        ]
+    }
+
+    #[test]
+    fn ready_poll_returns_at_once() {
+        let word = AtomicU32::new(IDLE);
+        for strategy in strategies() {
+            let got = block(strategy, Instant::now(), &word, None, || Some(Ok(7)));
+            assert_eq!(got.unwrap(), 7);
+            assert_eq!(word.load(Ordering::Relaxed), IDLE);
+        }
+    }
+
+    #[test]
+    fn deadline_gives_timed_out() {
+        let word = AtomicU32::new(IDLE);
+        for strategy in strategies() {
+            let deadline = Instant::now() + Duration::from_millis(20);
+            let got: Result<(), _> = block(strategy, deadline, &word, None, || None);
+            assert!(matches!(got, Err(RingError::TimedOut)), "{strategy:?}");
+            assert!(Instant::now() >= deadline);
+            assert_eq!(word.load(Ordering::Relaxed), IDLE);
+        }
+    }
+
+    #[test]
+    fn notify_wakes_a_parked_waiter() {
+        for strategy in strategies() {
+            let word = Arc::new(AtomicU32::new(IDLE));
+            let flag = Arc::new(AtomicBool::new(false));
+            let waiter = {
+                let (word, flag) = (Arc::clone(&word), Arc::clone(&flag));
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    block(strategy, deadline, &word, None, || {
+                        flag.load(Ordering::Acquire).then_some(Ok(()))
+                    })
+                })
+            };
+            // Wait (with a deadline) until the waiter has parked, then set
+            // the condition and notify; the waiter must return long before
+            // its 5 s park timeout would.
+            if !matches!(strategy, WaitStrategy::BusySpin) {
+                let until = Instant::now() + Duration::from_secs(10);
+                while word.load(Ordering::Relaxed) != PARKED {
+                    assert!(Instant::now() < until, "waiter never parked");
+                    std::thread::yield_now();
+                }
+            }
+            let start = Instant::now();
+            flag.store(true, Ordering::Release);
+            notify(&word);
+            waiter.join().unwrap().unwrap();
+            assert!(
+                start.elapsed() < Duration::from_secs(4),
+                "{strategy:?} was not woken"
+            );
+        }
+    }
+
+    #[test]
+    fn wake_skips_an_idle_word() {
+        let word = AtomicU32::new(IDLE);
+        wake_if_parked(&word);
+        assert_eq!(word.load(Ordering::Relaxed), IDLE);
+        let word = AtomicU32::new(PARKED);
+        wake_if_parked(&word);
+        assert_eq!(word.load(Ordering::Relaxed), IDLE);
+    }
+
+    #[test]
+    fn dead_peer_gives_peer_gone() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pidfd = PidFd::open(child.id()).unwrap();
+        assert!(pidfd.wait_exit(Duration::from_secs(10)).unwrap());
+        let word = AtomicU32::new(IDLE);
+        let strategy = WaitStrategy::Park {
+            timeout: Duration::from_millis(5),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let got: Result<(), _> = block(strategy, deadline, &word, Some(&pidfd), || None);
+        assert!(matches!(got, Err(RingError::PeerGone)));
+        // A last poll still wins over PeerGone.
+        let mut calls = 0;
+        let got = block(strategy, deadline, &word, Some(&pidfd), || {
+            calls += 1;
+            (calls > 2).then_some(Ok(5))
+        });
+        assert_eq!(got.unwrap(), 5);
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn zero_park_timeout_is_refused() {
+        assert!(
+            WaitStrategy::Park {
+                timeout: Duration::ZERO
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(WaitStrategy::default().validate().is_ok());
+        assert!(WaitStrategy::BusySpin.validate().is_ok());
+    }
+}

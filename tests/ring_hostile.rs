@@ -1,0 +1,622 @@
+//! Hostile memory: arbitrary bytes written over a live ring's shared memory
+//! make the side reading it return errors, never panic, hang or read out of
+//! bounds.
+//!
+//! - The consumer faces a hostile producer. The producer's real region is
+//!   sealed against writes, so the test copies a live ring (made by a real
+//!   producer, mid-stream, wrapped, with padding) into memfds of its own
+//!   that it can write with `pwrite`, attaches a consumer to the copy, and
+//!   scribbles on both regions between and during reads.
+//! - The producer faces a hostile consumer: the test writes the real
+//!   consumer region (which both sides may write) between and during the
+//!   producer's claims.
+//! - The consumer's descriptor of the producer region cannot be mapped
+//!   writable.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use daemoneye_lib::ring::layout::{
+    CONSUMER_ATTACHED_OFFSET, CONSUMER_CLOSED_OFFSET, CONSUMER_POSITION_OFFSET, CONTROL_LEN,
+    DATA_OFFSET, MIN_CAPACITY, PRODUCER_POSITION_OFFSET, data_region_len,
+};
+use daemoneye_lib::ring::{
+    Consumer, ConsumerFds, CorruptKind, FrameHeader, Position, Producer, RingConfig, RingError,
+    TryClaimError, TryReadError, WaitStrategy,
+};
+use daemoneye_lib::sys::memfd::{self, Access, Mapping, Seals};
+use proptest::prelude::*;
+
+const CAP: usize = MIN_CAPACITY;
+const MAX_FRAME: usize = 3000;
+const SPIN: WaitStrategy = WaitStrategy::BusySpin;
+
+fn config() -> RingConfig {
+    RingConfig::new(CAP)
+        .with_max_frame(MAX_FRAME)
+        .with_wait(SPIN)
+}
+
+/// Copies the whole file behind `from` into a new memfd sealed only
+/// against size changes (so this test can still write it).
+fn copy_region(from: &OwnedFd, len: usize) -> (OwnedFd, File) {
+    let mut bytes = vec![0u8; len];
+    File::from(from.try_clone().unwrap())
+        .read_exact_at(&mut bytes, 0)
+        .unwrap();
+    let fd = memfd::create("hostile-copy", len as u64).unwrap();
+    memfd::add_seals(&fd, Seals::SHRINK | Seals::GROW).unwrap();
+    let file = File::from(fd.try_clone().unwrap());
+    file.write_all_at(&bytes, 0).unwrap();
+    (fd, file)
+}
+
+/// A real ring, run by a real producer and consumer until it has wrapped
+/// several times and holds unread frames (one after a padding frame), then
+/// copied into writable memfds. Returns a consumer attached to the copy
+/// and the files to scribble on.
+fn live_copy() -> (Consumer, File, File) {
+    let (mut producer, fds) = Producer::create(&config()).unwrap();
+    let data = fds.data.try_clone().unwrap();
+    let control = fds.control.try_clone().unwrap();
+    let mut consumer = Consumer::attach(fds, SPIN).unwrap();
+    for i in 0..400usize {
+        let len = (i * 997) % MAX_FRAME;
+        producer.try_write(&vec![i as u8; len], i as u16).unwrap();
+        if i < 390 {
+            consumer.try_read(|_| ()).unwrap();
+        }
+    }
+    let (data_copy, data_file) = copy_region(&data, data_region_len(CAP));
+    let (control_copy, control_file) = copy_region(&control, CONTROL_LEN);
+    // The real consumer holds the attach word; free it in the copy.
+    control_file
+        .write_all_at(&0u32.to_ne_bytes(), CONSUMER_ATTACHED_OFFSET as u64)
+        .unwrap();
+    let copy = Consumer::attach(
+        ConsumerFds {
+            data: data_copy,
+            control: control_copy,
+        },
+        SPIN,
+    )
+    .expect("the copy of a live ring is valid");
+    (copy, data_file, control_file)
+}
+
+/// What the hostile producer does to the consumer, between reads.
+#[derive(Clone, Debug)]
+enum Attack {
+    /// Arbitrary bytes at an arbitrary offset of the producer region.
+    Bytes {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    /// An arbitrary word as the producer position.
+    Position(u64),
+    /// The producer position moved by a small amount from the consumer's.
+    PositionNear(i16),
+    /// An arbitrary word as the header of the consumer's next frame.
+    NextHeader(u64),
+    /// Arbitrary bytes over the consumer region (the producer maps it too).
+    Control {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    TryRead,
+    TryBatch(usize),
+    Read,
+}
+
+fn attack() -> impl Strategy<Value = Attack> {
+    let region = data_region_len(CAP);
+    prop_oneof![
+        2 => (0..region, prop::collection::vec(any::<u8>(), 1..32))
+            .prop_map(|(at, bytes)| Attack::Bytes { at, bytes }),
+        2 => (0..DATA_OFFSET, prop::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(at, bytes)| Attack::Bytes { at, bytes }),
+        1 => any::<u64>().prop_map(Attack::Position),
+        2 => any::<i16>().prop_map(Attack::PositionNear),
+        2 => any::<u64>().prop_map(Attack::NextHeader),
+        1 => (0..CONTROL_LEN, prop::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(at, bytes)| Attack::Control { at, bytes }),
+        3 => Just(Attack::TryRead),
+        2 => (1..10usize).prop_map(Attack::TryBatch),
+        2 => Just(Attack::Read),
+    ]
+}
+
+/// A frame handed out must respect the ring's bounds.
+fn check_frame(len: usize) {
+    assert!(len <= MAX_FRAME, "frame of {len} bytes handed out");
+}
+
+/// How a read ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Frames,
+    Nothing,
+    Corrupt,
+}
+
+fn read_once(consumer: &mut Consumer, attack: &Attack) -> Outcome {
+    let before = consumer.position();
+    let outcome = match attack {
+        Attack::TryRead => match consumer.try_read(|f| check_frame(f.bytes().len())) {
+            Ok(()) => Outcome::Frames,
+            Err(TryReadError::Empty | TryReadError::Closed) => Outcome::Nothing,
+            Err(TryReadError::Corrupt(_)) => Outcome::Corrupt,
+        },
+        Attack::TryBatch(max) => {
+            match consumer.try_read_batch(*max, |f| check_frame(f.bytes().len())) {
+                Ok(n) => {
+                    assert!(n <= *max);
+                    Outcome::Frames
+                }
+                Err(TryReadError::Empty | TryReadError::Closed) => Outcome::Nothing,
+                Err(TryReadError::Corrupt(_)) => Outcome::Corrupt,
+            }
+        }
+        Attack::Read => match consumer.read(Instant::now(), |f| check_frame(f.bytes().len())) {
+            Ok(()) => Outcome::Frames,
+            Err(RingError::TimedOut | RingError::Closed) => Outcome::Nothing,
+            Err(RingError::Corrupt(_)) => Outcome::Corrupt,
+            Err(other) => panic!("unexpected {other:?}"),
+        },
+        _ => unreachable!(),
+    };
+    assert!(
+        consumer.position() >= before,
+        "consumer position went backwards"
+    );
+    outcome
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn consumer_survives_a_hostile_producer(attacks in prop::collection::vec(attack(), 1..120)) {
+        let (mut consumer, data, control) = live_copy();
+        for attack in &attacks {
+            match attack {
+                Attack::Bytes { at, bytes } => {
+                    let len = bytes.len().min(data_region_len(CAP) - at);
+                    data.write_all_at(&bytes[..len], *at as u64).unwrap();
+                }
+                Attack::Position(value) => {
+                    data.write_all_at(&value.to_ne_bytes(), PRODUCER_POSITION_OFFSET as u64)
+                        .unwrap();
+                }
+                Attack::PositionNear(delta) => {
+                    let value = consumer.position().wrapping_add_signed(i64::from(*delta) * 8);
+                    data.write_all_at(&value.to_ne_bytes(), PRODUCER_POSITION_OFFSET as u64)
+                        .unwrap();
+                }
+                Attack::NextHeader(word) => {
+                    let at = DATA_OFFSET as u64 + (consumer.position() & (CAP as u64 - 1));
+                    data.write_all_at(&word.to_ne_bytes(), at).unwrap();
+                }
+                Attack::Control { at, bytes } => {
+                    let len = bytes.len().min(CONTROL_LEN - at);
+                    control.write_all_at(&bytes[..len], *at as u64).unwrap();
+                }
+                read => {
+                    read_once(&mut consumer, read);
+                }
+            }
+        }
+        // After all that, reads still end in a verdict, not a panic.
+        read_once(&mut consumer, &Attack::TryBatch(1000));
+    }
+}
+
+#[test]
+fn consumer_survives_concurrent_scribbling() {
+    let (mut consumer, data, control) = live_copy();
+    let stop = Arc::new(AtomicBool::new(false));
+    let scribbles = Arc::new(AtomicU64::new(0));
+    let scribbler = {
+        let stop = Arc::clone(&stop);
+        let scribbles = Arc::clone(&scribbles);
+        thread::spawn(move || {
+            let mut rng = XorShift(0x1234_5678_9ABC_DEF1);
+            let region = data_region_len(CAP) as u64;
+            // Relaxed: a stop request; nothing else is shared.
+            while !stop.load(Ordering::Relaxed) {
+                let value = rng.next();
+                match value % 4 {
+                    0 => data.write_all_at(&value.to_ne_bytes(), rng.next() % (region - 8)),
+                    1 => data.write_all_at(&value.to_ne_bytes(), PRODUCER_POSITION_OFFSET as u64),
+                    2 => {
+                        let at = DATA_OFFSET as u64 + ((rng.next() % CAP as u64) & !7);
+                        data.write_all_at(&(value >> 8).to_ne_bytes(), at)
+                    }
+                    // Anywhere before the close line: a scribbled closed
+                    // flag would (rightly) end every read with Closed.
+                    _ => control.write_all_at(
+                        &value.to_ne_bytes(),
+                        rng.next() % (CONSUMER_CLOSED_OFFSET as u64 - 8),
+                    ),
+                }
+                .unwrap();
+                // Relaxed: a statistic.
+                scribbles.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let attacks = [Attack::TryRead, Attack::TryBatch(7), Attack::Read];
+    let mut corrupt = 0;
+    let (mut i, start) = (0, Instant::now());
+    while keep_going(start, i, &scribbles) {
+        if read_once(&mut consumer, &attacks[i % attacks.len()]) == Outcome::Corrupt {
+            corrupt += 1;
+        }
+        i += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    scribbler.join().unwrap();
+    assert!(corrupt > 0, "the scribbling never showed");
+}
+
+/// What the hostile consumer does to the producer, between claims.
+#[derive(Clone, Debug)]
+enum Scribble {
+    /// Arbitrary bytes at an arbitrary offset of the consumer region.
+    Bytes { at: usize, bytes: Vec<u8> },
+    /// An arbitrary consumer position.
+    Position(u64),
+    /// A consumer position a little away from the producer's.
+    PositionNear(i16),
+    /// Claim, fill and commit (or abandon) a frame.
+    Claim { len: usize, abandon: bool },
+    /// A blocking write with an already-passed deadline.
+    Write(usize),
+}
+
+fn scribble() -> impl Strategy<Value = Scribble> {
+    prop_oneof![
+        2 => (0..CONTROL_LEN, prop::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(at, bytes)| Scribble::Bytes { at, bytes }),
+        1 => any::<u64>().prop_map(Scribble::Position),
+        2 => any::<i16>().prop_map(Scribble::PositionNear),
+        4 => (0..=MAX_FRAME, prop::bool::weighted(0.2))
+            .prop_map(|(len, abandon)| Scribble::Claim { len, abandon }),
+        2 => (0..=MAX_FRAME).prop_map(Scribble::Write),
+    ]
+}
+
+/// Returns whether the producer reported the consumer region corrupt.
+fn claim_once(producer: &mut Producer, op: &Scribble) -> bool {
+    let before = producer.position();
+    let corrupt = match op {
+        Scribble::Claim { len, abandon } => match producer.try_claim(*len) {
+            Ok(mut claim) => {
+                claim.fill(0xAB);
+                if !abandon {
+                    claim.commit(*len);
+                }
+                false
+            }
+            Err(TryClaimError::Full | TryClaimError::Closed) => false,
+            Err(TryClaimError::Corrupt(_)) => true,
+            Err(other) => panic!("unexpected {other:?}"),
+        },
+        Scribble::Write(len) => match producer.write(&vec![1; *len], 3, Instant::now()) {
+            Ok(()) | Err(RingError::TimedOut | RingError::Closed) => false,
+            Err(RingError::Corrupt(_)) => true,
+            Err(other) => panic!("unexpected {other:?}"),
+        },
+        _ => unreachable!(),
+    };
+    assert!(
+        producer.position() >= before,
+        "producer position went backwards"
+    );
+    corrupt
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn producer_survives_a_hostile_consumer(ops in prop::collection::vec(scribble(), 1..200)) {
+        let (mut producer, fds) = Producer::create(&config()).unwrap();
+        let control = File::from(fds.control);
+        for op in &ops {
+            match op {
+                Scribble::Bytes { at, bytes } => {
+                    let len = bytes.len().min(CONTROL_LEN - at);
+                    control.write_all_at(&bytes[..len], *at as u64).unwrap();
+                }
+                Scribble::Position(value) => {
+                    control.write_all_at(&value.to_ne_bytes(), CONSUMER_POSITION_OFFSET as u64)
+                        .unwrap();
+                }
+                Scribble::PositionNear(delta) => {
+                    let value = producer.position().wrapping_add_signed(i64::from(*delta) * 8);
+                    control.write_all_at(&value.to_ne_bytes(), CONSUMER_POSITION_OFFSET as u64)
+                        .unwrap();
+                }
+                claim => {
+                    claim_once(&mut producer, claim);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn producer_survives_concurrent_scribbling() {
+    let config = config().with_wait(WaitStrategy::Park {
+        timeout: Duration::from_millis(1),
+    });
+    let (mut producer, fds) = Producer::create(&config).unwrap();
+    let control = File::from(fds.control);
+    let stop = Arc::new(AtomicBool::new(false));
+    let scribbles = Arc::new(AtomicU64::new(0));
+    let scribbler = {
+        let stop = Arc::clone(&stop);
+        let scribbles = Arc::clone(&scribbles);
+        let position = producer.position();
+        thread::spawn(move || {
+            let mut rng = XorShift(0xDEAD_BEEF_CAFE_F00D);
+            // Relaxed: a stop request; nothing else is shared.
+            while !stop.load(Ordering::Relaxed) {
+                let value = rng.next();
+                let at = match value % 3 {
+                    0 => CONSUMER_POSITION_OFFSET as u64,
+                    // Anywhere before the close line: a scribbled closed
+                    // flag would (rightly) end every claim with Closed.
+                    _ => rng.next() % (CONSUMER_CLOSED_OFFSET as u64 - 8),
+                };
+                let value = if value % 5 == 0 {
+                    position + ((value % 4096) & !7)
+                } else {
+                    value
+                };
+                control.write_all_at(&value.to_ne_bytes(), at).unwrap();
+                // Relaxed: a statistic.
+                scribbles.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let ops = [
+        Scribble::Claim {
+            len: 100,
+            abandon: false,
+        },
+        Scribble::Claim {
+            len: MAX_FRAME,
+            abandon: true,
+        },
+        Scribble::Write(700),
+    ];
+    let mut corrupt = 0;
+    let (mut i, start) = (0, Instant::now());
+    while keep_going(start, i, &scribbles) {
+        if claim_once(&mut producer, &ops[i % ops.len()]) {
+            corrupt += 1;
+        }
+        i += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    scribbler.join().unwrap();
+    assert!(corrupt > 0, "the scribbling never showed");
+}
+
+#[test]
+fn consumer_descriptor_is_read_only() {
+    let (_producer, fds) = Producer::create(&config()).unwrap();
+    let len = data_region_len(CAP);
+    let err = Mapping::map(&fds.data, len, Access::ReadWrite).expect_err("mapped writable");
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(
+        File::from(fds.data.try_clone().unwrap())
+            .write_at(b"x", 0)
+            .is_err()
+    );
+    // The consumer region, in contrast, is the consumer's to write.
+    Mapping::map(&fds.control, CONTROL_LEN, Access::ReadWrite).unwrap();
+    // Both are sealed against changes of size.
+    for fd in [&fds.data, &fds.control] {
+        assert!(
+            memfd::seals(fd)
+                .unwrap()
+                .contains(Seals::SHRINK | Seals::GROW | Seals::SEAL)
+        );
+    }
+    assert!(
+        memfd::seals(&fds.data)
+            .unwrap()
+            .contains(Seals::FUTURE_WRITE)
+    );
+}
+
+/// A ring with a valid header (a real producer's) and positions and frame
+/// header words set by hand, attached by a consumer.
+fn hand_ring(head: u64, tail: u64, words: &[(u64, u64)]) -> Result<(Consumer, File), RingError> {
+    let (_producer, fds) = Producer::create(&config()).unwrap();
+    let (data, data_file) = copy_region(&fds.data, data_region_len(CAP));
+    let (control, control_file) = copy_region(&fds.control, CONTROL_LEN);
+    data_file
+        .write_all_at(&tail.to_ne_bytes(), PRODUCER_POSITION_OFFSET as u64)
+        .unwrap();
+    control_file
+        .write_all_at(&head.to_ne_bytes(), CONSUMER_POSITION_OFFSET as u64)
+        .unwrap();
+    for (offset, word) in words {
+        data_file
+            .write_all_at(&word.to_ne_bytes(), DATA_OFFSET as u64 + offset)
+            .unwrap();
+    }
+    let consumer = Consumer::attach(ConsumerFds { data, control }, SPIN)?;
+    Ok((consumer, data_file))
+}
+
+fn read_error(head: u64, tail: u64, words: &[(u64, u64)]) -> CorruptKind {
+    let (mut consumer, _) = hand_ring(head, tail, words).expect("attach");
+    match consumer.try_read(|f| f.len()) {
+        Err(TryReadError::Corrupt(kind)) => kind,
+        other => panic!("expected a corrupt ring, got {other:?}"),
+    }
+}
+
+fn attach_error(head: u64, tail: u64) -> CorruptKind {
+    match hand_ring(head, tail, &[]) {
+        Err(RingError::Corrupt(kind)) => kind,
+        other => panic!("expected a corrupt ring, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn each_lie_is_named() {
+    let cap = CAP as u64;
+    let data = |len: u32| FrameHeader::data(len, 0).encode();
+    let padding = |len: u32| FrameHeader::padding(len).encode();
+
+    // A frame longer than the largest frame.
+    let kind = read_error(0, 4096, &[(0, data(MAX_FRAME as u32 + 1))]);
+    assert!(
+        matches!(
+            kind,
+            CorruptKind::FrameTooLong {
+                len: 3001,
+                max: 3000,
+                ..
+            }
+        ),
+        "{kind:?}"
+    );
+    // A frame past the published position.
+    let kind = read_error(0, 16, &[(0, data(100))]);
+    assert!(matches!(
+        kind,
+        CorruptKind::FrameUnpublished {
+            size: 112,
+            published: 16,
+            ..
+        }
+    ));
+    // A frame across the end of the data area.
+    let kind = read_error(cap - 16, cap + 200, &[(cap - 16, data(100))]);
+    assert!(
+        matches!(kind, CorruptKind::FrameCrossesEnd { size: 112, .. }),
+        "{kind:?}"
+    );
+    // Padding that stops short of the end, and padding at offset 0.
+    let kind = read_error(cap - 160, cap + 200, &[(cap - 160, padding(100))]);
+    assert!(
+        matches!(kind, CorruptKind::BadPadding { len: 100, .. }),
+        "{kind:?}"
+    );
+    let kind = read_error(cap, cap + 64, &[(0, padding(cap as u32 - 8))]);
+    assert!(matches!(kind, CorruptKind::BadPadding { .. }), "{kind:?}");
+    // Padding to the end that is not all published.
+    let kind = read_error(cap - 160, cap - 80, &[(cap - 160, padding(152))]);
+    assert!(
+        matches!(kind, CorruptKind::FrameUnpublished { .. }),
+        "{kind:?}"
+    );
+    // A zero word, an unknown kind, reserved bits.
+    let kind = read_error(0, 64, &[(0, 0)]);
+    assert!(
+        matches!(kind, CorruptKind::FrameKind { word: 0 }),
+        "{kind:?}"
+    );
+    let kind = read_error(0, 64, &[(0, data(1) | 1 << 63)]);
+    assert!(
+        matches!(kind, CorruptKind::FrameReserved { .. }),
+        "{kind:?}"
+    );
+
+    // Positions checked when attaching.
+    let kind = attach_error(0, cap + 8);
+    assert!(matches!(kind, CorruptKind::ProducerOverrun { producer, .. } if producer == cap + 8));
+    let kind = attach_error(0, 12);
+    assert!(matches!(
+        kind,
+        CorruptKind::PositionMisaligned {
+            position: Position::Producer,
+            ..
+        }
+    ));
+    let kind = attach_error(64, 0);
+    assert!(
+        matches!(kind, CorruptKind::PositionBackwards { .. }),
+        "{kind:?}"
+    );
+    let kind = attach_error(4, 64);
+    assert!(matches!(
+        kind,
+        CorruptKind::PositionMisaligned {
+            position: Position::Consumer,
+            ..
+        }
+    ));
+
+    // A producer position that moves backwards after frames were read.
+    let empties: Vec<_> = (0..8).map(|i| (i * 8, data(0))).collect();
+    let (mut consumer, file) = hand_ring(0, 64, &empties).unwrap();
+    assert_eq!(
+        consumer
+            .try_read_batch(100, |f| assert!(f.is_empty()))
+            .unwrap(),
+        8
+    );
+    file.write_all_at(&32u64.to_ne_bytes(), PRODUCER_POSITION_OFFSET as u64)
+        .unwrap();
+    assert!(matches!(
+        consumer.try_read(|_| ()),
+        Err(TryReadError::Corrupt(CorruptKind::PositionBackwards {
+            was: 64,
+            now: 32,
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn a_valid_hand_made_ring_reads() {
+    // The same helper with honest values: a frame, padding to the end, a
+    // frame at the start. (So the lies above fail for their own reason.)
+    let cap = CAP as u64;
+    let words = [
+        (cap - 64, FrameHeader::data(10, 7).encode()),
+        (cap - 40, FrameHeader::padding(32).encode()),
+        (0, FrameHeader::data(0, 9).encode()),
+    ];
+    let (mut consumer, _) = hand_ring(cap - 64, cap + 8, &words).unwrap();
+    let mut seen = Vec::new();
+    consumer
+        .try_read_batch(10, |f| seen.push((f.len(), f.flags())))
+        .unwrap();
+    assert_eq!(seen, [(10, 7), (0, 9)]);
+    assert_eq!(consumer.position(), cap + 8);
+}
+
+/// Whether a concurrent test should go on: at least 20 000 operations and
+/// 5 000 scribbles (the scribbling thread may start late on a busy
+/// machine), within a minute.
+fn keep_going(start: Instant, ops: usize, scribbles: &AtomicU64) -> bool {
+    // Relaxed: a statistic.
+    let enough = ops >= 20_000 && scribbles.load(Ordering::Relaxed) >= 5_000;
+    !enough && start.elapsed() < Duration::from_secs(60)
+}
+
+/// A small deterministic generator for the scribbling threads.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
