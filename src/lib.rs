@@ -8,4 +8,5 @@ pub mod control;
 pub mod models;
 pub mod proto;
 pub mod ring;
+pub mod session;
 pub mod sys;
