@@ -8,5 +8,6 @@ pub mod control;
 pub mod models;
 pub mod proto;
 pub mod ring;
+pub mod server;
 pub mod session;
 pub mod sys;
