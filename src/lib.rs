@@ -2,6 +2,7 @@
 //! process data to daemoneye-agent (the detection orchestrator) through a
 //! shared-memory ring. See `ARCHITECTURE.md` for the layers.
 
+pub mod client;
 pub mod codec;
 pub mod collector;
 pub mod control;
