@@ -227,3 +227,23 @@ fn closing_the_ring_ends_a_writer_that_waits_for_room() {
     );
     drop(consumer);
 }
+
+#[test]
+fn finish_with_sends_a_whole_result_as_the_end_frame() {
+    use daemoneye_lib::proto::ProtoHashResult;
+    let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10)).unwrap();
+    let mut result = DetectionResult::success("hash", vec![]);
+    result.hash_result = Some(ProtoHashResult {
+        hash_value: "ab".repeat(32),
+        algorithm: "sha256".into(),
+        file_path: "/bin/sh".into(),
+        success: true,
+        error_message: None,
+    });
+    let mut stream = ResultWriter::new(&mut producer, "hash", WAIT);
+    stream.push(RecordKind::Result, record(1)).unwrap(); // dropped
+    stream.finish_with(result.clone()).unwrap();
+    let chunks = read_all(&mut consumer);
+    assert_eq!(chunks.len(), 1);
+    assert_eq!(chunks[0].result, result);
+}

@@ -143,6 +143,7 @@ impl<'p> ResultWriter<'p> {
             });
         }
         self.result = result;
+        self.len = len;
         self.kind = RecordKind::Result;
         self.write(true)?;
         Ok(self.stats)
@@ -175,6 +176,7 @@ impl<'p> ResultWriter<'p> {
         }
         .to_flags();
         debug_assert!(!self.result.success || self.len == self.result.encoded_len());
+        debug_assert!(self.len <= self.producer.max_frame() || !self.result.success);
         self.producer
             .encode(&self.result, flags, Instant::now() + self.stall)?;
         self.stats.frames += 1;
