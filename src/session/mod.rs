@@ -31,14 +31,14 @@
 //! use daemoneye_lib::session::{read_chunk, RecordKind, ResultWriter};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10).with_max_frame(1024))?;
+//! let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10).with_max_frame(256))?;
 //! let mut writer = ResultWriter::new(&mut producer, "t-1", Duration::from_secs(5));
 //! for pid in 1..=100 {
 //!     let record = ProtoProcessRecord { pid, name: format!("p{pid}"), ..Default::default() };
 //!     writer.push(RecordKind::Result, record)?;
 //! }
 //! let stats = writer.finish()?;
-//! assert!(stats.frames > 1); // 100 records do not fit one 1 KiB frame
+//! assert!(stats.frames > 1); // 100 records do not fit one 256-byte frame
 //!
 //! let deadline = Instant::now() + Duration::from_secs(5);
 //! let mut pids = Vec::new();
