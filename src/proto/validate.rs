@@ -213,12 +213,14 @@ fn error_message(field: &str, message: Option<&str>, success: bool) -> Checked {
 }
 
 impl ProtoHashCheck {
-    /// Checks the algorithm is known, `expected_hash` is hex of its digest
-    /// length, and `executable_path` is an absolute path within
-    /// [`MAX_PATH_BYTES`].
+    /// Checks the algorithm is known, `expected_hash` is empty (nothing
+    /// expected: just compute the hash) or hex of its digest length, and
+    /// `executable_path` is an absolute path within [`MAX_PATH_BYTES`].
     pub fn validate(&self) -> Checked {
         let alg = algorithm("hash_algorithm", &self.hash_algorithm)?;
-        hex_digest("expected_hash", &self.expected_hash, alg)?;
+        if !self.expected_hash.is_empty() {
+            hex_digest("expected_hash", &self.expected_hash, alg)?;
+        }
         path_to_open("executable_path", &self.executable_path)
     }
 }

@@ -1,0 +1,189 @@
+//! The product's pipeline, measured in one run so the figures compare:
+//!
+//! - `enumerate/end_to_end`: an agent's ENUMERATE_PROCESSES through a real
+//!   procmond server (in this process, on a real socket and ring), from the
+//!   task sent until the last record is decoded; beside `enumerate/collect_only`,
+//!   the collector alone doing the same walk.
+//! - `stream_1000/ring` vs `stream_1000/unix_socket`: 1,000-record results,
+//!   chunked to the same 128 KiB frames, encode → transport → decode, on two
+//!   threads; reported as records per second.
+//!
+//! ```sh
+//! cargo bench --bench pipeline
+//! ```
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use prost::Message;
+
+use daemoneye_lib::client::Agent;
+use daemoneye_lib::collector::{Collector, CollectorConfig};
+use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
+use daemoneye_lib::ring::{self, RingConfig};
+use daemoneye_lib::server::{Server, ServerConfig};
+use daemoneye_lib::session::{RecordKind, ResultWriter, read_chunk};
+
+const RECORDS: usize = 1000;
+const MAX_FRAME: usize = 128 << 10;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn enumerate(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("de-bench-{}", std::process::id()));
+    let server = Server::bind(ServerConfig::new(dir.join("procmond.sock"))).expect("bind");
+    let shutdown = server.shutdown_handle();
+    let socket = server.socket_path().to_owned();
+    let serving = thread::spawn(move || server.run_until(&server.shutdown_handle()));
+    let mut agent = Agent::connect(&socket).expect("connect");
+
+    let mut group = c.benchmark_group("enumerate");
+    group.bench_function("end_to_end", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for record in agent.enumerate(None, false).expect("task") {
+                black_box(record.expect("record"));
+                n += 1;
+            }
+            n
+        })
+    });
+    let mut collector = Collector::new(CollectorConfig::default());
+    group.bench_function("collect_only", |b| {
+        b.iter(|| collector.enumerate(None, false).expect("collect").len())
+    });
+    group.finish();
+
+    drop(agent);
+    shutdown.trigger();
+    serving.join().expect("server thread");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn record(pid: u32) -> ProtoProcessRecord {
+    ProtoProcessRecord {
+        pid,
+        ppid: Some(1),
+        name: format!("worker-{pid}"),
+        executable_path: Some("/usr/lib/some/long/path/bin/worker".into()),
+        command_line: vec![
+            "/usr/lib/some/long/path/bin/worker".into(),
+            "--config".into(),
+            "/etc/worker/worker.toml".into(),
+            format!("--id={pid}"),
+        ],
+        start_time: Some(1_700_000_000),
+        cpu_usage: Some(1.5),
+        memory_usage: Some(12 << 20),
+        user_id: Some("1000".into()),
+        accessible: true,
+        file_exists: true,
+        collection_time: 1_700_000_000_000,
+        ..Default::default()
+    }
+}
+
+/// The records split as the ring's chunker splits them (by encoded length).
+fn chunks(records: &[ProtoProcessRecord]) -> Vec<DetectionResult> {
+    let base = DetectionResult::success("bench", vec![]).encoded_len();
+    let mut out = vec![DetectionResult::success("bench", vec![])];
+    let mut len = base;
+    for r in records {
+        let add = prost::encoding::message::encoded_len(4, r);
+        if len + add > MAX_FRAME {
+            out.push(DetectionResult::success("bench", vec![]));
+            len = base;
+        }
+        len += add;
+        out.last_mut().unwrap().processes.push(r.clone());
+    }
+    out
+}
+
+fn stream_1000(c: &mut Criterion) {
+    let records: Vec<_> = (0..RECORDS as u32).map(record).collect();
+    let mut group = c.benchmark_group("stream_1000");
+    group.throughput(Throughput::Elements(RECORDS as u64));
+
+    group.bench_function("ring", |b| {
+        b.iter_custom(|iters| {
+            let config = RingConfig::new(1 << 20).with_max_frame(MAX_FRAME);
+            let (mut producer, mut consumer) = ring::pair(&config).expect("ring");
+            let reader = thread::spawn(move || {
+                let deadline = Instant::now() + WAIT;
+                let mut got = 0u64;
+                for _ in 0..iters {
+                    loop {
+                        let chunk = read_chunk(&mut consumer, deadline).expect("chunk");
+                        got += chunk.result.processes.len() as u64;
+                        if chunk.marker.end {
+                            break;
+                        }
+                    }
+                }
+                got
+            });
+            let start = Instant::now();
+            for _ in 0..iters {
+                let mut writer = ResultWriter::new(&mut producer, "bench", WAIT);
+                for r in &records {
+                    writer.push(RecordKind::Result, r.clone()).expect("push");
+                }
+                writer.finish().expect("finish");
+            }
+            assert_eq!(reader.join().expect("reader"), iters * RECORDS as u64);
+            start.elapsed()
+        })
+    });
+
+    group.bench_function("unix_socket", |b| {
+        b.iter_custom(|iters| {
+            let (mut tx, mut rx) = UnixStream::pair().expect("socket pair");
+            let reader = thread::spawn(move || {
+                let mut got = 0u64;
+                let mut buf = Vec::new();
+                for _ in 0..iters {
+                    loop {
+                        let mut prefix = [0u8; 4];
+                        rx.read_exact(&mut prefix).expect("prefix");
+                        let len = u32::from_le_bytes(prefix) as usize;
+                        let end = len & (1 << 31) != 0;
+                        buf.resize(len & !(1 << 31), 0);
+                        rx.read_exact(&mut buf).expect("payload");
+                        let result = DetectionResult::decode(buf.as_slice()).expect("decode");
+                        result.validate().expect("valid");
+                        got += result.processes.len() as u64;
+                        if end {
+                            break;
+                        }
+                    }
+                }
+                got
+            });
+            let mut buf = Vec::with_capacity(MAX_FRAME + 4);
+            let start = Instant::now();
+            for _ in 0..iters {
+                // The same work as the ring's writer: move records into
+                // frame-sized results, encode each, send it.
+                let parts = chunks(&records);
+                let last = parts.len() - 1;
+                for (i, part) in parts.iter().enumerate() {
+                    buf.clear();
+                    let len = part.encoded_len() as u32 | if i == last { 1 << 31 } else { 0 };
+                    buf.extend_from_slice(&len.to_le_bytes());
+                    part.encode(&mut buf).expect("encode");
+                    tx.write_all(&buf).expect("send");
+                }
+            }
+            assert_eq!(reader.join().expect("reader"), iters * RECORDS as u64);
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, enumerate, stream_1000);
+criterion_main!(benches);

@@ -1,0 +1,273 @@
+//! daemoneye-agent: sends tasks to procmond and prints their results.
+//!
+//! Exit status: 0 on success (hash-check: a match, or nothing expected),
+//! 1 on a hash mismatch, 2 on any error (procmond not running, refused,
+//! gone, a failed task).
+
+use std::io::IsTerminal;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use daemoneye_lib::client::{Agent, ClientError, MonitorEvent};
+use daemoneye_lib::control::default_socket_path;
+use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
+
+/// daemoneye-agent: asks procmond about processes.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// procmond's control socket [default: as procmond's]
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    /// Aligned columns
+    Table,
+    /// One JSON object per line, field names as in the schema
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List processes
+    Enumerate {
+        /// Only processes with this exact name (repeatable)
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Only this pid (repeatable)
+        #[arg(long = "pid")]
+        pids: Vec<u32>,
+        /// Only executables whose path matches this glob
+        #[arg(long)]
+        exe_pattern: Option<String>,
+        /// Also hash each executable
+        #[arg(long)]
+        hash: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// SHA-256 of a file, compared with --expected
+    HashCheck {
+        /// Absolute path of the file
+        path: PathBuf,
+        /// Expected SHA-256, hex
+        #[arg(long)]
+        expected: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Hash running images and flag those whose file was replaced or deleted
+    Verify {
+        /// Only this pid (repeatable)
+        #[arg(long = "pid")]
+        pids: Vec<u32>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Watch the process tree under some roots (all processes without any)
+    Monitor {
+        /// A root pid (repeatable)
+        #[arg(long = "pid")]
+        pids: Vec<u32>,
+        /// Polling interval in ms (at least 10)
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        /// Stop after this many seconds [default: run until killed]
+        #[arg(long)]
+        duration_s: Option<u64>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .init();
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("daemoneye-agent: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    let socket = match args.socket {
+        Some(path) => path,
+        None => default_socket_path()?,
+    };
+    let mut agent = Agent::connect(&socket)?;
+    let mut out = io::stdout().lock();
+    match args.command {
+        Command::Enumerate {
+            names,
+            pids,
+            exe_pattern,
+            hash,
+            format,
+        } => {
+            let filter = filter(names, pids, exe_pattern);
+            let records = agent.enumerate(filter, hash)?;
+            print_records(&mut out, records, format)?;
+        }
+        Command::Verify { pids, format } => {
+            let records = agent.verify(filter(Vec::new(), pids, None))?;
+            print_records(&mut out, records, format)?;
+        }
+        Command::HashCheck {
+            path,
+            expected,
+            format,
+        } => {
+            let check = ProtoHashCheck {
+                expected_hash: expected.unwrap_or_default(),
+                hash_algorithm: "sha256".into(),
+                executable_path: path.to_string_lossy().into_owned(),
+            };
+            let report = agent.hash_check(check)?;
+            match format {
+                Format::Json => writeln!(out, "{}", serde_json::to_string(&report.result)?)?,
+                Format::Table => {
+                    let verdict = match report.matched {
+                        Some(true) => "match",
+                        Some(false) => "MISMATCH",
+                        None => "-",
+                    };
+                    writeln!(
+                        out,
+                        "{}  {}  {verdict}",
+                        report.result.hash_value, report.result.file_path
+                    )?;
+                }
+            }
+            if report.matched == Some(false) {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Monitor {
+            pids,
+            interval_ms,
+            duration_s,
+            format,
+        } => {
+            let until = duration_s.map(|s| Instant::now() + Duration::from_secs(s));
+            let mut stream = agent.monitor(&pids, Duration::from_millis(interval_ms))?;
+            if let Format::Table = format {
+                writeln!(
+                    out,
+                    "{:<9} {:>8} {:>8}  {:<20} COMMAND",
+                    "EVENT", "PID", "PPID", "NAME"
+                )?;
+            }
+            loop {
+                // Without a duration, wake up hourly just to wait again.
+                let deadline = until.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                match stream.next_event(deadline) {
+                    Ok(Some(event)) => print_event(&mut out, &event, format)?,
+                    Ok(None) => break,
+                    Err(ClientError::Timeout { .. }) if until.is_none() => continue,
+                    Err(ClientError::Timeout { .. }) => {
+                        stream.cancel()?;
+                        break;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+                out.flush()?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn filter(
+    names: Vec<String>,
+    pids: Vec<u32>,
+    pattern: Option<String>,
+) -> Option<ProtoProcessFilter> {
+    (!names.is_empty() || !pids.is_empty() || pattern.is_some()).then_some(ProtoProcessFilter {
+        process_names: names,
+        pids,
+        executable_pattern: pattern,
+    })
+}
+
+fn print_records(
+    out: &mut impl Write,
+    records: impl Iterator<Item = Result<ProtoProcessRecord, ClientError>>,
+    format: Format,
+) -> Result<()> {
+    if let Format::Table = format {
+        writeln!(
+            out,
+            "{:>8} {:>8} {:<20} {:>10} {:>6} {:<5} {:<12} COMMAND",
+            "PID", "PPID", "NAME", "RSS_KIB", "CPU%", "FILE", "SHA256"
+        )?;
+    }
+    for record in records {
+        let record = record.context("reading procmond's results")?;
+        match format {
+            Format::Json => writeln!(out, "{}", serde_json::to_string(&record)?)?,
+            Format::Table => writeln!(
+                out,
+                "{:>8} {:>8} {:<20} {:>10} {:>6} {:<5} {:<12} {}",
+                record.pid,
+                record.ppid.map_or("-".into(), |p| p.to_string()),
+                record.name,
+                record
+                    .memory_usage
+                    .map_or("-".into(), |m| (m / 1024).to_string()),
+                record.cpu_usage.map_or("-".into(), |c| format!("{c:.1}")),
+                if record.file_exists { "yes" } else { "NO" },
+                record
+                    .executable_hash
+                    .as_deref()
+                    .map_or("-", |h| &h[..h.len().min(12)]),
+                record.command_line.join(" "),
+            )?,
+        }
+    }
+    Ok(())
+}
+
+fn print_event(out: &mut impl Write, event: &MonitorEvent, format: Format) -> Result<()> {
+    let (kind, record) = match event {
+        MonitorEvent::Snapshot(r) => ("snapshot", r),
+        MonitorEvent::Started(r) => ("started", r),
+        MonitorEvent::Exited(r) => ("exited", r),
+    };
+    match format {
+        Format::Json => {
+            let mut value = serde_json::to_value(record)?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("event".into(), kind.into());
+            }
+            writeln!(out, "{value}")?;
+        }
+        Format::Table => writeln!(
+            out,
+            "{kind:<9} {:>8} {:>8}  {:<20} {}",
+            record.pid,
+            record.ppid.map_or("-".into(), |p| p.to_string()),
+            record.name,
+            record.command_line.join(" ")
+        )?,
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! procmond: the privileged process collector. Runs in the foreground,
+//! serves daemoneye-agent connections on a Unix socket, exits 0 on SIGTERM
+//! or SIGINT and removes its socket.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::thread;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
+use tracing_subscriber::EnvFilter;
+
+use daemoneye_lib::control::{AllowList, default_socket_path};
+use daemoneye_lib::server::{Server, ServerConfig};
+
+/// procmond: streams process data to daemoneye-agent through a shared-memory ring.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Control socket path [default: $XDG_RUNTIME_DIR/daemoneye/procmond.sock,
+    /// or /run/daemoneye/procmond.sock for root]
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Bytes in each client's ring (a power of two, 64 KiB to 1 GiB)
+    #[arg(long, default_value_t = 1 << 20)]
+    ring_bytes: usize,
+    /// Largest result frame [default: ring bytes / 8]
+    #[arg(long)]
+    max_frame_bytes: Option<usize>,
+    /// Also allow this uid to connect (repeatable); procmond's own uid and
+    /// root always may
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+    /// Let this group reach the socket (0660 instead of 0600)
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+    /// Clients served at once; more are refused
+    #[arg(long, default_value_t = 8)]
+    max_clients: usize,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    if let Err(error) = run(Args::parse()) {
+        eprintln!("procmond: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    // Block the signals before any thread starts, so every thread inherits
+    // the mask and only the waiting thread below receives them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals
+        .thread_block()
+        .context("blocking SIGTERM and SIGINT")?;
+
+    let socket_path = match args.socket {
+        Some(path) => path,
+        None => default_socket_path()?,
+    };
+    let group = match &args.group {
+        None => None,
+        Some(name) => match nix::unistd::Group::from_name(name)
+            .with_context(|| format!("looking up group {name}"))?
+        {
+            Some(group) => Some(group.gid.as_raw()),
+            None => bail!("no such group: {name}"),
+        },
+    };
+    let mut config = ServerConfig::new(socket_path);
+    config.ring_bytes = args.ring_bytes;
+    config.max_frame_bytes = args.max_frame_bytes.unwrap_or(args.ring_bytes / 8);
+    config.allow = args
+        .allow_uids
+        .iter()
+        .fold(AllowList::new(), |allow, &uid| allow.allow_uid(uid));
+    config.group = group;
+    config.max_clients = args.max_clients;
+
+    let server = Server::bind(config)?;
+    let shutdown = server.shutdown_handle();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || match signals.wait() {
+            Ok(signal) => {
+                tracing::info!(?signal, "stopping");
+                shutdown.trigger();
+            }
+            Err(error) => tracing::error!(%error, "waiting for signals failed"),
+        })
+        .context("starting the signal thread")?;
+    server.run_until(&server.shutdown_handle());
+    drop(server); // removes the socket file
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! daemoneye-agent's library: connect to procmond, send tasks, read their
+//! results from the shared-memory ring.
+//!
+//! An [`Agent`] is one connection with its own ring. Each task call sends a
+//! DetectionTask over the control socket and returns a reader of its result
+//! stream: [`Records`] decodes one ring frame at a time, so memory stays at
+//! about one frame whatever the number of records. Every call has a deadline
+//! ([`ClientOptions::timeout`], or [`Records::with_deadline`]). A watcher
+//! thread turns the control socket's end (procmond exited or was killed) into
+//! a ring close, so a blocked read returns [`ClientError::PeerGone`] at once;
+//! the ring also watches procmond's process through a pidfd.
+//!
+//! ```no_run
+//! use daemoneye_lib::client::Agent;
+//!
+//! # fn main() -> Result<(), daemoneye_lib::client::ClientError> {
+//! let mut agent = Agent::connect("/run/daemoneye/procmond.sock")?;
+//! for record in agent.enumerate(None, false)? {
+//!     let record = record?;
+//!     println!("{} {}", record.pid, record.name);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod stream;
+mod watcher;
+
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use error::ClientError;
+pub use stream::{MonitorEvent, MonitorStream, Records};
+
+use crate::control::{ClientChannel, ClientFrame, Connector, HANDSHAKE_TIMEOUT, client_frame};
+use crate::proto::control::{Cancel, Goodbye, TaskRequest};
+use crate::proto::{DetectionTask, ProtoHashCheck, ProtoHashResult, ProtoProcessFilter};
+use crate::ring::{Consumer, ConsumerFds, RingError, WaitStrategy};
+use crate::session::{Chunk, SessionError, read_chunk};
+use crate::sys::pidfd::PidFd;
+use crate::sys::socket::peer_credentials;
+use watcher::GoneReason;
+
+/// How an [`Agent`] connects and waits.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Bound on each task call (until the last record is read). Default
+    /// 30 s.
+    pub timeout: Duration,
+    /// Bound on the handshake. Default 5 s.
+    pub connect_timeout: Duration,
+    /// How reads wait for data in the ring.
+    pub wait: WaitStrategy,
+    /// The name procmond logs for this agent.
+    pub client_name: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            connect_timeout: HANDSHAKE_TIMEOUT,
+            wait: WaitStrategy::default(),
+            client_name: "daemoneye-agent".into(),
+        }
+    }
+}
+
+/// A CHECK_PROCESS_HASH answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HashReport {
+    /// procmond's hash result (successful: the hash was computed).
+    pub result: ProtoHashResult,
+    /// Whether the hash equals the expected one (case-insensitive); `None`
+    /// when nothing was expected.
+    pub matched: Option<bool>,
+}
+
+/// One connection to procmond; see the [module documentation](self).
+#[derive(Debug)]
+pub struct Agent {
+    channel: ClientChannel,
+    consumer: Consumer,
+    /// A handle on the socket, to end the watcher when the agent is dropped.
+    socket: UnixStream,
+    watcher: Option<JoinHandle<()>>,
+    gone: GoneReason,
+    options: ClientOptions,
+    next_task: u64,
+    /// Tasks whose streams were left unread: their frames are skipped.
+    abandoned: Vec<String>,
+    server_pid: u32,
+}
+
+impl Agent {
+    /// Connects to procmond at `path` with the default options.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Agent, ClientError> {
+        Agent::connect_with(path, ClientOptions::default())
+    }
+
+    /// Connects to procmond at `path`: handshake, attach the ring it passes,
+    /// watch its process and socket.
+    pub fn connect_with(
+        path: impl AsRef<Path>,
+        options: ClientOptions,
+    ) -> Result<Agent, ClientError> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path).map_err(|source| {
+            ClientError::from_control(crate::control::ControlError::Connect {
+                path: path.to_owned(),
+                source,
+            })
+        })?;
+        let io = |context| move |source| ClientError::Io { context, source };
+        let server = peer_credentials(&stream).map_err(io("reading procmond's credentials"))?;
+        let socket = stream
+            .try_clone()
+            .map_err(io("cloning the control socket"))?;
+        let (channel, welcome) = Connector::new(options.client_name.clone())
+            .timeout(options.connect_timeout)
+            .handshake(stream)
+            .map_err(ClientError::from_control)?;
+        let Ok::<[_; 2], _>([data, control]) = welcome.fds.try_into() else {
+            return Err(ClientError::Protocol {
+                problem: "the ring needs exactly 2 descriptors (data, control)".into(),
+            });
+        };
+        let mut consumer = Consumer::attach(ConsumerFds { data, control }, options.wait)
+            .map_err(ClientError::Ring)?;
+        // procmond in another pid namespace shows pid 0: then the socket
+        // watcher alone notices its death.
+        if let Ok(pidfd) = PidFd::open(server.pid) {
+            consumer.watch_peer(pidfd);
+        }
+        let gone = GoneReason::default();
+        let watched = channel.try_clone().map_err(ClientError::Control)?;
+        let watcher = watcher::spawn(watched, consumer.closer(), gone.clone())
+            .map_err(io("starting the socket watcher"))?;
+        Ok(Agent {
+            channel,
+            consumer,
+            socket,
+            watcher: Some(watcher),
+            gone,
+            options,
+            next_task: 0,
+            abandoned: Vec::new(),
+            server_pid: server.pid,
+        })
+    }
+
+    /// procmond's pid, as the kernel reported it at connect time.
+    pub fn server_pid(&self) -> u32 {
+        self.server_pid
+    }
+
+    /// The largest result frame of this connection's ring.
+    pub fn max_frame(&self) -> usize {
+        self.consumer.max_frame()
+    }
+
+    /// Sets the bound on each later task call.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.options.timeout = timeout;
+    }
+
+    /// ENUMERATE_PROCESSES: the processes `filter` selects (all with
+    /// `None`), with executable hashes when `with_hashes`.
+    pub fn enumerate(
+        &mut self,
+        filter: Option<ProtoProcessFilter>,
+        with_hashes: bool,
+    ) -> Result<Records<'_>, ClientError> {
+        let task_id = self.task_id();
+        let task = DetectionTask::new_enumerate_processes(task_id.clone(), filter);
+        self.send_task(task, with_hashes, 0)?;
+        Ok(Records::new(self, task_id))
+    }
+
+    /// VERIFY_EXECUTABLE: the processes `filter` selects, each with the
+    /// SHA-256 of its running image and whether the file on disk still is
+    /// that image (`file_exists`).
+    pub fn verify(
+        &mut self,
+        filter: Option<ProtoProcessFilter>,
+    ) -> Result<Records<'_>, ClientError> {
+        let task_id = self.task_id();
+        let task = DetectionTask::new_verify_executable(task_id.clone(), filter);
+        self.send_task(task, false, 0)?;
+        Ok(Records::new(self, task_id))
+    }
+
+    /// CHECK_PROCESS_HASH: the SHA-256 of `check.executable_path`, compared
+    /// with `check.expected_hash` when it is not empty. A hash that could not
+    /// be computed is [`ClientError::TaskFailed`] naming why.
+    pub fn hash_check(&mut self, check: ProtoHashCheck) -> Result<HashReport, ClientError> {
+        let task_id = self.task_id();
+        let expected = check.expected_hash.trim().to_owned();
+        let task = DetectionTask::new_hash_check(task_id.clone(), check);
+        self.send_task(task, false, 0)?;
+        let deadline = Instant::now() + self.options.timeout;
+        let mut hash = None;
+        let mut failure = None;
+        loop {
+            let chunk = match self.chunk_for(&task_id, deadline) {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    self.abandoned.push(task_id);
+                    return Err(error);
+                }
+            };
+            if !chunk.result.success {
+                failure = chunk.result.error_message;
+            } else if let Some(result) = chunk.result.hash_result {
+                hash = Some(result);
+            }
+            if chunk.marker.end {
+                break;
+            }
+        }
+        if let Some(message) = failure {
+            return Err(ClientError::TaskFailed { task_id, message });
+        }
+        let result = hash.ok_or_else(|| ClientError::TaskFailed {
+            task_id,
+            message: "procmond's result carries no hash result".into(),
+        })?;
+        let matched =
+            (!expected.is_empty()).then(|| expected.eq_ignore_ascii_case(&result.hash_value));
+        Ok(HashReport { result, matched })
+    }
+
+    /// MONITOR_PROCESS_TREE: the tree under `roots` (every process when
+    /// empty), then what started and exited every `interval` (at least
+    /// 10 ms), until [`MonitorStream::cancel`].
+    pub fn monitor(
+        &mut self,
+        roots: &[u32],
+        interval: Duration,
+    ) -> Result<MonitorStream<'_>, ClientError> {
+        let task_id = self.task_id();
+        let filter = (!roots.is_empty()).then(|| ProtoProcessFilter {
+            process_names: Vec::new(),
+            pids: roots.to_vec(),
+            executable_pattern: None,
+        });
+        let task = DetectionTask::new_monitor_process_tree(task_id.clone(), filter);
+        let interval_ms = u32::try_from(interval.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        self.send_task(task, false, interval_ms)?;
+        Ok(MonitorStream::new(self, task_id))
+    }
+
+    fn task_id(&mut self) -> String {
+        self.next_task += 1;
+        format!("agent-{}-{}", std::process::id(), self.next_task)
+    }
+
+    fn send_task(
+        &mut self,
+        task: DetectionTask,
+        with_hashes: bool,
+        interval_ms: u32,
+    ) -> Result<(), ClientError> {
+        if self.consumer.is_closed() {
+            return Err(self.gone_error());
+        }
+        let frame = ClientFrame {
+            body: Some(client_frame::Body::Task(TaskRequest {
+                task: Some(task),
+                with_hashes,
+                interval_ms,
+            })),
+        };
+        self.channel
+            .send(&frame)
+            .map_err(|error| match ClientError::from_control(error) {
+                ClientError::PeerGone { .. } => self.gone_error(),
+                other => other,
+            })
+    }
+
+    fn send_cancel(&mut self, task_id: &str) -> Result<(), ClientError> {
+        let frame = ClientFrame {
+            body: Some(client_frame::Body::Cancel(Cancel {
+                task_id: task_id.to_owned(),
+            })),
+        };
+        self.channel.send(&frame).map_err(ClientError::from_control)
+    }
+
+    /// The next frame of `task_id`'s stream, skipping what is left of
+    /// abandoned streams.
+    fn chunk_for(&mut self, task_id: &str, deadline: Instant) -> Result<Chunk, ClientError> {
+        loop {
+            let chunk = read_chunk(&mut self.consumer, deadline)
+                .map_err(|error| self.stream_error(error))?;
+            if chunk.result.task_id == task_id {
+                return Ok(chunk);
+            }
+            match self
+                .abandoned
+                .iter()
+                .position(|id| *id == chunk.result.task_id)
+            {
+                Some(i) => {
+                    if chunk.marker.end {
+                        self.abandoned.swap_remove(i);
+                    }
+                }
+                None => {
+                    let got = chunk.result.task_id.chars().take(64).collect();
+                    return Err(self.stream_error(SessionError::WrongTask {
+                        expected: task_id.to_owned(),
+                        got,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn stream_error(&mut self, error: SessionError) -> ClientError {
+        match error {
+            SessionError::Ring(RingError::Closed | RingError::PeerGone) => self.gone_error(),
+            SessionError::Ring(RingError::TimedOut) => ClientError::Timeout {
+                waiting_for: "procmond's results",
+            },
+            other => {
+                // The stream cannot be trusted any more.
+                self.consumer.close();
+                ClientError::Corrupt(other)
+            }
+        }
+    }
+
+    fn gone_error(&self) -> ClientError {
+        let detail = self
+            .gone
+            .lock()
+            .ok()
+            .and_then(|why| why.clone())
+            .unwrap_or_else(|| "procmond's process exited or closed the ring".into());
+        ClientError::PeerGone { detail }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Best effort: procmond may be gone already.
+        let goodbye = ClientFrame {
+            body: Some(client_frame::Body::Goodbye(Goodbye {
+                reason: "agent closing".into(),
+            })),
+        };
+        let _ = self.channel.send(&goodbye);
+        let _ = self.socket.shutdown(Shutdown::Both);
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.join();
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! A thread that watches the control socket and turns procmond's departure
+//! into a ring close, so a read blocked in the ring returns at once.
+
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+
+use crate::control::{ClientChannel, ControlError};
+use crate::ring::Closer;
+
+/// Why the connection ended, once it has.
+pub(super) type GoneReason = Arc<Mutex<Option<String>>>;
+
+/// Starts the watcher: it reads procmond's frames until the socket ends or
+/// breaks, records why in `gone`, then closes the ring with `closer`.
+pub(super) fn spawn(
+    mut channel: ClientChannel,
+    closer: Closer,
+    gone: GoneReason,
+) -> std::io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name("agent-watcher".into())
+        .spawn(move || {
+            let why = loop {
+                match channel.recv(None) {
+                    // Task replies: this agent reads its answers from the ring.
+                    Ok(_) => continue,
+                    Err(ControlError::PeerGone) => {
+                        break "procmond closed the control socket".to_owned();
+                    }
+                    Err(ControlError::PeerError { message }) => {
+                        break format!("procmond ended the connection: {message}");
+                    }
+                    Err(other) => break format!("control socket failed: {other}"),
+                }
+            };
+            if let Ok(mut slot) = gone.lock() {
+                slot.get_or_insert(why);
+            }
+            closer.close();
+        })
+}

@@ -1,0 +1,157 @@
+//! One client connection: handshake, ring, control frames, clean-up.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, TrySendError};
+use std::thread;
+
+use super::config::ServerConfig;
+use super::tasks::{self, TaskSignals};
+use super::worker;
+use crate::control::{
+    ControlError, RefusalCode, RingOffer, ServerChannel, ServerFrame, accept_client, client_frame,
+    server_frame,
+};
+use crate::proto::control::Error as ErrorFrame;
+use crate::ring::Producer;
+use crate::sys::pidfd::PidFd;
+
+/// Tasks a client may have waiting behind the running one.
+const MAX_QUEUED_TASKS: usize = 8;
+
+/// A reserved client slot, given back when dropped.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        // Relaxed: a counter; nothing is published through it.
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one connection to its end; logs what happened.
+pub(super) fn serve(stream: UnixStream, config: &ServerConfig, active: &AtomicUsize) {
+    let pending = match accept_client(stream, &config.allow, config.handshake_timeout) {
+        Ok(pending) => pending,
+        Err(error @ ControlError::NotAllowed { uid, pid }) => {
+            tracing::warn!(uid, pid, %error, "connection refused");
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "handshake failed");
+            return;
+        }
+    };
+    let peer = pending.peer();
+    // Relaxed: a counter; the slot it reserves guards no other memory.
+    let reserved = active.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        (n < config.max_clients).then_some(n + 1)
+    });
+    if reserved.is_err() {
+        let error = pending.refuse_busy(config.max_clients);
+        tracing::warn!(uid = peer.uid, pid = peer.pid, %error, "connection refused");
+        return;
+    }
+    let _slot = Slot(active);
+
+    let (mut producer, fds) = match Producer::create(&config.ring_config()) {
+        Ok(ring) => ring,
+        Err(error) => {
+            tracing::error!(uid = peer.uid, %error, "cannot create a ring");
+            pending.refuse(
+                RefusalCode::Unavailable,
+                format!("procmond cannot create a result ring: {error}"),
+            );
+            return;
+        }
+    };
+    let offer = RingOffer {
+        ring_bytes: producer.capacity() as u64,
+        max_frame_bytes: u32::try_from(producer.max_frame()).unwrap_or(u32::MAX),
+        fds: &[fds.data.as_fd(), fds.control.as_fd()],
+    };
+    let client_name = pending.client_name().to_owned();
+    let channel = match pending.welcome(&offer) {
+        Ok(channel) => channel,
+        Err(error) => {
+            tracing::warn!(uid = peer.uid, %error, "handshake failed");
+            return;
+        }
+    };
+    // The client has its copies; ours would keep nothing alive but memory.
+    drop(fds);
+    tracing::info!(uid = peer.uid, pid = peer.pid, client = %client_name, "connection accepted");
+    match PidFd::open(peer.pid) {
+        Ok(pidfd) => producer.watch_peer(pidfd),
+        Err(error) => tracing::debug!(pid = peer.pid, %error, "cannot watch the client's process"),
+    }
+    let reason = run(channel, producer, config);
+    tracing::info!(uid = peer.uid, pid = peer.pid, %reason, "connection closed; ring freed");
+}
+
+/// Reads control frames and feeds the worker until the client leaves;
+/// returns why the connection ended.
+fn run(mut channel: ServerChannel, producer: Producer, config: &ServerConfig) -> String {
+    let closer = producer.closer();
+    let signals = Arc::new(TaskSignals::default());
+    let (work, queue) = mpsc::sync_channel(MAX_QUEUED_TASKS);
+    let worker = {
+        let signals = Arc::clone(&signals);
+        let collector = config.collector.clone();
+        let stall = config.stall_timeout;
+        thread::Builder::new()
+            .name("procmond-work".into())
+            .spawn(move || worker::run(producer, &queue, &signals, collector, stall))
+    };
+    let worker = match worker {
+        Ok(worker) => worker,
+        Err(error) => return format!("cannot start a worker thread: {error}"),
+    };
+
+    let reason = loop {
+        match channel.recv(None) {
+            Ok(client_frame::Body::Task(request)) => match tasks::check(request) {
+                Ok(job) => match work.try_send(job) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        let message = format!(
+                            "more than {MAX_QUEUED_TASKS} tasks queued behind a running one"
+                        );
+                        tell(&mut channel, &message);
+                        break message;
+                    }
+                    Err(TrySendError::Disconnected(_)) => break "the worker stopped".into(),
+                },
+                Err(tasks::BadRequest(message)) => {
+                    tell(&mut channel, &message);
+                    break message;
+                }
+            },
+            Ok(client_frame::Body::Cancel(cancel)) => signals.cancel(cancel.task_id),
+            Ok(client_frame::Body::Goodbye(goodbye)) => {
+                break format!("client said goodbye: {}", goodbye.reason);
+            }
+            Ok(client_frame::Body::Hello(_)) => break "a second hello".into(),
+            Err(ControlError::PeerGone) => break "client gone (socket closed)".into(),
+            Err(error) => break error.to_string(),
+        }
+    };
+    // Stop the worker at once: a blocked write or a monitor's wait ends.
+    signals.client_gone();
+    closer.close();
+    drop(work);
+    let _ = worker.join();
+    reason
+}
+
+/// Sends the client an error frame (best effort; it is being dropped).
+fn tell(channel: &mut ServerChannel, message: &str) {
+    let frame = ServerFrame {
+        body: Some(server_frame::Body::Error(ErrorFrame {
+            message: message.to_owned(),
+        })),
+    };
+    let _ = channel.send(&frame);
+}

@@ -1,0 +1,155 @@
+//! procmond's side: accepts agents on the control socket, gives each its own
+//! ring, runs their tasks and streams the results.
+//!
+//! One thread per connection reads control frames (tasks, cancels,
+//! goodbyes); one worker thread per connection owns the ring's producer and
+//! a [`Collector`](crate::collector::Collector) of its own (so CPU deltas are
+//! per agent) and runs the tasks in order. Socket end-of-stream means the
+//! agent is gone: the ring is closed at once, which ends any blocked write,
+//! and freed when the worker returns.
+//!
+//! ```no_run
+//! use daemoneye_lib::server::{Server, ServerConfig};
+//!
+//! # fn main() -> Result<(), daemoneye_lib::server::ServerError> {
+//! let server = Server::bind(ServerConfig::new("/run/user/1000/daemoneye/procmond.sock"))?;
+//! let shutdown = server.shutdown_handle();
+//! // Another thread (a signal handler thread, say) calls `shutdown.trigger()`.
+//! # shutdown.trigger();
+//! server.run_until(&shutdown);
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod connection;
+mod shutdown;
+mod tasks;
+mod worker;
+
+use std::net::Shutdown as SocketShutdown;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+pub use config::ServerConfig;
+pub use shutdown::ShutdownHandle;
+
+use crate::control::{ControlError, ControlListener, SocketOptions};
+use crate::ring::RingError;
+
+/// Why procmond could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The ring sizes are out of range.
+    #[error("invalid ring configuration: {0}")]
+    Ring(#[from] RingError),
+    /// `max_clients` is zero.
+    #[error("max_clients must be at least 1")]
+    NoClients,
+    /// The control socket could not be set up.
+    #[error("{0}")]
+    Control(#[from] ControlError),
+}
+
+/// A bound procmond server; see the [module documentation](self).
+#[derive(Debug)]
+pub struct Server {
+    listener: ControlListener,
+    config: Arc<ServerConfig>,
+    shutdown: ShutdownHandle,
+}
+
+/// A connection thread and a handle on its socket, to end it on shutdown.
+struct Connection {
+    thread: JoinHandle<()>,
+    socket: UnixStream,
+}
+
+impl Server {
+    /// Checks `config` and binds the control socket (see
+    /// [`ControlListener::bind`] for the directory and file modes).
+    pub fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        config.ring_config().validate()?;
+        if config.max_clients == 0 {
+            return Err(ServerError::NoClients);
+        }
+        let options = SocketOptions {
+            group: config.group,
+        };
+        let listener = ControlListener::bind(&config.socket_path, &options)?;
+        let shutdown = ShutdownHandle::new(listener.path().to_owned());
+        tracing::info!(
+            socket = %listener.path().display(),
+            ring_bytes = config.ring_bytes,
+            max_frame_bytes = config.max_frame_bytes,
+            max_clients = config.max_clients,
+            allow_uids = ?config.allow.uids().collect::<Vec<_>>(),
+            "procmond listening"
+        );
+        Ok(Server {
+            listener,
+            config: Arc::new(config),
+            shutdown,
+        })
+    }
+
+    /// The socket's path.
+    pub fn socket_path(&self) -> &std::path::Path {
+        self.listener.path()
+    }
+
+    /// A handle that stops [`run_until`](Self::run_until) from any thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Serves connections until `shutdown` is triggered, then ends every
+    /// connection (their rings are closed and freed) and returns. The socket
+    /// file is removed when the server is dropped.
+    pub fn run_until(&self, shutdown: &ShutdownHandle) {
+        let active = Arc::new(AtomicUsize::new(0));
+        let mut connections: Vec<Connection> = Vec::new();
+        while !shutdown.is_triggered() {
+            let stream = match self.listener.accept() {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::error!(%error, "accept failed");
+                    // Out of descriptors, say: give other threads a moment
+                    // to release some rather than spin.
+                    thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            if shutdown.is_triggered() {
+                break;
+            }
+            connections.retain(|c| !c.thread.is_finished());
+            let socket = match stream.try_clone() {
+                Ok(socket) => socket,
+                Err(error) => {
+                    tracing::error!(%error, "cannot clone a connection's socket; dropping it");
+                    continue;
+                }
+            };
+            let config = Arc::clone(&self.config);
+            let active = Arc::clone(&active);
+            let spawned = thread::Builder::new()
+                .name("procmond-conn".into())
+                .spawn(move || connection::serve(stream, &config, &active));
+            match spawned {
+                Ok(thread) => connections.push(Connection { thread, socket }),
+                Err(error) => tracing::error!(%error, "cannot start a connection thread"),
+            }
+        }
+        tracing::info!(connections = connections.len(), "shutting down");
+        for connection in &connections {
+            let _ = connection.socket.shutdown(SocketShutdown::Both);
+        }
+        for connection in connections {
+            let _ = connection.thread.join();
+        }
+    }
+}

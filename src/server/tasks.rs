@@ -1,0 +1,145 @@
+//! Turning a client's TaskRequest into work, and the state a connection's
+//! socket thread shares with its worker (cancels, the client leaving).
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::proto::control::TaskRequest;
+use crate::proto::{DetectionTask, ProtoTaskType};
+
+/// The default MONITOR_PROCESS_TREE polling interval.
+pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_millis(100);
+/// The shortest MONITOR_PROCESS_TREE polling interval.
+pub const MIN_MONITOR_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Cancels remembered for tasks not (yet) running.
+const REMEMBERED_CANCELS: usize = 16;
+
+/// What the worker is asked to do.
+#[derive(Debug)]
+pub(super) enum Work {
+    /// Run a valid task.
+    Run(Job),
+    /// Answer `task_id` with a failure result saying why the task was not
+    /// run.
+    Reject { task_id: String, message: String },
+}
+
+/// A task that passed validation.
+#[derive(Debug)]
+pub(super) struct Job {
+    pub task: DetectionTask,
+    pub kind: ProtoTaskType,
+    pub with_hashes: bool,
+    pub interval: Duration,
+}
+
+/// A request the connection cannot answer in the ring: the client is told in
+/// an error frame and the connection ends.
+#[derive(Debug)]
+pub(super) struct BadRequest(pub String);
+
+/// Checks a request: no task, or a task id that cannot be answered, is a
+/// [`BadRequest`]; any other broken rule is a [`Work::Reject`] naming it.
+pub(super) fn check(request: TaskRequest) -> Result<Work, BadRequest> {
+    let Some(task) = request.task else {
+        return Err(BadRequest("a task request without a task".into()));
+    };
+    if let Err(error) = task.validate() {
+        if error.field == "task_id" {
+            return Err(BadRequest(format!("a task request with {error}")));
+        }
+        return Ok(Work::Reject {
+            task_id: task.task_id,
+            message: format!("invalid task: {error}"),
+        });
+    }
+    // Validation checked the type.
+    let kind = ProtoTaskType::try_from(task.task_type).unwrap_or(ProtoTaskType::EnumerateProcesses);
+    let interval = match request.interval_ms {
+        0 => DEFAULT_MONITOR_INTERVAL,
+        ms => Duration::from_millis(u64::from(ms)),
+    };
+    if kind == ProtoTaskType::MonitorProcessTree && interval < MIN_MONITOR_INTERVAL {
+        return Ok(Work::Reject {
+            task_id: task.task_id,
+            message: format!(
+                "invalid task: `interval_ms` {} is below the minimum of {} ms",
+                request.interval_ms,
+                MIN_MONITOR_INTERVAL.as_millis()
+            ),
+        });
+    }
+    Ok(Work::Run(Job {
+        task,
+        kind,
+        with_hashes: request.with_hashes,
+        interval,
+    }))
+}
+
+/// Cancels and the client's departure, shared by a connection's socket
+/// thread (which sets them) and its worker (which waits on them).
+#[derive(Debug, Default)]
+pub(super) struct TaskSignals {
+    state: Mutex<Signals>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Signals {
+    cancelled: VecDeque<String>,
+    gone: bool,
+}
+
+impl TaskSignals {
+    fn lock(&self) -> MutexGuard<'_, Signals> {
+        // A panicked holder leaves nothing half-done in this state.
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The client asked to stop `task_id` (running, queued, or already
+    /// finished: then nothing happens).
+    pub fn cancel(&self, task_id: String) {
+        let mut state = self.lock();
+        if state.cancelled.len() == REMEMBERED_CANCELS {
+            state.cancelled.pop_front();
+        }
+        state.cancelled.push_back(task_id);
+        self.changed.notify_all();
+    }
+
+    /// The client is gone: every task stops.
+    pub fn client_gone(&self) {
+        self.lock().gone = true;
+        self.changed.notify_all();
+    }
+
+    /// Whether the client is gone.
+    pub fn is_gone(&self) -> bool {
+        self.lock().gone
+    }
+
+    /// Waits until `until` unless `task_id` is cancelled or the client goes
+    /// first; returns whether it should stop.
+    pub fn wait_stop(&self, task_id: &str, until: Instant) -> bool {
+        let mut state = self.lock();
+        loop {
+            if state.gone || state.cancelled.iter().any(|id| id == task_id) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, until - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poison| poison.into_inner().0);
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! A connection's worker: runs its tasks in order with its own collector and
+//! streams the results into its ring.
+
+use std::ops::ControlFlow;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use super::tasks::{Job, TaskSignals, Work};
+use crate::collector::{Collector, CollectorConfig};
+use crate::proto::limits::MAX_ERROR_MESSAGE_BYTES;
+use crate::proto::{DetectionResult, ProtoTaskType};
+use crate::ring::Producer;
+use crate::session::{RecordKind, ResultWriter, SessionError, StreamStats};
+
+/// Runs work until the queue closes or the ring fails (the client left or
+/// stopped reading); dropping the producer then closes and frees the ring.
+pub(super) fn run(
+    mut producer: Producer,
+    queue: &Receiver<Work>,
+    signals: &TaskSignals,
+    collector: CollectorConfig,
+    stall: Duration,
+) {
+    let mut collector = Collector::new(collector);
+    while let Ok(work) = queue.recv() {
+        if signals.is_gone() {
+            break;
+        }
+        let outcome = match work {
+            Work::Reject { task_id, message } => {
+                tracing::info!(%task_id, %message, "task rejected");
+                ResultWriter::new(&mut producer, task_id, stall).fail(&message)
+            }
+            Work::Run(job) => run_job(&mut producer, &mut collector, signals, &job, stall),
+        };
+        if let Err(error) = outcome {
+            tracing::info!(%error, "result stream ended; closing the ring");
+            break;
+        }
+    }
+}
+
+fn run_job(
+    producer: &mut Producer,
+    collector: &mut Collector,
+    signals: &TaskSignals,
+    job: &Job,
+    stall: Duration,
+) -> Result<StreamStats, SessionError> {
+    let task_id = job.task.task_id.as_str();
+    let started = Instant::now();
+    tracing::debug!(task_id, kind = job.kind.as_str_name(), "task started");
+    let stream = ResultWriter::new(producer, task_id, stall);
+    let stats = match job.kind {
+        ProtoTaskType::EnumerateProcesses => collect(
+            stream,
+            collector,
+            job,
+            job.with_hashes,
+            "ENUMERATE_PROCESSES",
+        ),
+        ProtoTaskType::VerifyExecutable => {
+            collect(stream, collector, job, true, "VERIFY_EXECUTABLE")
+        }
+        ProtoTaskType::CheckProcessHash => hash_check(stream, collector, job),
+        ProtoTaskType::MonitorProcessTree => monitor(stream, collector, signals, job),
+    }?;
+    tracing::info!(
+        task_id,
+        kind = job.kind.as_str_name(),
+        records = stats.records,
+        frames = stats.frames,
+        truncated = stats.truncated,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "task done"
+    );
+    Ok(stats)
+}
+
+/// ENUMERATE_PROCESSES and VERIFY_EXECUTABLE: records stream out as the
+/// collector builds them.
+fn collect(
+    mut stream: ResultWriter<'_>,
+    collector: &mut Collector,
+    job: &Job,
+    with_hashes: bool,
+    what: &str,
+) -> Result<StreamStats, SessionError> {
+    let mut write_error = None;
+    let walked =
+        collector.for_each(
+            job.task.process_filter.as_ref(),
+            with_hashes,
+            |record| match stream.push(RecordKind::Result, record) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(error) => {
+                    write_error = Some(error);
+                    ControlFlow::Break(())
+                }
+            },
+        );
+    match (walked, write_error) {
+        (_, Some(error @ SessionError::RecordTooLarge { .. })) => {
+            stream.fail(&format!("{what} failed: {error}"))
+        }
+        (_, Some(error)) => Err(error),
+        (Err(error), None) => stream.fail(&format!("{what} failed: {error}")),
+        (Ok(_), None) => stream.finish(),
+    }
+}
+
+/// CHECK_PROCESS_HASH: one END frame carrying the hash result; a hash that
+/// could not be computed is a failed result saying why.
+fn hash_check(
+    stream: ResultWriter<'_>,
+    collector: &mut Collector,
+    job: &Job,
+) -> Result<StreamStats, SessionError> {
+    let Some(check) = job.task.hash_check.as_ref() else {
+        // Validation requires it; answer rather than trust that.
+        return stream.fail("CHECK_PROCESS_HASH failed: the task carries no hash_check");
+    };
+    let mut outcome = collector.check_hash(check).result;
+    if let Some(message) = outcome.error_message.as_mut() {
+        cut(message, MAX_ERROR_MESSAGE_BYTES);
+    }
+    let result = DetectionResult {
+        task_id: job.task.task_id.clone(),
+        success: outcome.success,
+        error_message: outcome
+            .error_message
+            .as_ref()
+            .map(|error| format!("CHECK_PROCESS_HASH failed: {error}"))
+            .map(|mut message| {
+                cut(&mut message, MAX_ERROR_MESSAGE_BYTES);
+                message
+            }),
+        processes: Vec::new(),
+        hash_result: Some(outcome),
+    };
+    stream.finish_with(result)
+}
+
+/// MONITOR_PROCESS_TREE: the tree under the filter's pids (every process
+/// when none; names and the pattern do not apply), then each interval the
+/// processes that started and exited, until cancelled or the client goes.
+fn monitor(
+    mut stream: ResultWriter<'_>,
+    collector: &mut Collector,
+    signals: &TaskSignals,
+    job: &Job,
+) -> Result<StreamStats, SessionError> {
+    let roots = job
+        .task
+        .process_filter
+        .as_ref()
+        .map(|filter| filter.pids.clone())
+        .unwrap_or_default();
+    let mut tree = match collector.monitor(&roots) {
+        Ok(tree) => tree,
+        Err(error) => return stream.fail(&format!("MONITOR_PROCESS_TREE failed: {error}")),
+    };
+    for record in tree.snapshot() {
+        stream.push(RecordKind::Snapshot, record)?;
+    }
+    stream.flush()?;
+    let mut next = Instant::now() + job.interval;
+    while !signals.wait_stop(stream.task_id(), next) {
+        next += job.interval;
+        let now = Instant::now();
+        if next < now {
+            // Polling fell behind (a slow reader): skip the missed ticks.
+            next = now + job.interval;
+        }
+        let delta = match tree.poll(collector) {
+            Ok(delta) => delta,
+            Err(error) => return stream.fail(&format!("MONITOR_PROCESS_TREE failed: {error}")),
+        };
+        for record in delta.started {
+            stream.push(RecordKind::Started, record)?;
+        }
+        for record in delta.exited {
+            stream.push(RecordKind::Exited, record)?;
+        }
+        stream.flush()?;
+    }
+    stream.finish()
+}
+
+/// Cuts `text` to at most `max` bytes, at a character boundary.
+fn cut(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}

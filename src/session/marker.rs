@@ -1,0 +1,106 @@
+//! The stream marker carried in a ring frame's user flags.
+//!
+//! ```text
+//!  bit  15 ............ 3   2   1   0
+//!       reserved (zero)   │ kind  │ END
+//! ```
+//!
+//! END (bit 0) marks the last frame of a task's stream; without it more
+//! frames of the same task follow. The kind (bits 1–2) says what the
+//! records are. Reserved bits must be zero: a frame with any set is refused.
+
+use super::error::SessionError;
+
+const END: u16 = 0x0001;
+const KIND_SHIFT: u16 = 1;
+const KIND_MASK: u16 = 0b11 << KIND_SHIFT;
+
+/// What the records of a frame are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// The records of a one-shot result (enumerate, verify, hash check).
+    Result,
+    /// MONITOR_PROCESS_TREE: members of the tree when monitoring began.
+    Snapshot,
+    /// MONITOR_PROCESS_TREE: processes that joined the tree.
+    Started,
+    /// MONITOR_PROCESS_TREE: members that exited.
+    Exited,
+}
+
+impl RecordKind {
+    const fn bits(self) -> u16 {
+        let code = match self {
+            RecordKind::Result => 0,
+            RecordKind::Snapshot => 1,
+            RecordKind::Started => 2,
+            RecordKind::Exited => 3,
+        };
+        code << KIND_SHIFT
+    }
+}
+
+/// A frame's place in its stream and what its records are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Marker {
+    /// The last frame of this task's stream.
+    pub end: bool,
+    /// What the records are.
+    pub kind: RecordKind,
+}
+
+impl Marker {
+    /// The ring frame flags for this marker.
+    pub const fn to_flags(self) -> u16 {
+        self.kind.bits() | if self.end { END } else { 0 }
+    }
+
+    /// Reads ring frame flags; reserved bits set is
+    /// [`SessionError::BadFlags`].
+    pub const fn from_flags(flags: u16) -> Result<Marker, SessionError> {
+        if flags & !(END | KIND_MASK) != 0 {
+            return Err(SessionError::BadFlags { flags });
+        }
+        let kind = match (flags & KIND_MASK) >> KIND_SHIFT {
+            0 => RecordKind::Result,
+            1 => RecordKind::Snapshot,
+            2 => RecordKind::Started,
+            _ => RecordKind::Exited,
+        };
+        Ok(Marker {
+            end: flags & END != 0,
+            kind,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_marker_round_trips() {
+        for kind in [
+            RecordKind::Result,
+            RecordKind::Snapshot,
+            RecordKind::Started,
+            RecordKind::Exited,
+        ] {
+            for end in [false, true] {
+                let marker = Marker { end, kind };
+                assert_eq!(Marker::from_flags(marker.to_flags()).unwrap(), marker);
+            }
+        }
+    }
+
+    #[test]
+    fn reserved_bits_are_refused() {
+        for bit in 3..16 {
+            let flags = 1u16 << bit;
+            assert!(matches!(
+                Marker::from_flags(flags),
+                Err(SessionError::BadFlags { flags: f }) if f == flags
+            ));
+        }
+    }
+}

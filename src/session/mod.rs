@@ -1,0 +1,65 @@
+//! The result stream on the ring, shared by procmond (writer) and
+//! daemoneye-agent (reader).
+//!
+//! Each ring frame is one [`DetectionResult`](crate::proto::DetectionResult)
+//! for one task id, holding a slice of the records. The seed's messages keep
+//! their exact shape: what the stream needs beyond them rides in the ring
+//! frame header's 16 user flags ([`Marker`]): whether more frames of this
+//! task follow or this is the last one (END), and, for
+//! MONITOR_PROCESS_TREE, which event the records are (snapshot, started,
+//! exited).
+//!
+//! ```text
+//!  task t-7 (ENUMERATE, 2,000 records, 128 KiB frames)
+//!  ┌────────────────────┐ ┌────────────────────┐ ┌────────────────────┐
+//!  │ t-7 records 0..812 │ │ t-7 records ..1630 │ │ t-7 records ..2000 │
+//!  │ flags: MORE        │ │ flags: MORE        │ │ flags: END         │
+//!  └────────────────────┘ └────────────────────┘ └────────────────────┘
+//! ```
+//!
+//! [`ResultWriter`] packs records into frames up to the ring's largest frame
+//! with `encoded_len` arithmetic and has prost encode each frame straight
+//! into the ring's claim (no intermediate buffer). [`read_chunk`] decodes a
+//! frame straight from the ring, checks it against the schema's rules and
+//! releases it, so a reader's memory is about one frame. A failure is
+//! `DetectionResult::failure(task_id, message)` with END.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use daemoneye_lib::proto::ProtoProcessRecord;
+//! use daemoneye_lib::ring::{self, RingConfig};
+//! use daemoneye_lib::session::{read_chunk, RecordKind, ResultWriter};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10).with_max_frame(256))?;
+//! let mut writer = ResultWriter::new(&mut producer, "t-1", Duration::from_secs(5));
+//! for pid in 1..=100 {
+//!     let record = ProtoProcessRecord { pid, name: format!("p{pid}"), ..Default::default() };
+//!     writer.push(RecordKind::Result, record)?;
+//! }
+//! let stats = writer.finish()?;
+//! assert!(stats.frames > 1); // 100 records do not fit one 256-byte frame
+//!
+//! let deadline = Instant::now() + Duration::from_secs(5);
+//! let mut pids = Vec::new();
+//! loop {
+//!     let chunk = read_chunk(&mut consumer, deadline)?;
+//!     pids.extend(chunk.result.processes.iter().map(|r| r.pid));
+//!     if chunk.marker.end {
+//!         break;
+//!     }
+//! }
+//! assert_eq!(pids, (1..=100).collect::<Vec<_>>());
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod marker;
+mod reader;
+mod writer;
+
+pub use error::SessionError;
+pub use marker::{Marker, RecordKind};
+pub use reader::{Chunk, read_chunk};
+pub use writer::{ResultWriter, StreamStats};

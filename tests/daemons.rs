@@ -1,0 +1,668 @@
+//! procmond and daemoneye-agent as real processes: the `procmond` binary,
+//! the agent through the library and through the `daemoneye-agent` binary,
+//! real child processes, files, hashes, sockets and shared memory.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use daemoneye_lib::client::{Agent, ClientError, MonitorEvent};
+use daemoneye_lib::control::frame::{read_message, write_message};
+use daemoneye_lib::control::{ClientFrame, RefusalCode, ServerFrame, client_frame, server_frame};
+use daemoneye_lib::proto::control::ClientHello;
+use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
+use daemoneye_lib::sys::pidfd::PidFd;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const WAIT: Duration = Duration::from_secs(20);
+const NOBODY: u32 = 65534;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A private directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("de-{tag}-{}", unique()));
+        std::fs::create_dir(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running procmond binary with its stderr log collected line by line.
+struct Procmond {
+    child: Option<Child>,
+    socket: PathBuf,
+    lines: Receiver<String>,
+    log: Arc<Mutex<String>>,
+    _dir: TempDir,
+}
+
+impl Procmond {
+    fn start(args: &[&str]) -> Procmond {
+        let dir = TempDir::new("procmond");
+        let socket = dir.0.join("run/procmond.sock");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_procmond"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn procmond");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line.clone() + "\n"));
+                let _ = tx.send(line);
+            }
+        });
+        let mut procmond = Procmond {
+            child: Some(child),
+            socket,
+            lines,
+            log,
+            _dir: dir,
+        };
+        procmond.wait_log("procmond listening");
+        procmond
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Waits for a log line containing `needle` (a signal procmond gives).
+    fn wait_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "procmond logged no {needle:?} within {WAIT:?}:\n{}",
+                    self.log.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    fn agent(&self) -> Agent {
+        Agent::connect(&self.socket).expect("connect to procmond")
+    }
+
+    /// SIGTERM: exits 0 within the deadline and removes its socket.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        let pidfd = PidFd::open(child.id()).unwrap();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        assert!(pidfd.wait_exit(WAIT).unwrap(), "procmond ignored SIGTERM");
+        let status = child.wait().unwrap();
+        assert!(status.success(), "procmond exited with {status}");
+        assert!(!self.socket.exists(), "socket left behind");
+    }
+}
+
+impl Drop for Procmond {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A child that sleeps until killed, with a unique argument; killed and
+/// reaped on drop.
+struct Sleeper {
+    child: Child,
+    arg: String,
+}
+
+impl Sleeper {
+    fn spawn(program: &Path) -> Sleeper {
+        // GNU sleep adds its arguments: 1000 s plus a unique fraction.
+        let arg = format!("0.{}", unique().replace('-', ""));
+        let child = Command::new(program).args(["1000", &arg]).spawn().unwrap();
+        Sleeper { child, arg }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the agent binary (as `uid` if given) within the deadline.
+fn agent_cli(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"));
+    command.arg("--socket").arg(socket).args(args);
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
+    }
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(WAIT) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            panic!("daemoneye-agent {args:?} did not finish within {WAIT:?}");
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    text(&out.stdout)[..64].to_owned()
+}
+
+fn filter(names: &[&str], pids: &[u32], pattern: Option<&str>) -> Option<ProtoProcessFilter> {
+    Some(ProtoProcessFilter {
+        process_names: names.iter().map(|s| s.to_string()).collect(),
+        pids: pids.to_vec(),
+        executable_pattern: pattern.map(str::to_owned),
+    })
+}
+
+fn collect(agent: &mut Agent, filter: Option<ProtoProcessFilter>) -> Vec<ProtoProcessRecord> {
+    agent
+        .enumerate(filter, false)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+#[test]
+fn enumerate_finds_a_child_and_filters_select_exactly() {
+    let procmond = Procmond::start(&[]);
+    let sleeper = Sleeper::spawn(Path::new("/usr/bin/sleep"));
+    let mut agent = procmond.agent();
+
+    let all = collect(&mut agent, None);
+    let found: Vec<_> = all
+        .iter()
+        .filter(|r| r.command_line.contains(&sleeper.arg))
+        .collect();
+    assert_eq!(found.len(), 1, "{all:#?}");
+    let record = found[0];
+    assert_eq!(record.pid, sleeper.pid());
+    assert_eq!(record.ppid, Some(std::process::id()));
+    assert_eq!(record.name, "sleep");
+    assert_eq!(
+        record.command_line,
+        ["/usr/bin/sleep", "1000", sleeper.arg.as_str()]
+    );
+    assert_eq!(record.executable_path.as_deref(), Some("/usr/bin/sleep"));
+    assert!(all.len() > 3);
+
+    // By pid: exactly that process.
+    let by_pid = collect(&mut agent, filter(&[], &[sleeper.pid()], None));
+    assert_eq!(
+        by_pid.iter().map(|r| r.pid).collect::<Vec<_>>(),
+        [sleeper.pid()]
+    );
+    // By name: every sleep, and only sleeps.
+    let by_name = collect(&mut agent, filter(&["sleep"], &[], None));
+    assert!(by_name.iter().any(|r| r.pid == sleeper.pid()));
+    assert!(by_name.iter().all(|r| r.name == "sleep"), "{by_name:#?}");
+    // By glob: only executables matching it.
+    let by_glob = collect(&mut agent, filter(&[], &[], Some("/usr/bin/sl*p")));
+    assert!(by_glob.iter().any(|r| r.pid == sleeper.pid()));
+    assert!(
+        by_glob
+            .iter()
+            .all(|r| r.executable_path.as_deref() == Some("/usr/bin/sleep"))
+    );
+    let none = collect(&mut agent, filter(&[], &[], Some("/nonexistent/**")));
+    assert!(none.is_empty());
+
+    // The CLI: one JSON object per line with the schema's field names.
+    let pid = sleeper.pid().to_string();
+    let out = agent_cli(
+        &procmond.socket,
+        &["enumerate", "--pid", &pid, "--format", "json"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<_> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let json: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(json["pid"], sleeper.pid());
+    assert_eq!(json["executable_path"], "/usr/bin/sleep");
+    assert_eq!(json["command_line"][2], sleeper.arg.as_str());
+    let out = agent_cli(&procmond.socket, &["enumerate", "--name", "sleep"], None);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains(&sleeper.arg));
+
+    drop(agent);
+    procmond.stop();
+}
+
+#[test]
+fn hash_check_and_verify_agree_with_sha256sum_and_flag_a_deleted_binary() {
+    let procmond = Procmond::start(&[]);
+    let dir = TempDir::new("bin");
+    let copy = dir.0.join("sleepcopy");
+    std::fs::copy("/usr/bin/sleep", &copy).unwrap();
+    let want = sha256sum(&copy);
+    let mut agent = procmond.agent();
+
+    let check = |expected: &str| ProtoHashCheck {
+        expected_hash: expected.into(),
+        hash_algorithm: "sha256".into(),
+        executable_path: copy.to_string_lossy().into_owned(),
+    };
+    let report = agent.hash_check(check("")).unwrap();
+    assert_eq!(report.result.hash_value, want);
+    assert_eq!(report.matched, None);
+    assert_eq!(
+        agent
+            .hash_check(check(&want.to_uppercase()))
+            .unwrap()
+            .matched,
+        Some(true)
+    );
+    let other = sha256sum(Path::new("/usr/bin/true"));
+    assert_eq!(
+        agent.hash_check(check(&other)).unwrap().matched,
+        Some(false)
+    );
+
+    // The CLI's exit codes: 0 match or nothing expected, 1 mismatch, 2 error.
+    let path = copy.to_string_lossy().into_owned();
+    let run = |args: &[&str]| agent_cli(&procmond.socket, args, None);
+    let out = run(&["hash-check", &path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&want));
+    assert_eq!(
+        run(&["hash-check", &path, "--expected", &want])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        run(&["hash-check", &path, "--expected", &other])
+            .status
+            .code(),
+        Some(1)
+    );
+    let missing = dir.0.join("missing").to_string_lossy().into_owned();
+    let out = run(&["hash-check", &missing]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no such file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        run(&["hash-check", &path, "--expected", "xyz"])
+            .status
+            .code(),
+        Some(2)
+    );
+
+    // A running copy whose file is then deleted: hashed as it runs, flagged.
+    let sleeper = Sleeper::spawn(&copy);
+    let records = agent
+        .verify(filter(&[], &[sleeper.pid()], None))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].executable_hash.as_deref(), Some(want.as_str()));
+    assert_eq!(records[0].hash_algorithm.as_deref(), Some("sha256"));
+    assert!(records[0].file_exists);
+    std::fs::remove_file(&copy).unwrap();
+    let records = agent
+        .verify(filter(&[], &[sleeper.pid()], None))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    assert_eq!(records[0].executable_hash.as_deref(), Some(want.as_str()));
+    assert!(!records[0].file_exists, "a deleted image must be flagged");
+    let pid = sleeper.pid().to_string();
+    let out = agent_cli(
+        &procmond.socket,
+        &["verify", "--pid", &pid, "--format", "json"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(json["file_exists"], false);
+    assert_eq!(json["executable_hash"], want.as_str());
+
+    drop(agent);
+    procmond.stop();
+}
+
+#[test]
+fn a_peer_outside_the_allow_list_is_refused_and_procmond_keeps_serving() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: running an agent as uid {NOBODY} needs root");
+        return;
+    }
+    // The group lets nobody reach the socket, so the allow-list refuses it.
+    let mut procmond = Procmond::start(&["--group", "nogroup"]);
+    // The test's temp dir must be traversable by nobody.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = procmond.socket.parent().unwrap().parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = agent_cli(&procmond.socket, &["enumerate"], Some(NOBODY));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
+    assert!(stderr.contains(&format!("uid {NOBODY}")), "{stderr}");
+    assert!(stderr.contains("NOT_ALLOWED"), "{stderr}");
+    procmond.wait_log("connection refused");
+    // Still serving.
+    let mut agent = procmond.agent();
+    assert!(!collect(&mut agent, None).is_empty());
+    drop(agent);
+    procmond.stop();
+}
+
+#[test]
+fn beyond_max_clients_an_agent_is_refused_not_queued() {
+    let procmond = Procmond::start(&["--max-clients", "1"]);
+    let mut first = procmond.agent();
+    let err = Agent::connect(&procmond.socket).unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Refused { reason } if reason.contains("TOO_MANY_CLIENTS")),
+        "{err}"
+    );
+    assert!(!collect(&mut first, None).is_empty());
+    drop(first);
+    procmond.stop();
+}
+
+#[test]
+fn not_running_is_a_clear_error() {
+    let dir = TempDir::new("none");
+    let socket = dir.0.join("procmond.sock");
+    let err = Agent::connect(&socket).unwrap_err();
+    assert!(matches!(err, ClientError::NotRunning { .. }), "{err}");
+    let out = agent_cli(&socket, &["enumerate"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("procmond is not running"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn kill_9_of_procmond_mid_stream_is_peer_gone_within_a_second() {
+    let procmond = Procmond::start(&[]);
+    let mut agent = procmond.agent();
+    let mut stream = agent.monitor(&[], Duration::from_millis(50)).unwrap();
+    // The stream is running: its snapshot arrives.
+    let first = stream.next_event(Instant::now() + WAIT).unwrap();
+    assert!(matches!(first, Some(MonitorEvent::Snapshot(_))));
+    let killed = Instant::now();
+    kill(Pid::from_raw(procmond.pid() as i32), Signal::SIGKILL).unwrap();
+    let err = loop {
+        match stream.next_event(Instant::now() + WAIT) {
+            Ok(Some(_)) => continue, // events published before the kill
+            Ok(None) => panic!("the stream ended cleanly"),
+            Err(err) => break err,
+        }
+    };
+    let elapsed = killed.elapsed();
+    assert!(matches!(err, ClientError::PeerGone { .. }), "{err}");
+    assert!(err.to_string().contains("peer gone"));
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "noticed after {elapsed:?}"
+    );
+    drop(stream);
+    // Later calls fail the same way, at once.
+    let err = agent.enumerate(None, false).map(|_| ()).unwrap_err();
+    assert!(matches!(err, ClientError::PeerGone { .. }), "{err}");
+}
+
+/// Shared-memory mappings of procmond's rings in its address space.
+fn ring_mappings(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("memfd:daemoneye-ring"))
+        .count()
+}
+
+fn dev_shm() -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.map_while(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn kill_9_of_an_agent_frees_its_ring_and_procmond_serves_the_next() {
+    let shm_before = dev_shm();
+    let mut procmond = Procmond::start(&[]);
+    assert_eq!(ring_mappings(procmond.pid()), 0);
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
+        .arg("--socket")
+        .arg(&procmond.socket)
+        .args(["monitor", "--interval-ms", "20"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The header and the first snapshot line: the agent is being served.
+    let mut out = BufReader::new(agent.stdout.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..2 {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+    }
+    assert!(line.starts_with("snapshot"), "{line:?}");
+    assert_eq!(ring_mappings(procmond.pid()), 2, "one ring: two regions");
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    procmond.wait_log("ring freed");
+    assert_eq!(ring_mappings(procmond.pid()), 0);
+    assert_eq!(dev_shm(), shm_before);
+
+    let mut next = procmond.agent();
+    assert!(!collect(&mut next, None).is_empty());
+    drop(next);
+    procmond.stop();
+    assert_eq!(dev_shm(), shm_before);
+}
+
+/// Connects and sends `hello` as the first frame; returns procmond's answer.
+fn raw_first_frame(socket: &Path, bytes: &[u8]) -> ServerFrame {
+    let stream = UnixStream::connect(socket).unwrap();
+    (&stream).write_all(bytes).unwrap();
+    read_message::<ServerFrame>(&stream, 0, Some(Instant::now() + WAIT), "a reply")
+        .unwrap()
+        .0
+}
+
+fn refusal(frame: ServerFrame) -> (RefusalCode, String) {
+    match frame.body {
+        Some(server_frame::Body::Refusal(r)) => (r.code(), r.reason),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn garbage_oversize_and_wrong_version_frames_get_clear_errors() {
+    let procmond = Procmond::start(&[]);
+    let deadline = || Some(Instant::now() + WAIT);
+
+    // Garbage as the hello.
+    let mut garbage = 5u32.to_le_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff; 5]);
+    let (code, reason) = refusal(raw_first_frame(&procmond.socket, &garbage));
+    assert_eq!(code, RefusalCode::BadFrame);
+    assert!(reason.contains("malformed"), "{reason}");
+
+    // A length prefix over the 64 KiB cap.
+    let (code, reason) = refusal(raw_first_frame(
+        &procmond.socket,
+        &(1u32 << 20).to_le_bytes(),
+    ));
+    assert_eq!(code, RefusalCode::BadFrame);
+    assert!(reason.contains("exceeds"), "{reason}");
+
+    // Another protocol version.
+    let stream = UnixStream::connect(&procmond.socket).unwrap();
+    let hello = ClientFrame {
+        body: Some(client_frame::Body::Hello(ClientHello {
+            protocol_version: 99,
+            client_name: "future".into(),
+        })),
+    };
+    write_message(&stream, &hello, &[], deadline()).unwrap();
+    let (frame, _) = read_message::<ServerFrame>(&stream, 0, deadline(), "a reply").unwrap();
+    let (code, reason) = refusal(frame);
+    assert_eq!(code, RefusalCode::VersionMismatch);
+    assert!(
+        reason.contains("version 1") && reason.contains("99"),
+        "{reason}"
+    );
+
+    // Garbage after a good handshake: an error frame, then the end.
+    let stream = UnixStream::connect(&procmond.socket).unwrap();
+    let hello = ClientFrame {
+        body: Some(client_frame::Body::Hello(ClientHello {
+            protocol_version: 1,
+            client_name: "raw".into(),
+        })),
+    };
+    write_message(&stream, &hello, &[], deadline()).unwrap();
+    let (frame, fds) = read_message::<ServerFrame>(&stream, 16, deadline(), "hello").unwrap();
+    assert!(matches!(frame.body, Some(server_frame::Body::Hello(_))));
+    assert_eq!(fds.len(), 2);
+    (&stream).write_all(&garbage).unwrap();
+    let (frame, _) = read_message::<ServerFrame>(&stream, 0, deadline(), "an error").unwrap();
+    match frame.body {
+        Some(server_frame::Body::Error(e)) => {
+            assert!(e.message.contains("malformed"), "{}", e.message)
+        }
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+
+    // Still serving.
+    let mut agent = procmond.agent();
+    assert!(!collect(&mut agent, None).is_empty());
+    drop(agent);
+    procmond.stop();
+}
+
+#[test]
+fn monitor_shows_a_child_start_and_exit_and_cancel_ends_it() {
+    let procmond = Procmond::start(&[]);
+    let mut agent = procmond.agent();
+    let me = std::process::id();
+    let mut stream = agent.monitor(&[me], Duration::from_millis(20)).unwrap();
+    // The snapshot includes this test process, the root.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match stream.next_event(deadline).unwrap() {
+            Some(MonitorEvent::Snapshot(r)) if r.pid == me => break,
+            Some(_) => {}
+            None => panic!("stream ended"),
+        }
+    }
+    let mut child = Command::new("cat").stdin(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let wait_for = |stream: &mut daemoneye_lib::client::MonitorStream<'_>, exited: bool| loop {
+        match stream.next_event(deadline).unwrap() {
+            Some(MonitorEvent::Started(r)) if !exited && r.pid == pid => return r,
+            Some(MonitorEvent::Exited(r)) if exited && r.pid == pid => return r,
+            Some(_) => {}
+            None => panic!("stream ended"),
+        }
+    };
+    let started = wait_for(&mut stream, false);
+    assert_eq!(started.name, "cat");
+    assert_eq!(started.ppid, Some(me));
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    let exited = wait_for(&mut stream, true);
+    assert_eq!(exited.pid, pid);
+    stream.cancel().unwrap();
+    // The agent is usable after the cancel.
+    assert!(!collect(&mut agent, None).is_empty());
+
+    // An interval under the minimum is a failed task naming the rule.
+    let mut stream = agent.monitor(&[me], Duration::from_millis(5)).unwrap();
+    let err = stream.next_event(Instant::now() + WAIT).unwrap_err();
+    assert!(
+        matches!(&err, ClientError::TaskFailed { message, .. } if message.contains("interval_ms")),
+        "{err}"
+    );
+    drop(stream);
+    assert!(!collect(&mut agent, None).is_empty());
+    drop(agent);
+    procmond.stop();
+}
+
+#[test]
+fn an_abandoned_stream_is_skipped_by_the_next_call() {
+    let procmond = Procmond::start(&["--ring-bytes", "65536", "--max-frame-bytes", "1024"]);
+    let mut agent = procmond.agent();
+    {
+        let mut records = agent.enumerate(None, false).unwrap();
+        records.next().unwrap().unwrap();
+    } // dropped with frames left in the ring
+    let all = collect(&mut agent, None);
+    assert!(all.len() > 3);
+    let mut pids: Vec<_> = all.iter().map(|r| r.pid).collect();
+    let len = pids.len();
+    pids.dedup();
+    assert_eq!(pids.len(), len, "records of one stream only");
+    drop(agent);
+    procmond.stop();
+}

@@ -1,0 +1,249 @@
+//! The result stream through a real shared-memory ring: chunking, order,
+//! END, event kinds, truncation, failures and hostile frames.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
+use daemoneye_lib::ring::{self, RingConfig};
+use daemoneye_lib::session::{Chunk, RecordKind, ResultWriter, SessionError, read_chunk};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn record(pid: u32) -> ProtoProcessRecord {
+    ProtoProcessRecord {
+        pid,
+        ppid: Some(1),
+        name: format!("proc-{pid}"),
+        executable_path: Some(format!("/usr/bin/proc-{pid}")),
+        command_line: vec![format!("proc-{pid}"), "--flag".into(), pid.to_string()],
+        start_time: Some(1_700_000_000),
+        memory_usage: Some(4096),
+        accessible: true,
+        file_exists: true,
+        collection_time: 1_700_000_000_000,
+        ..Default::default()
+    }
+}
+
+/// Reads chunks until END.
+fn read_all(consumer: &mut ring::Consumer) -> Vec<Chunk> {
+    let deadline = Instant::now() + WAIT;
+    let mut chunks = Vec::new();
+    loop {
+        let chunk = read_chunk(consumer, deadline).expect("a chunk");
+        let end = chunk.marker.end;
+        chunks.push(chunk);
+        if end {
+            return chunks;
+        }
+    }
+}
+
+#[test]
+fn ten_thousand_records_cross_in_chunks_complete_and_in_order() {
+    // A small ring (64 KiB, 8 KiB frames) so the writer must wait for the
+    // reader many times over.
+    let config = RingConfig::new(64 << 10).with_max_frame(8 << 10);
+    let (mut producer, mut consumer) = ring::pair(&config).unwrap();
+    let writer = thread::spawn(move || {
+        let mut stream = ResultWriter::new(&mut producer, "task-10k", WAIT);
+        for pid in 0..10_000 {
+            stream.push(RecordKind::Result, record(pid)).unwrap();
+        }
+        stream.finish().unwrap()
+    });
+    let chunks = read_all(&mut consumer);
+    let stats = writer.join().unwrap();
+
+    assert!(chunks.len() > 10, "{} frames", chunks.len());
+    assert_eq!(stats.frames, chunks.len() as u64);
+    assert_eq!(stats.records, 10_000);
+    assert_eq!(stats.truncated, 0);
+    let mut got = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        assert_eq!(chunk.result.task_id, "task-10k");
+        assert!(chunk.result.success);
+        assert_eq!(chunk.marker.kind, RecordKind::Result);
+        assert_eq!(chunk.marker.end, i == chunks.len() - 1);
+        assert!(prost::Message::encoded_len(&chunk.result) <= 8 << 10);
+        got.extend(chunk.result.processes.iter().cloned());
+    }
+    let want: Vec<_> = (0..10_000).map(record).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn kinds_never_share_a_frame_and_flush_sends_at_once() {
+    let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10)).unwrap();
+    let mut stream = ResultWriter::new(&mut producer, "mon", WAIT);
+    stream.push(RecordKind::Snapshot, record(1)).unwrap();
+    stream.push(RecordKind::Snapshot, record(2)).unwrap();
+    stream.push(RecordKind::Started, record(3)).unwrap();
+    stream.flush().unwrap();
+    // Both frames are readable before the stream ends.
+    let first = read_chunk(&mut consumer, Instant::now() + WAIT).unwrap();
+    let second = read_chunk(&mut consumer, Instant::now() + WAIT).unwrap();
+    assert_eq!(first.marker.kind, RecordKind::Snapshot);
+    assert_eq!(first.result.processes, vec![record(1), record(2)]);
+    assert!(!first.marker.end);
+    assert_eq!(second.marker.kind, RecordKind::Started);
+    assert_eq!(second.result.processes, vec![record(3)]);
+    assert!(!second.marker.end);
+    stream.flush().unwrap(); // nothing pending: no frame
+    stream.push(RecordKind::Exited, record(3)).unwrap();
+    stream.finish().unwrap();
+    let last = read_chunk(&mut consumer, Instant::now() + WAIT).unwrap();
+    assert_eq!(last.marker.kind, RecordKind::Exited);
+    assert!(last.marker.end);
+    assert_eq!(last.result.processes, vec![record(3)]);
+}
+
+#[test]
+fn an_empty_stream_is_one_end_frame() {
+    let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10)).unwrap();
+    let stats = ResultWriter::new(&mut producer, "none", WAIT)
+        .finish()
+        .unwrap();
+    assert_eq!(stats.frames, 1);
+    let chunks = read_all(&mut consumer);
+    assert_eq!(chunks.len(), 1);
+    assert_eq!(chunks[0].result, DetectionResult::success("none", vec![]));
+}
+
+#[test]
+fn a_record_larger_than_a_frame_loses_trailing_arguments() {
+    let config = RingConfig::new(64 << 10).with_max_frame(1024);
+    let (mut producer, mut consumer) = ring::pair(&config).unwrap();
+    let mut big = record(7);
+    big.command_line = (0..100).map(|i| format!("argument-number-{i}")).collect();
+    let mut stream = ResultWriter::new(&mut producer, "big", WAIT);
+    stream.push(RecordKind::Result, big.clone()).unwrap();
+    let stats = stream.finish().unwrap();
+    assert_eq!(stats.truncated, 1);
+    let chunks = read_all(&mut consumer);
+    let got = &chunks[0].result.processes[0];
+    assert!(got.command_line.len() < 100 && !got.command_line.is_empty());
+    assert_eq!(
+        got.command_line[..],
+        big.command_line[..got.command_line.len()]
+    );
+    assert_eq!(got.name, big.name);
+}
+
+#[test]
+fn a_record_that_cannot_fit_fails_with_its_pid() {
+    let config = RingConfig::new(64 << 10).with_max_frame(64);
+    let (mut producer, _consumer) = ring::pair(&config).unwrap();
+    let mut huge = record(9);
+    huge.executable_path = Some("/x".repeat(100));
+    let mut stream = ResultWriter::new(&mut producer, "huge", WAIT);
+    let err = stream.push(RecordKind::Result, huge).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::RecordTooLarge {
+                pid: 9,
+                max: 64,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failure_ends_the_stream_and_drops_pending_records() {
+    let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10)).unwrap();
+    let mut stream = ResultWriter::new(&mut producer, "bad", WAIT);
+    stream.push(RecordKind::Result, record(1)).unwrap();
+    let long = "é".repeat(5000); // over the 4 KiB error message limit
+    stream.fail(&long).unwrap();
+    let chunks = read_all(&mut consumer);
+    assert_eq!(chunks.len(), 1);
+    let result = &chunks[0].result;
+    assert!(!result.success);
+    assert!(result.processes.is_empty());
+    let message = result.error_message.as_deref().unwrap();
+    assert!(message.len() <= 4096 && message.starts_with("éé"));
+}
+
+#[test]
+fn hostile_frames_are_named_errors() {
+    let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    // Reserved flag bits.
+    producer
+        .encode(&DetectionResult::success("t", vec![]), 0x0100, deadline)
+        .unwrap();
+    // Not protobuf.
+    producer.write(&[0xff, 0xff, 0xff], 1, deadline).unwrap();
+    // Valid protobuf breaking the rules: a failure that says nothing.
+    producer
+        .encode(&DetectionResult::failure("t", ""), 1, deadline)
+        .unwrap();
+    let errors: Vec<_> = (0..3)
+        .map(|_| read_chunk(&mut consumer, deadline).unwrap_err())
+        .collect();
+    assert!(
+        matches!(errors[0], SessionError::BadFlags { flags: 0x0100 }),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        matches!(errors[1], SessionError::Decode(_)),
+        "{}",
+        errors[1]
+    );
+    assert!(
+        matches!(errors[2], SessionError::Invalid(_)),
+        "{}",
+        errors[2]
+    );
+    assert!(
+        errors[2].to_string().contains("error_message"),
+        "{}",
+        errors[2]
+    );
+}
+
+#[test]
+fn closing_the_ring_ends_a_writer_that_waits_for_room() {
+    // The reader never reads, so the writer fills the ring and waits; closing
+    // the ring from another thread ends the stream with `Closed`, not after
+    // the 60 s stall bound (the test's harness timeout would catch that).
+    let config = RingConfig::new(64 << 10).with_max_frame(8 << 10);
+    let (mut producer, consumer) = ring::pair(&config).unwrap();
+    let closer = consumer.closer();
+    let writer = thread::spawn(move || {
+        let mut stream = ResultWriter::new(&mut producer, "stuck", Duration::from_secs(60));
+        (0..100_000).try_for_each(|pid| stream.push(RecordKind::Result, record(pid)))
+    });
+    closer.close();
+    let result = writer.join().unwrap();
+    assert!(
+        matches!(result, Err(SessionError::Ring(ring::RingError::Closed))),
+        "{result:?}"
+    );
+    drop(consumer);
+}
+
+#[test]
+fn finish_with_sends_a_whole_result_as_the_end_frame() {
+    use daemoneye_lib::proto::ProtoHashResult;
+    let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10)).unwrap();
+    let mut result = DetectionResult::success("hash", vec![]);
+    result.hash_result = Some(ProtoHashResult {
+        hash_value: "ab".repeat(32),
+        algorithm: "sha256".into(),
+        file_path: "/bin/sh".into(),
+        success: true,
+        error_message: None,
+    });
+    let mut stream = ResultWriter::new(&mut producer, "hash", WAIT);
+    stream.push(RecordKind::Result, record(1)).unwrap(); // dropped
+    stream.finish_with(result.clone()).unwrap();
+    let chunks = read_all(&mut consumer);
+    assert_eq!(chunks.len(), 1);
+    assert_eq!(chunks[0].result, result);
+}
