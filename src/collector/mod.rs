@@ -31,6 +31,7 @@ mod filter;
 mod hash;
 mod monitor;
 mod procinfo;
+mod requester;
 mod verify;
 
 use std::ops::ControlFlow;
@@ -41,6 +42,7 @@ pub use cache::CacheStats;
 pub use filter::FilterError;
 pub use hash::HashError;
 pub use monitor::{TreeDelta, TreeMonitor};
+pub use requester::Requester;
 
 use crate::proto::{ProtoHashCheck, ProtoHashResult, ProtoProcessFilter, ProtoProcessRecord};
 use filter::ProcessFilter;
@@ -200,10 +202,40 @@ impl Collector {
         self.enumerate(filter, true)
     }
 
-    /// CHECK_PROCESS_HASH: the SHA-256 of the file at
-    /// `check.executable_path`, compared with `check.expected_hash` when one
-    /// is given. The algorithm must be "sha256" (any case) or empty.
+    /// CHECK_PROCESS_HASH for procmond itself (as root): the SHA-256 of the
+    /// file at `check.executable_path`, compared with `check.expected_hash`
+    /// when one is given. The algorithm must be "sha256" (any case) or empty.
+    ///
+    /// Only regular files on ordinary file systems are read: a file on a
+    /// pseudo file system such as `/proc` or `/sys` is
+    /// [`HashError::PseudoFileSystem`], a path through a `/proc` magic link
+    /// [`HashError::LinkRefused`]. For a peer's task use
+    /// [`check_hash_for`](Self::check_hash_for).
     pub fn check_hash(&mut self, check: &ProtoHashCheck) -> HashOutcome {
+        self.check_hash_for(check, &Requester::root())
+    }
+
+    /// CHECK_PROCESS_HASH on behalf of `requester` (the peer that sent the
+    /// task): as [`check_hash`](Self::check_hash), and also refused with
+    /// [`HashError::NotPermittedFor`] unless the requester could read the
+    /// file itself by its mode bits, and search the directories above it.
+    /// Procmond runs as root; without this, any allowed peer could have it
+    /// hash `/etc/shadow`.
+    ///
+    /// ```
+    /// use daemoneye_lib::collector::{Collector, CollectorConfig, HashError, Requester};
+    /// use daemoneye_lib::proto::ProtoHashCheck;
+    ///
+    /// let mut collector = Collector::new(CollectorConfig::default());
+    /// let check = ProtoHashCheck {
+    ///     expected_hash: String::new(),
+    ///     hash_algorithm: "sha256".to_string(),
+    ///     executable_path: "/proc/self/status".to_string(),
+    /// };
+    /// let outcome = collector.check_hash_for(&check, &Requester::root());
+    /// assert!(matches!(outcome.error, Some(HashError::PseudoFileSystem { fs: "proc", .. })));
+    /// ```
+    pub fn check_hash_for(&mut self, check: &ProtoHashCheck, requester: &Requester) -> HashOutcome {
         let mut result = ProtoHashResult {
             hash_value: String::new(),
             algorithm: HASH_ALGORITHM.to_string(),
@@ -211,7 +243,7 @@ impl Collector {
             success: false,
             error_message: None,
         };
-        match self.hash_checked(check) {
+        match self.hash_checked(check, requester) {
             Ok((hex, matched)) => {
                 result.hash_value = hex;
                 result.success = true;
@@ -280,6 +312,7 @@ impl Collector {
     fn hash_checked(
         &mut self,
         check: &ProtoHashCheck,
+        requester: &Requester,
     ) -> Result<(String, Option<bool>), HashError> {
         let algorithm = check.hash_algorithm.trim();
         if !(algorithm.is_empty()
@@ -302,7 +335,7 @@ impl Collector {
                 path: path.to_path_buf(),
             });
         }
-        let hex = hash::to_hex(&self.hasher.hash_path(path)?);
+        let hex = hash::to_hex(&self.hasher.hash_path(path, requester)?);
         let matched = (!expected.is_empty()).then(|| expected.eq_ignore_ascii_case(&hex));
         Ok((hex, matched))
     }

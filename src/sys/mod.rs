@@ -1,2 +1,3 @@
 //! (in progress)
+pub mod fs;
 pub mod socket;
