@@ -568,3 +568,57 @@ fn exec_after_first_sight_is_noticed() {
     assert_eq!(after.start_time, before.start_time, "the same process");
     assert!(after.cpu_usage.is_some(), "CPU history survives the exec");
 }
+
+#[test]
+fn a_huge_command_line_is_cut_to_the_limits_and_the_record_validates() {
+    use daemoneye_lib::proto::DetectionResult;
+    use daemoneye_lib::proto::limits::{MAX_COMMAND_LINE_ARGS, MAX_COMMAND_LINE_BYTES};
+    use prost::Message;
+
+    // Over both limits, yet within the kernel's ARG_MAX (2 MiB here): 5000
+    // small arguments, then 12 of 100 000 bytes of two-byte characters.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "read line", "sh"]).stdin(Stdio::piped());
+    for i in 0..5000 {
+        cmd.arg(format!("{}", i % 10));
+    }
+    for _ in 0..12 {
+        cmd.arg("é".repeat(50_000));
+    }
+    let child = Running::spawn(&mut cmd);
+    let mut collector = Collector::new(CollectorConfig::default());
+    let record = only_record(&mut collector, child.pid, false);
+
+    record.validate().expect("the record validates");
+    assert_eq!(record.command_line.len(), MAX_COMMAND_LINE_ARGS);
+    assert_eq!(
+        record.command_line[..4],
+        ["/bin/sh", "-c", "read line", "sh"]
+    );
+    let total: usize = record.command_line.iter().map(String::len).sum();
+    assert!(total <= MAX_COMMAND_LINE_BYTES, "{total}");
+
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "read line", "sh"]).stdin(Stdio::piped());
+    for _ in 0..12 {
+        cmd.arg("é".repeat(50_000));
+    }
+    let child = Running::spawn(&mut cmd);
+    let record = only_record(&mut collector, child.pid, false);
+    record.validate().expect("the record validates");
+    let total: usize = record.command_line.iter().map(String::len).sum();
+    assert!(
+        total <= MAX_COMMAND_LINE_BYTES && total + 4 >= MAX_COMMAND_LINE_BYTES,
+        "{total}"
+    );
+    let last = record.command_line.last().expect("arguments");
+    assert!(
+        last.chars().all(|c| c == 'é'),
+        "cut on a character boundary"
+    );
+    // Well within one ring frame, and a result carrying it validates.
+    assert!(record.encoded_len() < MAX_COMMAND_LINE_BYTES + 16 * 1024);
+    DetectionResult::success("t-1", vec![record])
+        .validate()
+        .expect("the result validates");
+}

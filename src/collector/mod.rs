@@ -25,6 +25,7 @@
 //! # Ok::<(), daemoneye_lib::collector::CollectError>(())
 //! ```
 
+mod bounds;
 mod cache;
 mod cpu;
 mod filter;

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,8 +26,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, ThreadKind};
 
 use super::CollectError;
+use super::bounds;
 use super::cpu::{self, CpuSample};
 use crate::proto::ProtoProcessRecord;
+use crate::proto::limits::{MAX_PATH_BYTES, MAX_PROCESS_NAME_BYTES};
 
 /// Identifies a process across polls: a reused pid has another start time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -236,7 +238,11 @@ impl ProcTable {
             pid,
             ppid: p.parent().map(Pid::as_u32),
             name: known.name.clone(),
-            executable_path: exe.as_ref().map(|path| path.to_string_lossy().into_owned()),
+            executable_path: exe.as_ref().map(|path| {
+                let mut text = path.to_string_lossy().into_owned();
+                bounds::truncate(&mut text, MAX_PATH_BYTES);
+                text
+            }),
             command_line: known.cmd.clone(),
             start_time: i64::try_from(start_time).ok(),
             cpu_usage,
@@ -280,9 +286,10 @@ fn read_details(pid: u32) -> Option<Details> {
     let dir = PathBuf::from(format!("/proc/{pid}"));
     // comm is world-readable while the process exists: its absence means gone.
     let comm = std::fs::read(dir.join("comm")).ok()?;
-    let name = String::from_utf8_lossy(comm.strip_suffix(b"\n").unwrap_or(&comm)).into_owned();
-    let (cmd, cmd_denied) = match std::fs::read(dir.join("cmdline")) {
-        Ok(raw) => (split_cmdline(&raw), false),
+    let mut name = String::from_utf8_lossy(comm.strip_suffix(b"\n").unwrap_or(&comm)).into_owned();
+    bounds::truncate(&mut name, MAX_PROCESS_NAME_BYTES);
+    let (cmd, cmd_denied) = match read_bounded(&dir.join("cmdline"), bounds::CMDLINE_READ_BYTES) {
+        Ok(raw) => (bounds::command_line(split_cmdline(&raw)), false),
         Err(e) => (Vec::new(), is_denied(&e)),
     };
     let uid = read_uid(&dir.join("status"));
@@ -292,6 +299,16 @@ fn read_details(pid: u32) -> Option<Details> {
         uid,
         cmd_denied,
     })
+}
+
+/// The first `max` bytes of a file: a command line can be megabytes long,
+/// and only what the limits keep is worth reading.
+fn read_bounded(path: &Path, max: usize) -> io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    std::fs::File::open(path)?
+        .take(max as u64)
+        .read_to_end(&mut raw)?;
+    Ok(raw)
 }
 
 /// Splits NUL-separated arguments, keeping empty ones (`a "" b` stays three).
