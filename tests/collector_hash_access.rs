@@ -226,3 +226,44 @@ fn requester_from_pid_reads_a_childs_groups() {
     let other = Requester::from_pid(child.pid, uid + 1, 4242);
     assert_eq!(other.gids, vec![4242]);
 }
+
+#[test]
+fn procmonds_own_failure_results_validate_whatever_the_peer_sent() {
+    let mut collector = Collector::new(CollectorConfig::default());
+    let long_path = format!("/{}", "é".repeat(2047)); // 4095 bytes, no such file
+    let cases = [
+        ask(&long_path),
+        ProtoHashCheck {
+            hash_algorithm: "m".repeat(5000),
+            ..ask("/bin/sh")
+        },
+        ProtoHashCheck {
+            expected_hash: "z".repeat(5000),
+            ..ask("/bin/sh")
+        },
+        ProtoHashCheck {
+            hash_algorithm: "sha512".into(),
+            ..ask(&long_path)
+        },
+    ];
+    for check in cases {
+        for who in [Requester::root(), stranger()] {
+            let outcome = collector.check_hash_for(&check, &who);
+            assert!(!outcome.result.success);
+            assert_failure_result_is_valid(&outcome);
+        }
+    }
+}
+
+#[test]
+fn an_empty_expected_hash_is_valid_and_reports_the_hash() {
+    let check = ask("/bin/sh");
+    daemoneye_lib::proto::DetectionTask::new_hash_check("t", check.clone())
+        .validate()
+        .expect("valid");
+    let mut collector = Collector::new(CollectorConfig::default());
+    let outcome = collector.check_hash(&check);
+    assert!(outcome.result.success);
+    assert_eq!(outcome.matched, None);
+    assert_eq!(outcome.result.hash_value, sha256sum(Path::new("/bin/sh")));
+}

@@ -63,7 +63,7 @@ fn valid_messages_pass() {
         executable_pattern: Some("/usr/{bin,lib}/**/fire*".into()),
     };
     assert_eq!(task_with_filter(filter).validate(), Ok(()));
-    for alg in HashAlgorithm::ALL {
+    for alg in HashAlgorithm::SUPPORTED {
         let hash = "A".repeat(alg.hex_len());
         let task = DetectionTask::new_hash_check("t", check(&hash, alg.name(), "/bin/sh"));
         assert_eq!(task.validate(), Ok(()), "{alg}");
@@ -177,18 +177,41 @@ fn expected_hash_wrong_length() {
             expected: 64,
         },
     );
-    let task = DetectionTask::new_hash_check("t", check(&sha256_hex(), "sha512", "/bin/sh"));
-    fails(
-        task.validate(),
-        "hash_check.expected_hash",
-        Rule::WrongHashLength {
-            algorithm: HashAlgorithm::Sha512,
-            len: 64,
-            expected: 128,
-        },
-    );
+}
+
+#[test]
+fn an_empty_expected_hash_means_nothing_expected() {
+    // `hash-check PATH` without `--expected`: only report the hash.
     let task = DetectionTask::new_hash_check("t", check("", "sha256", "/bin/sh"));
-    fails(task.validate(), "hash_check.expected_hash", Rule::Empty);
+    assert_eq!(task.validate(), Ok(()));
+}
+
+#[test]
+fn only_algorithms_procmond_computes_are_accepted() {
+    for alg in HashAlgorithm::ALL {
+        let hash = "a".repeat(alg.hex_len());
+        let result =
+            DetectionTask::new_hash_check("t", check(&hash, alg.name(), "/bin/sh")).validate();
+        if alg == HashAlgorithm::Sha256 {
+            assert_eq!(result, Ok(()));
+        } else {
+            fails(
+                result,
+                "hash_check.hash_algorithm",
+                Rule::UnsupportedHashAlgorithm(alg),
+            );
+        }
+    }
+    let record = ProtoProcessRecord {
+        executable_hash: Some("a".repeat(96)),
+        hash_algorithm: Some("sha384".into()),
+        ..record()
+    };
+    fails(
+        result_with(record).validate(),
+        "processes[0].hash_algorithm",
+        Rule::UnsupportedHashAlgorithm(HashAlgorithm::Sha384),
+    );
 }
 
 #[test]
@@ -469,16 +492,16 @@ fn record_hash() {
     );
     let short = ProtoProcessRecord {
         executable_hash: Some("abcd".into()),
-        hash_algorithm: Some("sha384".into()),
+        hash_algorithm: Some("sha256".into()),
         ..record()
     };
     fails(
         result_with(short).validate(),
         "processes[0].executable_hash",
         Rule::WrongHashLength {
-            algorithm: HashAlgorithm::Sha384,
+            algorithm: HashAlgorithm::Sha256,
             len: 4,
-            expected: 96,
+            expected: 64,
         },
     );
 }
@@ -549,8 +572,8 @@ fn largest_valid_task_fits_the_task_cap() {
             executable_pattern: Some(format!("/{}", "p".repeat(MAX_PATTERN_BYTES - 1))),
         }),
         hash_check: Some(check(
-            &"f".repeat(128),
-            "sha512",
+            &"f".repeat(64),
+            "sha256",
             &format!("/{}", "p".repeat(MAX_PATH_BYTES - 1)),
         )),
         metadata: Some("m".repeat(MAX_METADATA_BYTES)),

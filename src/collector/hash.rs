@@ -125,10 +125,11 @@ pub enum HashError {
         /// The requester's uid.
         uid: u32,
     },
-    /// An algorithm other than SHA-256 was asked for.
+    /// An algorithm other than SHA-256 was asked for (its name, cut to 64
+    /// bytes).
     #[error("hash algorithm {0:?} is not supported (only \"sha256\")")]
     UnsupportedAlgorithm(String),
-    /// The expected hash is not a hex SHA-256 digest.
+    /// The expected hash is not a hex SHA-256 digest (it, cut to 64 bytes).
     #[error("expected hash {0:?} is not a SHA-256 digest (64 hex digits)")]
     MalformedExpectedHash(String),
 }

@@ -45,7 +45,9 @@ pub use hash::HashError;
 pub use monitor::{TreeDelta, TreeMonitor};
 pub use requester::Requester;
 
-use crate::proto::{ProtoHashCheck, ProtoHashResult, ProtoProcessFilter, ProtoProcessRecord};
+use crate::proto::{
+    ProtoHashCheck, ProtoHashResult, ProtoProcessFilter, ProtoProcessRecord, excerpt,
+};
 use filter::ProcessFilter;
 use procinfo::{Fields, ProcTable, Scope};
 
@@ -255,8 +257,10 @@ impl Collector {
                 }
             }
             Err(error) => {
-                if let HashError::UnsupportedAlgorithm(asked) = &error {
-                    result.algorithm.clone_from(asked);
+                if let HashError::UnsupportedAlgorithm(_) = &error {
+                    // Not "sha256", which was not computed, nor the peer's
+                    // name, which would make the result invalid.
+                    result.algorithm.clear();
                 }
                 result.error_message = Some(error.to_string());
                 HashOutcome {
@@ -320,15 +324,15 @@ impl Collector {
             || algorithm.eq_ignore_ascii_case("sha256")
             || algorithm.eq_ignore_ascii_case("sha-256"))
         {
-            return Err(HashError::UnsupportedAlgorithm(
-                check.hash_algorithm.clone(),
-            ));
+            return Err(HashError::UnsupportedAlgorithm(excerpt(
+                &check.hash_algorithm,
+            )));
         }
         let expected = check.expected_hash.trim();
         if !expected.is_empty() && !hash::is_sha256_hex(expected) {
-            return Err(HashError::MalformedExpectedHash(
-                check.expected_hash.clone(),
-            ));
+            return Err(HashError::MalformedExpectedHash(excerpt(
+                &check.expected_hash,
+            )));
         }
         let path = Path::new(&check.executable_path);
         if !path.is_absolute() {

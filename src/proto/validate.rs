@@ -71,6 +71,10 @@ pub enum Rule {
     /// The hash algorithm is not in [`HashAlgorithm::ALL`].
     #[error("`{0}` is not a known hash algorithm (sha224, sha256, sha384, sha512)")]
     UnknownHashAlgorithm(String),
+    /// The hash algorithm is known but procmond does not compute it (see
+    /// [`HashAlgorithm::SUPPORTED`]).
+    #[error("`{0}` is not supported: procmond computes only sha256")]
+    UnsupportedHashAlgorithm(HashAlgorithm),
     /// A hash must be hexadecimal text.
     #[error("is not hexadecimal")]
     NotHex,
@@ -174,8 +178,12 @@ fn algorithm(field: &str, name: &str) -> Checked<HashAlgorithm> {
     if name.is_empty() {
         return Err(broken(field, Rule::Empty));
     }
-    HashAlgorithm::from_name(name)
-        .ok_or_else(|| broken(field, Rule::UnknownHashAlgorithm(excerpt(name))))
+    let alg = HashAlgorithm::from_name(name)
+        .ok_or_else(|| broken(field, Rule::UnknownHashAlgorithm(excerpt(name))))?;
+    if !alg.is_supported() {
+        return Err(broken(field, Rule::UnsupportedHashAlgorithm(alg)));
+    }
+    Ok(alg)
 }
 
 fn hex_digest(field: &str, hash: &str, algorithm: HashAlgorithm) -> Checked {
@@ -213,12 +221,15 @@ fn error_message(field: &str, message: Option<&str>, success: bool) -> Checked {
 }
 
 impl ProtoHashCheck {
-    /// Checks the algorithm is known, `expected_hash` is hex of its digest
-    /// length, and `executable_path` is an absolute path within
-    /// [`MAX_PATH_BYTES`].
+    /// Checks the algorithm is one procmond computes
+    /// ([`HashAlgorithm::SUPPORTED`]), `expected_hash` is empty (nothing
+    /// expected: the hash is only reported) or hex of its digest length, and
+    /// `executable_path` is an absolute path within [`MAX_PATH_BYTES`].
     pub fn validate(&self) -> Checked {
         let alg = algorithm("hash_algorithm", &self.hash_algorithm)?;
-        hex_digest("expected_hash", &self.expected_hash, alg)?;
+        if !self.expected_hash.is_empty() {
+            hex_digest("expected_hash", &self.expected_hash, alg)?;
+        }
         path_to_open("executable_path", &self.executable_path)
     }
 }
