@@ -560,14 +560,13 @@ fn hash_result_rules() {
     assert_eq!(with(failed).validate(), Ok(()));
 }
 
-/// The largest task that passes validation still fits the task cap.
-#[test]
-fn largest_valid_task_fits_the_task_cap() {
-    let task = DetectionTask {
+/// A task with every field at its own limit (about 263 KB).
+fn task_with_every_field_at_its_limit(names: usize) -> DetectionTask {
+    DetectionTask {
         task_id: "i".repeat(MAX_TASK_ID_BYTES),
         task_type: 1,
         process_filter: Some(ProtoProcessFilter {
-            process_names: vec!["n".repeat(MAX_PROCESS_NAME_BYTES); MAX_FILTER_NAMES],
+            process_names: vec!["n".repeat(MAX_PROCESS_NAME_BYTES); names],
             pids: vec![u32::MAX; MAX_FILTER_PIDS],
             executable_pattern: Some(format!("/{}", "p".repeat(MAX_PATTERN_BYTES - 1))),
         }),
@@ -577,11 +576,78 @@ fn largest_valid_task_fits_the_task_cap() {
             &format!("/{}", "p".repeat(MAX_PATH_BYTES - 1)),
         )),
         metadata: Some("m".repeat(MAX_METADATA_BYTES)),
-    };
-    assert_eq!(task.validate(), Ok(()));
+    }
+}
+
+#[test]
+fn a_task_over_the_encoded_cap_is_invalid_even_with_every_field_in_bounds() {
+    let task = task_with_every_field_at_its_limit(MAX_FILTER_NAMES);
+    assert!(task.encoded_len() > MAX_TASK_BYTES);
+    let err = task.validate().unwrap_err();
+    assert_eq!(err.field, "task");
+    assert_eq!(
+        err.rule,
+        Rule::TooLong {
+            len: task.encoded_len(),
+            max: MAX_TASK_BYTES
+        }
+    );
+}
+
+/// The largest task that passes validation, wrapped in its control envelope
+/// with the largest options, fits one control frame, and goes through a real
+/// socket.
+#[test]
+fn largest_valid_task_fits_a_control_frame() {
+    use daemoneye_lib::control::{ClientFrame, MAX_FRAME_BYTES, client_frame, frame};
+    use daemoneye_lib::proto::control::TaskRequest;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    // Fill with whole names while they fit, then one name cut to fill the
+    // cap exactly (or within a byte of it, as length prefixes grow).
+    fn names(task: &mut DetectionTask) -> &mut Vec<String> {
+        &mut task.process_filter.as_mut().unwrap().process_names
+    }
+    let mut task = task_with_every_field_at_its_limit(0);
+    while task.encoded_len() <= MAX_TASK_BYTES {
+        names(&mut task).push("n".repeat(MAX_PROCESS_NAME_BYTES));
+    }
+    while task.encoded_len() > MAX_TASK_BYTES {
+        names(&mut task).last_mut().unwrap().pop();
+    }
     assert!(
-        task.encoded_len() <= MAX_TASK_BYTES,
+        task.encoded_len() + 1 >= MAX_TASK_BYTES,
         "{}",
         task.encoded_len()
     );
+    assert_eq!(task.validate(), Ok(()));
+
+    let wrapped = ClientFrame {
+        body: Some(client_frame::Body::Task(TaskRequest {
+            task: Some(task.clone()),
+            with_hashes: true,
+            interval_ms: u32::MAX,
+        })),
+    };
+    assert!(
+        wrapped.encoded_len() <= MAX_FRAME_BYTES,
+        "{} > {MAX_FRAME_BYTES}",
+        wrapped.encoded_len()
+    );
+    let (a, b) = UnixStream::pair().unwrap();
+    let deadline = Some(Instant::now() + Duration::from_secs(10));
+    let writer = std::thread::spawn(move || frame::write_message(&a, &wrapped, &[], deadline));
+    let (got, _) = frame::read_message::<ClientFrame>(&b, 0, deadline, "the task").unwrap();
+    writer.join().unwrap().unwrap();
+    match got.body {
+        Some(client_frame::Body::Task(request)) => assert_eq!(request.task.as_ref(), Some(&task)),
+        other => panic!("{other:?}"),
+    }
+
+    // One byte more is refused.
+    let mut over = task;
+    names(&mut over).push("n".into());
+    assert!(over.encoded_len() > MAX_TASK_BYTES);
+    assert_eq!(over.validate().unwrap_err().field, "task");
 }

@@ -22,8 +22,10 @@ use prost::Message;
 use super::error::ControlError;
 use crate::sys::socket::{FdsTruncated, recv_with_fds, send_with_fds};
 
-/// The hard cap on a control frame's payload: 64 KiB.
-pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// The hard cap on a control frame's payload: 64 KiB, defined with the task
+/// limits it must hold
+/// ([`MAX_CONTROL_FRAME_BYTES`](crate::proto::limits::MAX_CONTROL_FRAME_BYTES)).
+pub const MAX_FRAME_BYTES: usize = crate::proto::limits::MAX_CONTROL_FRAME_BYTES;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;

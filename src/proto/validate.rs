@@ -259,8 +259,9 @@ impl ProtoProcessFilter {
 impl DetectionTask {
     /// Checks the task id (non-empty, at most [`MAX_TASK_ID_BYTES`]), the
     /// task type, the filter and hash check if present, that a
-    /// `CHECK_PROCESS_HASH` task carries a hash check, and the metadata's
-    /// length.
+    /// `CHECK_PROCESS_HASH` task carries a hash check, the metadata's
+    /// length, and last that the whole task encodes within
+    /// [`MAX_TASK_BYTES`] (field `task`), so that it fits a control frame.
     ///
     /// ```
     /// use daemoneye_lib::proto::{DetectionTask, Rule};
@@ -290,6 +291,16 @@ impl DetectionTask {
         }
         if let Some(metadata) = &self.metadata {
             max_len("metadata", metadata, MAX_METADATA_BYTES)?;
+        }
+        let len = prost::Message::encoded_len(self);
+        if len > MAX_TASK_BYTES {
+            return Err(broken(
+                "task",
+                Rule::TooLong {
+                    len,
+                    max: MAX_TASK_BYTES,
+                },
+            ));
         }
         Ok(())
     }
