@@ -622,3 +622,73 @@ fn a_huge_command_line_is_cut_to_the_limits_and_the_record_validates() {
         .validate()
         .expect("the result validates");
 }
+
+#[test]
+fn a_file_named_like_the_deleted_mark_is_not_taken_for_deleted() {
+    let dir = TempDir::new("fakedel");
+    let (child, path) = run_sleep_copy(&dir, "x (deleted)");
+    let mut collector = Collector::new(CollectorConfig::default());
+    let plain = only_record(&mut collector, child.pid, false);
+    assert_eq!(plain.executable_path.as_deref(), Some(path.as_str()));
+    assert!(plain.file_exists, "the file is there under its own name");
+    let me = filter(&[], &[child.pid], None);
+    let verified = collector.verify(Some(&me)).expect("verify");
+    assert!(verified[0].file_exists);
+    assert_eq!(verified[0].executable_path.as_deref(), Some(path.as_str()));
+
+    // Deleting it is still noticed, and the kernel's mark is then taken off.
+    fs::remove_file(&path).expect("delete the running copy");
+    let mut fresh = Collector::new(CollectorConfig::default());
+    let plain = only_record(&mut fresh, child.pid, false);
+    assert!(!plain.file_exists);
+    assert_eq!(plain.executable_path.as_deref(), Some(path.as_str()));
+    assert!(!fresh.verify(Some(&me)).expect("verify")[0].file_exists);
+}
+
+#[test]
+fn a_process_in_another_mount_namespace_is_judged_by_its_own_files() {
+    let can_unshare = nix::unistd::geteuid().is_root()
+        && Command::new("unshare")
+            .args(["--mount", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !can_unshare {
+        println!("skipped: needs root and unshare(1) able to make a mount namespace");
+        return;
+    }
+    // A tmpfs mounted only inside the child's namespace: the host has an
+    // empty directory where the child's executable (a copy of sh, which says
+    // when it runs) lives.
+    let dir = TempDir::new("mntns");
+    let mount_point = dir.join("private");
+    fs::create_dir(&mount_point).unwrap();
+    let exe = mount_point.join("contained");
+    let script = format!(
+        "mount -t tmpfs none '{m}' || {{ echo nomount; exit 0; }}; cp /bin/sh '{e}' && exec '{e}' -c 'echo ready; read x'",
+        m = mount_point.display(),
+        e = exe.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = Running::spawn(&mut cmd);
+    let out = child.child().stdout.take().expect("piped stdout");
+    let line = LineReader::new(out).line();
+    if line == "nomount" {
+        println!("skipped: tmpfs cannot be mounted here");
+        return;
+    }
+    assert_eq!(line, "ready");
+    assert!(!exe.exists(), "the host does not see the child's mount");
+
+    let mut collector = Collector::new(CollectorConfig::default());
+    let me = filter(&[], &[child.pid], None);
+    let record = &collector.verify(Some(&me)).expect("verify")[0];
+    assert_eq!(record.executable_path.as_deref(), exe.to_str());
+    assert!(record.file_exists, "its image is on disk in its namespace");
+    assert_eq!(
+        record.executable_hash,
+        Some(sha256sum(Path::new("/bin/sh")))
+    );
+}

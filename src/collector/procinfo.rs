@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -259,19 +260,43 @@ impl ProcTable {
 }
 
 /// Reads `/proc/<pid>/exe`: the image path and whether it was deleted.
+///
+/// The kernel appends " (deleted)" to the path of an unlinked image, but a
+/// file may also be named so. Only when the text ends so is the image
+/// itself examined: with no link left (`st_nlink == 0`, through the magic
+/// link) it was deleted; otherwise the literal path, seen from the process's
+/// root, must hold the image for the suffix to be part of the name. When the
+/// image cannot be examined (another user's process, without privilege), the
+/// suffix is taken as the kernel's mark.
 fn read_exe_link(pid: u32) -> (ExeLink, bool) {
     const DELETED: &[u8] = b" (deleted)";
-    match std::fs::read_link(format!("/proc/{pid}/exe")) {
-        Ok(path) => {
-            let bytes = path.as_os_str().as_bytes();
-            match bytes.strip_suffix(DELETED) {
-                Some(kept) => (ExeLink::Path(PathBuf::from(OsStr::from_bytes(kept))), true),
-                None => (ExeLink::Path(path), false),
-            }
-        }
-        Err(e) if is_denied(&e) => (ExeLink::Denied, false),
-        Err(_) => (ExeLink::Missing, false),
+    let path = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(path) => path,
+        Err(e) if is_denied(&e) => return (ExeLink::Denied, false),
+        Err(_) => return (ExeLink::Missing, false),
+    };
+    let Some(kept) = path.as_os_str().as_bytes().strip_suffix(DELETED) else {
+        return (ExeLink::Path(path), false);
+    };
+    let stripped = PathBuf::from(OsStr::from_bytes(kept));
+    let literal_is_the_image = std::fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|image| {
+        image.nlink() > 0
+            && std::fs::metadata(in_root_of(pid, &path))
+                .is_ok_and(|m| (m.dev(), m.ino()) == (image.dev(), image.ino()))
+    });
+    if literal_is_the_image {
+        (ExeLink::Path(path), false)
+    } else {
+        (ExeLink::Path(stripped), true)
     }
+}
+
+/// `path` as the process `pid` sees it: below `/proc/<pid>/root`, so a
+/// process in another mount namespace (a container) or chroot has its own
+/// files looked up, not the host's at the same path.
+pub(crate) fn in_root_of(pid: u32, path: &Path) -> PathBuf {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    PathBuf::from(format!("/proc/{pid}/root")).join(relative)
 }
 
 struct Details {
