@@ -141,6 +141,8 @@ fn cpu_usage_is_absent_on_the_first_poll_and_present_on_the_second() {
         only_record(&mut collector, child.pid, false).cpu_usage,
         None
     );
+    // Usage is measured over at least 100 ms: only the clock can be waited for.
+    std::thread::sleep(Duration::from_millis(100));
     let second = only_record(&mut collector, child.pid, false).cpu_usage;
     assert!(second.is_some_and(|usage| usage >= 0.0), "{second:?}");
     // Another collector has no history of the process.
@@ -691,4 +693,33 @@ fn a_process_in_another_mount_namespace_is_judged_by_its_own_files() {
         record.executable_hash,
         Some(sha256sum(Path::new("/bin/sh")))
     );
+}
+
+#[test]
+fn polls_a_millisecond_apart_give_no_absurd_cpu_usage() {
+    // A busy child: on a 1 ms window its CPU time (counted in 10 ms ticks)
+    // would read 0 % or 1000 %.
+    let child = Running::spawn(Command::new("/bin/sh").args(["-c", "while :; do :; done"]));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut collector = Collector::new(CollectorConfig::default());
+    let started = std::time::Instant::now();
+    let mut reported = Vec::new();
+    // Poll every millisecond (pacing, not synchronisation) for 300 ms.
+    while started.elapsed() < Duration::from_millis(300) {
+        if let Some(usage) = only_record(&mut collector, child.pid, false).cpu_usage {
+            reported.push((started.elapsed(), usage));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        !reported.is_empty(),
+        "usage is reported once 100 ms have passed"
+    );
+    for (at, usage) in &reported {
+        assert!(*at >= Duration::from_millis(100), "usage at {at:?}");
+        assert!(
+            (0.0..=100.0 * cores + 15.0).contains(usage),
+            "{usage} % at {at:?} with {cores} cores"
+        );
+    }
 }

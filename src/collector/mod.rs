@@ -5,9 +5,12 @@
 //! ([`ProtoProcessRecord`], [`ProtoHashResult`]), which the daemon streams.
 //!
 //! One [`Collector`] lives as long as procmond: it keeps a `sysinfo::System`
-//! and per-process details between polls (CPU usage is the delta since the
-//! previous poll, so the first poll of a process has none), and a bounded
-//! cache of file hashes.
+//! and per-process details between polls, and a bounded cache of file
+//! hashes. CPU usage is measured over a window of at least 100 ms (clock
+//! ticks are 10 ms, so shorter windows read 0 % or 1000 %): a process has
+//! none on its first poll, nor on polls less than 100 ms after it; later
+//! polls report usage since a baseline sample 100 to 200 ms old (or older,
+//! when polls are further apart).
 //!
 //! ```
 //! use daemoneye_lib::collector::{Collector, CollectorConfig};

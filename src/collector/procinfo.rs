@@ -28,7 +28,7 @@ use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System,
 
 use super::CollectError;
 use super::bounds;
-use super::cpu::{self, CpuSample};
+use super::cpu::{CpuHistory, CpuSample};
 use crate::proto::ProtoProcessRecord;
 use crate::proto::limits::{MAX_PATH_BYTES, MAX_PROCESS_NAME_BYTES};
 
@@ -81,7 +81,7 @@ struct Known {
     uid: Option<u32>,
     cmd_denied: bool,
     read_at: Instant,
-    cpu: Option<CpuSample>,
+    cpu: CpuHistory,
 }
 
 /// A process as seen by one poll, with the on-disk path of its image.
@@ -208,7 +208,8 @@ impl ProcTable {
                 .known
                 .get(&pid)
                 .filter(|known| known.start_time == start_time)
-                .and_then(|known| known.cpu);
+                .map(|known| known.cpu)
+                .unwrap_or_default();
             self.known.insert(
                 pid,
                 Known {
@@ -228,8 +229,7 @@ impl ProcTable {
             cpu_ms: p.accumulated_cpu_time(),
             at: poll.at,
         };
-        let cpu_usage = cpu::usage_percent(known.cpu, sample);
-        known.cpu = Some(sample);
+        let cpu_usage = known.cpu.observe(sample);
 
         let exe = match &known.exe {
             ExeLink::Path(path) => Some(path.clone()),
@@ -393,6 +393,8 @@ mod tests {
         assert_eq!(seen.record.user_id, Some(nix::unistd::getuid().to_string()));
         assert!(seen.record.accessible && seen.record.file_exists);
         assert_eq!(seen.record.cpu_usage, None);
+        // Usage needs a window of 100 ms: only the clock can be waited for.
+        std::thread::sleep(super::super::cpu::MIN_WINDOW);
         let poll = table.refresh(Scope::Pids(&[me]), Fields::Usage).unwrap();
         assert!(table.observe(me, &poll).unwrap().record.cpu_usage.is_some());
     }
