@@ -36,8 +36,9 @@ use crate::proto::limits::{MAX_PATH_BYTES, MAX_PROCESS_NAME_BYTES};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ProcKey {
     pub(crate) pid: u32,
-    /// Unix seconds.
-    pub(crate) start_time: u64,
+    /// Clock ticks since boot (field 22 of `/proc/<pid>/stat`): a pid
+    /// reused within the same second still has another start.
+    pub(crate) start_ticks: u64,
 }
 
 /// Which processes a refresh reads.
@@ -177,11 +178,13 @@ impl ProcTable {
 
     /// Identity, parent and whether the process is a zombie (exited,
     /// unreaped), from the last refresh.
+    /// The start is read from `/proc/<pid>/stat` now, in clock ticks
+    /// (sysinfo keeps whole seconds); `None` when the process has gone.
     pub(crate) fn identity(&self, pid: u32) -> Option<(ProcKey, Option<u32>, bool)> {
         let p = self.sys.process(Pid::from_u32(pid))?;
         let key = ProcKey {
             pid,
-            start_time: p.start_time(),
+            start_ticks: read_start_ticks(pid)?,
         };
         let zombie = matches!(p.status(), ProcessStatus::Zombie | ProcessStatus::Dead);
         Some((key, p.parent().map(Pid::as_u32), zombie))
@@ -299,6 +302,22 @@ pub(crate) fn in_root_of(pid: u32, path: &Path) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root")).join(relative)
 }
 
+/// The start time of `pid` in clock ticks since boot.
+fn read_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_ticks(&stat)
+}
+
+/// Field 22 of a `/proc/<pid>/stat` line. The name (field 2) is in
+/// parentheses and may itself hold spaces and parentheses, so fields are
+/// counted after the last `)`.
+fn parse_start_ticks(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    // After the name come field 3 (state) onwards: field 22 is the 20th.
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
 struct Details {
     name: String,
     cmd: Vec<String>,
@@ -373,6 +392,42 @@ mod tests {
         assert_eq!(split_cmdline(b"a\x00\x00b\x00"), ["a", "", "b"]);
         // A process may rewrite its command line without NULs.
         assert_eq!(split_cmdline(b"nginx: worker"), ["nginx: worker"]);
+    }
+
+    #[test]
+    fn start_ticks_are_counted_after_the_name() {
+        let stat = b"42 (a) b (c) S 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 987654 0 0\n";
+        assert_eq!(parse_start_ticks(stat), Some(987_654));
+        assert_eq!(parse_start_ticks(b"42 (x) S 1"), None);
+        let me = std::fs::read("/proc/self/stat").unwrap();
+        assert!(parse_start_ticks(&me).is_some_and(|t| t > 0));
+    }
+
+    #[test]
+    fn processes_started_in_the_same_second_have_distinct_identities() {
+        use std::process::{Command, Stdio};
+        let spawn = || {
+            Command::new("/bin/sleep")
+                .arg("30")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut first = spawn();
+        // Two clock ticks apart; only the clock can be waited for.
+        std::thread::sleep(Duration::from_millis(25));
+        let mut second = spawn();
+        let mut table = ProcTable::new(Duration::from_secs(1));
+        let pids = [first.id(), second.id()];
+        table.refresh(Scope::Pids(&pids), Fields::Identity).unwrap();
+        let a = table.identity(pids[0]).map(|(key, _, _)| key.start_ticks);
+        let b = table.identity(pids[1]).map(|(key, _, _)| key.start_ticks);
+        for child in [&mut first, &mut second] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(b >= a + 2, "{a} then {b}");
     }
 
     #[test]
