@@ -560,6 +560,8 @@ fn exec_after_first_sight_is_noticed() {
     });
     let before = only_record(&mut collector, shell.pid, false);
     assert_eq!(before.name, "sh");
+    // CPU usage needs a window of 100 ms: only the clock can be waited for.
+    std::thread::sleep(Duration::from_millis(100));
 
     tell(&mut shell);
     assert_eq!(lines.line(), "up");
