@@ -135,10 +135,112 @@ fn a_world_writable_directory_is_refused_and_left_alone() {
     }
     assert_eq!(mode(&dir), 0o777, "an existing directory is not modified");
 
-    // With the sticky bit (as /tmp has) nobody else can replace our socket.
+    // Nor with the sticky bit (as /tmp has): anyone could take the socket's
+    // name, or its lock file's, before us.
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
-    ControlListener::bind(dir.join("procmond.sock"), &SocketOptions::default())
-        .expect("sticky directory is fine");
+    let err =
+        ControlListener::bind(dir.join("procmond.sock"), &SocketOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, ControlError::UnsafePath { problem, .. } if problem.contains("1777") && problem.contains("sticky")),
+        "{err}"
+    );
+    assert!(!dir.join("procmond.sock").exists());
+}
+
+#[test]
+fn a_symbolic_link_as_the_directory_is_refused() {
+    let tmp = TempDir::new("symlink");
+    let real = tmp.join("real");
+    fs::create_dir(&real).unwrap();
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
+    let link = tmp.join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let err =
+        ControlListener::bind(link.join("procmond.sock"), &SocketOptions::default()).unwrap_err();
+    match &err {
+        ControlError::UnsafePath { path, problem } => {
+            assert_eq!(path, &link);
+            assert!(problem.contains("symbolic link"), "{problem}");
+        }
+        other => panic!("expected UnsafePath, got {other:?}"),
+    }
+    assert!(!real.join("procmond.sock").exists());
+}
+
+#[test]
+fn every_level_created_gets_the_mode_and_group() {
+    let tmp = TempDir::new("levels");
+    let gid = rustix::process::getegid().as_raw();
+    let path = tmp.join("a/b/procmond.sock");
+    let _listener =
+        ControlListener::bind(&path, &SocketOptions { group: Some(gid) }).expect("bind");
+    for level in ["a", "a/b"] {
+        let meta = fs::metadata(tmp.join(level)).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o710, "{level}");
+        assert_eq!(meta.gid(), gid, "{level}");
+    }
+}
+
+#[test]
+fn a_stale_socket_is_not_removed_while_another_server_holds_the_lock() {
+    let tmp = TempDir::new("lock");
+    let dir = tmp.join("sock");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let path = dir.join("procmond.sock");
+    drop(UnixListener::bind(&path).unwrap());
+    let stale = fs::symlink_metadata(&path).unwrap().ino();
+    // Another server in the middle of starting: it holds the lock.
+    let lock = File::create(dir.join("procmond.sock.lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let err = ControlListener::bind(&path, &SocketOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, ControlError::AlreadyListening { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        fs::symlink_metadata(&path).unwrap().ino(),
+        stale,
+        "left alone"
+    );
+    drop(lock);
+    let listener = ControlListener::bind(&path, &SocketOptions::default()).expect("lock released");
+    let client = thread::spawn(move || UnixStream::connect(path));
+    listener
+        .accept_timeout(WAIT)
+        .unwrap()
+        .expect("a connection");
+    client.join().unwrap().unwrap();
+}
+
+#[test]
+fn of_servers_starting_at_once_exactly_one_binds() {
+    for round in 0..20 {
+        let tmp = TempDir::new("race");
+        let path = tmp.join(&format!("sock{round}/procmond.sock"));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let starts: Vec<_> = (0..2)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    ControlListener::bind(&path, &SocketOptions::default())
+                })
+            })
+            .collect();
+        let results: Vec<_> = starts.into_iter().map(|t| t.join().unwrap()).collect();
+        let bound: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(bound.len(), 1, "round {round}: {results:?}");
+        for result in &results {
+            if let Err(err) = result {
+                assert!(
+                    matches!(err, ControlError::AlreadyListening { .. }),
+                    "{err}"
+                );
+            }
+        }
+        UnixStream::connect(&path).expect("the winner listens");
+    }
 }
 
 #[test]
