@@ -582,14 +582,19 @@ fn a_huge_command_line_is_cut_to_the_limits_and_the_record_validates() {
     // Over both limits, yet within the kernel's ARG_MAX (2 MiB here): 5000
     // small arguments, then 12 of 100 000 bytes of two-byte characters.
     let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", "read line", "sh"]).stdin(Stdio::piped());
+    cmd.args(["-c", "echo up; read line", "sh"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
     for i in 0..5000 {
         cmd.arg(format!("{}", i % 10));
     }
     for _ in 0..12 {
         cmd.arg("é".repeat(50_000));
     }
-    let child = Running::spawn(&mut cmd);
+    let mut child = Running::spawn(&mut cmd);
+    // The shell runs (its exec has set up its arguments) once it says so.
+    let mut lines = LineReader::new(child.child().stdout.take().expect("piped stdout"));
+    assert_eq!(lines.line(), "up");
     let mut collector = Collector::new(CollectorConfig::default());
     let record = only_record(&mut collector, child.pid, false);
 
@@ -597,17 +602,22 @@ fn a_huge_command_line_is_cut_to_the_limits_and_the_record_validates() {
     assert_eq!(record.command_line.len(), MAX_COMMAND_LINE_ARGS);
     assert_eq!(
         record.command_line[..4],
-        ["/bin/sh", "-c", "read line", "sh"]
+        ["/bin/sh", "-c", "echo up; read line", "sh"]
     );
     let total: usize = record.command_line.iter().map(String::len).sum();
     assert!(total <= MAX_COMMAND_LINE_BYTES, "{total}");
 
     let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", "read line", "sh"]).stdin(Stdio::piped());
+    cmd.args(["-c", "echo up; read line", "sh"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
     for _ in 0..12 {
         cmd.arg("é".repeat(50_000));
     }
-    let child = Running::spawn(&mut cmd);
+    let mut child = Running::spawn(&mut cmd);
+    // The shell runs (its exec has set up its arguments) once it says so.
+    let mut lines = LineReader::new(child.child().stdout.take().expect("piped stdout"));
+    assert_eq!(lines.line(), "up");
     let record = only_record(&mut collector, child.pid, false);
     record.validate().expect("the record validates");
     let total: usize = record.command_line.iter().map(String::len).sum();
