@@ -11,6 +11,12 @@ use daemoneye_lib::codec::{Codec, CodecError};
 use daemoneye_lib::proto::limits::MAX_TASK_BYTES;
 use daemoneye_lib::proto::{DetectionResult, DetectionTask};
 
+/// A cap of 4 GiB, or as much as a 32-bit `usize` holds.
+#[cfg(target_pointer_width = "64")]
+const HUGE_CAP: usize = 4 << 30;
+#[cfg(not(target_pointer_width = "64"))]
+const HUGE_CAP: usize = usize::MAX;
+
 struct Counting;
 
 thread_local! {
@@ -94,7 +100,7 @@ fn sixteen_bytes_claiming_two_gib_allocate_at_most_the_cap() {
 
     // A codec whose cap would allow 2 GiB still allocates nothing for it:
     // the input is only 16 bytes.
-    let generous = Codec::new(4 << 30);
+    let generous = Codec::new(HUGE_CAP);
     let (result, bytes) =
         allocated_by(|| generous.decode_length_delimited::<DetectionResult>(&input));
     assert!(matches!(result, Err(CodecError::Truncated { needed, .. }) if needed == 1 << 31));
@@ -121,7 +127,7 @@ fn nested_field_claiming_two_gib_allocates_little() {
     // DetectionResult.task_id (field 1) whose length claims 2 GiB, in 16 bytes.
     let mut input = vec![0x0a, 0x80, 0x80, 0x80, 0x80, 0x08];
     input.resize(16, b'x');
-    let codec = Codec::new(4 << 30);
+    let codec = Codec::new(HUGE_CAP);
     let (result, bytes) = allocated_by(|| codec.decode::<DetectionResult>(&input));
     assert!(matches!(result, Err(CodecError::Malformed(_))));
     // prost's error keeps a short description (a few hundred bytes at most).

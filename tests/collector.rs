@@ -141,6 +141,8 @@ fn cpu_usage_is_absent_on_the_first_poll_and_present_on_the_second() {
         only_record(&mut collector, child.pid, false).cpu_usage,
         None
     );
+    // Usage is measured over at least 100 ms: only the clock can be waited for.
+    std::thread::sleep(Duration::from_millis(100));
     let second = only_record(&mut collector, child.pid, false).cpu_usage;
     assert!(second.is_some_and(|usage| usage >= 0.0), "{second:?}");
     // Another collector has no history of the process.
@@ -558,6 +560,8 @@ fn exec_after_first_sight_is_noticed() {
     });
     let before = only_record(&mut collector, shell.pid, false);
     assert_eq!(before.name, "sh");
+    // CPU usage needs a window of 100 ms: only the clock can be waited for.
+    std::thread::sleep(Duration::from_millis(100));
 
     tell(&mut shell);
     assert_eq!(lines.line(), "up");
@@ -567,4 +571,167 @@ fn exec_after_first_sight_is_noticed() {
     assert_eq!(after.command_line, [target.to_str().unwrap(), "-c", script]);
     assert_eq!(after.start_time, before.start_time, "the same process");
     assert!(after.cpu_usage.is_some(), "CPU history survives the exec");
+}
+
+#[test]
+fn a_huge_command_line_is_cut_to_the_limits_and_the_record_validates() {
+    use daemoneye_lib::proto::DetectionResult;
+    use daemoneye_lib::proto::limits::{MAX_COMMAND_LINE_ARGS, MAX_COMMAND_LINE_BYTES};
+    use prost::Message;
+
+    // Over both limits, yet within the kernel's ARG_MAX (2 MiB here): 5000
+    // small arguments, then 12 of 100 000 bytes of two-byte characters.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "echo up; read line", "sh"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    for i in 0..5000 {
+        cmd.arg(format!("{}", i % 10));
+    }
+    for _ in 0..12 {
+        cmd.arg("é".repeat(50_000));
+    }
+    let mut child = Running::spawn(&mut cmd);
+    // The shell runs (its exec has set up its arguments) once it says so.
+    let mut lines = LineReader::new(child.child().stdout.take().expect("piped stdout"));
+    assert_eq!(lines.line(), "up");
+    let mut collector = Collector::new(CollectorConfig::default());
+    let record = only_record(&mut collector, child.pid, false);
+
+    record.validate().expect("the record validates");
+    assert_eq!(record.command_line.len(), MAX_COMMAND_LINE_ARGS);
+    assert_eq!(
+        record.command_line[..4],
+        ["/bin/sh", "-c", "echo up; read line", "sh"]
+    );
+    let total: usize = record.command_line.iter().map(String::len).sum();
+    assert!(total <= MAX_COMMAND_LINE_BYTES, "{total}");
+
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "echo up; read line", "sh"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    for _ in 0..12 {
+        cmd.arg("é".repeat(50_000));
+    }
+    let mut child = Running::spawn(&mut cmd);
+    // The shell runs (its exec has set up its arguments) once it says so.
+    let mut lines = LineReader::new(child.child().stdout.take().expect("piped stdout"));
+    assert_eq!(lines.line(), "up");
+    let record = only_record(&mut collector, child.pid, false);
+    record.validate().expect("the record validates");
+    let total: usize = record.command_line.iter().map(String::len).sum();
+    assert!(
+        total <= MAX_COMMAND_LINE_BYTES && total + 4 >= MAX_COMMAND_LINE_BYTES,
+        "{total}"
+    );
+    let last = record.command_line.last().expect("arguments");
+    assert!(
+        last.chars().all(|c| c == 'é'),
+        "cut on a character boundary"
+    );
+    // Well within one ring frame, and a result carrying it validates.
+    assert!(record.encoded_len() < MAX_COMMAND_LINE_BYTES + 16 * 1024);
+    DetectionResult::success("t-1", vec![record])
+        .validate()
+        .expect("the result validates");
+}
+
+#[test]
+fn a_file_named_like_the_deleted_mark_is_not_taken_for_deleted() {
+    let dir = TempDir::new("fakedel");
+    let (child, path) = run_sleep_copy(&dir, "x (deleted)");
+    let mut collector = Collector::new(CollectorConfig::default());
+    let plain = only_record(&mut collector, child.pid, false);
+    assert_eq!(plain.executable_path.as_deref(), Some(path.as_str()));
+    assert!(plain.file_exists, "the file is there under its own name");
+    let me = filter(&[], &[child.pid], None);
+    let verified = collector.verify(Some(&me)).expect("verify");
+    assert!(verified[0].file_exists);
+    assert_eq!(verified[0].executable_path.as_deref(), Some(path.as_str()));
+
+    // Deleting it is still noticed, and the kernel's mark is then taken off.
+    fs::remove_file(&path).expect("delete the running copy");
+    let mut fresh = Collector::new(CollectorConfig::default());
+    let plain = only_record(&mut fresh, child.pid, false);
+    assert!(!plain.file_exists);
+    assert_eq!(plain.executable_path.as_deref(), Some(path.as_str()));
+    assert!(!fresh.verify(Some(&me)).expect("verify")[0].file_exists);
+}
+
+#[test]
+fn a_process_in_another_mount_namespace_is_judged_by_its_own_files() {
+    let can_unshare = nix::unistd::geteuid().is_root()
+        && Command::new("unshare")
+            .args(["--mount", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !can_unshare {
+        println!("skipped: needs root and unshare(1) able to make a mount namespace");
+        return;
+    }
+    // A tmpfs mounted only inside the child's namespace: the host has an
+    // empty directory where the child's executable (a copy of sh, which says
+    // when it runs) lives.
+    let dir = TempDir::new("mntns");
+    let mount_point = dir.join("private");
+    fs::create_dir(&mount_point).unwrap();
+    let exe = mount_point.join("contained");
+    let script = format!(
+        "mount -t tmpfs none '{m}' || {{ echo nomount; exit 0; }}; cp /bin/sh '{e}' && exec '{e}' -c 'echo ready; read x'",
+        m = mount_point.display(),
+        e = exe.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = Running::spawn(&mut cmd);
+    let out = child.child().stdout.take().expect("piped stdout");
+    let line = LineReader::new(out).line();
+    if line == "nomount" {
+        println!("skipped: tmpfs cannot be mounted here");
+        return;
+    }
+    assert_eq!(line, "ready");
+    assert!(!exe.exists(), "the host does not see the child's mount");
+
+    let mut collector = Collector::new(CollectorConfig::default());
+    let me = filter(&[], &[child.pid], None);
+    let record = &collector.verify(Some(&me)).expect("verify")[0];
+    assert_eq!(record.executable_path.as_deref(), exe.to_str());
+    assert!(record.file_exists, "its image is on disk in its namespace");
+    assert_eq!(
+        record.executable_hash,
+        Some(sha256sum(Path::new("/bin/sh")))
+    );
+}
+
+#[test]
+fn polls_a_millisecond_apart_give_no_absurd_cpu_usage() {
+    // A busy child: on a 1 ms window its CPU time (counted in 10 ms ticks)
+    // would read 0 % or 1000 %.
+    let child = Running::spawn(Command::new("/bin/sh").args(["-c", "while :; do :; done"]));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut collector = Collector::new(CollectorConfig::default());
+    let started = std::time::Instant::now();
+    let mut reported = Vec::new();
+    // Poll every millisecond (pacing, not synchronisation) for 300 ms.
+    while started.elapsed() < Duration::from_millis(300) {
+        if let Some(usage) = only_record(&mut collector, child.pid, false).cpu_usage {
+            reported.push((started.elapsed(), usage));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        !reported.is_empty(),
+        "usage is reported once 100 ms have passed"
+    );
+    for (at, usage) in &reported {
+        assert!(*at >= Duration::from_millis(100), "usage at {at:?}");
+        assert!(
+            (0.0..=100.0 * cores + 15.0).contains(usage),
+            "{usage} % at {at:?} with {cores} cores"
+        );
+    }
 }

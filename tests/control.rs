@@ -135,10 +135,112 @@ fn a_world_writable_directory_is_refused_and_left_alone() {
     }
     assert_eq!(mode(&dir), 0o777, "an existing directory is not modified");
 
-    // With the sticky bit (as /tmp has) nobody else can replace our socket.
+    // Nor with the sticky bit (as /tmp has): anyone could take the socket's
+    // name, or its lock file's, before us.
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
-    ControlListener::bind(dir.join("procmond.sock"), &SocketOptions::default())
-        .expect("sticky directory is fine");
+    let err =
+        ControlListener::bind(dir.join("procmond.sock"), &SocketOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, ControlError::UnsafePath { problem, .. } if problem.contains("1777") && problem.contains("sticky")),
+        "{err}"
+    );
+    assert!(!dir.join("procmond.sock").exists());
+}
+
+#[test]
+fn a_symbolic_link_as_the_directory_is_refused() {
+    let tmp = TempDir::new("symlink");
+    let real = tmp.join("real");
+    fs::create_dir(&real).unwrap();
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
+    let link = tmp.join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let err =
+        ControlListener::bind(link.join("procmond.sock"), &SocketOptions::default()).unwrap_err();
+    match &err {
+        ControlError::UnsafePath { path, problem } => {
+            assert_eq!(path, &link);
+            assert!(problem.contains("symbolic link"), "{problem}");
+        }
+        other => panic!("expected UnsafePath, got {other:?}"),
+    }
+    assert!(!real.join("procmond.sock").exists());
+}
+
+#[test]
+fn every_level_created_gets_the_mode_and_group() {
+    let tmp = TempDir::new("levels");
+    let gid = rustix::process::getegid().as_raw();
+    let path = tmp.join("a/b/procmond.sock");
+    let _listener =
+        ControlListener::bind(&path, &SocketOptions { group: Some(gid) }).expect("bind");
+    for level in ["a", "a/b"] {
+        let meta = fs::metadata(tmp.join(level)).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o710, "{level}");
+        assert_eq!(meta.gid(), gid, "{level}");
+    }
+}
+
+#[test]
+fn a_stale_socket_is_not_removed_while_another_server_holds_the_lock() {
+    let tmp = TempDir::new("lock");
+    let dir = tmp.join("sock");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let path = dir.join("procmond.sock");
+    drop(UnixListener::bind(&path).unwrap());
+    let stale = fs::symlink_metadata(&path).unwrap().ino();
+    // Another server in the middle of starting: it holds the lock.
+    let lock = File::create(dir.join("procmond.sock.lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let err = ControlListener::bind(&path, &SocketOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, ControlError::AlreadyListening { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        fs::symlink_metadata(&path).unwrap().ino(),
+        stale,
+        "left alone"
+    );
+    drop(lock);
+    let listener = ControlListener::bind(&path, &SocketOptions::default()).expect("lock released");
+    let client = thread::spawn(move || UnixStream::connect(path));
+    listener
+        .accept_timeout(WAIT)
+        .unwrap()
+        .expect("a connection");
+    client.join().unwrap().unwrap();
+}
+
+#[test]
+fn of_servers_starting_at_once_exactly_one_binds() {
+    for round in 0..20 {
+        let tmp = TempDir::new("race");
+        let path = tmp.join(&format!("sock{round}/procmond.sock"));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let starts: Vec<_> = (0..2)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    ControlListener::bind(&path, &SocketOptions::default())
+                })
+            })
+            .collect();
+        let results: Vec<_> = starts.into_iter().map(|t| t.join().unwrap()).collect();
+        let bound: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(bound.len(), 1, "round {round}: {results:?}");
+        for result in &results {
+            if let Err(err) = result {
+                assert!(
+                    matches!(err, ControlError::AlreadyListening { .. }),
+                    "{err}"
+                );
+            }
+        }
+        UnixStream::connect(&path).expect("the winner listens");
+    }
 }
 
 #[test]
@@ -504,12 +606,99 @@ fn a_version_mismatch_is_refused_naming_both_versions() {
 const CHILD_SOCKET_ENV: &str = "DAEMONEYE_CONTROL_TEST_CHILD_SOCKET";
 const NOBODY: u32 = 65534;
 
+/// A copy of this test binary in a fresh 0755 directory, so that a child
+/// under another uid can execute it even when the build directory is not
+/// reachable by that uid (a checkout under `/root`, mode 0700).
+struct ExecutableCopy {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+impl ExecutableCopy {
+    fn new() -> Self {
+        let dir = TempDir::new("exe");
+        fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o755)).expect("chmod exe dir");
+        let path = dir.join("control-test");
+        fs::copy(std::env::current_exe().expect("own path"), &path).expect("copy test binary");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod copy");
+        Self { _dir: dir, path }
+    }
+}
+
+/// A child process running the ignored test `name` of this binary as uid
+/// and gid [`NOBODY`].
+struct NobodyChild {
+    pid: u32,
+    output: mpsc::Receiver<std::io::Result<std::process::Output>>,
+    _exe: ExecutableCopy,
+}
+
+impl NobodyChild {
+    /// Starts it, or says why it cannot run here (not root; a user namespace
+    /// without uid 65534 mapped, where `setuid` fails with `EINVAL`) and
+    /// returns `None`, so the calling test is skipped rather than failed.
+    fn spawn(name: &str, env: (&str, &Path)) -> Option<Self> {
+        if !rustix::process::geteuid().is_root() {
+            println!("skipped: switching a child to uid {NOBODY} needs root");
+            return None;
+        }
+        let exe = ExecutableCopy::new();
+        let spawned = Command::new(&exe.path)
+            .args([
+                "--exact",
+                name,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(env.0, env.1)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                println!("skipped: cannot switch to uid {NOBODY} here ({e})");
+                return None;
+            }
+            Err(e) => panic!("spawn the child as nobody: {e}"),
+        };
+        let pid = child.id();
+        let (tx, output) = mpsc::channel();
+        thread::spawn(move || tx.send(child.wait_with_output()));
+        Some(Self {
+            pid,
+            output,
+            _exe: exe,
+        })
+    }
+
+    /// Its stdout, once it exited successfully within [`WAIT`].
+    fn stdout(self) -> String {
+        let output = match self.output.recv_timeout(WAIT) {
+            Ok(output) => output.expect("child output"),
+            Err(_) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                panic!("the child did not finish within {WAIT:?}");
+            }
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "child failed: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+}
+
 #[test]
 fn a_peer_outside_the_allow_list_is_refused_and_the_server_keeps_serving() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: switching a child to uid {NOBODY} needs root");
-        return;
-    }
     let tmp = TempDir::new("allow");
     // The group option lets uid nobody (group nogroup) reach the socket, so
     // the refusal comes from the allow-list, not from file permissions.
@@ -518,6 +707,10 @@ fn a_peer_outside_the_allow_list_is_refused_and_the_server_keeps_serving() {
     };
     let listener = ControlListener::bind(tmp.join("s/procmond.sock"), &options).unwrap();
     let path = listener.path().to_owned();
+    let Some(child) = NobodyChild::spawn("refused_peer_child", (CHILD_SOCKET_ENV, &path)) else {
+        return;
+    };
+    let child_pid = child.pid;
     let server = thread::spawn(move || {
         let first = listener
             .accept_timeout(WAIT)
@@ -526,41 +719,7 @@ fn a_peer_outside_the_allow_list_is_refused_and_the_server_keeps_serving() {
         let refused = accept_client(first, &AllowList::new(), WAIT).map(|_| ());
         (refused, serve_one(&listener).map(|_| ()))
     });
-
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "refused_peer_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_SOCKET_ENV, &path)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the child as nobody");
-    let child_pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || tx.send(child.wait_with_output()));
-    let output = match rx.recv_timeout(WAIT) {
-        Ok(output) => output.expect("child output"),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child_pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            panic!("the child did not finish within {WAIT:?}");
-        }
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = child.stdout();
     let line = stdout
         .lines()
         .find_map(|l| l.split_once("CHILD: ").map(|(_, report)| report))
@@ -582,6 +741,61 @@ fn a_peer_outside_the_allow_list_is_refused_and_the_server_keeps_serving() {
         "{refused:?}"
     );
     served.unwrap();
+}
+
+#[test]
+fn a_server_under_an_untrusted_uid_is_refused_unless_trusted() {
+    // The "server" is a child under uid nobody at the other end of the
+    // socket; SO_PEERCRED is what the client checks, whoever connected.
+    let tmp = TempDir::new("untrusted");
+    let options = SocketOptions {
+        group: Some(NOBODY),
+    };
+    let listener = ControlListener::bind(tmp.join("s/procmond.sock"), &options).unwrap();
+    let path = listener.path().to_owned();
+    let Some(child) = NobodyChild::spawn("impersonator_child", (CHILD_SOCKET_ENV, &path)) else {
+        return;
+    };
+    let first = listener
+        .accept_timeout(WAIT)
+        .unwrap()
+        .expect("the child connected");
+    let second = listener
+        .accept_timeout(WAIT)
+        .unwrap()
+        .expect("the child connected twice");
+    let err = Connector::new("agent").handshake(first).unwrap_err();
+    assert!(
+        matches!(err, ControlError::UntrustedServer { uid: NOBODY, pid } if pid == child.pid),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&format!("uid {NOBODY}")), "{err}");
+    // Trusted, the client gets past the check and says hello; this
+    // impersonator just hangs up.
+    let err = Connector::new("agent")
+        .trust_server_uid(NOBODY)
+        .timeout(WAIT)
+        .handshake(second)
+        .unwrap_err();
+    assert!(matches!(err, ControlError::PeerGone), "{err:?}");
+    assert!(child.stdout().contains("CHILD: done"));
+}
+
+/// The child half of the test above: connects twice, holds the second
+/// connection until the first is closed, then leaves.
+#[test]
+#[ignore = "run by a_server_under_an_untrusted_uid_is_refused_unless_trusted"]
+fn impersonator_child() {
+    use std::io::Read;
+    let path = std::env::var_os(CHILD_SOCKET_ENV).expect("run by the parent test");
+    let mut first = UnixStream::connect(&path).expect("connect");
+    let second = UnixStream::connect(&path).expect("connect again");
+    first.set_read_timeout(Some(WAIT)).unwrap();
+    let mut rest = Vec::new();
+    first.read_to_end(&mut rest).expect("the client hangs up");
+    assert!(rest.is_empty(), "the untrusting client sent nothing");
+    drop(second);
+    println!("CHILD: done");
 }
 
 /// The child half of the test above, run as uid nobody in a separate process.

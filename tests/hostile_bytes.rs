@@ -15,8 +15,13 @@ use prost::Message;
 
 const TASKS: Codec = Codec::new(MAX_TASK_BYTES);
 const RESULTS: Codec = Codec::new(MAX_RESULT_BYTES);
+/// A cap of 4 GiB, or as much as a 32-bit `usize` holds.
+#[cfg(target_pointer_width = "64")]
+const HUGE_CAP: usize = 4 << 30;
+#[cfg(not(target_pointer_width = "64"))]
+const HUGE_CAP: usize = usize::MAX;
 /// A codec that would accept 4 GiB, so only the input's real length stops it.
-const HUGE: Codec = Codec::new(4 << 30);
+const HUGE: Codec = Codec::new(HUGE_CAP);
 
 /// A varint of 2^31 (2 GiB).
 const TWO_GIB: [u8; 5] = [0x80, 0x80, 0x80, 0x80, 0x08];
@@ -162,7 +167,7 @@ fn malformed_varint_prefix() {
         HUGE.length_prefix(&max),
         Err(CodecError::Oversize {
             len: u64::MAX,
-            max: 4 << 30
+            max: HUGE_CAP
         })
     );
 }

@@ -63,7 +63,7 @@ fn valid_messages_pass() {
         executable_pattern: Some("/usr/{bin,lib}/**/fire*".into()),
     };
     assert_eq!(task_with_filter(filter).validate(), Ok(()));
-    for alg in HashAlgorithm::ALL {
+    for alg in HashAlgorithm::SUPPORTED {
         let hash = "A".repeat(alg.hex_len());
         let task = DetectionTask::new_hash_check("t", check(&hash, alg.name(), "/bin/sh"));
         assert_eq!(task.validate(), Ok(()), "{alg}");
@@ -177,19 +177,41 @@ fn expected_hash_wrong_length() {
             expected: 64,
         },
     );
-    let task = DetectionTask::new_hash_check("t", check(&sha256_hex(), "sha512", "/bin/sh"));
-    fails(
-        task.validate(),
-        "hash_check.expected_hash",
-        Rule::WrongHashLength {
-            algorithm: HashAlgorithm::Sha512,
-            len: 64,
-            expected: 128,
-        },
-    );
-    // Nothing expected: the task just computes the hash.
+}
+
+#[test]
+fn an_empty_expected_hash_means_nothing_expected() {
+    // `hash-check PATH` without `--expected`: only report the hash.
     let task = DetectionTask::new_hash_check("t", check("", "sha256", "/bin/sh"));
     assert_eq!(task.validate(), Ok(()));
+}
+
+#[test]
+fn only_algorithms_procmond_computes_are_accepted() {
+    for alg in HashAlgorithm::ALL {
+        let hash = "a".repeat(alg.hex_len());
+        let result =
+            DetectionTask::new_hash_check("t", check(&hash, alg.name(), "/bin/sh")).validate();
+        if alg == HashAlgorithm::Sha256 {
+            assert_eq!(result, Ok(()));
+        } else {
+            fails(
+                result,
+                "hash_check.hash_algorithm",
+                Rule::UnsupportedHashAlgorithm(alg),
+            );
+        }
+    }
+    let record = ProtoProcessRecord {
+        executable_hash: Some("a".repeat(96)),
+        hash_algorithm: Some("sha384".into()),
+        ..record()
+    };
+    fails(
+        result_with(record).validate(),
+        "processes[0].hash_algorithm",
+        Rule::UnsupportedHashAlgorithm(HashAlgorithm::Sha384),
+    );
 }
 
 #[test]
@@ -470,16 +492,16 @@ fn record_hash() {
     );
     let short = ProtoProcessRecord {
         executable_hash: Some("abcd".into()),
-        hash_algorithm: Some("sha384".into()),
+        hash_algorithm: Some("sha256".into()),
         ..record()
     };
     fails(
         result_with(short).validate(),
         "processes[0].executable_hash",
         Rule::WrongHashLength {
-            algorithm: HashAlgorithm::Sha384,
+            algorithm: HashAlgorithm::Sha256,
             len: 4,
-            expected: 96,
+            expected: 64,
         },
     );
 }
@@ -538,28 +560,94 @@ fn hash_result_rules() {
     assert_eq!(with(failed).validate(), Ok(()));
 }
 
-/// The largest task that passes validation still fits the task cap.
-#[test]
-fn largest_valid_task_fits_the_task_cap() {
-    let task = DetectionTask {
+/// A task with every field at its own limit (about 263 KB).
+fn task_with_every_field_at_its_limit(names: usize) -> DetectionTask {
+    DetectionTask {
         task_id: "i".repeat(MAX_TASK_ID_BYTES),
         task_type: 1,
         process_filter: Some(ProtoProcessFilter {
-            process_names: vec!["n".repeat(MAX_PROCESS_NAME_BYTES); MAX_FILTER_NAMES],
+            process_names: vec!["n".repeat(MAX_PROCESS_NAME_BYTES); names],
             pids: vec![u32::MAX; MAX_FILTER_PIDS],
             executable_pattern: Some(format!("/{}", "p".repeat(MAX_PATTERN_BYTES - 1))),
         }),
         hash_check: Some(check(
-            &"f".repeat(128),
-            "sha512",
+            &"f".repeat(64),
+            "sha256",
             &format!("/{}", "p".repeat(MAX_PATH_BYTES - 1)),
         )),
         metadata: Some("m".repeat(MAX_METADATA_BYTES)),
-    };
-    assert_eq!(task.validate(), Ok(()));
+    }
+}
+
+#[test]
+fn a_task_over_the_encoded_cap_is_invalid_even_with_every_field_in_bounds() {
+    let task = task_with_every_field_at_its_limit(MAX_FILTER_NAMES);
+    assert!(task.encoded_len() > MAX_TASK_BYTES);
+    let err = task.validate().unwrap_err();
+    assert_eq!(err.field, "task");
+    assert_eq!(
+        err.rule,
+        Rule::TooLong {
+            len: task.encoded_len(),
+            max: MAX_TASK_BYTES
+        }
+    );
+}
+
+/// The largest task that passes validation, wrapped in its control envelope
+/// with the largest options, fits one control frame, and goes through a real
+/// socket.
+#[test]
+fn largest_valid_task_fits_a_control_frame() {
+    use daemoneye_lib::control::{ClientFrame, MAX_FRAME_BYTES, client_frame, frame};
+    use daemoneye_lib::proto::control::TaskRequest;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    // Fill with whole names while they fit, then one name cut to fill the
+    // cap exactly (or within a byte of it, as length prefixes grow).
+    fn names(task: &mut DetectionTask) -> &mut Vec<String> {
+        &mut task.process_filter.as_mut().unwrap().process_names
+    }
+    let mut task = task_with_every_field_at_its_limit(0);
+    while task.encoded_len() <= MAX_TASK_BYTES {
+        names(&mut task).push("n".repeat(MAX_PROCESS_NAME_BYTES));
+    }
+    while task.encoded_len() > MAX_TASK_BYTES {
+        names(&mut task).last_mut().unwrap().pop();
+    }
     assert!(
-        task.encoded_len() <= MAX_TASK_BYTES,
+        task.encoded_len() + 1 >= MAX_TASK_BYTES,
         "{}",
         task.encoded_len()
     );
+    assert_eq!(task.validate(), Ok(()));
+
+    let wrapped = ClientFrame {
+        body: Some(client_frame::Body::Task(TaskRequest {
+            task: Some(task.clone()),
+            with_hashes: true,
+            interval_ms: u32::MAX,
+        })),
+    };
+    assert!(
+        wrapped.encoded_len() <= MAX_FRAME_BYTES,
+        "{} > {MAX_FRAME_BYTES}",
+        wrapped.encoded_len()
+    );
+    let (a, b) = UnixStream::pair().unwrap();
+    let deadline = Some(Instant::now() + Duration::from_secs(10));
+    let writer = std::thread::spawn(move || frame::write_message(&a, &wrapped, &[], deadline));
+    let (got, _) = frame::read_message::<ClientFrame>(&b, 0, deadline, "the task").unwrap();
+    writer.join().unwrap().unwrap();
+    match got.body {
+        Some(client_frame::Body::Task(request)) => assert_eq!(request.task.as_ref(), Some(&task)),
+        other => panic!("{other:?}"),
+    }
+
+    // One byte more is refused.
+    let mut over = task;
+    names(&mut over).push("n".into());
+    assert!(over.encoded_len() > MAX_TASK_BYTES);
+    assert_eq!(over.validate().unwrap_err().field, "task");
 }

@@ -1,14 +1,20 @@
 //! SHA-256 of a file: streamed in large blocks, capped in size, refusing
 //! anything that is not a regular file, and cached by file version.
 //!
-//! Files are opened with `O_NONBLOCK | O_NOCTTY`, after a `stat` that refuses
-//! non-regular paths without opening them, so neither a FIFO without a writer
-//! nor a device such as `/dev/zero` can hang or endlessly feed the hasher; the
-//! `fstat` of the open file is checked again, against a swap after the `stat`.
+//! Files are opened with `O_NONBLOCK | O_NOCTTY | O_CLOEXEC`, after a `stat`
+//! that refuses non-regular paths without opening them, so neither a FIFO
+//! without a writer nor a device such as `/dev/zero` can hang or endlessly
+//! feed the hasher. Every decision is then made on the `fstat` and `fstatfs`
+//! of the opened descriptor (no window between check and use): it must be a
+//! regular file, not on a pseudo file system (`/proc/kmsg` claims to be a
+//! regular file, and reading it drains the kernel log), and readable by the
+//! [`Requester`] by its mode bits. Paths through `/proc`'s magic links
+//! (`/proc/self/fd/N` would reach procmond's own descriptors) are refused.
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -16,24 +22,46 @@ use nix::fcntl::OFlag;
 use sha2::{Digest as _, Sha256};
 
 use super::cache::{CacheStats, Digest, FileKey, HashCache};
+use super::requester::Requester;
+use crate::sys::fs::{open_read_no_magiclinks, pseudo_file_system};
+
+/// Longest part of a path quoted in an error message, in bytes: results
+/// carrying the message stay within
+/// [`MAX_ERROR_MESSAGE_BYTES`](crate::proto::limits::MAX_ERROR_MESSAGE_BYTES)
+/// whatever path a peer sent.
+const SHOWN_PATH_BYTES: usize = 512;
+
+/// `path` for an error message, cut to [`SHOWN_PATH_BYTES`] on a character
+/// boundary.
+fn shown(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    if text.len() <= SHOWN_PATH_BYTES {
+        return text.into_owned();
+    }
+    let mut end = SHOWN_PATH_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
 
 /// Why a file could not be hashed, or a hash check could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     /// The path names nothing.
-    #[error("{}: no such file", path.display())]
+    #[error("{}: no such file", shown(path))]
     NotFound {
         /// The path asked for.
         path: PathBuf,
     },
     /// The path exists but may not be read by this process.
-    #[error("{}: permission denied", path.display())]
+    #[error("{}: permission denied", shown(path))]
     PermissionDenied {
         /// The path asked for.
         path: PathBuf,
     },
     /// A directory, FIFO, socket or device: never read.
-    #[error("{}: not a regular file (a {kind})", path.display())]
+    #[error("{}: not a regular file (a {kind})", shown(path))]
     NotRegularFile {
         /// The path asked for.
         path: PathBuf,
@@ -41,7 +69,10 @@ pub enum HashError {
         kind: &'static str,
     },
     /// The file is larger than the configured limit.
-    #[error("{}: {size} bytes is more than the {max}-byte hashing limit", path.display())]
+    #[error(
+        "{}: {size} bytes is more than the {max}-byte hashing limit",
+        shown(path)
+    )]
     TooLarge {
         /// The path asked for.
         path: PathBuf,
@@ -51,7 +82,7 @@ pub enum HashError {
         max: u64,
     },
     /// Opening or reading failed otherwise.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", shown(path))]
     Io {
         /// The path asked for.
         path: PathBuf,
@@ -60,15 +91,45 @@ pub enum HashError {
         source: io::Error,
     },
     /// The path is empty or relative: procmond has no meaningful working directory.
-    #[error("{}: the path must be absolute", path.display())]
+    #[error("{}: the path must be absolute", shown(path))]
     NotAbsolute {
         /// The path asked for.
         path: PathBuf,
     },
-    /// An algorithm other than SHA-256 was asked for.
+    /// The file is on a pseudo file system (proc, sysfs, debugfs, ...): a
+    /// kernel interface, whose reads can have side effects, not a stored file.
+    #[error("{}: on a {fs} pseudo file system, not hashed", shown(path))]
+    PseudoFileSystem {
+        /// The path asked for.
+        path: PathBuf,
+        /// The file system's name, e.g. "proc".
+        fs: &'static str,
+    },
+    /// The path goes through one of `/proc`'s magic links (such as
+    /// `/proc/self/fd/N`, which would reach procmond's own descriptors), or
+    /// through too many symbolic links.
+    #[error(
+        "{}: goes through a /proc magic link or a symbolic-link loop",
+        shown(path)
+    )]
+    LinkRefused {
+        /// The path asked for.
+        path: PathBuf,
+    },
+    /// The requester could not read the file (or reach it) by the mode bits,
+    /// so procmond does not read it on its behalf.
+    #[error("{}: uid {uid} may not read it", shown(path))]
+    NotPermittedFor {
+        /// The path asked for.
+        path: PathBuf,
+        /// The requester's uid.
+        uid: u32,
+    },
+    /// An algorithm other than SHA-256 was asked for (its name, cut to 64
+    /// bytes).
     #[error("hash algorithm {0:?} is not supported (only \"sha256\")")]
     UnsupportedAlgorithm(String),
-    /// The expected hash is not a hex SHA-256 digest.
+    /// The expected hash is not a hex SHA-256 digest (it, cut to 64 bytes).
     #[error("expected hash {0:?} is not a SHA-256 digest (64 hex digits)")]
     MalformedExpectedHash(String),
 }
@@ -76,6 +137,9 @@ pub enum HashError {
 impl HashError {
     fn from_io(path: &Path, source: io::Error) -> Self {
         let path = path.to_path_buf();
+        if source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+            return Self::LinkRefused { path };
+        }
         match source.kind() {
             io::ErrorKind::NotFound => Self::NotFound { path },
             io::ErrorKind::PermissionDenied => Self::PermissionDenied { path },
@@ -106,13 +170,46 @@ impl Hasher {
         self.cache.stats()
     }
 
-    /// Hashes the regular file at `path`.
-    pub(crate) fn hash_path(&mut self, path: &Path) -> Result<Digest, HashError> {
+    /// Hashes the regular file at `path` for `requester`: see the module
+    /// documentation for what is refused.
+    pub(crate) fn hash_path(
+        &mut self,
+        path: &Path,
+        requester: &Requester,
+    ) -> Result<Digest, HashError> {
+        let denied = || HashError::NotPermittedFor {
+            path: path.to_path_buf(),
+            uid: requester.uid,
+        };
+        // Directories the requester could not search hide what is below
+        // them: refuse before telling whether the file exists.
+        if !may_search_ancestors(path, requester) {
+            return Err(denied());
+        }
         // Refuse a non-regular path before opening it: opening some devices
         // has side effects (a tape rewinds, a terminal becomes controlling).
         let meta = std::fs::metadata(path).map_err(|e| HashError::from_io(path, e))?;
         check_regular(path, &meta)?;
-        let file = open_nonblocking(path)?;
+        let file = open_refusing_magic_links(path)?;
+        // From here on, decide on the opened file itself.
+        let meta = file.metadata().map_err(|e| HashError::from_io(path, e))?;
+        check_regular(path, &meta)?;
+        if let Some(fs) = pseudo_file_system(&file).map_err(|e| HashError::from_io(path, e))? {
+            return Err(HashError::PseudoFileSystem {
+                path: path.to_path_buf(),
+                fs,
+            });
+        }
+        if !requester.may(&meta, 4) {
+            return Err(denied());
+        }
+        // The file may have been reached through symbolic links: its real
+        // directories must be searchable by the requester too.
+        if requester.uid != 0
+            && !may_search_ancestors(&opened_path(&file).ok_or_else(denied)?, requester)
+        {
+            return Err(denied());
+        }
         self.hash_file(file, path)
     }
 
@@ -175,9 +272,49 @@ impl Hasher {
 pub(crate) fn open_nonblocking(path: &Path) -> Result<File, HashError> {
     OpenOptions::new()
         .read(true)
-        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
+        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits())
         .open(path)
         .map_err(|e| HashError::from_io(path, e))
+}
+
+/// Opens `path` like [`open_nonblocking`] but refusing `/proc`'s magic
+/// links. Without `openat2` (Linux before 5.6), the path is opened and must
+/// name the same file once its links are resolved as text, which a magic
+/// link's target (`/memfd:ring (deleted)`, `pipe:[123]`) does not.
+fn open_refusing_magic_links(path: &Path) -> Result<File, HashError> {
+    if let Some(fd) = open_read_no_magiclinks(path).map_err(|e| HashError::from_io(path, e))? {
+        return Ok(File::from(fd));
+    }
+    let file = open_nonblocking(path)?;
+    let opened = file.metadata().map_err(|e| HashError::from_io(path, e))?;
+    let same = std::fs::canonicalize(path)
+        .and_then(std::fs::metadata)
+        .is_ok_and(|m| (m.dev(), m.ino()) == (opened.dev(), opened.ino()));
+    if !same {
+        return Err(HashError::LinkRefused {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(file)
+}
+
+/// Where the kernel says an open file is, if it is still linked there.
+fn opened_path(file: &File) -> Option<PathBuf> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    link.is_absolute().then_some(link)
+}
+
+/// Whether `requester` may search (mode bit `x`) every directory above
+/// `path`, as written. Conservative: a directory that cannot be inspected
+/// counts as not searchable.
+fn may_search_ancestors(path: &Path, requester: &Requester) -> bool {
+    if requester.uid == 0 {
+        return true;
+    }
+    path.ancestors().skip(1).all(|dir| {
+        dir.as_os_str().is_empty()
+            || std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && requester.may(&m, 1))
+    })
 }
 
 fn check_regular(path: &Path, meta: &Metadata) -> Result<(), HashError> {
@@ -240,7 +377,7 @@ mod tests {
     #[test]
     fn char_device_is_refused_without_reading() {
         let mut hasher = Hasher::new(1 << 20, 1 << 20, 4);
-        match hasher.hash_path(Path::new("/dev/zero")) {
+        match hasher.hash_path(Path::new("/dev/zero"), &Requester::root()) {
             Err(HashError::NotRegularFile { kind, .. }) => assert_eq!(kind, "character device"),
             other => panic!("expected NotRegularFile, got {other:?}"),
         }

@@ -5,9 +5,12 @@
 //! ([`ProtoProcessRecord`], [`ProtoHashResult`]), which the daemon streams.
 //!
 //! One [`Collector`] lives as long as procmond: it keeps a `sysinfo::System`
-//! and per-process details between polls (CPU usage is the delta since the
-//! previous poll, so the first poll of a process has none), and a bounded
-//! cache of file hashes.
+//! and per-process details between polls, and a bounded cache of file
+//! hashes. CPU usage is measured over a window of at least 100 ms (clock
+//! ticks are 10 ms, so shorter windows read 0 % or 1000 %): a process has
+//! none on its first poll, nor on polls less than 100 ms after it; later
+//! polls report usage since a baseline sample 100 to 200 ms old (or older,
+//! when polls are further apart).
 //!
 //! ```
 //! use daemoneye_lib::collector::{Collector, CollectorConfig};
@@ -25,12 +28,14 @@
 //! # Ok::<(), daemoneye_lib::collector::CollectError>(())
 //! ```
 
+mod bounds;
 mod cache;
 mod cpu;
 mod filter;
 mod hash;
 mod monitor;
 mod procinfo;
+mod requester;
 mod verify;
 
 use std::ops::ControlFlow;
@@ -41,8 +46,11 @@ pub use cache::CacheStats;
 pub use filter::FilterError;
 pub use hash::HashError;
 pub use monitor::{TreeDelta, TreeMonitor};
+pub use requester::Requester;
 
-use crate::proto::{ProtoHashCheck, ProtoHashResult, ProtoProcessFilter, ProtoProcessRecord};
+use crate::proto::{
+    ProtoHashCheck, ProtoHashResult, ProtoProcessFilter, ProtoProcessRecord, excerpt,
+};
 use filter::ProcessFilter;
 use procinfo::{Fields, ProcTable, Scope};
 
@@ -200,10 +208,40 @@ impl Collector {
         self.enumerate(filter, true)
     }
 
-    /// CHECK_PROCESS_HASH: the SHA-256 of the file at
-    /// `check.executable_path`, compared with `check.expected_hash` when one
-    /// is given. The algorithm must be "sha256" (any case) or empty.
+    /// CHECK_PROCESS_HASH for procmond itself (as root): the SHA-256 of the
+    /// file at `check.executable_path`, compared with `check.expected_hash`
+    /// when one is given. The algorithm must be "sha256" (any case) or empty.
+    ///
+    /// Only regular files on ordinary file systems are read: a file on a
+    /// pseudo file system such as `/proc` or `/sys` is
+    /// [`HashError::PseudoFileSystem`], a path through a `/proc` magic link
+    /// [`HashError::LinkRefused`]. For a peer's task use
+    /// [`check_hash_for`](Self::check_hash_for).
     pub fn check_hash(&mut self, check: &ProtoHashCheck) -> HashOutcome {
+        self.check_hash_for(check, &Requester::root())
+    }
+
+    /// CHECK_PROCESS_HASH on behalf of `requester` (the peer that sent the
+    /// task): as [`check_hash`](Self::check_hash), and also refused with
+    /// [`HashError::NotPermittedFor`] unless the requester could read the
+    /// file itself by its mode bits, and search the directories above it.
+    /// Procmond runs as root; without this, any allowed peer could have it
+    /// hash `/etc/shadow`.
+    ///
+    /// ```
+    /// use daemoneye_lib::collector::{Collector, CollectorConfig, HashError, Requester};
+    /// use daemoneye_lib::proto::ProtoHashCheck;
+    ///
+    /// let mut collector = Collector::new(CollectorConfig::default());
+    /// let check = ProtoHashCheck {
+    ///     expected_hash: String::new(),
+    ///     hash_algorithm: "sha256".to_string(),
+    ///     executable_path: "/proc/self/status".to_string(),
+    /// };
+    /// let outcome = collector.check_hash_for(&check, &Requester::root());
+    /// assert!(matches!(outcome.error, Some(HashError::PseudoFileSystem { fs: "proc", .. })));
+    /// ```
+    pub fn check_hash_for(&mut self, check: &ProtoHashCheck, requester: &Requester) -> HashOutcome {
         let mut result = ProtoHashResult {
             hash_value: String::new(),
             algorithm: HASH_ALGORITHM.to_string(),
@@ -211,7 +249,7 @@ impl Collector {
             success: false,
             error_message: None,
         };
-        match self.hash_checked(check) {
+        match self.hash_checked(check, requester) {
             Ok((hex, matched)) => {
                 result.hash_value = hex;
                 result.success = true;
@@ -222,8 +260,10 @@ impl Collector {
                 }
             }
             Err(error) => {
-                if let HashError::UnsupportedAlgorithm(asked) = &error {
-                    result.algorithm.clone_from(asked);
+                if let HashError::UnsupportedAlgorithm(_) = &error {
+                    // Not "sha256", which was not computed, nor the peer's
+                    // name, which would make the result invalid.
+                    result.algorithm.clear();
                 }
                 result.error_message = Some(error.to_string());
                 HashOutcome {
@@ -280,21 +320,22 @@ impl Collector {
     fn hash_checked(
         &mut self,
         check: &ProtoHashCheck,
+        requester: &Requester,
     ) -> Result<(String, Option<bool>), HashError> {
         let algorithm = check.hash_algorithm.trim();
         if !(algorithm.is_empty()
             || algorithm.eq_ignore_ascii_case("sha256")
             || algorithm.eq_ignore_ascii_case("sha-256"))
         {
-            return Err(HashError::UnsupportedAlgorithm(
-                check.hash_algorithm.clone(),
-            ));
+            return Err(HashError::UnsupportedAlgorithm(excerpt(
+                &check.hash_algorithm,
+            )));
         }
         let expected = check.expected_hash.trim();
         if !expected.is_empty() && !hash::is_sha256_hex(expected) {
-            return Err(HashError::MalformedExpectedHash(
-                check.expected_hash.clone(),
-            ));
+            return Err(HashError::MalformedExpectedHash(excerpt(
+                &check.expected_hash,
+            )));
         }
         let path = Path::new(&check.executable_path);
         if !path.is_absolute() {
@@ -302,7 +343,7 @@ impl Collector {
                 path: path.to_path_buf(),
             });
         }
-        let hex = hash::to_hex(&self.hasher.hash_path(path)?);
+        let hex = hash::to_hex(&self.hasher.hash_path(path, requester)?);
         let matched = (!expected.is_empty()).then(|| expected.eq_ignore_ascii_case(&hex));
         Ok((hex, matched))
     }

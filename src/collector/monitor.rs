@@ -1,8 +1,10 @@
 //! MONITOR_PROCESS_TREE: the process tree under some roots, then the
 //! processes that started in it and exited from it between polls.
 //!
-//! A process is identified by (pid, start time), so a reused pid shows as an
-//! exit and a start. A new process joins the tree when its parent is in the
+//! A process is identified by (pid, start time in clock ticks since boot,
+//! field 22 of `/proc/<pid>/stat`), so a reused pid shows as an exit and a
+//! start, even within the same second (a tick is usually 10 ms; a pid reused
+//! within one tick is not told apart). A new process joins the tree when its parent is in the
 //! tree (also when the parent is itself new in the same poll); members stay
 //! members until they exit, even when reparented. A zombie counts as exited.
 //! Polling cannot see a process that starts and ends between two polls, nor
@@ -239,7 +241,10 @@ mod tests {
         entries
             .iter()
             .map(|&(pid, ppid)| {
-                let key = ProcKey { pid, start_time: 1 };
+                let key = ProcKey {
+                    pid,
+                    start_ticks: 1,
+                };
                 (pid, Live { key, ppid })
             })
             .collect()

@@ -18,23 +18,27 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, ThreadKind};
 
 use super::CollectError;
-use super::cpu::{self, CpuSample};
+use super::bounds;
+use super::cpu::{CpuHistory, CpuSample};
 use crate::proto::ProtoProcessRecord;
+use crate::proto::limits::{MAX_PATH_BYTES, MAX_PROCESS_NAME_BYTES};
 
 /// Identifies a process across polls: a reused pid has another start time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ProcKey {
     pub(crate) pid: u32,
-    /// Unix seconds.
-    pub(crate) start_time: u64,
+    /// Clock ticks since boot (field 22 of `/proc/<pid>/stat`): a pid
+    /// reused within the same second still has another start.
+    pub(crate) start_ticks: u64,
 }
 
 /// Which processes a refresh reads.
@@ -78,7 +82,7 @@ struct Known {
     uid: Option<u32>,
     cmd_denied: bool,
     read_at: Instant,
-    cpu: Option<CpuSample>,
+    cpu: CpuHistory,
 }
 
 /// A process as seen by one poll, with the on-disk path of its image.
@@ -174,11 +178,13 @@ impl ProcTable {
 
     /// Identity, parent and whether the process is a zombie (exited,
     /// unreaped), from the last refresh.
+    /// The start is read from `/proc/<pid>/stat` now, in clock ticks
+    /// (sysinfo keeps whole seconds); `None` when the process has gone.
     pub(crate) fn identity(&self, pid: u32) -> Option<(ProcKey, Option<u32>, bool)> {
         let p = self.sys.process(Pid::from_u32(pid))?;
         let key = ProcKey {
             pid,
-            start_time: p.start_time(),
+            start_ticks: read_start_ticks(pid)?,
         };
         let zombie = matches!(p.status(), ProcessStatus::Zombie | ProcessStatus::Dead);
         Some((key, p.parent().map(Pid::as_u32), zombie))
@@ -205,7 +211,8 @@ impl ProcTable {
                 .known
                 .get(&pid)
                 .filter(|known| known.start_time == start_time)
-                .and_then(|known| known.cpu);
+                .map(|known| known.cpu)
+                .unwrap_or_default();
             self.known.insert(
                 pid,
                 Known {
@@ -225,8 +232,7 @@ impl ProcTable {
             cpu_ms: p.accumulated_cpu_time(),
             at: poll.at,
         };
-        let cpu_usage = cpu::usage_percent(known.cpu, sample);
-        known.cpu = Some(sample);
+        let cpu_usage = known.cpu.observe(sample);
 
         let exe = match &known.exe {
             ExeLink::Path(path) => Some(path.clone()),
@@ -236,7 +242,11 @@ impl ProcTable {
             pid,
             ppid: p.parent().map(Pid::as_u32),
             name: known.name.clone(),
-            executable_path: exe.as_ref().map(|path| path.to_string_lossy().into_owned()),
+            executable_path: exe.as_ref().map(|path| {
+                let mut text = path.to_string_lossy().into_owned();
+                bounds::truncate(&mut text, MAX_PATH_BYTES);
+                text
+            }),
             command_line: known.cmd.clone(),
             start_time: i64::try_from(start_time).ok(),
             cpu_usage,
@@ -253,19 +263,59 @@ impl ProcTable {
 }
 
 /// Reads `/proc/<pid>/exe`: the image path and whether it was deleted.
+///
+/// The kernel appends " (deleted)" to the path of an unlinked image, but a
+/// file may also be named so. Only when the text ends so is the image
+/// itself examined: with no link left (`st_nlink == 0`, through the magic
+/// link) it was deleted; otherwise the literal path, seen from the process's
+/// root, must hold the image for the suffix to be part of the name. When the
+/// image cannot be examined (another user's process, without privilege), the
+/// suffix is taken as the kernel's mark.
 fn read_exe_link(pid: u32) -> (ExeLink, bool) {
     const DELETED: &[u8] = b" (deleted)";
-    match std::fs::read_link(format!("/proc/{pid}/exe")) {
-        Ok(path) => {
-            let bytes = path.as_os_str().as_bytes();
-            match bytes.strip_suffix(DELETED) {
-                Some(kept) => (ExeLink::Path(PathBuf::from(OsStr::from_bytes(kept))), true),
-                None => (ExeLink::Path(path), false),
-            }
-        }
-        Err(e) if is_denied(&e) => (ExeLink::Denied, false),
-        Err(_) => (ExeLink::Missing, false),
+    let path = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(path) => path,
+        Err(e) if is_denied(&e) => return (ExeLink::Denied, false),
+        Err(_) => return (ExeLink::Missing, false),
+    };
+    let Some(kept) = path.as_os_str().as_bytes().strip_suffix(DELETED) else {
+        return (ExeLink::Path(path), false);
+    };
+    let stripped = PathBuf::from(OsStr::from_bytes(kept));
+    let literal_is_the_image = std::fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|image| {
+        image.nlink() > 0
+            && std::fs::metadata(in_root_of(pid, &path))
+                .is_ok_and(|m| (m.dev(), m.ino()) == (image.dev(), image.ino()))
+    });
+    if literal_is_the_image {
+        (ExeLink::Path(path), false)
+    } else {
+        (ExeLink::Path(stripped), true)
     }
+}
+
+/// `path` as the process `pid` sees it: below `/proc/<pid>/root`, so a
+/// process in another mount namespace (a container) or chroot has its own
+/// files looked up, not the host's at the same path.
+pub(crate) fn in_root_of(pid: u32, path: &Path) -> PathBuf {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    PathBuf::from(format!("/proc/{pid}/root")).join(relative)
+}
+
+/// The start time of `pid` in clock ticks since boot.
+fn read_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_ticks(&stat)
+}
+
+/// Field 22 of a `/proc/<pid>/stat` line. The name (field 2) is in
+/// parentheses and may itself hold spaces and parentheses, so fields are
+/// counted after the last `)`.
+fn parse_start_ticks(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    // After the name come field 3 (state) onwards: field 22 is the 20th.
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
 struct Details {
@@ -280,9 +330,10 @@ fn read_details(pid: u32) -> Option<Details> {
     let dir = PathBuf::from(format!("/proc/{pid}"));
     // comm is world-readable while the process exists: its absence means gone.
     let comm = std::fs::read(dir.join("comm")).ok()?;
-    let name = String::from_utf8_lossy(comm.strip_suffix(b"\n").unwrap_or(&comm)).into_owned();
-    let (cmd, cmd_denied) = match std::fs::read(dir.join("cmdline")) {
-        Ok(raw) => (split_cmdline(&raw), false),
+    let mut name = String::from_utf8_lossy(comm.strip_suffix(b"\n").unwrap_or(&comm)).into_owned();
+    bounds::truncate(&mut name, MAX_PROCESS_NAME_BYTES);
+    let (cmd, cmd_denied) = match read_bounded(&dir.join("cmdline"), bounds::CMDLINE_READ_BYTES) {
+        Ok(raw) => (bounds::command_line(split_cmdline(&raw)), false),
         Err(e) => (Vec::new(), is_denied(&e)),
     };
     let uid = read_uid(&dir.join("status"));
@@ -292,6 +343,16 @@ fn read_details(pid: u32) -> Option<Details> {
         uid,
         cmd_denied,
     })
+}
+
+/// The first `max` bytes of a file: a command line can be megabytes long,
+/// and only what the limits keep is worth reading.
+fn read_bounded(path: &Path, max: usize) -> io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    std::fs::File::open(path)?
+        .take(max as u64)
+        .read_to_end(&mut raw)?;
+    Ok(raw)
 }
 
 /// Splits NUL-separated arguments, keeping empty ones (`a "" b` stays three).
@@ -334,6 +395,42 @@ mod tests {
     }
 
     #[test]
+    fn start_ticks_are_counted_after_the_name() {
+        let stat = b"42 (a) b (c) S 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 987654 0 0\n";
+        assert_eq!(parse_start_ticks(stat), Some(987_654));
+        assert_eq!(parse_start_ticks(b"42 (x) S 1"), None);
+        let me = std::fs::read("/proc/self/stat").unwrap();
+        assert!(parse_start_ticks(&me).is_some_and(|t| t > 0));
+    }
+
+    #[test]
+    fn processes_started_in_the_same_second_have_distinct_identities() {
+        use std::process::{Command, Stdio};
+        let spawn = || {
+            Command::new("/bin/sleep")
+                .arg("30")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut first = spawn();
+        // Two clock ticks apart; only the clock can be waited for.
+        std::thread::sleep(Duration::from_millis(25));
+        let mut second = spawn();
+        let mut table = ProcTable::new(Duration::from_secs(1));
+        let pids = [first.id(), second.id()];
+        table.refresh(Scope::Pids(&pids), Fields::Identity).unwrap();
+        let a = table.identity(pids[0]).map(|(key, _, _)| key.start_ticks);
+        let b = table.identity(pids[1]).map(|(key, _, _)| key.start_ticks);
+        for child in [&mut first, &mut second] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(b >= a + 2, "{a} then {b}");
+    }
+
+    #[test]
     fn uid_is_the_real_one() {
         let status = "Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t1\t1\t1\t1\n";
         assert_eq!(parse_uid(status), Some(1000));
@@ -351,6 +448,8 @@ mod tests {
         assert_eq!(seen.record.user_id, Some(nix::unistd::getuid().to_string()));
         assert!(seen.record.accessible && seen.record.file_exists);
         assert_eq!(seen.record.cpu_usage, None);
+        // Usage needs a window of 100 ms: only the clock can be waited for.
+        std::thread::sleep(super::super::cpu::MIN_WINDOW);
         let poll = table.refresh(Scope::Pids(&[me]), Fields::Usage).unwrap();
         assert!(table.observe(me, &poll).unwrap().record.cpu_usage.is_some());
     }

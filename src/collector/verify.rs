@@ -1,13 +1,17 @@
 //! Verifying a running executable: hash the image the process runs, through
 //! `/proc/<pid>/exe` (which still reaches it after the file on disk was
 //! deleted or replaced), and decide whether the path on disk still holds that
-//! image by comparing (device, inode), as osquery's `on_disk` does.
+//! image by comparing (device, inode), as osquery's `on_disk` does. The path
+//! is looked up below `/proc/<pid>/root`, as the process sees it, so a
+//! containerised process (another mount namespace) is judged by its own
+//! files.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::cache::Digest;
 use super::hash::{self, HashError, Hasher};
+use super::procinfo::in_root_of;
 
 /// The running image of one process, checked against its path on disk.
 pub(crate) struct ImageCheck {
@@ -18,7 +22,8 @@ pub(crate) struct ImageCheck {
 }
 
 /// Hashes the image of `pid` and compares it with `exe`, its path on disk as
-/// the kernel reports it (without the " (deleted)" mark).
+/// the kernel reports it (without the " (deleted)" mark), in the process's
+/// own root.
 pub(crate) fn check_image(pid: u32, exe: Option<&Path>, hasher: &mut Hasher) -> ImageCheck {
     let link = PathBuf::from(format!("/proc/{pid}/exe"));
     let file = match hash::open_nonblocking(&link) {
@@ -32,9 +37,8 @@ pub(crate) fn check_image(pid: u32, exe: Option<&Path>, hasher: &mut Hasher) -> 
     };
     let running = file.metadata().map(|m| (m.dev(), m.ino()));
     let file_exists = match (&running, exe) {
-        (Ok(running), Some(path)) => {
-            std::fs::metadata(path).is_ok_and(|on_disk| (on_disk.dev(), on_disk.ino()) == *running)
-        }
+        (Ok(running), Some(path)) => std::fs::metadata(in_root_of(pid, path))
+            .is_ok_and(|on_disk| (on_disk.dev(), on_disk.ino()) == *running),
         _ => false,
     };
     ImageCheck {

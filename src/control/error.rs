@@ -174,6 +174,20 @@ pub enum ControlError {
         pid: u32,
     },
 
+    /// The server's uid (`SO_PEERCRED`) is neither root, the client's own,
+    /// nor one trusted with
+    /// [`Connector::trust_server_uid`](super::Connector::trust_server_uid):
+    /// whoever listens there could be impersonating procmond.
+    #[error(
+        "the server at the other end runs as uid {uid} (pid {pid}), which is not trusted (root, this user, or one given to trust_server_uid)"
+    )]
+    UntrustedServer {
+        /// The server's uid.
+        uid: u32,
+        /// Its process, as `SO_PEERCRED` reported it (0 if unknown).
+        pid: u32,
+    },
+
     /// The server already serves as many clients as it may.
     #[error("refused a client: already serving the maximum of {max} clients")]
     TooManyClients {

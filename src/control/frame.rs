@@ -7,10 +7,15 @@
 //! that frame; a reader never reads past the end of the frame it is reading,
 //! so descriptors cannot slip into the wrong frame.
 //!
-//! Reads take an optional deadline for the whole frame; in addition, once a
-//! frame has begun, its remaining bytes must arrive within
-//! [`FRAME_COMPLETION_TIMEOUT`], so a peer that stalls mid-frame cannot hold a
-//! reader forever even when it waits for the next frame without a deadline.
+//! Reads and writes take an optional deadline for the frame to begin. Once a
+//! frame has begun, its remaining bytes have [`FRAME_COMPLETION_TIMEOUT`],
+//! whatever the caller's deadline: a peer that stalls mid-frame cannot hold a
+//! reader forever even when it waits without a deadline, and a short polling
+//! deadline does not cut a healthy peer off in the middle of a frame.
+//!
+//! A write that fails after part of a frame was sent shuts the stream down in
+//! both directions: a half frame followed by the next one would be read as
+//! garbage, so the peer sees the end of the stream instead.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -22,8 +27,10 @@ use prost::Message;
 use super::error::ControlError;
 use crate::sys::socket::{FdsTruncated, recv_with_fds, send_with_fds};
 
-/// The hard cap on a control frame's payload: 64 KiB.
-pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// The hard cap on a control frame's payload: 64 KiB, defined with the task
+/// limits it must hold
+/// ([`MAX_CONTROL_FRAME_BYTES`](crate::proto::limits::MAX_CONTROL_FRAME_BYTES)).
+pub const MAX_FRAME_BYTES: usize = crate::proto::limits::MAX_CONTROL_FRAME_BYTES;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
@@ -90,7 +97,9 @@ pub fn write_frame(
 }
 
 /// Sends all of `bytes` (prefix and payload), the descriptors with the first
-/// chunk.
+/// chunk. `deadline` bounds the wait for the first byte to go; after it, the
+/// rest has [`FRAME_COMPLETION_TIMEOUT`]. A failure after the first byte
+/// shuts the stream down.
 fn write_all(
     stream: &UnixStream,
     bytes: &[u8],
@@ -99,24 +108,40 @@ fn write_all(
 ) -> Result<(), ControlError> {
     const SENDING: &str = "sending a control frame";
     const WAITING: &str = "the peer to take a control frame";
+    let mut deadline = deadline;
     let mut sent = 0;
-    while sent < bytes.len() {
-        let timeout = remaining(deadline, WAITING)?;
-        stream
-            .set_write_timeout(timeout)
-            .map_err(|e| ControlError::Io {
+    let result = loop {
+        if sent == bytes.len() {
+            break Ok(());
+        }
+        let timeout = match remaining(deadline, WAITING) {
+            Ok(timeout) => timeout,
+            Err(e) => break Err(e),
+        };
+        if let Err(e) = stream.set_write_timeout(timeout) {
+            break Err(ControlError::Io {
                 context: "setting the send timeout",
                 source: e,
-            })?;
+            });
+        }
         let fds_now = if sent == 0 { fds } else { &[] };
         match send_with_fds(stream, &bytes[sent..], fds_now) {
-            Ok(0) => return Err(ControlError::PeerGone),
-            Ok(n) => sent += n,
+            Ok(0) => break Err(ControlError::PeerGone),
+            Ok(n) => {
+                if sent == 0 {
+                    deadline = Some(Instant::now() + FRAME_COMPLETION_TIMEOUT);
+                }
+                sent += n;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(ControlError::from_io(SENDING, WAITING, e)),
+            Err(e) => break Err(ControlError::from_io(SENDING, WAITING, e)),
         }
+    };
+    if result.is_err() && sent > 0 {
+        // Best effort: the stream is unusable either way.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
     }
-    Ok(())
+    result
 }
 
 /// Reads one frame and decodes it as `M`, accepting up to `max_fds`
@@ -197,7 +222,8 @@ pub fn read_frame(
 }
 
 /// Reading state for one frame: descriptors gathered so far and the deadline,
-/// which tightens to [`FRAME_COMPLETION_TIMEOUT`] once the frame has begun.
+/// which becomes [`FRAME_COMPLETION_TIMEOUT`] from the first byte once the
+/// frame has begun.
 struct FrameReader<'s> {
     stream: &'s UnixStream,
     max_fds: usize,
@@ -229,8 +255,8 @@ impl FrameReader<'_> {
                 Ok((0, _)) => break,
                 Ok((n, fds)) => {
                     if self.got == 0 {
-                        let limit = Instant::now() + FRAME_COMPLETION_TIMEOUT;
-                        self.deadline = Some(self.deadline.map_or(limit, |d| d.min(limit)));
+                        // The caller's deadline was for the frame to begin.
+                        self.deadline = Some(Instant::now() + FRAME_COMPLETION_TIMEOUT);
                     }
                     got += n;
                     self.got += n;
@@ -470,6 +496,7 @@ mod tests {
 
     #[test]
     fn a_peer_stalling_mid_frame_is_reported_as_such() {
+        // Reported after FRAME_COMPLETION_TIMEOUT, not the short deadline.
         let (mut a, b) = UnixStream::pair().unwrap();
         a.write_all(&8u32.to_le_bytes()).unwrap();
         a.write_all(b"abc").unwrap();
@@ -488,6 +515,56 @@ mod tests {
                     got: 7
                 }
             ),
+            "{err}"
+        );
+    }
+
+    /// A sending end whose buffer holds only a few KiB, so a 64 KiB frame
+    /// waits for the reader.
+    fn narrow_pair() -> (UnixStream, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn a_short_deadline_does_not_cut_a_frame_in_progress() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&8u32.to_le_bytes()).unwrap();
+        a.write_all(b"abc").unwrap();
+        let deadline = Instant::now() + Duration::from_millis(30);
+        let writer = std::thread::spawn(move || {
+            // The rest comes after the reader's own deadline: only the clock
+            // can be waited for.
+            std::thread::sleep(Duration::from_millis(150));
+            a.write_all(b"defgh").map(|()| a)
+        });
+        let frame = read_frame(&b, 0, Some(deadline), "a frame").unwrap();
+        assert_eq!(frame.payload, b"abcdefgh");
+        let _a = writer.join().unwrap().unwrap();
+
+        // The same for a sender whose deadline passes while the reader is slow.
+        let (a, b) = narrow_pair();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            read_frame(&b, 0, soon(), "a frame").map(|f| f.payload.len())
+        });
+        let short = Some(Instant::now() + Duration::from_millis(30));
+        write_frame(&a, &vec![1u8; MAX_FRAME_BYTES], &[], short).unwrap();
+        assert_eq!(reader.join().unwrap().unwrap(), MAX_FRAME_BYTES);
+    }
+
+    #[test]
+    fn a_write_failing_mid_frame_shuts_the_stream_down() {
+        let (a, b) = narrow_pair();
+        // Nobody reads: the frame starts, then cannot complete.
+        let err = write_frame(&a, &vec![1u8; MAX_FRAME_BYTES], &[], soon()).unwrap_err();
+        assert!(matches!(err, ControlError::Timeout { .. }), "{err}");
+        // No half frame followed by a new one: the stream is closed.
+        assert!(write_frame(&a, b"next", &[], soon()).is_err());
+        let err = read_frame(&b, 0, soon(), "a frame").unwrap_err();
+        assert!(
+            matches!(err, ControlError::Truncated { expected, got } if expected == MAX_FRAME_BYTES + 4 && got < expected),
             "{err}"
         );
     }

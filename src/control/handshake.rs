@@ -209,6 +209,8 @@ pub struct Connector {
     client_name: String,
     timeout: Duration,
     protocol_version: u32,
+    /// Server uids trusted besides root and the client's own.
+    trusted_server_uids: Vec<u32>,
 }
 
 impl Connector {
@@ -219,6 +221,32 @@ impl Connector {
             client_name: client_name.into(),
             timeout: HANDSHAKE_TIMEOUT,
             protocol_version: PROTOCOL_VERSION,
+            trusted_server_uids: Vec::new(),
+        }
+    }
+
+    /// Also trusts a server running as `uid` (by default only root and this
+    /// process's own effective uid are: a server under any other uid is
+    /// [`ControlError::UntrustedServer`] before anything is sent to it).
+    pub fn trust_server_uid(mut self, uid: u32) -> Self {
+        self.trusted_server_uids.push(uid);
+        self
+    }
+
+    /// Refuses a server whose `SO_PEERCRED` uid is not trusted.
+    fn check_server(&self, stream: &UnixStream) -> Result<(), ControlError> {
+        let server = peer_credentials(stream).map_err(|source| ControlError::Io {
+            context: "reading the server's credentials",
+            source,
+        })?;
+        let me = rustix::process::geteuid().as_raw();
+        if server.uid == 0 || server.uid == me || self.trusted_server_uids.contains(&server.uid) {
+            Ok(())
+        } else {
+            Err(ControlError::UntrustedServer {
+                uid: server.uid,
+                pid: server.pid,
+            })
         }
     }
 
@@ -243,10 +271,12 @@ impl Connector {
 
     /// Runs the handshake on an already connected stream.
     ///
-    /// A refusal becomes a typed error: [`ControlError::VersionMismatch`]
-    /// naming both versions, or [`ControlError::Refused`] with the server's
-    /// reason.
+    /// First the server's uid is checked ([`ControlError::UntrustedServer`];
+    /// see [`trust_server_uid`](Self::trust_server_uid)). A refusal becomes a
+    /// typed error: [`ControlError::VersionMismatch`] naming both versions,
+    /// or [`ControlError::Refused`] with the server's reason.
     pub fn handshake(&self, stream: UnixStream) -> Result<(ClientChannel, Welcome), ControlError> {
+        self.check_server(&stream)?;
         let deadline = Instant::now() + self.timeout;
         let hello = ClientFrame {
             body: Some(client_frame::Body::Hello(ClientHello {

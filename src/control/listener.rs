@@ -1,27 +1,42 @@
 //! procmond's listening socket: where it lives, who can reach it, and taking
 //! over from a server that died without cleaning up.
 //!
-//! Directory policy. A missing directory is created 0700 (0710 and owned by
-//! the configured group when there is one, so that group can reach the
-//! socket but not list or change the directory). An existing directory is
-//! never modified, only checked: it must be owned by this user or root, and
-//! must not be writable by group or others unless it has the sticky bit (as
-//! `/tmp` does), because whoever can write there can replace the socket. An
-//! unsafe directory is an error naming the problem, so an administrator's
-//! choice is never silently changed.
+//! Directory policy. The socket's directory must not be a symbolic link. A
+//! missing directory is created 0700 (0710 and owned by the configured group
+//! when there is one, so that group can reach the socket but not list or
+//! change the directory); when several levels are missing, each level created
+//! gets that same mode and group. Each level is created with `mkdir` (which
+//! never follows a link at its last component) and then opened with
+//! `O_DIRECTORY | O_NOFOLLOW`: mode and group are set through that handle,
+//! and a level that appeared meanwhile (`EEXIST`) is checked through it
+//! instead. An existing directory is never modified, only checked: it must be
+//! owned by this user or root, and not writable by group or others, even
+//! with the sticky bit (in `/tmp`, anyone may create the socket's name first
+//! or a lock file beside it). An unsafe directory is an error naming the
+//! problem, so an administrator's choice is never silently changed.
 //!
 //! The socket file is 0600, or 0660 owned by the configured group. Between
 //! `bind` and `chmod` it briefly has the umask's mode; the directory rule
 //! above is what keeps strangers out of that window.
+//!
+//! Takeover. A lock file beside the socket (`<socket>.lock`, 0600) is held
+//! with `flock` for as long as the listener lives: a second server finds it
+//! locked and reports [`ControlError::AlreadyListening`], so two servers
+//! starting at once cannot both remove the socket file and bind. A crashed
+//! server's lock goes with its process; its stale socket file is then
+//! removed under the lock. The lock file itself is left in place (removing
+//! it would let two servers lock two different files).
 
 use std::ffi::OsString;
-use std::fs::{self, DirBuilder, Permissions};
+use std::fs::{self, Permissions};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use rustix::fs::{FlockOperation, Mode, OFlags};
 
 use super::error::ControlError;
 use crate::sys::socket::set_accept_timeout;
@@ -70,6 +85,8 @@ pub struct ControlListener {
     path: PathBuf,
     /// (device, inode) of the socket file we created, to remove only ours.
     identity: (u64, u64),
+    /// The lock file beside the socket, `flock`ed while we listen.
+    _lock: OwnedFd,
 }
 
 impl ControlListener {
@@ -84,6 +101,7 @@ impl ControlListener {
             _ => Path::new("."),
         };
         prepare_dir(dir, options)?;
+        let lock = lock_beside(path)?;
         remove_stale_socket(path)?;
 
         let listener = UnixListener::bind(path).map_err(|source| {
@@ -109,6 +127,7 @@ impl ControlListener {
             listener,
             path: path.to_owned(),
             identity: (meta.dev(), meta.ino()),
+            _lock: lock,
         };
         let (mode, group) = match options.group {
             None => (0o600, None),
@@ -191,61 +210,160 @@ impl Drop for ControlListener {
     }
 }
 
-/// Creates `dir` if missing, else checks it is safe to hold the socket.
+/// Creates `dir` (and missing levels above it) if missing, else checks it
+/// is safe to hold the socket; see the module docs.
 fn prepare_dir(dir: &Path, options: &SocketOptions) -> Result<(), ControlError> {
-    match fs::metadata(dir) {
-        Ok(meta) => check_dir(dir, &meta),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let mode = if options.group.is_some() {
-                0o710
-            } else {
-                0o700
-            };
-            DirBuilder::new()
-                .recursive(true)
-                .mode(mode)
-                .create(dir)
-                .map_err(|source| ControlError::PathIo {
-                    action: "create directory",
-                    path: dir.to_owned(),
-                    source,
-                })?;
-            // The umask may have narrowed `mode`; set it exactly.
-            set_owner_and_mode(dir, options.group, mode)
+    let mode = if options.group.is_some() {
+        0o710
+    } else {
+        0o700
+    };
+    // The missing levels, innermost first.
+    let mut missing = Vec::new();
+    for level in dir.ancestors() {
+        if level.as_os_str().is_empty() {
+            break;
         }
-        Err(source) => Err(ControlError::PathIo {
-            action: "inspect directory",
-            path: dir.to_owned(),
-            source,
-        }),
+        match fs::symlink_metadata(level) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(level),
+            Err(source) => {
+                return Err(ControlError::PathIo {
+                    action: "inspect directory",
+                    path: level.to_owned(),
+                    source,
+                });
+            }
+        }
     }
+    for level in missing.iter().rev() {
+        let created = match rustix::fs::mkdir(*level, Mode::from_raw_mode(mode)) {
+            Ok(()) => true,
+            Err(rustix::io::Errno::EXIST) => false,
+            Err(e) => {
+                return Err(ControlError::PathIo {
+                    action: "create directory",
+                    path: level.to_path_buf(),
+                    source: e.into(),
+                });
+            }
+        };
+        let handle = open_dir_nofollow(level)?;
+        if created {
+            // The umask may have narrowed `mode`; set it exactly, through
+            // the handle on what we created.
+            set_dir_owner_and_mode(level, &handle, options.group, mode)?;
+        } else {
+            check_dir(level, &handle)?;
+        }
+    }
+    if missing.first() != Some(&dir) {
+        let handle = open_dir_nofollow(dir)?;
+        check_dir(dir, &handle)?;
+    }
+    Ok(())
+}
+
+/// Opens the directory `dir` itself, refusing a symbolic link there.
+fn open_dir_nofollow(dir: &Path) -> Result<OwnedFd, ControlError> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::open(dir, flags, Mode::empty()).map_err(|e| match e {
+        // Linux says ENOTDIR, others ELOOP, for a link with these flags.
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => ControlError::UnsafePath {
+            path: dir.to_owned(),
+            problem: if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+                "is a symbolic link; the socket's directory must be a real directory".into()
+            } else {
+                "is not a directory".into()
+            },
+        },
+        e => ControlError::PathIo {
+            action: "open directory",
+            path: dir.to_owned(),
+            source: e.into(),
+        },
+    })
 }
 
 /// An existing directory must be ours or root's and writable only by its
-/// owner, unless sticky.
-fn check_dir(dir: &Path, meta: &fs::Metadata) -> Result<(), ControlError> {
+/// owner (sticky or not).
+fn check_dir(dir: &Path, handle: &OwnedFd) -> Result<(), ControlError> {
     let unsafe_path = |problem: String| ControlError::UnsafePath {
         path: dir.to_owned(),
         problem,
     };
-    if !meta.is_dir() {
-        return Err(unsafe_path("is not a directory".into()));
-    }
+    let stat = rustix::fs::fstat(handle).map_err(|e| ControlError::PathIo {
+        action: "inspect directory",
+        path: dir.to_owned(),
+        source: e.into(),
+    })?;
     let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me && meta.uid() != 0 {
+    if stat.st_uid != me && stat.st_uid != 0 {
         return Err(unsafe_path(format!(
             "is owned by uid {}, neither this user (uid {me}) nor root, so its owner could replace the socket",
-            meta.uid()
+            stat.st_uid
         )));
     }
-    let mode = meta.mode() & 0o7777;
-    let sticky = mode & 0o1000 != 0;
-    if mode & 0o022 != 0 && !sticky {
+    let mode = stat.st_mode & 0o7777;
+    if mode & 0o022 != 0 {
+        let sticky = if mode & 0o1000 != 0 {
+            " (the sticky bit does not stop others from taking the socket's name first)"
+        } else {
+            ""
+        };
         return Err(unsafe_path(format!(
-            "is writable by group or others (mode {mode:04o}) without the sticky bit, so anyone able to write there could replace the socket"
+            "is writable by group or others (mode {mode:04o}){sticky}, so anyone able to write there could replace the socket"
         )));
     }
     Ok(())
+}
+
+fn set_dir_owner_and_mode(
+    dir: &Path,
+    handle: &OwnedFd,
+    group: Option<u32>,
+    mode: u32,
+) -> Result<(), ControlError> {
+    if let Some(gid) = group {
+        let gid = rustix::fs::Gid::from_raw(gid);
+        rustix::fs::fchown(handle, None, Some(gid)).map_err(|e| ControlError::PathIo {
+            action: "give the configured group",
+            path: dir.to_owned(),
+            source: e.into(),
+        })?;
+    }
+    rustix::fs::fchmod(handle, Mode::from_raw_mode(mode)).map_err(|e| ControlError::PathIo {
+        action: "set the mode of",
+        path: dir.to_owned(),
+        source: e.into(),
+    })
+}
+
+/// Opens (creating it 0600 if needed) and `flock`s `<socket>.lock`;
+/// [`ControlError::AlreadyListening`] when another server holds it.
+fn lock_beside(socket: &Path) -> Result<OwnedFd, ControlError> {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let lock = rustix::fs::open(&lock_path, flags, Mode::from_raw_mode(0o600)).map_err(|e| {
+        ControlError::PathIo {
+            action: "open the lock file",
+            path: lock_path.clone(),
+            source: e.into(),
+        }
+    })?;
+    match rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(lock),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(ControlError::AlreadyListening {
+            path: socket.to_owned(),
+        }),
+        Err(e) => Err(ControlError::PathIo {
+            action: "lock",
+            path: lock_path,
+            source: e.into(),
+        }),
+    }
 }
 
 fn set_owner_and_mode(path: &Path, group: Option<u32>, mode: u32) -> Result<(), ControlError> {

@@ -36,6 +36,18 @@ impl HashAlgorithm {
     /// Every known algorithm.
     pub const ALL: [HashAlgorithm; 4] = [Self::Sha224, Self::Sha256, Self::Sha384, Self::Sha512];
 
+    /// The algorithms procmond computes, so the only ones validation accepts
+    /// in a task or result: SHA-256. The others are known (their names parse
+    /// and their digest sizes are here) but a message naming one is invalid
+    /// with [`Rule::UnsupportedHashAlgorithm`](super::Rule::UnsupportedHashAlgorithm).
+    pub const SUPPORTED: [HashAlgorithm; 1] = [Self::Sha256];
+
+    /// Whether procmond computes this algorithm (it is in
+    /// [`SUPPORTED`](Self::SUPPORTED)).
+    pub fn is_supported(self) -> bool {
+        Self::SUPPORTED.contains(&self)
+    }
+
     /// The name used on the wire, e.g. `"sha256"`.
     pub const fn name(self) -> &'static str {
         match self {

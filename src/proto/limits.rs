@@ -5,7 +5,11 @@
 //! long a path); the encoded-size caps ([`MAX_TASK_BYTES`],
 //! [`MAX_RESULT_BYTES`]) bound the bytes a decoder accepts before it allocates
 //! anything. Any task that passes validation encodes within
-//! [`MAX_TASK_BYTES`] (a test checks the largest one). Results are streamed in
+//! [`MAX_TASK_BYTES`] (validation checks its encoded length, since the
+//! per-field limits together allow far more), and so fits one control frame
+//! with its envelope: [`MAX_TASK_BYTES`] + [`CONTROL_ENVELOPE_BYTES`] =
+//! [`MAX_CONTROL_FRAME_BYTES`] (a test wraps the largest valid task in a
+//! `ClientFrame` and checks it). Results are streamed in
 //! chunks, so a valid result may be larger than one chunk: the producer splits
 //! it, and each chunk stays within [`MAX_RESULT_BYTES`].
 //!
@@ -50,9 +54,20 @@ pub const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
 /// Most `ProcessRecord`s in one `DetectionResult` (one chunk of a stream).
 pub const MAX_PROCESSES_PER_RESULT: usize = 65_536;
 
-/// Largest encoded `DetectionTask` a decoder accepts: the control channel's
-/// cap. Every task that passes validation fits.
-pub const MAX_TASK_BYTES: usize = 512 * 1024;
+/// The control channel's cap on one frame's payload
+/// ([`control::MAX_FRAME_BYTES`](crate::control::MAX_FRAME_BYTES) is this).
+pub const MAX_CONTROL_FRAME_BYTES: usize = 64 * 1024;
+
+/// Room kept in a control frame for the envelope around a task: the
+/// `ClientFrame.task` and `TaskRequest.task` keys and lengths (up to 4 bytes
+/// each), `with_hashes` (2) and `interval_ms` (up to 6): 16 bytes, rounded up
+/// for fields a later protocol version may add.
+pub const CONTROL_ENVELOPE_BYTES: usize = 64;
+
+/// Largest encoded `DetectionTask`: a decoder accepts no more, and
+/// [`DetectionTask::validate`](super::DetectionTask::validate) refuses a
+/// larger one, so every valid task fits a control frame with its envelope.
+pub const MAX_TASK_BYTES: usize = MAX_CONTROL_FRAME_BYTES - CONTROL_ENVELOPE_BYTES;
 
 /// Largest encoded `DetectionResult` (one chunk) a decoder accepts.
 ///

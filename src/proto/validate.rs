@@ -71,6 +71,10 @@ pub enum Rule {
     /// The hash algorithm is not in [`HashAlgorithm::ALL`].
     #[error("`{0}` is not a known hash algorithm (sha224, sha256, sha384, sha512)")]
     UnknownHashAlgorithm(String),
+    /// The hash algorithm is known but procmond does not compute it (see
+    /// [`HashAlgorithm::SUPPORTED`]).
+    #[error("`{0}` is not supported: procmond computes only sha256")]
+    UnsupportedHashAlgorithm(HashAlgorithm),
     /// A hash must be hexadecimal text.
     #[error("is not hexadecimal")]
     NotHex,
@@ -174,8 +178,12 @@ fn algorithm(field: &str, name: &str) -> Checked<HashAlgorithm> {
     if name.is_empty() {
         return Err(broken(field, Rule::Empty));
     }
-    HashAlgorithm::from_name(name)
-        .ok_or_else(|| broken(field, Rule::UnknownHashAlgorithm(excerpt(name))))
+    let alg = HashAlgorithm::from_name(name)
+        .ok_or_else(|| broken(field, Rule::UnknownHashAlgorithm(excerpt(name))))?;
+    if !alg.is_supported() {
+        return Err(broken(field, Rule::UnsupportedHashAlgorithm(alg)));
+    }
+    Ok(alg)
 }
 
 fn hex_digest(field: &str, hash: &str, algorithm: HashAlgorithm) -> Checked {
@@ -213,8 +221,9 @@ fn error_message(field: &str, message: Option<&str>, success: bool) -> Checked {
 }
 
 impl ProtoHashCheck {
-    /// Checks the algorithm is known, `expected_hash` is empty (nothing
-    /// expected: just compute the hash) or hex of its digest length, and
+    /// Checks the algorithm is one procmond computes
+    /// ([`HashAlgorithm::SUPPORTED`]), `expected_hash` is empty (nothing
+    /// expected: the hash is only reported) or hex of its digest length, and
     /// `executable_path` is an absolute path within [`MAX_PATH_BYTES`].
     pub fn validate(&self) -> Checked {
         let alg = algorithm("hash_algorithm", &self.hash_algorithm)?;
@@ -250,8 +259,9 @@ impl ProtoProcessFilter {
 impl DetectionTask {
     /// Checks the task id (non-empty, at most [`MAX_TASK_ID_BYTES`]), the
     /// task type, the filter and hash check if present, that a
-    /// `CHECK_PROCESS_HASH` task carries a hash check, and the metadata's
-    /// length.
+    /// `CHECK_PROCESS_HASH` task carries a hash check, the metadata's
+    /// length, and last that the whole task encodes within
+    /// [`MAX_TASK_BYTES`] (field `task`), so that it fits a control frame.
     ///
     /// ```
     /// use daemoneye_lib::proto::{DetectionTask, Rule};
@@ -281,6 +291,16 @@ impl DetectionTask {
         }
         if let Some(metadata) = &self.metadata {
             max_len("metadata", metadata, MAX_METADATA_BYTES)?;
+        }
+        let len = prost::Message::encoded_len(self);
+        if len > MAX_TASK_BYTES {
+            return Err(broken(
+                "task",
+                Rule::TooLong {
+                    len,
+                    max: MAX_TASK_BYTES,
+                },
+            ));
         }
         Ok(())
     }

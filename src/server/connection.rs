@@ -10,6 +10,7 @@ use std::thread;
 use super::config::ServerConfig;
 use super::tasks::{self, TaskSignals};
 use super::worker;
+use crate::collector::Requester;
 use crate::control::{
     ControlError, RefusalCode, RingOffer, ServerChannel, ServerFrame, accept_client, client_frame,
     server_frame,
@@ -87,13 +88,20 @@ pub(super) fn serve(stream: UnixStream, config: &ServerConfig, active: &AtomicUs
         Ok(pidfd) => producer.watch_peer(pidfd),
         Err(error) => tracing::debug!(pid = peer.pid, %error, "cannot watch the client's process"),
     }
-    let reason = run(channel, producer, config);
+    // Hash checks open files with what this peer may read, not with ours.
+    let requester = Requester::from_pid(peer.pid, peer.uid, peer.gid);
+    let reason = run(channel, producer, config, requester);
     tracing::info!(uid = peer.uid, pid = peer.pid, %reason, "connection closed; ring freed");
 }
 
 /// Reads control frames and feeds the worker until the client leaves;
 /// returns why the connection ended.
-fn run(mut channel: ServerChannel, producer: Producer, config: &ServerConfig) -> String {
+fn run(
+    mut channel: ServerChannel,
+    producer: Producer,
+    config: &ServerConfig,
+    requester: Requester,
+) -> String {
     let closer = producer.closer();
     let signals = Arc::new(TaskSignals::default());
     let (work, queue) = mpsc::sync_channel(MAX_QUEUED_TASKS);
@@ -103,7 +111,7 @@ fn run(mut channel: ServerChannel, producer: Producer, config: &ServerConfig) ->
         let stall = config.stall_timeout;
         thread::Builder::new()
             .name("procmond-work".into())
-            .spawn(move || worker::run(producer, &queue, &signals, collector, stall))
+            .spawn(move || worker::run(producer, &queue, &signals, collector, &requester, stall))
     };
     let worker = match worker {
         Ok(worker) => worker,

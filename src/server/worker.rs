@@ -6,7 +6,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use super::tasks::{Job, TaskSignals, Work};
-use crate::collector::{Collector, CollectorConfig};
+use crate::collector::{Collector, CollectorConfig, Requester};
 use crate::proto::limits::MAX_ERROR_MESSAGE_BYTES;
 use crate::proto::{DetectionResult, ProtoTaskType};
 use crate::ring::Producer;
@@ -19,6 +19,7 @@ pub(super) fn run(
     queue: &Receiver<Work>,
     signals: &TaskSignals,
     collector: CollectorConfig,
+    requester: &Requester,
     stall: Duration,
 ) {
     let mut collector = Collector::new(collector);
@@ -31,7 +32,14 @@ pub(super) fn run(
                 tracing::info!(%task_id, %message, "task rejected");
                 ResultWriter::new(&mut producer, task_id, stall).fail(&message)
             }
-            Work::Run(job) => run_job(&mut producer, &mut collector, signals, &job, stall),
+            Work::Run(job) => run_job(
+                &mut producer,
+                &mut collector,
+                signals,
+                &job,
+                requester,
+                stall,
+            ),
         };
         if let Err(error) = outcome {
             tracing::info!(%error, "result stream ended; closing the ring");
@@ -45,6 +53,7 @@ fn run_job(
     collector: &mut Collector,
     signals: &TaskSignals,
     job: &Job,
+    requester: &Requester,
     stall: Duration,
 ) -> Result<StreamStats, SessionError> {
     let task_id = job.task.task_id.as_str();
@@ -62,7 +71,7 @@ fn run_job(
         ProtoTaskType::VerifyExecutable => {
             collect(stream, collector, job, true, "VERIFY_EXECUTABLE")
         }
-        ProtoTaskType::CheckProcessHash => hash_check(stream, collector, job),
+        ProtoTaskType::CheckProcessHash => hash_check(stream, collector, job, requester),
         ProtoTaskType::MonitorProcessTree => monitor(stream, collector, signals, job),
     }?;
     tracing::info!(
@@ -115,12 +124,13 @@ fn hash_check(
     stream: ResultWriter<'_>,
     collector: &mut Collector,
     job: &Job,
+    requester: &Requester,
 ) -> Result<StreamStats, SessionError> {
     let Some(check) = job.task.hash_check.as_ref() else {
         // Validation requires it; answer rather than trust that.
         return stream.fail("CHECK_PROCESS_HASH failed: the task carries no hash_check");
     };
-    let mut outcome = collector.check_hash(check).result;
+    let mut outcome = collector.check_hash_for(check, requester).result;
     if let Some(message) = outcome.error_message.as_mut() {
         cut(message, MAX_ERROR_MESSAGE_BYTES);
     }

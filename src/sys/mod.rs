@@ -7,7 +7,10 @@
 //! - [`pidfd`]: a handle on another process that says when it has exited.
 //! - [`socket`]: Unix-socket peer credentials (`SO_PEERCRED`) and descriptor
 //!   passing (`SCM_RIGHTS`).
+//! - [`fs`]: file-system facts about an open file (pseudo file systems) and
+//!   opening without following magic links.
 
+pub mod fs;
 pub mod futex;
 pub mod memfd;
 pub mod pidfd;

@@ -27,6 +27,8 @@ impl TempDir {
         // Relaxed: the counter only has to hand out distinct numbers.
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("de-{tag}-{}-{n}", std::process::id()));
+        // A leftover of an earlier run whose pid this one reuses.
+        let _ = fs::remove_dir_all(&path);
         fs::create_dir(&path).expect("create temp dir");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
         Self(path.canonicalize().expect("canonical temp dir"))
