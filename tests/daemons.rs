@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
@@ -166,13 +167,34 @@ impl Drop for Sleeper {
     }
 }
 
+/// A copy of the agent binary in a fresh 0755 directory, so another uid can
+/// run it even when the checkout sits under a 0700 directory such as /root.
+fn public_agent_binary() -> &'static Path {
+    static COPY: OnceLock<PathBuf> = OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("de-agent-bin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("daemoneye-agent");
+        std::fs::copy(env!("CARGO_BIN_EXE_daemoneye-agent"), &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    })
+}
+
 /// Runs the agent binary (as `uid` if given) within the deadline.
 fn agent_cli(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"));
+    let mut command = match uid {
+        Some(uid) => {
+            let mut command = Command::new(public_agent_binary());
+            command.uid(uid).gid(uid);
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_daemoneye-agent")),
+    };
     command.arg("--socket").arg(socket).args(args);
-    if let Some(uid) = uid {
-        command.uid(uid).gid(uid);
-    }
     let child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -402,6 +424,55 @@ fn a_peer_outside_the_allow_list_is_refused_and_procmond_keeps_serving() {
     let mut agent = procmond.agent();
     assert!(!collect(&mut agent, None).is_empty());
     drop(agent);
+    procmond.stop();
+}
+
+#[test]
+fn an_allowed_peer_hashes_only_files_it_could_read_itself() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: running an agent as uid {NOBODY} needs root");
+        return;
+    }
+    let secret = TempDir::new("secret");
+    let secret_file = secret.0.join("secret");
+    std::fs::write(&secret_file, b"root only").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let public_file = secret.0.join("public");
+    std::fs::write(&public_file, b"anyone may read this").unwrap();
+    std::fs::set_permissions(&public_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let mut procmond = Procmond::start(&["--group", "nogroup", "--allow-uid", "65534"]);
+    let dir = procmond.socket.parent().unwrap().parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // procmond runs as root, but hashes for nobody only what nobody may read.
+    let secret_arg = secret_file.to_str().unwrap();
+    let out = agent_cli(&procmond.socket, &["hash-check", secret_arg], Some(NOBODY));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("uid 65534"), "{stderr}");
+    assert!(!text(&out.stdout).contains(&sha256sum(&secret_file)));
+
+    let public_arg = public_file.to_str().unwrap();
+    let out = agent_cli(&procmond.socket, &["hash-check", public_arg], Some(NOBODY));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&sha256sum(&public_file)));
+
+    // Another client's ring memfd through procmond's /proc/self/fd is refused.
+    let out = agent_cli(
+        &procmond.socket,
+        &["hash-check", "/proc/self/fd/3"],
+        Some(NOBODY),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    // Root, allowed by default, may hash the root-only file.
+    let out = agent_cli(&procmond.socket, &["hash-check", secret_arg], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&sha256sum(&secret_file)));
+    procmond.wait_log("connection accepted");
     procmond.stop();
 }
 
