@@ -92,18 +92,32 @@ fn run_agent(child: &mut Child, socket: &PathBuf) -> Result<()> {
     let records = agent
         .enumerate(None, false)?
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    println!("\n{} processes; the first 10:", records.len());
+    // Kernel threads (no command line) fill the first pids; show user processes.
+    let shown: Vec<_> = records
+        .iter()
+        .filter(|r| !r.command_line.is_empty())
+        .take(10)
+        .collect();
+    println!(
+        "\n{} processes ({} with a command line); the first {}:",
+        records.len(),
+        records
+            .iter()
+            .filter(|r| !r.command_line.is_empty())
+            .count(),
+        shown.len()
+    );
     println!(
         "{:>7} {:>7} {:<16} {:>9}  COMMAND",
         "PID", "PPID", "NAME", "RSS_KIB"
     );
-    for r in records.iter().take(10) {
+    for r in shown {
         let command = r.command_line.join(" ");
         println!(
             "{:>7} {:>7} {:<16} {:>9}  {}",
             r.pid,
             r.ppid.map_or("-".into(), |p| p.to_string()),
-            r.name,
+            r.name.chars().take(16).collect::<String>(),
             r.memory_usage
                 .map_or("-".into(), |m| (m / 1024).to_string()),
             command.chars().take(60).collect::<String>()
