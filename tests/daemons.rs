@@ -490,6 +490,52 @@ fn beyond_max_clients_an_agent_is_refused_not_queued() {
     procmond.stop();
 }
 
+/// Threads in process `pid`.
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count()
+}
+
+#[test]
+fn a_flood_of_idle_connects_is_refused_at_once_without_a_thread_each() {
+    // One client: at most 1 + 4 connections in their handshake.
+    let mut procmond = Procmond::start(&["--max-clients", "1"]);
+    let threads_before = thread_count(procmond.pid());
+    // Idle connects that never send a hello hold the handshake places...
+    let idle: Vec<UnixStream> = (0..5)
+        .map(|_| UnixStream::connect(&procmond.socket).unwrap())
+        .collect();
+    // ...so every further connect is refused at once, before its hello
+    // (without the cap it would wait out the 5 s hello deadline, then be
+    // told BAD_FRAME), and costs procmond no thread.
+    let mut extra = Vec::new();
+    for _ in 0..30 {
+        let stream = UnixStream::connect(&procmond.socket).unwrap();
+        let (frame, _) =
+            read_message::<ServerFrame>(&stream, 0, Some(Instant::now() + WAIT), "a refusal")
+                .unwrap();
+        let (code, reason) = refusal(frame);
+        assert_eq!(code, RefusalCode::TooManyClients, "{reason}");
+        assert!(reason.contains("handshake"), "{reason}");
+        extra.push(stream);
+    }
+    let threads = thread_count(procmond.pid());
+    assert!(
+        threads <= threads_before + idle.len(),
+        "{threads} threads after {} idle and {} refused connects (were {threads_before})",
+        idle.len(),
+        extra.len()
+    );
+    // The places come back when the idle peers leave.
+    drop(idle);
+    for _ in 0..5 {
+        procmond.wait_log("handshake failed");
+    }
+    let mut agent = procmond.agent();
+    assert!(!collect(&mut agent, None).is_empty());
+    drop(agent);
+    procmond.stop();
+}
+
 #[test]
 fn not_running_is_a_clear_error() {
     let dir = TempDir::new("none");

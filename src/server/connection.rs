@@ -32,15 +32,47 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// Serves one connection to its end; logs what happened.
-pub(super) fn serve(stream: UnixStream, config: &ServerConfig, active: &AtomicUsize) {
+/// A connection counted as in its handshake, uncounted when dropped.
+pub(super) struct HandshakeSlot(Arc<AtomicUsize>);
+
+impl HandshakeSlot {
+    /// Counts one more connection in `handshaking` unless `max` already are.
+    pub(super) fn take(handshaking: &Arc<AtomicUsize>, max: usize) -> Option<HandshakeSlot> {
+        // Relaxed: a counter; the slot it reserves guards no other memory.
+        handshaking
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| HandshakeSlot(Arc::clone(handshaking)))
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        // Relaxed: a counter; nothing is published through it.
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one connection to its end; logs what happened. `handshake` is
+/// given back once the client is welcomed or refused.
+pub(super) fn serve(
+    stream: UnixStream,
+    config: &ServerConfig,
+    active: &AtomicUsize,
+    handshake: HandshakeSlot,
+) {
     let pending = match accept_client(stream, &config.allow, config.handshake_timeout) {
         Ok(pending) => pending,
         Err(error @ ControlError::NotAllowed { uid, pid }) => {
+            drop(handshake);
             tracing::warn!(uid, pid, %error, "connection refused");
             return;
         }
         Err(error) => {
+            // Given back before the log line, which tests wait for.
+            drop(handshake);
             tracing::warn!(%error, "handshake failed");
             return;
         }
@@ -83,6 +115,7 @@ pub(super) fn serve(stream: UnixStream, config: &ServerConfig, active: &AtomicUs
     };
     // The client has its copies; ours would keep nothing alive but memory.
     drop(fds);
+    drop(handshake);
     tracing::info!(uid = peer.uid, pid = peer.pid, client = %client_name, "connection accepted");
     match PidFd::open(peer.pid) {
         Ok(pidfd) => producer.watch_peer(pidfd),
