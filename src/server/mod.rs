@@ -28,6 +28,7 @@ mod tasks;
 mod worker;
 
 use std::net::Shutdown as SocketShutdown;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -87,7 +88,14 @@ impl Server {
             group: config.group,
         };
         let listener = ControlListener::bind(&config.socket_path, &options)?;
-        let shutdown = ShutdownHandle::new(listener.path().to_owned());
+        let wake = listener
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| ControlError::Io {
+                context: "duplicating the listener for shutdown",
+                source,
+            })?;
+        let shutdown = ShutdownHandle::new(wake);
         tracing::info!(
             socket = %listener.path().display(),
             ring_bytes = config.ring_bytes,
@@ -130,6 +138,8 @@ impl Server {
         while !shutdown.is_triggered() {
             let stream = match self.listener.accept() {
                 Ok(stream) => stream,
+                // The trigger shut the listener down to wake this accept.
+                Err(_) if shutdown.is_triggered() => break,
                 Err(error) => {
                     tracing::error!(%error, "accept failed");
                     // Out of descriptors, say: give other threads a moment
