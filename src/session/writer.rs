@@ -78,6 +78,12 @@ impl<'p> ResultWriter<'p> {
         &self.result.task_id
     }
 
+    /// Whether the ring is closed (by either side): every later write
+    /// fails, so the caller may stop producing records.
+    pub fn is_closed(&self) -> bool {
+        self.producer.is_closed()
+    }
+
     /// Adds a record of `kind`, writing the frame being filled first when the
     /// record does not fit in it or is of another kind.
     pub fn push(
