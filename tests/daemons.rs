@@ -492,7 +492,9 @@ fn beyond_max_clients_an_agent_is_refused_not_queued() {
 
 /// Threads in process `pid`.
 fn thread_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
 }
 
 #[test]
@@ -561,6 +563,33 @@ fn not_running_is_a_clear_error() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn without_a_socket_option_the_agent_names_every_default_path_it_tried() {
+    let system = Path::new("/run/daemoneye/procmond.sock");
+    if system.exists() {
+        eprintln!("skipped: a procmond listens at {}", system.display());
+        return;
+    }
+    let dir = TempDir::new("xdg");
+    let out = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
+        .arg("enumerate")
+        .env("XDG_RUNTIME_DIR", &dir.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("procmond is not running"), "{err}");
+    assert!(err.contains(&system.display().to_string()), "{err}");
+    if !nix::unistd::geteuid().is_root() {
+        // The per-user socket first, then the root one.
+        let own = dir.0.join("daemoneye/procmond.sock");
+        assert!(
+            err.contains(&format!("{} or {}", own.display(), system.display())),
+            "{err}"
+        );
+    }
 }
 
 #[test]

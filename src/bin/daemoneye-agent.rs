@@ -14,15 +14,15 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use daemoneye_lib::client::{Agent, ClientError, MonitorEvent};
-use daemoneye_lib::control::default_socket_path;
+use daemoneye_lib::client::{Agent, ClientError, MonitorEvent, find_socket};
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
 
 /// daemoneye-agent: asks procmond about processes.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// procmond's control socket [default: as procmond's]
+    /// procmond's control socket [default: $XDG_RUNTIME_DIR/daemoneye/procmond.sock
+    /// if it exists, else /run/daemoneye/procmond.sock]
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode> {
     let socket = match args.socket {
         Some(path) => path,
-        None => default_socket_path()?,
+        None => find_socket()?,
     };
     let mut agent = Agent::connect(&socket)?;
     let mut out = io::stdout().lock();

@@ -19,6 +19,12 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    /// No socket at any of the default paths.
+    #[error("procmond is not running: no socket at {}", list(tried))]
+    NoSocket {
+        /// The paths looked at, in order.
+        tried: Vec<PathBuf>,
+    },
     /// procmond refused this agent (not in its allow-list, too many clients,
     /// ...).
     #[error("procmond refused the connection: {reason}")]
@@ -80,6 +86,14 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 impl ClientError {

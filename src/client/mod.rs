@@ -29,7 +29,7 @@ mod watcher;
 
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,18 @@ use crate::session::{Chunk, SessionError, read_chunk};
 use crate::sys::pidfd::PidFd;
 use crate::sys::socket::peer_credentials;
 use watcher::GoneReason;
+
+/// procmond's socket at its default place: the first of
+/// [`agent_socket_paths`](crate::control::agent_socket_paths) that exists
+/// (the per-user socket, then the system one a root procmond uses), or
+/// [`ClientError::NoSocket`] naming every path tried.
+pub fn find_socket() -> Result<PathBuf, ClientError> {
+    let tried = crate::control::agent_socket_paths();
+    match tried.iter().find(|path| path.exists()) {
+        Some(path) => Ok(path.clone()),
+        None => Err(ClientError::NoSocket { tried }),
+    }
+}
 
 /// How an [`Agent`] connects and waits.
 #[derive(Clone, Debug)]

@@ -184,7 +184,9 @@ impl Hasher {
 
     fn stopped(&self) -> bool {
         // Relaxed: a request to stop; nothing is read on the strength of it.
-        self.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed))
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
     }
 
     pub(crate) fn cache_stats(&self) -> CacheStats {

@@ -55,5 +55,6 @@ pub use handshake::{
     accept_client, refuse_unread, screen_peer,
 };
 pub use listener::{
-    ControlListener, ROOT_SOCKET_PATH, SocketOptions, USER_SOCKET_SUBPATH, default_socket_path,
+    ControlListener, ROOT_SOCKET_PATH, SocketOptions, USER_SOCKET_SUBPATH, agent_socket_paths,
+    default_socket_path,
 };

@@ -41,8 +41,8 @@ pub use shutdown::ShutdownHandle;
 use crate::control::{
     ControlError, ControlListener, RefusalCode, SocketOptions, refuse_unread, screen_peer,
 };
-use connection::HandshakeSlot;
 use crate::ring::RingError;
+use connection::HandshakeSlot;
 
 /// Connections in their handshake beyond `max_clients` (see
 /// [`Server::max_handshakes`]).
