@@ -17,8 +17,12 @@ use std::time::{Duration, Instant};
 use daemoneye_lib::client::{Agent, ClientError, MonitorEvent};
 use daemoneye_lib::control::frame::{read_message, write_message};
 use daemoneye_lib::control::{ClientFrame, RefusalCode, ServerFrame, client_frame, server_frame};
-use daemoneye_lib::proto::control::ClientHello;
+use daemoneye_lib::control::{Connector, ControlError};
+use daemoneye_lib::proto::DetectionTask;
+use daemoneye_lib::proto::control::{ClientHello, TaskRequest};
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
+use daemoneye_lib::ring::{Consumer, ConsumerFds, WaitStrategy};
+use daemoneye_lib::server::{Server, ServerConfig};
 use daemoneye_lib::sys::pidfd::PidFd;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -548,6 +552,50 @@ fn sigterm_stops_procmond_even_after_its_socket_file_was_removed() {
     std::fs::remove_file(&procmond.socket).unwrap();
     // Exits 0 within the deadline (see `stop`).
     procmond.stop();
+}
+
+#[test]
+fn when_procmond_stops_a_connections_results_the_client_is_told_why_and_the_slot_freed() {
+    let dir = TempDir::new("ended");
+    let mut config = ServerConfig::new(dir.0.join("procmond.sock"));
+    config.max_clients = 1;
+    let server = Server::bind(config).unwrap();
+    let socket = server.socket_path().to_owned();
+    let shutdown = server.shutdown_handle();
+    let serving = thread::spawn(move || server.run_until(&server.shutdown_handle()));
+
+    // A client that breaks its ring (closes its reading side), then asks
+    // for results: procmond's first write fails.
+    let (mut channel, welcome) = Connector::new("ring-breaker").connect(&socket).unwrap();
+    let Ok::<[_; 2], _>([data, control]) = welcome.fds.try_into() else {
+        panic!("two ring descriptors");
+    };
+    let mut consumer =
+        Consumer::attach(ConsumerFds { data, control }, WaitStrategy::default()).unwrap();
+    consumer.close();
+    let task = ClientFrame {
+        body: Some(client_frame::Body::Task(TaskRequest {
+            task: Some(DetectionTask::new_enumerate_processes("t-1", None)),
+            with_hashes: false,
+            interval_ms: 0,
+        })),
+    };
+    channel.send(&task).unwrap();
+    // procmond says why in an Error frame, then ends the connection.
+    let err = channel.recv(Some(Instant::now() + WAIT)).unwrap_err();
+    let ControlError::PeerError { message } = err else {
+        panic!("expected procmond's error frame, got {err}");
+    };
+    assert!(message.contains("closed"), "{message}");
+    let err = channel.recv(Some(Instant::now() + WAIT)).unwrap_err();
+    assert!(matches!(err, ControlError::PeerGone), "{err}");
+
+    // The only client slot is free again.
+    let mut agent = Agent::connect(&socket).unwrap();
+    assert!(!collect(&mut agent, None).is_empty());
+    drop(agent);
+    shutdown.trigger();
+    serving.join().unwrap();
 }
 
 #[test]

@@ -48,6 +48,13 @@ pub enum ClientError {
         /// What was seen.
         detail: String,
     },
+    /// procmond ended this connection and said why (say, the agent read
+    /// nothing for too long and a result write stalled).
+    #[error("procmond ended the connection: {reason}")]
+    Ended {
+        /// procmond's reason.
+        reason: String,
+    },
     /// A deadline passed.
     #[error("timed out waiting for {waiting_for}")]
     Timeout {

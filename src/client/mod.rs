@@ -43,7 +43,7 @@ use crate::ring::{Consumer, ConsumerFds, RingError, WaitStrategy};
 use crate::session::{Chunk, SessionError, read_chunk};
 use crate::sys::pidfd::PidFd;
 use crate::sys::socket::peer_credentials;
-use watcher::GoneReason;
+use watcher::{Gone, GoneReason};
 
 /// procmond's socket at its default place: the first of
 /// [`agent_socket_paths`](crate::control::agent_socket_paths) that exists
@@ -351,13 +351,13 @@ impl Agent {
     }
 
     fn gone_error(&self) -> ClientError {
-        let detail = self
-            .gone
-            .lock()
-            .ok()
-            .and_then(|why| why.clone())
-            .unwrap_or_else(|| "procmond's process exited or closed the ring".into());
-        ClientError::PeerGone { detail }
+        match self.gone.lock().ok().and_then(|why| why.clone()) {
+            Some(Gone::Ended(reason)) => ClientError::Ended { reason },
+            Some(Gone::Lost(detail)) => ClientError::PeerGone { detail },
+            None => ClientError::PeerGone {
+                detail: "procmond's process exited or closed the ring".into(),
+            },
+        }
     }
 }
 

@@ -13,7 +13,9 @@ use crate::ring::{Producer, RingError};
 use crate::session::{RecordKind, ResultWriter, SessionError, StreamStats};
 
 /// Runs work until the queue closes or the ring fails (the client left or
-/// stopped reading); dropping the producer then closes and frees the ring.
+/// stopped reading). Gives the producer back, so the caller frees the ring
+/// when it is done with the client, and, when the worker stopped on its own
+/// (a write stalled or failed), why.
 pub(super) fn run(
     mut producer: Producer,
     queue: &Receiver<Work>,
@@ -21,7 +23,7 @@ pub(super) fn run(
     collector: CollectorConfig,
     requester: &Requester,
     stall: Duration,
-) {
+) -> (Producer, Option<String>) {
     let mut collector = Collector::new(collector);
     collector.stop_hashing_when(signals.stop_flag());
     while let Ok(work) = queue.recv() {
@@ -43,10 +45,19 @@ pub(super) fn run(
             ),
         };
         if let Err(error) = outcome {
+            if signals.is_gone() {
+                break;
+            }
             tracing::info!(%error, "result stream ended; closing the ring");
-            break;
+            return (
+                producer,
+                Some(format!(
+                    "procmond stopped this connection's results: {error}"
+                )),
+            );
         }
     }
+    (producer, None)
 }
 
 fn run_job(
