@@ -4,6 +4,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use daemoneye_lib::proto::limits::MAX_PROCESSES_PER_RESULT;
 use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
 use daemoneye_lib::ring::{self, RingConfig};
 use daemoneye_lib::session::{Chunk, RecordKind, ResultWriter, SessionError, read_chunk};
@@ -204,6 +205,26 @@ fn hostile_frames_are_named_errors() {
         errors[2].to_string().contains("error_message"),
         "{}",
         errors[2]
+    );
+}
+
+#[test]
+fn a_frame_of_too_many_tiny_records_is_refused_before_decoding() {
+    let (mut producer, mut consumer) =
+        ring::pair(&RingConfig::new(1 << 20).with_max_frame(256 << 10)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    // task_id "t", then 65,537 empty records of 2 bytes each (field 4,
+    // length 0): 128 KiB on the wire, some 16 MiB decoded.
+    let mut bytes = vec![0x0a, 0x01, b't'];
+    for _ in 0..=MAX_PROCESSES_PER_RESULT {
+        bytes.extend_from_slice(&[0x22, 0x00]);
+    }
+    producer.write(&bytes, 0, deadline).unwrap();
+    let err = read_chunk(&mut consumer, deadline).unwrap_err();
+    assert!(
+        matches!(err, SessionError::TooManyRecords { count, max }
+            if count == MAX_PROCESSES_PER_RESULT + 1 && max == MAX_PROCESSES_PER_RESULT),
+        "{err}"
     );
 }
 

@@ -324,6 +324,13 @@ impl Agent {
                     if chunk.marker.end {
                         self.abandoned.swap_remove(i);
                     }
+                    // Frames of abandoned streams arriving without pause
+                    // must not hold the caller past its deadline.
+                    if Instant::now() >= deadline {
+                        return Err(ClientError::Timeout {
+                            waiting_for: "procmond's results",
+                        });
+                    }
                 }
                 None => {
                     let got = chunk.result.task_id.chars().take(64).collect();

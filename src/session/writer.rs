@@ -13,7 +13,7 @@ use crate::proto::{DetectionResult, ProtoProcessRecord};
 use crate::ring::Producer;
 
 /// The `processes` field number of `DetectionResult`.
-const PROCESSES_FIELD: u32 = 4;
+pub(super) const PROCESSES_FIELD: u32 = 4;
 
 /// What a finished stream sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
