@@ -599,6 +599,37 @@ fn when_procmond_stops_a_connections_results_the_client_is_told_why_and_the_slot
 }
 
 #[test]
+fn hash_check_takes_a_relative_path_from_the_agents_directory() {
+    let procmond = Procmond::start(&[]);
+    let dir = TempDir::new("rel");
+    let file = dir.0.join("data.bin");
+    std::fs::write(&file, b"relative to the agent").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
+        .arg("--socket")
+        .arg(&procmond.socket)
+        .args(["hash-check", "./data.bin"])
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    assert!(line.starts_with(&sha256sum(&file)), "{line}");
+    assert!(line.contains(&file.display().to_string()), "{line}");
+    procmond.stop();
+}
+
+#[test]
+fn a_max_frame_below_16_kib_is_a_clear_cli_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .args(["--socket", "/nonexistent/p.sock", "--max-frame-bytes", "100"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("below the minimum of 16384 bytes"), "{err}");
+}
+
+#[test]
 fn not_running_is_a_clear_error() {
     let dir = TempDir::new("none");
     let socket = dir.0.join("procmond.sock");

@@ -58,7 +58,7 @@ enum Command {
     },
     /// SHA-256 of a file, compared with --expected
     HashCheck {
-        /// Absolute path of the file
+        /// Path of the file (a relative one is taken from the current directory)
         path: PathBuf,
         /// Expected SHA-256, hex
         #[arg(long)]
@@ -135,6 +135,9 @@ fn run(args: Args) -> Result<ExitCode> {
             expected,
             format,
         } => {
+            // procmond resolves nothing against the agent's directory.
+            let path = std::path::absolute(&path)
+                .with_context(|| format!("making {} absolute", path.display()))?;
             let check = ProtoHashCheck {
                 expected_hash: expected.unwrap_or_default(),
                 hash_algorithm: "sha256".into(),

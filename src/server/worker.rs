@@ -87,7 +87,8 @@ fn run_job(
         ProtoTaskType::CheckProcessHash => hash_check(stream, collector, job, requester),
         ProtoTaskType::MonitorProcessTree => monitor(stream, collector, signals, job),
     }?;
-    tracing::info!(
+    // Debug: a monitor polled every 10 ms would flood the log at info.
+    tracing::debug!(
         task_id,
         kind = job.kind.as_str_name(),
         records = stats.records,
