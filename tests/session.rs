@@ -236,10 +236,34 @@ fn closing_the_ring_ends_a_writer_that_waits_for_room() {
     let config = RingConfig::new(64 << 10).with_max_frame(8 << 10);
     let (mut producer, consumer) = ring::pair(&config).unwrap();
     let closer = consumer.closer();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let writer = thread::spawn(move || {
+        tid_tx
+            .send(rustix::thread::gettid().as_raw_nonzero().get())
+            .unwrap();
         let mut stream = ResultWriter::new(&mut producer, "stuck", Duration::from_secs(60));
         (0..100_000).try_for_each(|pid| stream.push(RecordKind::Result, record(pid)))
     });
+    // Close only once the writer sleeps waiting for room (its futex wait:
+    // nothing else in it sleeps); the kernel's view in /proc is the only
+    // signal of that.
+    let tid = tid_rx.recv_timeout(WAIT).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stat =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim().chars().next());
+        if state == Some('S') {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the writer never waited for room"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
     closer.close();
     let result = writer.join().unwrap();
     assert!(

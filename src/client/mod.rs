@@ -116,6 +116,13 @@ impl Agent {
 
     /// Connects to procmond at `path`: handshake, attach the ring it passes,
     /// watch its process and socket.
+    ///
+    /// The handshake is bounded by `options.connect_timeout`; the `connect`
+    /// call before it is not: a Unix-socket connect on Linux waits while the
+    /// listener's backlog is full, and made non-blocking it fails with
+    /// `EAGAIN` instead of completing later, so there is nothing to poll for.
+    /// procmond keeps its backlog short (its accept loop refuses excess
+    /// connections at once, without a thread), so the wait is brief.
     pub fn connect_with(
         path: impl AsRef<Path>,
         options: ClientOptions,
