@@ -17,8 +17,12 @@ use std::time::{Duration, Instant};
 use daemoneye_lib::client::{Agent, ClientError, MonitorEvent};
 use daemoneye_lib::control::frame::{read_message, write_message};
 use daemoneye_lib::control::{ClientFrame, RefusalCode, ServerFrame, client_frame, server_frame};
-use daemoneye_lib::proto::control::ClientHello;
+use daemoneye_lib::control::{Connector, ControlError};
+use daemoneye_lib::proto::DetectionTask;
+use daemoneye_lib::proto::control::{ClientHello, TaskRequest};
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
+use daemoneye_lib::ring::{Consumer, ConsumerFds, WaitStrategy};
+use daemoneye_lib::server::{Server, ServerConfig};
 use daemoneye_lib::sys::pidfd::PidFd;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -490,6 +494,146 @@ fn beyond_max_clients_an_agent_is_refused_not_queued() {
     procmond.stop();
 }
 
+/// Threads in process `pid`.
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn a_flood_of_idle_connects_is_refused_at_once_without_a_thread_each() {
+    // One client: at most 1 + 4 connections in their handshake.
+    let mut procmond = Procmond::start(&["--max-clients", "1"]);
+    let threads_before = thread_count(procmond.pid());
+    // Idle connects that never send a hello hold the handshake places...
+    let idle: Vec<UnixStream> = (0..5)
+        .map(|_| UnixStream::connect(&procmond.socket).unwrap())
+        .collect();
+    // ...so every further connect is refused at once, before its hello
+    // (without the cap it would wait out the 5 s hello deadline, then be
+    // told BAD_FRAME), and costs procmond no thread.
+    let mut extra = Vec::new();
+    for _ in 0..30 {
+        let stream = UnixStream::connect(&procmond.socket).unwrap();
+        let (frame, _) =
+            read_message::<ServerFrame>(&stream, 0, Some(Instant::now() + WAIT), "a refusal")
+                .unwrap();
+        let (code, reason) = refusal(frame);
+        assert_eq!(code, RefusalCode::TooManyClients, "{reason}");
+        assert!(reason.contains("handshake"), "{reason}");
+        extra.push(stream);
+    }
+    let threads = thread_count(procmond.pid());
+    // One thread per idle connect, and the signal thread, which procmond
+    // may start after logging that it listens.
+    assert!(
+        threads <= threads_before + idle.len() + 1,
+        "{threads} threads after {} idle and {} refused connects (were {threads_before})",
+        idle.len(),
+        extra.len()
+    );
+    // The places come back when the idle peers leave.
+    drop(idle);
+    for _ in 0..5 {
+        procmond.wait_log("handshake failed");
+    }
+    let mut agent = procmond.agent();
+    assert!(!collect(&mut agent, None).is_empty());
+    drop(agent);
+    procmond.stop();
+}
+
+#[test]
+fn sigterm_stops_procmond_even_after_its_socket_file_was_removed() {
+    let procmond = Procmond::start(&[]);
+    // Nothing can connect to the socket any more: the shutdown must not
+    // depend on it.
+    std::fs::remove_file(&procmond.socket).unwrap();
+    // Exits 0 within the deadline (see `stop`).
+    procmond.stop();
+}
+
+#[test]
+fn when_procmond_stops_a_connections_results_the_client_is_told_why_and_the_slot_freed() {
+    let dir = TempDir::new("ended");
+    let mut config = ServerConfig::new(dir.0.join("procmond.sock"));
+    config.max_clients = 1;
+    let server = Server::bind(config).unwrap();
+    let socket = server.socket_path().to_owned();
+    let shutdown = server.shutdown_handle();
+    let serving = thread::spawn(move || server.run_until(&server.shutdown_handle()));
+
+    // A client that breaks its ring (closes its reading side), then asks
+    // for results: procmond's first write fails.
+    let (mut channel, welcome) = Connector::new("ring-breaker").connect(&socket).unwrap();
+    let Ok::<[_; 2], _>([data, control]) = welcome.fds.try_into() else {
+        panic!("two ring descriptors");
+    };
+    let mut consumer =
+        Consumer::attach(ConsumerFds { data, control }, WaitStrategy::default()).unwrap();
+    consumer.close();
+    let task = ClientFrame {
+        body: Some(client_frame::Body::Task(TaskRequest {
+            task: Some(DetectionTask::new_enumerate_processes("t-1", None)),
+            with_hashes: false,
+            interval_ms: 0,
+        })),
+    };
+    channel.send(&task).unwrap();
+    // procmond says why in an Error frame, then ends the connection.
+    let err = channel.recv(Some(Instant::now() + WAIT)).unwrap_err();
+    let ControlError::PeerError { message } = err else {
+        panic!("expected procmond's error frame, got {err}");
+    };
+    assert!(message.contains("closed"), "{message}");
+    let err = channel.recv(Some(Instant::now() + WAIT)).unwrap_err();
+    assert!(matches!(err, ControlError::PeerGone), "{err}");
+
+    // The only client slot is free again.
+    let mut agent = Agent::connect(&socket).unwrap();
+    assert!(!collect(&mut agent, None).is_empty());
+    drop(agent);
+    shutdown.trigger();
+    serving.join().unwrap();
+}
+
+#[test]
+fn hash_check_takes_a_relative_path_from_the_agents_directory() {
+    let procmond = Procmond::start(&[]);
+    let dir = TempDir::new("rel");
+    let file = dir.0.join("data.bin");
+    std::fs::write(&file, b"relative to the agent").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
+        .arg("--socket")
+        .arg(&procmond.socket)
+        .args(["hash-check", "./data.bin"])
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    assert!(line.starts_with(&sha256sum(&file)), "{line}");
+    assert!(line.contains(&file.display().to_string()), "{line}");
+    procmond.stop();
+}
+
+#[test]
+fn a_max_frame_below_16_kib_is_a_clear_cli_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .args([
+            "--socket",
+            "/nonexistent/p.sock",
+            "--max-frame-bytes",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("below the minimum of 16384 bytes"), "{err}");
+}
+
 #[test]
 fn not_running_is_a_clear_error() {
     let dir = TempDir::new("none");
@@ -503,6 +647,33 @@ fn not_running_is_a_clear_error() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn without_a_socket_option_the_agent_names_every_default_path_it_tried() {
+    let system = Path::new("/run/daemoneye/procmond.sock");
+    if system.exists() {
+        eprintln!("skipped: a procmond listens at {}", system.display());
+        return;
+    }
+    let dir = TempDir::new("xdg");
+    let out = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
+        .arg("enumerate")
+        .env("XDG_RUNTIME_DIR", &dir.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("procmond is not running"), "{err}");
+    assert!(err.contains(&system.display().to_string()), "{err}");
+    if !nix::unistd::geteuid().is_root() {
+        // The per-user socket first, then the root one.
+        let own = dir.0.join("daemoneye/procmond.sock");
+        assert!(
+            err.contains(&format!("{} or {}", own.display(), system.display())),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -722,7 +893,8 @@ fn monitor_shows_a_child_start_and_exit_and_cancel_ends_it() {
 
 #[test]
 fn an_abandoned_stream_is_skipped_by_the_next_call() {
-    let procmond = Procmond::start(&["--ring-bytes", "65536", "--max-frame-bytes", "1024"]);
+    // The smallest frames procmond allows: a full listing takes several.
+    let procmond = Procmond::start(&["--ring-bytes", "65536", "--max-frame-bytes", "16384"]);
     let mut agent = procmond.agent();
     {
         let mut records = agent.enumerate(None, false).unwrap();
@@ -730,10 +902,13 @@ fn an_abandoned_stream_is_skipped_by_the_next_call() {
     } // dropped with frames left in the ring
     let all = collect(&mut agent, None);
     assert!(all.len() > 3);
-    let mut pids: Vec<_> = all.iter().map(|r| r.pid).collect();
-    let len = pids.len();
-    pids.dedup();
-    assert_eq!(pids.len(), len, "records of one stream only");
+    // One stream's records, in pid order: a frame of the abandoned stream
+    // would break the order (or repeat a pid).
+    let pids: Vec<_> = all.iter().map(|r| r.pid).collect();
+    assert!(
+        pids.windows(2).all(|w| w[0] < w[1]),
+        "records of one stream only, pids strictly increasing: {pids:?}"
+    );
     drop(agent);
     procmond.stop();
 }

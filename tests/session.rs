@@ -4,6 +4,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use daemoneye_lib::proto::limits::MAX_PROCESSES_PER_RESULT;
 use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
 use daemoneye_lib::ring::{self, RingConfig};
 use daemoneye_lib::session::{Chunk, RecordKind, ResultWriter, SessionError, read_chunk};
@@ -208,6 +209,26 @@ fn hostile_frames_are_named_errors() {
 }
 
 #[test]
+fn a_frame_of_too_many_tiny_records_is_refused_before_decoding() {
+    let (mut producer, mut consumer) =
+        ring::pair(&RingConfig::new(1 << 20).with_max_frame(256 << 10)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    // task_id "t", then 65,537 empty records of 2 bytes each (field 4,
+    // length 0): 128 KiB on the wire, some 16 MiB decoded.
+    let mut bytes = vec![0x0a, 0x01, b't'];
+    for _ in 0..=MAX_PROCESSES_PER_RESULT {
+        bytes.extend_from_slice(&[0x22, 0x00]);
+    }
+    producer.write(&bytes, 0, deadline).unwrap();
+    let err = read_chunk(&mut consumer, deadline).unwrap_err();
+    assert!(
+        matches!(err, SessionError::TooManyRecords { count, max }
+            if count == MAX_PROCESSES_PER_RESULT + 1 && max == MAX_PROCESSES_PER_RESULT),
+        "{err}"
+    );
+}
+
+#[test]
 fn closing_the_ring_ends_a_writer_that_waits_for_room() {
     // The reader never reads, so the writer fills the ring and waits; closing
     // the ring from another thread ends the stream with `Closed`, not after
@@ -215,10 +236,34 @@ fn closing_the_ring_ends_a_writer_that_waits_for_room() {
     let config = RingConfig::new(64 << 10).with_max_frame(8 << 10);
     let (mut producer, consumer) = ring::pair(&config).unwrap();
     let closer = consumer.closer();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let writer = thread::spawn(move || {
+        tid_tx
+            .send(rustix::thread::gettid().as_raw_nonzero().get())
+            .unwrap();
         let mut stream = ResultWriter::new(&mut producer, "stuck", Duration::from_secs(60));
         (0..100_000).try_for_each(|pid| stream.push(RecordKind::Result, record(pid)))
     });
+    // Close only once the writer sleeps waiting for room (its futex wait:
+    // nothing else in it sleeps); the kernel's view in /proc is the only
+    // signal of that.
+    let tid = tid_rx.recv_timeout(WAIT).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stat =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim().chars().next());
+        if state == Some('S') {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the writer never waited for room"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
     closer.close();
     let result = writer.join().unwrap();
     assert!(

@@ -14,15 +14,15 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use daemoneye_lib::client::{Agent, ClientError, MonitorEvent};
-use daemoneye_lib::control::default_socket_path;
+use daemoneye_lib::client::{Agent, ClientError, MonitorEvent, find_socket};
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
 
 /// daemoneye-agent: asks procmond about processes.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// procmond's control socket [default: as procmond's]
+    /// procmond's control socket [default: $XDG_RUNTIME_DIR/daemoneye/procmond.sock
+    /// if it exists, else /run/daemoneye/procmond.sock]
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -58,7 +58,7 @@ enum Command {
     },
     /// SHA-256 of a file, compared with --expected
     HashCheck {
-        /// Absolute path of the file
+        /// Path of the file (a relative one is taken from the current directory)
         path: PathBuf,
         /// Expected SHA-256, hex
         #[arg(long)]
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode> {
     let socket = match args.socket {
         Some(path) => path,
-        None => default_socket_path()?,
+        None => find_socket()?,
     };
     let mut agent = Agent::connect(&socket)?;
     let mut out = io::stdout().lock();
@@ -135,6 +135,9 @@ fn run(args: Args) -> Result<ExitCode> {
             expected,
             format,
         } => {
+            // procmond resolves nothing against the agent's directory.
+            let path = std::path::absolute(&path)
+                .with_context(|| format!("making {} absolute", path.display()))?;
             let check = ProtoHashCheck {
                 expected_hash: expected.unwrap_or_default(),
                 hash_algorithm: "sha256".into(),

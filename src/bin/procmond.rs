@@ -25,8 +25,8 @@ struct Args {
     /// Bytes in each client's ring (a power of two, 64 KiB to 1 GiB)
     #[arg(long, default_value_t = 1 << 20)]
     ring_bytes: usize,
-    /// Largest result frame [default: ring bytes / 8]
-    #[arg(long)]
+    /// Largest result frame, at least 16 KiB [default: ring bytes / 8]
+    #[arg(long, value_parser = parse_max_frame)]
     max_frame_bytes: Option<usize>,
     /// Also allow this uid to connect (repeatable); procmond's own uid and
     /// root always may
@@ -38,6 +38,20 @@ struct Args {
     /// Clients served at once; more are refused
     #[arg(long, default_value_t = 8)]
     max_clients: usize,
+}
+
+/// The smallest `--max-frame-bytes`: room for a few records beside the
+/// result's own fields.
+const MIN_FRAME_BYTES: usize = 16 << 10;
+
+fn parse_max_frame(text: &str) -> Result<usize, String> {
+    let bytes: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if bytes < MIN_FRAME_BYTES {
+        return Err(format!(
+            "{bytes} is below the minimum of {MIN_FRAME_BYTES} bytes (16 KiB)"
+        ));
+    }
+    Ok(bytes)
 }
 
 fn main() {

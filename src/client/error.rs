@@ -19,6 +19,12 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    /// No socket at any of the default paths.
+    #[error("procmond is not running: no socket at {}", list(tried))]
+    NoSocket {
+        /// The paths looked at, in order.
+        tried: Vec<PathBuf>,
+    },
     /// procmond refused this agent (not in its allow-list, too many clients,
     /// ...).
     #[error("procmond refused the connection: {reason}")]
@@ -41,6 +47,13 @@ pub enum ClientError {
     PeerGone {
         /// What was seen.
         detail: String,
+    },
+    /// procmond ended this connection and said why (say, the agent read
+    /// nothing for too long and a result write stalled).
+    #[error("procmond ended the connection: {reason}")]
+    Ended {
+        /// procmond's reason.
+        reason: String,
     },
     /// A deadline passed.
     #[error("timed out waiting for {waiting_for}")]
@@ -80,6 +93,14 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 impl ClientError {

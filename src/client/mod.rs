@@ -29,7 +29,7 @@ mod watcher;
 
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,19 @@ use crate::ring::{Consumer, ConsumerFds, RingError, WaitStrategy};
 use crate::session::{Chunk, SessionError, read_chunk};
 use crate::sys::pidfd::PidFd;
 use crate::sys::socket::peer_credentials;
-use watcher::GoneReason;
+use watcher::{Gone, GoneReason};
+
+/// procmond's socket at its default place: the first of
+/// [`agent_socket_paths`](crate::control::agent_socket_paths) that exists
+/// (the per-user socket, then the system one a root procmond uses), or
+/// [`ClientError::NoSocket`] naming every path tried.
+pub fn find_socket() -> Result<PathBuf, ClientError> {
+    let tried = crate::control::agent_socket_paths();
+    match tried.iter().find(|path| path.exists()) {
+        Some(path) => Ok(path.clone()),
+        None => Err(ClientError::NoSocket { tried }),
+    }
+}
 
 /// How an [`Agent`] connects and waits.
 #[derive(Clone, Debug)]
@@ -104,6 +116,13 @@ impl Agent {
 
     /// Connects to procmond at `path`: handshake, attach the ring it passes,
     /// watch its process and socket.
+    ///
+    /// The handshake is bounded by `options.connect_timeout`; the `connect`
+    /// call before it is not: a Unix-socket connect on Linux waits while the
+    /// listener's backlog is full, and made non-blocking it fails with
+    /// `EAGAIN` instead of completing later, so there is nothing to poll for.
+    /// procmond keeps its backlog short (its accept loop refuses excess
+    /// connections at once, without a thread), so the wait is brief.
     pub fn connect_with(
         path: impl AsRef<Path>,
         options: ClientOptions,
@@ -312,6 +331,13 @@ impl Agent {
                     if chunk.marker.end {
                         self.abandoned.swap_remove(i);
                     }
+                    // Frames of abandoned streams arriving without pause
+                    // must not hold the caller past its deadline.
+                    if Instant::now() >= deadline {
+                        return Err(ClientError::Timeout {
+                            waiting_for: "procmond's results",
+                        });
+                    }
                 }
                 None => {
                     let got = chunk.result.task_id.chars().take(64).collect();
@@ -339,13 +365,13 @@ impl Agent {
     }
 
     fn gone_error(&self) -> ClientError {
-        let detail = self
-            .gone
-            .lock()
-            .ok()
-            .and_then(|why| why.clone())
-            .unwrap_or_else(|| "procmond's process exited or closed the ring".into());
-        ClientError::PeerGone { detail }
+        match self.gone.lock().ok().and_then(|why| why.clone()) {
+            Some(Gone::Ended(reason)) => ClientError::Ended { reason },
+            Some(Gone::Lost(detail)) => ClientError::PeerGone { detail },
+            None => ClientError::PeerGone {
+                detail: "procmond's process exited or closed the ring".into(),
+            },
+        }
     }
 }
 

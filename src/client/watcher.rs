@@ -8,7 +8,16 @@ use crate::control::{ClientChannel, ControlError};
 use crate::ring::Closer;
 
 /// Why the connection ended, once it has.
-pub(super) type GoneReason = Arc<Mutex<Option<String>>>;
+pub(super) type GoneReason = Arc<Mutex<Option<Gone>>>;
+
+/// How the connection ended.
+#[derive(Clone, Debug)]
+pub(super) enum Gone {
+    /// procmond ended it and said why (an Error frame).
+    Ended(String),
+    /// The socket ended or broke; what was seen.
+    Lost(String),
+}
 
 /// Starts the watcher: it reads procmond's frames until the socket ends or
 /// breaks, records why in `gone`, then closes the ring with `closer`.
@@ -25,12 +34,10 @@ pub(super) fn spawn(
                     // Task replies: this agent reads its answers from the ring.
                     Ok(_) => continue,
                     Err(ControlError::PeerGone) => {
-                        break "procmond closed the control socket".to_owned();
+                        break Gone::Lost("procmond closed the control socket".to_owned());
                     }
-                    Err(ControlError::PeerError { message }) => {
-                        break format!("procmond ended the connection: {message}");
-                    }
-                    Err(other) => break format!("control socket failed: {other}"),
+                    Err(ControlError::PeerError { message }) => break Gone::Ended(message),
+                    Err(other) => break Gone::Lost(format!("control socket failed: {other}")),
                 }
             };
             if let Ok(mut slot) = gone.lock() {

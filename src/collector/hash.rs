@@ -16,6 +16,8 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use nix::fcntl::OFlag;
@@ -125,6 +127,12 @@ pub enum HashError {
         /// The requester's uid.
         uid: u32,
     },
+    /// Hashing was stopped part-way (the task's client left).
+    #[error("{}: hashing stopped", shown(path))]
+    Stopped {
+        /// The path asked for.
+        path: PathBuf,
+    },
     /// An algorithm other than SHA-256 was asked for (its name, cut to 64
     /// bytes).
     #[error("hash algorithm {0:?} is not supported (only \"sha256\")")]
@@ -154,6 +162,9 @@ pub(crate) struct Hasher {
     block: Vec<u8>,
     block_bytes: usize,
     cache: HashCache,
+    /// Checked between blocks: set, hashing stops with
+    /// [`HashError::Stopped`].
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Hasher {
@@ -163,7 +174,19 @@ impl Hasher {
             block: Vec::new(),
             block_bytes: block_bytes.max(4096),
             cache: HashCache::new(cache_entries),
+            stop: None,
         }
+    }
+
+    pub(crate) fn set_stop(&mut self, stop: Arc<AtomicBool>) {
+        self.stop = Some(stop);
+    }
+
+    fn stopped(&self) -> bool {
+        // Relaxed: a request to stop; nothing is read on the strength of it.
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
     }
 
     pub(crate) fn cache_stats(&self) -> CacheStats {
@@ -247,6 +270,11 @@ impl Hasher {
         let mut sha = Sha256::new();
         let mut total: u64 = 0;
         loop {
+            if self.stopped() {
+                return Err(HashError::Stopped {
+                    path: path.to_path_buf(),
+                });
+            }
             let n = match file.read(&mut self.block) {
                 Ok(0) => break,
                 Ok(n) => n,

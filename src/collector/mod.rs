@@ -40,6 +40,8 @@ mod verify;
 
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 pub use cache::CacheStats;
@@ -131,6 +133,13 @@ impl Collector {
                 config.hash_cache_entries,
             ),
         }
+    }
+
+    /// Makes hashing stop part-way once `stop` is set (checked between
+    /// blocks): a hash in progress fails with [`HashError::Stopped`], so a
+    /// task whose client left does not read on through a large file.
+    pub fn stop_hashing_when(&mut self, stop: Arc<AtomicBool>) {
+        self.hasher.set_stop(stop);
     }
 
     /// ENUMERATE_PROCESSES: every visible process that passes `filter`
@@ -359,5 +368,39 @@ mod tests {
         send::<Collector>();
         send::<TreeMonitor>();
         send::<HashOutcome>();
+    }
+
+    #[test]
+    fn hashing_stops_once_the_stop_flag_is_set() {
+        // This test's own executable: a real file of several blocks.
+        let path = std::env::current_exe().unwrap();
+        let check = ProtoHashCheck {
+            executable_path: path.to_string_lossy().into_owned(),
+            expected_hash: String::new(),
+            hash_algorithm: HASH_ALGORITHM.to_string(),
+        };
+        let mut collector = Collector::new(config_with_small_blocks());
+        let stop = Arc::new(AtomicBool::new(false));
+        collector.stop_hashing_when(Arc::clone(&stop));
+        assert!(collector.check_hash(&check).result.success);
+
+        // A fresh collector (no cached digest) with the flag set.
+        let mut collector = Collector::new(config_with_small_blocks());
+        collector.stop_hashing_when(Arc::clone(&stop));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let outcome = collector.check_hash(&check);
+        assert!(!outcome.result.success);
+        assert!(
+            matches!(outcome.error, Some(HashError::Stopped { .. })),
+            "{:?}",
+            outcome.error
+        );
+    }
+
+    fn config_with_small_blocks() -> CollectorConfig {
+        CollectorConfig {
+            hash_block_bytes: 4096,
+            ..CollectorConfig::default()
+        }
     }
 }

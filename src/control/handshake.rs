@@ -52,15 +52,7 @@ pub fn accept_client(
     timeout: Duration,
 ) -> Result<PendingClient, ControlError> {
     let deadline = Instant::now() + timeout;
-    let peer = peer_credentials(&stream).map_err(|source| ControlError::Io {
-        context: "reading the peer's credentials",
-        source,
-    })?;
-    if let Err(err) = allow.check(peer) {
-        let reason = format!("uid {} is not in procmond's allow-list", peer.uid);
-        send_refusal(&stream, RefusalCode::NotAllowed, reason);
-        return Err(err);
-    }
+    let peer = screen_peer(&stream, allow)?;
 
     let hello = read_message::<ClientFrame>(&stream, 0, Some(deadline), "the client hello")
         .and_then(|(frame, _)| match frame.body {
@@ -94,6 +86,31 @@ pub fn accept_client(
         client_name: hello.client_name,
         timeout,
     })
+}
+
+/// Checks a just-accepted connection's peer (`SO_PEERCRED`) against `allow`
+/// without reading anything from it: cheap enough for an accept loop, so a
+/// peer that is not allowed never costs the server a thread. A refused peer
+/// has been sent a [`Refusal`] (`NOT_ALLOWED`) when this returns
+/// [`ControlError::NotAllowed`]; the caller drops the connection.
+pub fn screen_peer(stream: &UnixStream, allow: &AllowList) -> Result<PeerCred, ControlError> {
+    let peer = peer_credentials(stream).map_err(|source| ControlError::Io {
+        context: "reading the peer's credentials",
+        source,
+    })?;
+    if let Err(err) = allow.check(peer) {
+        let reason = format!("uid {} is not in procmond's allow-list", peer.uid);
+        send_refusal(stream, RefusalCode::NotAllowed, reason);
+        return Err(err);
+    }
+    Ok(peer)
+}
+
+/// Refuses a just-accepted connection before its handshake, with `code`
+/// and `reason` (best effort: one small write, bounded), and closes it.
+/// Nothing is read from the peer.
+pub fn refuse_unread(stream: UnixStream, code: RefusalCode, reason: impl Into<String>) {
+    send_refusal(&stream, code, reason.into());
 }
 
 /// Best effort: the peer may already be gone, and it is being dropped anyway.

@@ -77,6 +77,29 @@ fn socket_path_for(root: bool, runtime_dir: Option<OsString>) -> Result<PathBuf,
     }
 }
 
+/// Where an agent looks for procmond's socket, in order: the per-user
+/// socket (`$XDG_RUNTIME_DIR/daemoneye/procmond.sock`, when that variable is
+/// set and absolute and this is not root), then [`ROOT_SOCKET_PATH`], where
+/// a procmond run by root listens.
+pub fn agent_socket_paths() -> Vec<PathBuf> {
+    agent_paths_for(
+        rustix::process::geteuid().is_root(),
+        std::env::var_os("XDG_RUNTIME_DIR"),
+    )
+}
+
+fn agent_paths_for(root: bool, runtime_dir: Option<OsString>) -> Vec<PathBuf> {
+    let mut paths = Vec::with_capacity(2);
+    if let Ok(own) = socket_path_for(root, runtime_dir) {
+        paths.push(own);
+    }
+    let system = PathBuf::from(ROOT_SOCKET_PATH);
+    if !paths.contains(&system) {
+        paths.push(system);
+    }
+    paths
+}
+
 /// A bound, listening control socket. Dropping it removes the socket file,
 /// unless something else has replaced it meanwhile.
 #[derive(Debug)]
@@ -428,6 +451,21 @@ mod tests {
 
     #[test]
     fn root_uses_run() {
+        assert_eq!(
+            agent_paths_for(false, Some("/run/user/1000".into())),
+            [
+                PathBuf::from("/run/user/1000/daemoneye/procmond.sock"),
+                PathBuf::from(ROOT_SOCKET_PATH)
+            ]
+        );
+        assert_eq!(
+            agent_paths_for(false, None),
+            [PathBuf::from(ROOT_SOCKET_PATH)]
+        );
+        assert_eq!(
+            agent_paths_for(true, Some("/run/user/0".into())),
+            [PathBuf::from(ROOT_SOCKET_PATH)]
+        );
         let path = socket_path_for(true, Some("/run/user/1000".into())).unwrap();
         assert_eq!(path, Path::new("/run/daemoneye/procmond.sock"));
     }

@@ -52,8 +52,9 @@ pub use error::ControlError;
 pub use frame::{FRAME_COMPLETION_TIMEOUT, MAX_FRAME_BYTES};
 pub use handshake::{
     Connector, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION, PendingClient, RingOffer, Welcome,
-    accept_client,
+    accept_client, refuse_unread, screen_peer,
 };
 pub use listener::{
-    ControlListener, ROOT_SOCKET_PATH, SocketOptions, USER_SOCKET_SUBPATH, default_socket_path,
+    ControlListener, ROOT_SOCKET_PATH, SocketOptions, USER_SOCKET_SUBPATH, agent_socket_paths,
+    default_socket_path,
 };

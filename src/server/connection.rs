@@ -1,10 +1,11 @@
 //! One client connection: handshake, ring, control frames, clean-up.
 
+use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, TrySendError};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 
 use super::config::ServerConfig;
@@ -32,15 +33,47 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// Serves one connection to its end; logs what happened.
-pub(super) fn serve(stream: UnixStream, config: &ServerConfig, active: &AtomicUsize) {
+/// A connection counted as in its handshake, uncounted when dropped.
+pub(super) struct HandshakeSlot(Arc<AtomicUsize>);
+
+impl HandshakeSlot {
+    /// Counts one more connection in `handshaking` unless `max` already are.
+    pub(super) fn take(handshaking: &Arc<AtomicUsize>, max: usize) -> Option<HandshakeSlot> {
+        // Relaxed: a counter; the slot it reserves guards no other memory.
+        handshaking
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| HandshakeSlot(Arc::clone(handshaking)))
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        // Relaxed: a counter; nothing is published through it.
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one connection to its end; logs what happened. `handshake` is
+/// given back once the client is welcomed or refused.
+pub(super) fn serve(
+    stream: UnixStream,
+    config: &ServerConfig,
+    active: &AtomicUsize,
+    handshake: HandshakeSlot,
+) {
     let pending = match accept_client(stream, &config.allow, config.handshake_timeout) {
         Ok(pending) => pending,
         Err(error @ ControlError::NotAllowed { uid, pid }) => {
+            drop(handshake);
             tracing::warn!(uid, pid, %error, "connection refused");
             return;
         }
         Err(error) => {
+            // Given back before the log line, which tests wait for.
+            drop(handshake);
             tracing::warn!(%error, "handshake failed");
             return;
         }
@@ -83,6 +116,7 @@ pub(super) fn serve(stream: UnixStream, config: &ServerConfig, active: &AtomicUs
     };
     // The client has its copies; ours would keep nothing alive but memory.
     drop(fds);
+    drop(handshake);
     tracing::info!(uid = peer.uid, pid = peer.pid, client = %client_name, "connection accepted");
     match PidFd::open(peer.pid) {
         Ok(pidfd) => producer.watch_peer(pidfd),
@@ -105,13 +139,29 @@ fn run(
     let closer = producer.closer();
     let signals = Arc::new(TaskSignals::default());
     let (work, queue) = mpsc::sync_channel(MAX_QUEUED_TASKS);
+    // The worker's way to wake this thread's read when it stops on its own.
+    let waker = match channel.as_fd().try_clone_to_owned() {
+        Ok(fd) => UnixStream::from(fd),
+        Err(error) => return format!("cannot clone the control socket: {error}"),
+    };
+    let ended: Arc<OnceLock<String>> = Arc::default();
     let worker = {
         let signals = Arc::clone(&signals);
+        let ended = Arc::clone(&ended);
         let collector = config.collector.clone();
         let stall = config.stall_timeout;
         thread::Builder::new()
             .name("procmond-work".into())
-            .spawn(move || worker::run(producer, &queue, &signals, collector, &requester, stall))
+            .spawn(move || {
+                let (producer, why) =
+                    worker::run(producer, &queue, &signals, collector, &requester, stall);
+                if let Some(why) = why {
+                    let _ = ended.set(why);
+                    // The socket thread's read returns end-of-stream.
+                    let _ = waker.shutdown(Shutdown::Read);
+                }
+                producer
+            })
     };
     let worker = match worker {
         Ok(worker) => worker,
@@ -146,12 +196,29 @@ fn run(
             Err(error) => break error.to_string(),
         }
     };
+    if let Some(why) = ended.get() {
+        // The worker stopped on its own: tell the client why before its ring
+        // closes (its reader then reports this, not a vanished procmond),
+        // and end the connection, which frees the client's slot.
+        tell(&mut channel, why);
+        let _ = shut_down(&channel);
+        drop(work);
+        let producer = worker.join();
+        drop(producer);
+        return why.clone();
+    }
     // Stop the worker at once: a blocked write or a monitor's wait ends.
     signals.client_gone();
     closer.close();
     drop(work);
     let _ = worker.join();
     reason
+}
+
+/// Shuts the connection down both ways (the client's watcher sees its end).
+fn shut_down(channel: &ServerChannel) -> std::io::Result<()> {
+    let stream = UnixStream::from(channel.as_fd().try_clone_to_owned()?);
+    stream.shutdown(Shutdown::Both)
 }
 
 /// Sends the client an error frame (best effort; it is being dropped).

@@ -28,6 +28,7 @@ mod tasks;
 mod worker;
 
 use std::net::Shutdown as SocketShutdown;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -37,8 +38,15 @@ use std::time::Duration;
 pub use config::ServerConfig;
 pub use shutdown::ShutdownHandle;
 
-use crate::control::{ControlError, ControlListener, SocketOptions};
+use crate::control::{
+    ControlError, ControlListener, RefusalCode, SocketOptions, refuse_unread, screen_peer,
+};
 use crate::ring::RingError;
+use connection::HandshakeSlot;
+
+/// Connections in their handshake beyond `max_clients` (see
+/// [`Server::max_handshakes`]).
+const HANDSHAKE_SLACK: usize = 4;
 
 /// Why procmond could not start serving.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +88,14 @@ impl Server {
             group: config.group,
         };
         let listener = ControlListener::bind(&config.socket_path, &options)?;
-        let shutdown = ShutdownHandle::new(listener.path().to_owned());
+        let wake = listener
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| ControlError::Io {
+                context: "duplicating the listener for shutdown",
+                source,
+            })?;
+        let shutdown = ShutdownHandle::new(wake);
         tracing::info!(
             socket = %listener.path().display(),
             ring_bytes = config.ring_bytes,
@@ -101,6 +116,13 @@ impl Server {
         self.listener.path()
     }
 
+    /// Connections allowed in their handshake at once (a thread each): a
+    /// few more than the clients served, so a client that leaves can be
+    /// replaced at once, but a flood of idle connects is refused.
+    fn max_handshakes(&self) -> usize {
+        self.config.max_clients.saturating_add(HANDSHAKE_SLACK)
+    }
+
     /// A handle that stops [`run_until`](Self::run_until) from any thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
@@ -111,10 +133,13 @@ impl Server {
     /// file is removed when the server is dropped.
     pub fn run_until(&self, shutdown: &ShutdownHandle) {
         let active = Arc::new(AtomicUsize::new(0));
+        let handshaking = Arc::new(AtomicUsize::new(0));
         let mut connections: Vec<Connection> = Vec::new();
         while !shutdown.is_triggered() {
             let stream = match self.listener.accept() {
                 Ok(stream) => stream,
+                // The trigger shut the listener down to wake this accept.
+                Err(_) if shutdown.is_triggered() => break,
                 Err(error) => {
                     tracing::error!(%error, "accept failed");
                     // Out of descriptors, say: give other threads a moment
@@ -127,6 +152,24 @@ impl Server {
                 break;
             }
             connections.retain(|c| !c.thread.is_finished());
+            // Cheap checks before a thread is spent on the connection: a
+            // flood of connects costs no more than this loop.
+            if let Err(error) = screen_peer(&stream, &self.config.allow) {
+                tracing::warn!(%error, "connection refused");
+                continue;
+            }
+            let Some(handshake) = HandshakeSlot::take(&handshaking, self.max_handshakes()) else {
+                let max = self.max_handshakes();
+                tracing::warn!(max, "connection refused: too many connections handshaking");
+                refuse_unread(
+                    stream,
+                    RefusalCode::TooManyClients,
+                    format!(
+                        "procmond already has {max} connections in their handshake; try again later"
+                    ),
+                );
+                continue;
+            };
             let socket = match stream.try_clone() {
                 Ok(socket) => socket,
                 Err(error) => {
@@ -138,7 +181,7 @@ impl Server {
             let active = Arc::clone(&active);
             let spawned = thread::Builder::new()
                 .name("procmond-conn".into())
-                .spawn(move || connection::serve(stream, &config, &active));
+                .spawn(move || connection::serve(stream, &config, &active, handshake));
             match spawned {
                 Ok(thread) => connections.push(Connection { thread, socket }),
                 Err(error) => tracing::error!(%error, "cannot start a connection thread"),

@@ -1,27 +1,29 @@
 //! Stopping the accept loop from another thread.
 
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::sys::socket::shutdown_listener;
+
 /// Stops a [`Server::run_until`](super::Server::run_until) loop.
 ///
-/// [`trigger`](Self::trigger) sets a flag and then connects to the server's
-/// own socket, which wakes the blocked `accept`; the loop sees the flag and
-/// returns. Cloneable and usable from any thread (a signal-waiting thread,
-/// say).
+/// [`trigger`](Self::trigger) sets a flag and then shuts the listening
+/// socket's receiving side down (through its own duplicate of the
+/// listener's descriptor), which wakes the blocked `accept` whatever became
+/// of the socket's path; the loop sees the flag and returns. Cloneable and
+/// usable from any thread (a signal-waiting thread, say).
 #[derive(Clone, Debug)]
 pub struct ShutdownHandle {
     flag: Arc<AtomicBool>,
-    path: PathBuf,
+    listener: Arc<OwnedFd>,
 }
 
 impl ShutdownHandle {
-    pub(super) fn new(path: PathBuf) -> Self {
+    pub(super) fn new(listener: OwnedFd) -> Self {
         Self {
             flag: Arc::new(AtomicBool::new(false)),
-            path,
+            listener: Arc::new(listener),
         }
     }
 
@@ -30,9 +32,11 @@ impl ShutdownHandle {
         // Release: pairs with the accept loop's Acquire load; nothing else
         // is published through the flag.
         self.flag.store(true, Ordering::Release);
-        // The wake-up connection; if it fails the server is not accepting
-        // anyway.
-        let _ = UnixStream::connect(&self.path);
+        // Wakes the accept; if it fails, the listener is already unusable
+        // and the loop's accept fails on its own.
+        if let Err(error) = shutdown_listener(self.listener.as_fd()) {
+            tracing::debug!(%error, "shutting the listener down");
+        }
     }
 
     /// Whether [`trigger`](Self::trigger) was called.

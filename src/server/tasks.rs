@@ -2,7 +2,8 @@
 //! socket thread shares with its worker (cancels, the client leaving).
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::proto::control::TaskRequest;
@@ -85,6 +86,9 @@ pub(super) fn check(request: TaskRequest) -> Result<Work, BadRequest> {
 pub(super) struct TaskSignals {
     state: Mutex<Signals>,
     changed: Condvar,
+    /// Set with `gone`, for checks too frequent for the lock (each record,
+    /// each hashed block).
+    stop: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -114,13 +118,21 @@ impl TaskSignals {
 
     /// The client is gone: every task stops.
     pub fn client_gone(&self) {
+        // Relaxed: a request to stop; the lock below publishes `gone`.
+        self.stop.store(true, Ordering::Relaxed);
         self.lock().gone = true;
         self.changed.notify_all();
     }
 
     /// Whether the client is gone.
     pub fn is_gone(&self) -> bool {
-        self.lock().gone
+        // Relaxed: a request to stop; nothing is read on the strength of it.
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// A flag set when the client goes, for the collector's hashing.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
     }
 
     /// Waits until `until` unless `task_id` is cancelled or the client goes

@@ -9,11 +9,13 @@ use super::tasks::{Job, TaskSignals, Work};
 use crate::collector::{Collector, CollectorConfig, Requester};
 use crate::proto::limits::MAX_ERROR_MESSAGE_BYTES;
 use crate::proto::{DetectionResult, ProtoTaskType};
-use crate::ring::Producer;
+use crate::ring::{Producer, RingError};
 use crate::session::{RecordKind, ResultWriter, SessionError, StreamStats};
 
 /// Runs work until the queue closes or the ring fails (the client left or
-/// stopped reading); dropping the producer then closes and frees the ring.
+/// stopped reading). Gives the producer back, so the caller frees the ring
+/// when it is done with the client, and, when the worker stopped on its own
+/// (a write stalled or failed), why.
 pub(super) fn run(
     mut producer: Producer,
     queue: &Receiver<Work>,
@@ -21,8 +23,9 @@ pub(super) fn run(
     collector: CollectorConfig,
     requester: &Requester,
     stall: Duration,
-) {
+) -> (Producer, Option<String>) {
     let mut collector = Collector::new(collector);
+    collector.stop_hashing_when(signals.stop_flag());
     while let Ok(work) = queue.recv() {
         if signals.is_gone() {
             break;
@@ -42,10 +45,19 @@ pub(super) fn run(
             ),
         };
         if let Err(error) = outcome {
+            if signals.is_gone() {
+                break;
+            }
             tracing::info!(%error, "result stream ended; closing the ring");
-            break;
+            return (
+                producer,
+                Some(format!(
+                    "procmond stopped this connection's results: {error}"
+                )),
+            );
         }
     }
+    (producer, None)
 }
 
 fn run_job(
@@ -64,17 +76,19 @@ fn run_job(
         ProtoTaskType::EnumerateProcesses => collect(
             stream,
             collector,
+            signals,
             job,
             job.with_hashes,
             "ENUMERATE_PROCESSES",
         ),
         ProtoTaskType::VerifyExecutable => {
-            collect(stream, collector, job, true, "VERIFY_EXECUTABLE")
+            collect(stream, collector, signals, job, true, "VERIFY_EXECUTABLE")
         }
         ProtoTaskType::CheckProcessHash => hash_check(stream, collector, job, requester),
         ProtoTaskType::MonitorProcessTree => monitor(stream, collector, signals, job),
     }?;
-    tracing::info!(
+    // Debug: a monitor polled every 10 ms would flood the log at info.
+    tracing::debug!(
         task_id,
         kind = job.kind.as_str_name(),
         records = stats.records,
@@ -91,23 +105,27 @@ fn run_job(
 fn collect(
     mut stream: ResultWriter<'_>,
     collector: &mut Collector,
+    signals: &TaskSignals,
     job: &Job,
     with_hashes: bool,
     what: &str,
 ) -> Result<StreamStats, SessionError> {
     let mut write_error = None;
-    let walked =
-        collector.for_each(
-            job.task.process_filter.as_ref(),
-            with_hashes,
-            |record| match stream.push(RecordKind::Result, record) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(error) => {
-                    write_error = Some(error);
-                    ControlFlow::Break(())
-                }
-            },
-        );
+    let sink = |record| {
+        // A departed client's work stops at once, not when a frame fills.
+        if signals.is_gone() || stream.is_closed() {
+            write_error = Some(SessionError::Ring(RingError::Closed));
+            return ControlFlow::Break(());
+        }
+        match stream.push(RecordKind::Result, record) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(error) => {
+                write_error = Some(error);
+                ControlFlow::Break(())
+            }
+        }
+    };
+    let walked = collector.for_each(job.task.process_filter.as_ref(), with_hashes, sink);
     match (walked, write_error) {
         (_, Some(error @ SessionError::RecordTooLarge { .. })) => {
             stream.fail(&format!("{what} failed: {error}"))
@@ -205,5 +223,45 @@ fn cut(text: &mut String, max: usize) {
             end -= 1;
         }
         text.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::DetectionTask;
+    use crate::ring::{self, RingConfig, TryReadError};
+    use crate::server::tasks::DEFAULT_MONITOR_INTERVAL;
+
+    #[test]
+    fn a_departed_clients_enumerate_stops_without_writing() {
+        let (mut producer, mut consumer) = ring::pair(&RingConfig::new(1 << 20)).unwrap();
+        let signals = TaskSignals::default();
+        signals.client_gone();
+        let job = Job {
+            task: DetectionTask::new_enumerate_processes("t-1", None),
+            kind: ProtoTaskType::EnumerateProcesses,
+            with_hashes: true,
+            interval: DEFAULT_MONITOR_INTERVAL,
+        };
+        let mut collector = Collector::new(CollectorConfig::default());
+        collector.stop_hashing_when(signals.stop_flag());
+        let outcome = run_job(
+            &mut producer,
+            &mut collector,
+            &signals,
+            &job,
+            &Requester::root(),
+            Duration::from_secs(5),
+        );
+        assert!(
+            matches!(outcome, Err(SessionError::Ring(RingError::Closed))),
+            "{outcome:?}"
+        );
+        // Not a record reached the ring (it has room for them all).
+        assert!(matches!(
+            consumer.try_read(|_| ()),
+            Err(TryReadError::Empty)
+        ));
     }
 }

@@ -21,6 +21,15 @@ pub enum SessionError {
     /// A frame decodes but breaks the schema's rules.
     #[error("result frame breaks the schema's rules: {0}")]
     Invalid(#[from] ValidationError),
+    /// A frame holds more records than one result may (counted in its
+    /// bytes, before decoding).
+    #[error("result frame holds {count} or more records; at most {max} are allowed")]
+    TooManyRecords {
+        /// Records counted (counting stops one past `max`).
+        count: usize,
+        /// [`MAX_PROCESSES_PER_RESULT`](crate::proto::limits::MAX_PROCESSES_PER_RESULT).
+        max: usize,
+    },
     /// A frame belongs to a task this reader did not expect.
     #[error("result frame for task {got:?} while reading task {expected:?}")]
     WrongTask {

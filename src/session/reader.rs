@@ -3,9 +3,13 @@
 
 use std::time::Instant;
 
+use prost::encoding::{WireType, decode_key, decode_varint};
+
 use super::error::SessionError;
 use super::marker::Marker;
+use super::writer::PROCESSES_FIELD;
 use crate::proto::DetectionResult;
+use crate::proto::limits::MAX_PROCESSES_PER_RESULT;
 use crate::ring::Consumer;
 
 /// One frame of a result stream, decoded and checked.
@@ -25,12 +29,67 @@ pub struct Chunk {
 ///
 /// Decoding is bounded by the frame: a frame is at most the ring's largest
 /// frame, and so is what the decoder reads.
+///
+/// Before decoding, the records are counted in the wire bytes: a frame
+/// holding more than [`MAX_PROCESSES_PER_RESULT`] is
+/// [`SessionError::TooManyRecords`] and is not decoded. (An empty record
+/// takes 2 bytes on the wire but some 250 decoded, so decoding first would
+/// let a frame cost over a hundred times its size.) A frame's decoded
+/// memory is thus at most its own bytes plus that many empty records.
 pub fn read_chunk(consumer: &mut Consumer, deadline: Instant) -> Result<Chunk, SessionError> {
     let (flags, decoded) = consumer.read(deadline, |frame| {
-        (frame.flags(), frame.decode::<DetectionResult>())
+        let count = count_records(frame.bytes());
+        if count > MAX_PROCESSES_PER_RESULT {
+            return (
+                frame.flags(),
+                Err(SessionError::TooManyRecords {
+                    count,
+                    max: MAX_PROCESSES_PER_RESULT,
+                }),
+            );
+        }
+        (
+            frame.flags(),
+            frame
+                .decode::<DetectionResult>()
+                .map_err(SessionError::from),
+        )
     })?;
     let marker = Marker::from_flags(flags)?;
     let result = decoded?;
     result.validate()?;
     Ok(Chunk { result, marker })
+}
+
+/// The `processes` entries (field 4) among `bytes`' top-level fields,
+/// counted without decoding them. Stops at the first malformed field (the
+/// decoder then names it) and counts no further than one past the limit.
+fn count_records(mut bytes: &[u8]) -> usize {
+    let mut count = 0;
+    while !bytes.is_empty() && count <= MAX_PROCESSES_PER_RESULT {
+        let Ok((field, wire_type)) = decode_key(&mut bytes) else {
+            break;
+        };
+        let skip = match wire_type {
+            WireType::Varint => match decode_varint(&mut bytes) {
+                Ok(_) => 0,
+                Err(_) => break,
+            },
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::LengthDelimited => match decode_varint(&mut bytes) {
+                Ok(len) => usize::try_from(len).unwrap_or(usize::MAX),
+                Err(_) => break,
+            },
+            WireType::StartGroup | WireType::EndGroup => break,
+        };
+        if skip > bytes.len() {
+            break;
+        }
+        if field == PROCESSES_FIELD && wire_type == WireType::LengthDelimited {
+            count += 1;
+        }
+        bytes = &bytes[skip..];
+    }
+    count
 }

@@ -13,7 +13,7 @@ use crate::proto::{DetectionResult, ProtoProcessRecord};
 use crate::ring::Producer;
 
 /// The `processes` field number of `DetectionResult`.
-const PROCESSES_FIELD: u32 = 4;
+pub(super) const PROCESSES_FIELD: u32 = 4;
 
 /// What a finished stream sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,6 +76,12 @@ impl<'p> ResultWriter<'p> {
     /// The task this stream answers.
     pub fn task_id(&self) -> &str {
         &self.result.task_id
+    }
+
+    /// Whether the ring is closed (by either side): every later write
+    /// fails, so the caller may stop producing records.
+    pub fn is_closed(&self) -> bool {
+        self.producer.is_closed()
     }
 
     /// Adds a record of `kind`, writing the frame being filled first when the

@@ -183,6 +183,15 @@ pub fn set_accept_timeout(listener: &UnixListener, timeout: Option<Duration>) ->
     Ok(())
 }
 
+/// Shuts down the receiving side of `listener` (`shutdown(SHUT_RD)`): on
+/// Linux a thread blocked in `accept` on it wakes with an error (`EINVAL`),
+/// later accepts fail the same way, and new connects are refused. Works on
+/// a duplicate of the listener's descriptor too, from any thread.
+pub fn shutdown_listener(listener: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::net::shutdown(listener, rustix::net::Shutdown::Read)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +290,30 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         let _client = UnixStream::connect(&path).expect("connect");
         listener.accept().expect("a waiting connection is accepted");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn shutting_a_listener_down_wakes_a_blocked_accept() {
+        use std::os::fd::AsFd;
+        let dir =
+            std::env::temp_dir().join(format!("daemoneye-sys-shutdown-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("bind");
+        let dup = listener.as_fd().try_clone_to_owned().expect("dup");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(listener.accept().map(|_| ()));
+        });
+        // The socket file goes first: nothing can connect to wake it.
+        std::fs::remove_file(&path).expect("unlink");
+        shutdown_listener(dup.as_fd()).expect("shutdown");
+        let accepted = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("accept still blocked after the shutdown");
+        assert!(accepted.is_err());
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
