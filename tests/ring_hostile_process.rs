@@ -162,7 +162,7 @@ fn hostile_consumer() {
     let control = File::from(fds.control.try_clone().unwrap());
     let mut consumer = Consumer::attach(fds, WaitStrategy::BusySpin).unwrap();
     send_u64(&mut socket, 1);
-    let mut rng = 0xfee1_bad;
+    let mut rng = 0x0fee_1bad;
     let until = Instant::now() + SCRIBBLE_FOR;
     while Instant::now() < until {
         // Whatever the producer makes of the lies, this side may read on.
