@@ -9,6 +9,8 @@
 //! - a slow reader child and a producer that keeps finding the ring full
 //!   (it blocks; nothing is overwritten or lost).
 //!
+//! And a reader parked on an empty ring uses no CPU to speak of.
+//!
 //! Each frame is self-checking ([`ring_support::Frames`]).
 
 mod ring_support;
@@ -115,6 +117,17 @@ fn child() {
                 Consumer::attach(recv_fds(&socket), WaitStrategy::default()).unwrap();
             consume(&mut consumer, 8, 2000, Duration::from_millis(1));
         }
+        // Attach, say so, then wait (parked) for one frame.
+        "idle-reader" => {
+            let mut socket = socket;
+            let mut consumer =
+                Consumer::attach(recv_fds(&socket), WaitStrategy::default()).unwrap();
+            ring_support::send_u64(&mut socket, 1);
+            let got = consumer
+                .read(far(), |frame| frame.bytes().to_vec())
+                .unwrap();
+            assert_eq!(got, b"wake");
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -148,4 +161,40 @@ fn full_ring_and_slow_reader() {
     drop(producer);
     peer.expect_success(CHILD_TIMEOUT);
     assert!(full > 0, "the ring never filled up");
+}
+
+/// CPU time (user + system, all threads) of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 (1-based), so 11 and 12 here.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn parked_idle_reader_uses_no_cpu() {
+    let (mut producer, fds) = Producer::create(&config(WaitStrategy::default())).unwrap();
+    let mut peer = spawn("child", "idle-reader", "");
+    send_fds(&peer.socket, &fds);
+    drop(fds);
+    assert_eq!(ring_support::recv_u64(&mut peer.socket), 1);
+    let pid = peer.child.id();
+    // The window to measure over (the reader spins for some microseconds,
+    // then parks, waking every 100 ms to check on this process).
+    let window = Duration::from_millis(1500);
+    let before = cpu_ticks(pid);
+    let start = std::time::Instant::now();
+    thread::sleep(window);
+    let used = cpu_ticks(pid) - before;
+    let elapsed = start.elapsed();
+    producer.write(b"wake", 0, far()).unwrap();
+    peer.expect_success(CHILD_TIMEOUT);
+    // /proc counts in USER_HZ ticks, 1/100 s on Linux.
+    let used = Duration::from_millis(used * 10);
+    assert!(
+        used.as_secs_f64() < 0.05 * elapsed.as_secs_f64(),
+        "idle parked reader used {used:?} of CPU in {elapsed:?}"
+    );
 }
