@@ -45,6 +45,8 @@ pub fn spawn(entry: &str, role: &str, arg: &str) -> Peer {
         .env(ROLE_VAR, role)
         .env(ARG_VAR, arg)
         .stdin(Stdio::from(OwnedFd::from(theirs)))
+        // The harness's chatter; a failing child's panic goes to stderr.
+        .stdout(Stdio::null())
         .spawn()
         .expect("spawn the child test");
     let pidfd = PidFd::open(child.id()).expect("pidfd_open");
