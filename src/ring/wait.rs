@@ -25,6 +25,7 @@
 
 use std::hint;
 use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use super::error::RingError;
@@ -46,6 +47,10 @@ pub const DEFAULT_SPINS: u32 = 8192;
 /// How many spinning polls pass between two reads of the clock (deadline,
 /// busy-spin liveness checks).
 const CLOCK_EVERY: u32 = 64;
+/// How many spinning polls pass between two yields of the core
+/// (spin-then-park only): about 10 µs here, far longer than a hand-off
+/// between two running sides, far shorter than a scheduler time slice.
+const YIELD_EVERY: u32 = 256;
 /// How often a busy-spinning side checks that its peer is alive.
 const BUSY_LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -145,7 +150,15 @@ pub(crate) fn block<T>(
                     }
                 }
             }
-            hint::spin_loop();
+            // Spin-then-park gives up the core now and then, in case the
+            // peer is waiting for it (more runnable threads than cores):
+            // spinning on would hold off the very hand-off it waits for.
+            // (Busy-spin never does: it is for dedicated cores.)
+            if spins % YIELD_EVERY == 0 && strategy != WaitStrategy::BusySpin {
+                thread::yield_now();
+            } else {
+                hint::spin_loop();
+            }
             continue;
         }
         let now = Instant::now();
