@@ -3,7 +3,7 @@
 //! stream socket, and the bounds they are measured against.
 //!
 //! ```text
-//! cargo run --release --example ipc_bench              # table, ~30 s
+//! cargo run --release --example ipc_bench              # table, 15-25 s
 //! cargo run --release --example ipc_bench -- --json    # JSON lines
 //! cargo run --release --example ipc_bench -- --quick --sizes 64,1024 --only ring:busy-spin,uds
 //! ```
