@@ -1,0 +1,200 @@
+//! Two real processes, one ring: the test binary re-runs itself as the
+//! peer (see `ring_support`), the descriptors cross a Unix socket with
+//! `SCM_RIGHTS`, and a million frames of mixed sizes arrive intact and in
+//! order:
+//!
+//! - a producer child writing as fast as it can;
+//! - a slow producer child and a reader that parks whenever the ring is
+//!   empty;
+//! - a slow reader child and a producer that keeps finding the ring full
+//!   (it blocks; nothing is overwritten or lost).
+//!
+//! And a reader parked on an empty ring uses no CPU to speak of.
+//!
+//! Each frame is self-checking ([`ring_support::Frames`]).
+
+mod ring_support;
+
+use std::thread;
+use std::time::Duration;
+
+use daemoneye_lib::ring::layout::MIN_CAPACITY;
+use daemoneye_lib::ring::{Consumer, Producer, RingConfig, RingError, TryClaimError, WaitStrategy};
+use ring_support::{Frames, Peer, far, recv_fds, send_fds, spawn};
+
+const FRAMES: u64 = 1_000_000;
+const MAX_FRAME: usize = 4096;
+const PARK: WaitStrategy = WaitStrategy::Park {
+    timeout: Duration::from_millis(100),
+};
+/// Generous: a million frames in a debug build on a loaded machine.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn config(wait: WaitStrategy) -> RingConfig {
+    RingConfig::new(MIN_CAPACITY)
+        .with_max_frame(MAX_FRAME)
+        .with_wait(wait)
+}
+
+/// Writes every frame (pausing `pause` every `pause_every` frames); returns
+/// how many claims found the ring full.
+fn produce(producer: &mut Producer, pause_every: u64, pause: Duration) -> u64 {
+    let frames = Frames::new(MAX_FRAME);
+    let deadline = far();
+    let mut full = 0;
+    for i in 0..FRAMES {
+        let len = frames.len(i);
+        let mut claim = match producer.try_claim(len) {
+            Ok(claim) => claim,
+            Err(TryClaimError::Full) => {
+                full += 1;
+                producer
+                    .claim(len, deadline)
+                    .unwrap_or_else(|err| panic!("claim {i}: {err}"))
+            }
+            Err(err) => panic!("claim {i}: {err}"),
+        };
+        frames.fill(i, &mut claim);
+        claim.commit_with_flags(len, i as u16);
+        if pause_every != 0 && i % pause_every == 0 {
+            thread::sleep(pause);
+        }
+    }
+    full
+}
+
+/// Reads and checks every frame in batches (pausing `pause` every
+/// `pause_every` batches), then expects `Closed`.
+fn consume(consumer: &mut Consumer, batch: usize, pause_every: u64, pause: Duration) {
+    let frames = Frames::new(MAX_FRAME);
+    let deadline = far();
+    let mut next = 0u64;
+    let mut batches = 0u64;
+    while next < FRAMES {
+        consumer
+            .read_batch(batch, deadline, |frame| {
+                if let Err(what) = frames.check(next, frame.bytes(), frame.flags()) {
+                    panic!("{what}");
+                }
+                next += 1;
+            })
+            .unwrap_or_else(|err| panic!("read after frame {next}: {err}"));
+        batches += 1;
+        if pause_every != 0 && batches % pause_every == 0 {
+            thread::sleep(pause);
+        }
+    }
+    let end = consumer.read(deadline, |frame| frame.bytes().len());
+    assert!(
+        matches!(end, Err(RingError::Closed)),
+        "expected Closed after the last frame, got {end:?}"
+    );
+}
+
+/// The child's part, chosen by `RING_ROLE`; a no-op in the normal run.
+#[test]
+fn child() {
+    let Some((role, _)) = ring_support::role() else {
+        return;
+    };
+    let socket = ring_support::parent_socket();
+    match role.as_str() {
+        // Create the ring, hand the consumer's descriptors to the parent,
+        // write everything, close (drop).
+        "fast-producer" | "slow-producer" => {
+            let (mut producer, fds) = Producer::create(&config(WaitStrategy::default())).unwrap();
+            send_fds(&socket, &fds);
+            drop(fds);
+            if role == "fast-producer" {
+                produce(&mut producer, 0, Duration::ZERO);
+            } else {
+                produce(&mut producer, 2000, Duration::from_micros(500));
+            }
+        }
+        // Attach to the parent's ring and read slowly.
+        "slow-consumer" => {
+            let mut consumer =
+                Consumer::attach(recv_fds(&socket), WaitStrategy::default()).unwrap();
+            consume(&mut consumer, 8, 2000, Duration::from_millis(1));
+        }
+        // Attach, say so, then wait (parked) for one frame.
+        "idle-reader" => {
+            let mut socket = socket;
+            let mut consumer =
+                Consumer::attach(recv_fds(&socket), WaitStrategy::default()).unwrap();
+            ring_support::send_u64(&mut socket, 1);
+            let got = consumer
+                .read(far(), |frame| frame.bytes().to_vec())
+                .unwrap();
+            assert_eq!(got, b"wake");
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// A consumer in this process reading from a producer child.
+fn read_from_child(role: &str, wait: WaitStrategy) {
+    let peer = spawn("child", role, "");
+    let mut consumer = Consumer::attach(recv_fds(&peer.socket), wait).unwrap();
+    consume(&mut consumer, 64, 0, Duration::ZERO);
+    peer.expect_success(CHILD_TIMEOUT);
+}
+
+#[test]
+fn million_frames_from_a_fast_producer() {
+    read_from_child("fast-producer", WaitStrategy::default());
+}
+
+#[test]
+fn parked_reader_and_slow_producer() {
+    read_from_child("slow-producer", PARK);
+}
+
+#[test]
+fn full_ring_and_slow_reader() {
+    let (mut producer, fds) = Producer::create(&config(PARK)).unwrap();
+    let peer: Peer = spawn("child", "slow-consumer", "");
+    send_fds(&peer.socket, &fds);
+    drop(fds);
+    let full = produce(&mut producer, 0, Duration::ZERO);
+    // Closing lets the child drain and see Closed; it checked every frame.
+    drop(producer);
+    peer.expect_success(CHILD_TIMEOUT);
+    assert!(full > 0, "the ring never filled up");
+}
+
+/// CPU time (user + system, all threads) of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 (1-based), so 11 and 12 here.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn parked_idle_reader_uses_no_cpu() {
+    let (mut producer, fds) = Producer::create(&config(WaitStrategy::default())).unwrap();
+    let mut peer = spawn("child", "idle-reader", "");
+    send_fds(&peer.socket, &fds);
+    drop(fds);
+    assert_eq!(ring_support::recv_u64(&mut peer.socket), 1);
+    let pid = peer.child.id();
+    // The window to measure over (the reader spins for some microseconds,
+    // then parks, waking every 100 ms to check on this process).
+    let window = Duration::from_millis(1500);
+    let before = cpu_ticks(pid);
+    let start = std::time::Instant::now();
+    thread::sleep(window);
+    let used = cpu_ticks(pid) - before;
+    let elapsed = start.elapsed();
+    producer.write(b"wake", 0, far()).unwrap();
+    peer.expect_success(CHILD_TIMEOUT);
+    // /proc counts in USER_HZ ticks, 1/100 s on Linux.
+    let used = Duration::from_millis(used * 10);
+    assert!(
+        used.as_secs_f64() < 0.05 * elapsed.as_secs_f64(),
+        "idle parked reader used {used:?} of CPU in {elapsed:?}"
+    );
+}
