@@ -142,6 +142,42 @@ fn consumer_closer_wakes_its_own_reader() {
 }
 
 #[test]
+fn peer_gone_mark_drains_published_frames_then_reports_peer_gone() {
+    let (mut producer, mut consumer, _control) = ring();
+    producer.write(b"one", 0, far()).unwrap();
+    producer.write(b"two", 0, far()).unwrap();
+    // The control socket ended, say; the producer never closed the ring.
+    consumer.closer().mark_peer_gone();
+    assert_eq!(
+        consumer.read(far(), |f| f.bytes().to_vec()).unwrap(),
+        b"one"
+    );
+    assert_eq!(
+        consumer.read(far(), |f| f.bytes().to_vec()).unwrap(),
+        b"two"
+    );
+    assert!(matches!(
+        consumer.read(far(), |f| f.bytes().to_vec()),
+        Err(RingError::PeerGone)
+    ));
+    assert!(matches!(
+        consumer.try_read(|_| ()),
+        Err(TryReadError::PeerGone)
+    ));
+}
+
+#[test]
+fn peer_gone_mark_wakes_a_parked_reader() {
+    let (_producer, consumer, control) = ring();
+    let closer = consumer.closer();
+    let rx = spawn_read(consumer);
+    wait_parked(&control, CONSUMER_WAIT_OFFSET);
+    let start = Instant::now();
+    closer.mark_peer_gone();
+    assert!(matches!(result(&rx, start), Err(RingError::PeerGone)));
+}
+
+#[test]
 fn consumer_close_wakes_a_parked_writer() {
     let (producer, consumer, control) = ring();
     let rx = spawn_write(producer);

@@ -149,7 +149,9 @@ fn read_once(consumer: &mut Consumer, attack: &Attack) -> Outcome {
     let outcome = match attack {
         Attack::TryRead => match consumer.try_read(|f| check_frame(f.bytes().len())) {
             Ok(()) => Outcome::Frames,
-            Err(TryReadError::Empty | TryReadError::Closed) => Outcome::Nothing,
+            Err(TryReadError::Empty | TryReadError::Closed | TryReadError::PeerGone) => {
+                Outcome::Nothing
+            }
             Err(TryReadError::Corrupt(_)) => Outcome::Corrupt,
         },
         Attack::TryBatch(max) => {
@@ -158,7 +160,9 @@ fn read_once(consumer: &mut Consumer, attack: &Attack) -> Outcome {
                     assert!(n <= *max);
                     Outcome::Frames
                 }
-                Err(TryReadError::Empty | TryReadError::Closed) => Outcome::Nothing,
+                Err(TryReadError::Empty | TryReadError::Closed | TryReadError::PeerGone) => {
+                    Outcome::Nothing
+                }
                 Err(TryReadError::Corrupt(_)) => Outcome::Corrupt,
             }
         }

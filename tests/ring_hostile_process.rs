@@ -233,7 +233,7 @@ fn consumer_survives_a_scribbling_producer_process() {
         match got {
             Ok(_) => {}
             Err(TryReadError::Corrupt(_)) => corrupt += 1,
-            Err(TryReadError::Empty | TryReadError::Closed) => other += 1,
+            Err(TryReadError::Empty | TryReadError::Closed | TryReadError::PeerGone) => other += 1,
         }
         let soon = Instant::now() + Duration::from_micros(200);
         match consumer.read(soon, |frame| frame.bytes().len()) {

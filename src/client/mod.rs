@@ -286,7 +286,8 @@ impl Agent {
         with_hashes: bool,
         interval_ms: u32,
     ) -> Result<(), ClientError> {
-        if self.consumer.is_closed() {
+        let gone = self.gone.lock().map_or(true, |why| why.is_some());
+        if gone || self.consumer.is_closed() {
             return Err(self.gone_error());
         }
         let frame = ClientFrame {

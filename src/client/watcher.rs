@@ -1,5 +1,6 @@
 //! A thread that watches the control socket and turns procmond's departure
-//! into a ring close, so a read blocked in the ring returns at once.
+//! into a "peer gone" mark on the ring, so a read blocked in the ring
+//! returns at once, after what procmond published before it went.
 
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -20,7 +21,8 @@ pub(super) enum Gone {
 }
 
 /// Starts the watcher: it reads procmond's frames until the socket ends or
-/// breaks, records why in `gone`, then closes the ring with `closer`.
+/// breaks, records why in `gone`, then marks the ring's peer gone with
+/// `closer` (reads drain what was published, then end).
 pub(super) fn spawn(
     mut channel: ClientChannel,
     closer: Closer,
@@ -43,6 +45,6 @@ pub(super) fn spawn(
             if let Ok(mut slot) = gone.lock() {
                 slot.get_or_insert(why);
             }
-            closer.close();
+            closer.mark_peer_gone();
         })
 }

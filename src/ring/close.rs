@@ -33,6 +33,15 @@ impl Closer {
         close(&self.shared);
     }
 
+    /// Says the peer is gone, learnt from outside the ring (the control
+    /// socket ended). Unlike [`close`](Self::close), a consumer first reads
+    /// every frame the peer published, then its blocking reads return
+    /// `PeerGone` (and `try_read` `TryReadError::PeerGone`); a producer's
+    /// claims fail with `Closed`, as after a close.
+    pub fn mark_peer_gone(&self) {
+        mark_peer_gone(&self.shared);
+    }
+
     /// Whether this side has been closed.
     pub fn is_closed(&self) -> bool {
         // Relaxed: a status read; nothing is read on the strength of it.
@@ -52,4 +61,21 @@ pub(crate) fn close(shared: &Shared) {
     let lines = shared.consumer_lines();
     wake_if_parked(&lines.consumer_wait);
     wake_if_parked(&lines.producer_wait);
+}
+
+/// Marks the peer gone in this process and wakes this side if parked.
+pub(crate) fn mark_peer_gone(shared: &Shared) {
+    if shared.is_producer() {
+        // The consumer's reads are what there is to drain; a producer has
+        // nothing to read, so for it this is a close.
+        close(shared);
+        return;
+    }
+    // Release: pairs with the Acquire load in the consumer's poll, so a
+    // reader that sees the mark re-reads the producer position after it.
+    shared.peer_gone().store(true, Ordering::Release);
+    // SeqCst fence: orders the mark before the load of the futex word,
+    // against a waiter's store of PARKED before its re-check (as in close).
+    fence(Ordering::SeqCst);
+    wake_if_parked(&shared.consumer_lines().consumer_wait);
 }

@@ -240,6 +240,15 @@ impl Consumer {
                 None => Err(TryReadError::Closed),
             };
         }
+        // Acquire: pairs with the Release store in `mark_peer_gone`; the peek
+        // below re-reads the producer position after seeing the mark, so
+        // what the peer published before it went is still read.
+        if self.shared().peer_gone().load(Ordering::Acquire) {
+            return match self.peek(self.head)? {
+                Some(frame) => Ok(frame),
+                None => Err(TryReadError::PeerGone),
+            };
+        }
         Err(TryReadError::Empty)
     }
 
@@ -395,6 +404,7 @@ fn blocking_error(err: TryReadError) -> RingError {
     match err {
         TryReadError::Empty => RingError::TimedOut,
         TryReadError::Closed => RingError::Closed,
+        TryReadError::PeerGone => RingError::PeerGone,
         TryReadError::Corrupt(kind) => RingError::Corrupt(kind),
     }
 }

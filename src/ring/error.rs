@@ -228,6 +228,10 @@ pub enum TryReadError {
     /// it published has been read.
     #[error("ring closed")]
     Closed,
+    /// The peer was marked gone ([`Closer::mark_peer_gone`](super::Closer::mark_peer_gone))
+    /// and every frame it published has been read.
+    #[error("the producer is gone")]
+    PeerGone,
     /// The producer region breaks the protocol.
     #[error("corrupt ring: {0}")]
     Corrupt(#[from] CorruptKind),

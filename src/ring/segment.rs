@@ -11,7 +11,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::error::{CorruptKind, Region, RingError};
 use super::layout::{
@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     side: Side,
     capacity: usize,
     max_frame: usize,
+    /// Set in this process (never in shared memory) when something outside
+    /// the ring, such as the control socket's end, says the peer is gone.
+    peer_gone: AtomicBool,
 }
 
 impl Shared {
@@ -88,6 +91,16 @@ impl Shared {
             Side::Producer => &self.producer_lines().closed,
             Side::Consumer => &self.consumer_lines().close.closed,
         }
+    }
+
+    /// Whether this is the producer's side.
+    pub(crate) fn is_producer(&self) -> bool {
+        matches!(self.side, Side::Producer)
+    }
+
+    /// The process-local "peer gone" mark (see `Closer::mark_peer_gone`).
+    pub(crate) fn peer_gone(&self) -> &AtomicBool {
+        &self.peer_gone
     }
 
     /// The peer's closed flag.
@@ -269,6 +282,7 @@ pub(crate) fn create(
         side: Side::Producer,
         capacity,
         max_frame,
+        peer_gone: AtomicBool::new(false),
     });
     // A fresh memfd reads as zeros: both positions 0, both futex words IDLE,
     // both closed flags clear, no consumer attached. Only the header needs
@@ -338,6 +352,7 @@ pub(crate) fn attach(fds: &ConsumerFds) -> Result<DataReader, RingError> {
         side: Side::Consumer,
         capacity: 0,
         max_frame: 0,
+        peer_gone: AtomicBool::new(false),
     };
     let (capacity, max_frame) = check_header(shared.producer_lines(), data_len)?;
     shared.capacity = capacity;

@@ -88,7 +88,7 @@ pub(super) fn serve(
         tracing::warn!(uid = peer.uid, pid = peer.pid, %error, "connection refused");
         return;
     }
-    let _slot = Slot(active);
+    let slot = Slot(active);
 
     let (mut producer, fds) = match Producer::create(&config.ring_config()) {
         Ok(ring) => ring,
@@ -124,7 +124,7 @@ pub(super) fn serve(
     }
     // Hash checks open files with what this peer may read, not with ours.
     let requester = Requester::from_pid(peer.pid, peer.uid, peer.gid);
-    let reason = run(channel, producer, config, requester);
+    let reason = run(channel, producer, config, requester, slot);
     tracing::info!(uid = peer.uid, pid = peer.pid, %reason, "connection closed; ring freed");
 }
 
@@ -135,6 +135,7 @@ fn run(
     producer: Producer,
     config: &ServerConfig,
     requester: Requester,
+    slot: Slot<'_>,
 ) -> String {
     let closer = producer.closer();
     let signals = Arc::new(TaskSignals::default());
@@ -201,10 +202,13 @@ fn run(
         // closes (its reader then reports this, not a vanished procmond),
         // and end the connection, which frees the client's slot.
         tell(&mut channel, why);
-        let _ = shut_down(&channel);
         drop(work);
         let producer = worker.join();
         drop(producer);
+        // Given back before the socket ends, so a client that sees the end
+        // finds the slot free.
+        drop(slot);
+        let _ = shut_down(&channel);
         return why.clone();
     }
     // Stop the worker at once: a blocked write or a monitor's wait ends.
@@ -212,6 +216,7 @@ fn run(
     closer.close();
     drop(work);
     let _ = worker.join();
+    drop(slot);
     reason
 }
 
