@@ -967,3 +967,47 @@ fn an_abandoned_stream_is_skipped_by_the_next_call() {
     drop(agent);
     procmond.stop();
 }
+
+/// Triggers a server's shutdown when dropped, so a failed assertion in a
+/// scope that serves cannot leave the scope waiting forever.
+struct StopOnDrop(daemoneye_lib::server::ShutdownHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.trigger();
+    }
+}
+
+#[test]
+fn an_agent_that_reconnects_gets_hashes_from_the_cache_its_first_connection_filled() {
+    let dir = TempDir::new("shared-cache");
+    let server = Server::bind(ServerConfig::new(dir.0.join("procmond.sock"))).unwrap();
+    let socket = server.socket_path().to_owned();
+    // A system binary: unchanged for long, so its hash is cached.
+    let file = Path::new("/usr/bin/sleep");
+    let check = ProtoHashCheck {
+        expected_hash: sha256sum(file),
+        hash_algorithm: "sha256".into(),
+        executable_path: file.to_string_lossy().into_owned(),
+    };
+    thread::scope(|scope| {
+        let stop = StopOnDrop(server.shutdown_handle());
+        let serving = scope.spawn(|| server.run_until(&server.shutdown_handle()));
+        // Each connection has its own collector; the second is answered
+        // from the cache the first one filled.
+        for (connection, (hits, misses)) in [(1, (0, 1)), (2, (1, 1))] {
+            let mut agent = Agent::connect(&socket).expect("connect");
+            let report = agent.hash_check(check.clone()).unwrap();
+            assert_eq!(report.matched, Some(true), "connection {connection}");
+            drop(agent);
+            let stats = server.hash_cache_stats();
+            assert_eq!(
+                (stats.hits, stats.misses, stats.entries),
+                (hits, misses, 1),
+                "after connection {connection}"
+            );
+        }
+        drop(stop);
+        serving.join().unwrap();
+    });
+}
