@@ -13,7 +13,7 @@ use collector_support::{
     LineReader, Running, TempDir, copy_executable, let_settle, sha256sum, unix_now, within_deadline,
 };
 use daemoneye_lib::collector::{
-    CollectError, Collector, CollectorConfig, FilterError, HashError, HashOutcome,
+    CollectError, Collector, CollectorConfig, FilterError, HashError, HashOutcome, SharedHashCache,
 };
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
 
@@ -296,6 +296,30 @@ fn hash_check_refuses_bad_requests() {
     let default = ask(&mut collector, "", "", "/bin/sleep");
     assert!(default.result.success);
     assert_eq!(default.result.algorithm, "sha256");
+}
+
+#[test]
+fn collectors_sharing_a_cache_hash_a_file_once() {
+    let dir = TempDir::new("shared");
+    let file = dir.join("f.bin");
+    write_file(&file, 100_000, 3);
+    let_settle(&file);
+    let cache = SharedHashCache::new(16);
+    let mut first = Collector::with_shared_cache(CollectorConfig::default(), cache.clone());
+    let mut second = Collector::with_shared_cache(CollectorConfig::default(), cache.clone());
+    let a = check(&mut first, &file, "");
+    let b = check(&mut second, &file, "");
+    assert!(a.result.success, "{:?}", a.result.error_message);
+    assert_eq!(a.result.hash_value, sha256sum(&file));
+    assert_eq!(b.result.hash_value, a.result.hash_value);
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses), (1, 1), "the second was a hit");
+    assert_eq!(second.hash_cache_stats(), stats, "one cache, one count");
+    // A collector with a cache of its own hashes the file again.
+    let mut alone = Collector::new(CollectorConfig::default());
+    check(&mut alone, &file, "");
+    assert_eq!(alone.hash_cache_stats().misses, 1);
+    assert_eq!(cache.stats().misses, 1);
 }
 
 #[test]

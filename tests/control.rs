@@ -643,7 +643,8 @@ impl NobodyChild {
             return None;
         }
         let exe = ExecutableCopy::new();
-        let spawned = Command::new(&exe.path)
+        let mut command = Command::new(&exe.path);
+        command
             .args([
                 "--exact",
                 name,
@@ -655,8 +656,20 @@ impl NobodyChild {
             .uid(NOBODY)
             .gid(NOBODY)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
+            .stderr(Stdio::piped());
+        // A fresh copy is "busy" (ETXTBSY) while a child forked by another
+        // test thread still holds its write descriptor until it execs; no
+        // signal says when, so retry after a short backoff.
+        let mut spawned = command.spawn();
+        for attempt in 0..5 {
+            match &spawned {
+                Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
+                    thread::sleep(Duration::from_millis(10 << attempt));
+                    spawned = command.spawn();
+                }
+                _ => break,
+            }
+        }
         let child = match spawned {
             Ok(child) => child,
             Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {

@@ -40,6 +40,46 @@ fn unique() -> String {
     )
 }
 
+/// Spawns `command`, retrying a few times with a short backoff on
+/// `ETXTBSY`: a freshly copied executable stays "busy" while a process
+/// forked by another test thread (between `fork` and `exec`) still holds
+/// the copy's write descriptor. No signal says when that child has
+/// exec'd, hence the backoff.
+fn spawn_retrying(command: &mut Command) -> std::io::Result<Child> {
+    const ATTEMPTS: u32 = 6;
+    let mut attempt = 0;
+    loop {
+        match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && attempt + 1 < ATTEMPTS => {
+                thread::sleep(Duration::from_millis(10 << attempt));
+                attempt += 1;
+            }
+            spawned => return spawned,
+        }
+    }
+}
+
+/// The lines `reader` yields, read by a thread, so that every wait for one
+/// has a deadline ([`next_line`]).
+fn line_channel(reader: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// The next line from `lines` within [`WAIT`], naming `what` if none came.
+fn next_line(lines: &Receiver<String>, what: &str) -> String {
+    lines
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|e| panic!("no {what} line within {WAIT:?}: {e}"))
+}
+
 /// A private directory, removed on drop.
 struct TempDir(PathBuf);
 
@@ -155,7 +195,7 @@ impl Sleeper {
     fn spawn(program: &Path) -> Sleeper {
         // GNU sleep adds its arguments: 1000 s plus a unique fraction.
         let arg = format!("0.{}", unique().replace('-', ""));
-        let child = Command::new(program).args(["1000", &arg]).spawn().unwrap();
+        let child = spawn_retrying(Command::new(program).args(["1000", &arg])).unwrap();
         Sleeper { child, arg }
     }
 
@@ -199,11 +239,7 @@ fn agent_cli(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
         None => Command::new(env!("CARGO_BIN_EXE_daemoneye-agent")),
     };
     command.arg("--socket").arg(socket).args(args);
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_retrying(command.stdout(Stdio::piped()).stderr(Stdio::piped())).unwrap();
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || tx.send(child.wait_with_output()));
@@ -706,20 +742,38 @@ fn kill_9_of_procmond_mid_stream_is_peer_gone_within_a_second() {
     assert!(matches!(err, ClientError::PeerGone { .. }), "{err}");
 }
 
+/// The name prefix of a ring's memfds (`daemoneye-ring`,
+/// `daemoneye-ring-control`), as `/proc` shows them.
+const RING_MEMFD: &str = "memfd:daemoneye-ring";
+
 /// Shared-memory mappings of procmond's rings in its address space.
 fn ring_mappings(pid: u32) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .unwrap()
         .lines()
-        .filter(|l| l.contains("memfd:daemoneye-ring"))
+        .filter(|l| l.contains(RING_MEMFD))
         .count()
 }
 
-fn dev_shm() -> Vec<String> {
+/// procmond's open descriptors that are ring memfds (`/proc/<pid>/fd`
+/// links read `/memfd:daemoneye-ring (deleted)`).
+fn ring_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map_while(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|target| target.to_string_lossy().contains(RING_MEMFD))
+        .count()
+}
+
+/// Names in /dev/shm that belong to this project: a ring lives in memfds,
+/// so there should be none, whatever else other programs keep there.
+fn daemoneye_shm() -> Vec<String> {
     let mut names: Vec<_> = std::fs::read_dir("/dev/shm")
         .map(|d| {
             d.map_while(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.to_lowercase().contains("daemoneye"))
                 .collect()
         })
         .unwrap_or_default();
@@ -729,9 +783,10 @@ fn dev_shm() -> Vec<String> {
 
 #[test]
 fn kill_9_of_an_agent_frees_its_ring_and_procmond_serves_the_next() {
-    let shm_before = dev_shm();
+    let shm_before = daemoneye_shm();
     let mut procmond = Procmond::start(&[]);
-    assert_eq!(ring_mappings(procmond.pid()), 0);
+    let pid = procmond.pid();
+    assert_eq!((ring_mappings(pid), ring_fds(pid)), (0, 0));
     let mut agent = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
         .arg("--socket")
         .arg(&procmond.socket)
@@ -740,25 +795,25 @@ fn kill_9_of_an_agent_frees_its_ring_and_procmond_serves_the_next() {
         .spawn()
         .unwrap();
     // The header and the first snapshot line: the agent is being served.
-    let mut out = BufReader::new(agent.stdout.take().unwrap());
-    let mut line = String::new();
-    for _ in 0..2 {
-        line.clear();
-        out.read_line(&mut line).unwrap();
-    }
+    let out = line_channel(agent.stdout.take().unwrap());
+    next_line(&out, "agent header");
+    let line = next_line(&out, "agent snapshot");
     assert!(line.starts_with("snapshot"), "{line:?}");
-    assert_eq!(ring_mappings(procmond.pid()), 2, "one ring: two regions");
+    assert_eq!(ring_mappings(pid), 2, "one ring: two regions");
+    // procmond handed both descriptors over and closed its own: the
+    // mappings alone hold the ring.
+    assert_eq!(ring_fds(pid), 0, "procmond keeps no ring descriptor");
     agent.kill().unwrap();
     agent.wait().unwrap();
     procmond.wait_log("ring freed");
-    assert_eq!(ring_mappings(procmond.pid()), 0);
-    assert_eq!(dev_shm(), shm_before);
+    assert_eq!((ring_mappings(pid), ring_fds(pid)), (0, 0));
+    assert_eq!(daemoneye_shm(), shm_before);
 
     let mut next = procmond.agent();
     assert!(!collect(&mut next, None).is_empty());
     drop(next);
     procmond.stop();
-    assert_eq!(dev_shm(), shm_before);
+    assert_eq!(daemoneye_shm(), shm_before);
 }
 
 /// Connects and sends `hello` as the first frame; returns procmond's answer.
@@ -911,4 +966,48 @@ fn an_abandoned_stream_is_skipped_by_the_next_call() {
     );
     drop(agent);
     procmond.stop();
+}
+
+/// Triggers a server's shutdown when dropped, so a failed assertion in a
+/// scope that serves cannot leave the scope waiting forever.
+struct StopOnDrop(daemoneye_lib::server::ShutdownHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.trigger();
+    }
+}
+
+#[test]
+fn an_agent_that_reconnects_gets_hashes_from_the_cache_its_first_connection_filled() {
+    let dir = TempDir::new("shared-cache");
+    let server = Server::bind(ServerConfig::new(dir.0.join("procmond.sock"))).unwrap();
+    let socket = server.socket_path().to_owned();
+    // A system binary: unchanged for long, so its hash is cached.
+    let file = Path::new("/usr/bin/sleep");
+    let check = ProtoHashCheck {
+        expected_hash: sha256sum(file),
+        hash_algorithm: "sha256".into(),
+        executable_path: file.to_string_lossy().into_owned(),
+    };
+    thread::scope(|scope| {
+        let stop = StopOnDrop(server.shutdown_handle());
+        let serving = scope.spawn(|| server.run_until(&server.shutdown_handle()));
+        // Each connection has its own collector; the second is answered
+        // from the cache the first one filled.
+        for (connection, (hits, misses)) in [(1, (0, 1)), (2, (1, 1))] {
+            let mut agent = Agent::connect(&socket).expect("connect");
+            let report = agent.hash_check(check.clone()).unwrap();
+            assert_eq!(report.matched, Some(true), "connection {connection}");
+            drop(agent);
+            let stats = server.hash_cache_stats();
+            assert_eq!(
+                (stats.hits, stats.misses, stats.entries),
+                (hits, misses, 1),
+                "after connection {connection}"
+            );
+        }
+        drop(stop);
+        serving.join().unwrap();
+    });
 }

@@ -13,10 +13,15 @@
 //!
 //! Eviction is least-recently-used, by a scan over the entries when the cache
 //! is full: a miss costs a whole file hash anyway, which dwarfs the scan.
+//!
+//! [`SharedHashCache`] lets several collectors (procmond's connections) use
+//! one cache, so an agent that reconnects does not rehash everything. The
+//! lock is held for a lookup or an insert only, never while a file is read.
 
 use std::collections::HashMap;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long a file must have been unchanged before its hash is cached.
@@ -59,7 +64,8 @@ impl FileKey {
     }
 }
 
-/// Counters of a [`HashCache`](crate::collector::Collector::hash_cache_stats).
+/// Counters of a file hash cache (see
+/// [`Collector::hash_cache_stats`](crate::collector::Collector::hash_cache_stats)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
     /// Lookups answered from the cache.
@@ -145,6 +151,60 @@ impl HashCache {
     }
 }
 
+/// A file hash cache that several [`Collector`](crate::collector::Collector)s
+/// share (see
+/// [`Collector::with_shared_cache`](crate::collector::Collector::with_shared_cache));
+/// clones are handles to the same cache.
+///
+/// ```
+/// use daemoneye_lib::collector::{Collector, CollectorConfig, SharedHashCache};
+///
+/// let cache = SharedHashCache::new(4096);
+/// let first = Collector::with_shared_cache(CollectorConfig::default(), cache.clone());
+/// let second = Collector::with_shared_cache(CollectorConfig::default(), cache.clone());
+/// assert_eq!(cache.stats().capacity, 4096);
+/// # drop((first, second));
+/// ```
+#[derive(Clone)]
+pub struct SharedHashCache(Arc<Mutex<HashCache>>);
+
+impl SharedHashCache {
+    /// A cache of at most `capacity` entries; 0 disables caching.
+    pub fn new(capacity: usize) -> Self {
+        Self(Arc::new(Mutex::new(HashCache::new(capacity))))
+    }
+
+    /// Counters of every lookup by every collector sharing this cache.
+    pub fn stats(&self) -> CacheStats {
+        self.lock().stats()
+    }
+
+    /// The cached digest of `key`, counted as a hit or a miss.
+    pub(crate) fn get(&self, key: &FileKey) -> Option<Digest> {
+        self.lock().get(key)
+    }
+
+    /// Remembers `digest` for `key`.
+    pub(crate) fn insert(&self, key: FileKey, digest: Digest) {
+        self.lock().insert(key, digest);
+    }
+
+    /// The cache, locked. A thread that panicked holding the lock left it
+    /// whole (no operation panics part-way through an update), so a
+    /// poisoned lock is used as it is.
+    fn lock(&self) -> MutexGuard<'_, HashCache> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for SharedHashCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SharedHashCache")
+            .field(&self.stats())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +269,17 @@ mod tests {
         assert_eq!(cache.get(&key(2)), None);
         assert_eq!(cache.get(&key(1)), Some([1; 32]));
         assert_eq!(cache.get(&key(3)), Some([3; 32]));
+    }
+
+    #[test]
+    fn clones_share_entries_and_counters() {
+        let cache = SharedHashCache::new(4);
+        let other = cache.clone();
+        assert_eq!(cache.get(&key(1)), None);
+        other.insert(key(1), [9; 32]);
+        assert_eq!(cache.get(&key(1)), Some([9; 32]));
+        let stats = other.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::SystemTime;
 use nix::fcntl::OFlag;
 use sha2::{Digest as _, Sha256};
 
-use super::cache::{CacheStats, Digest, FileKey, HashCache};
+use super::cache::{CacheStats, Digest, FileKey, SharedHashCache};
 use super::requester::Requester;
 use crate::sys::fs::{open_read_no_magiclinks, pseudo_file_system};
 
@@ -161,19 +161,20 @@ pub(crate) struct Hasher {
     max_bytes: u64,
     block: Vec<u8>,
     block_bytes: usize,
-    cache: HashCache,
+    /// Locked only to look up or insert, never while reading a file.
+    cache: SharedHashCache,
     /// Checked between blocks: set, hashing stops with
     /// [`HashError::Stopped`].
     stop: Option<Arc<AtomicBool>>,
 }
 
 impl Hasher {
-    pub(crate) fn new(max_bytes: u64, block_bytes: usize, cache_entries: usize) -> Self {
+    pub(crate) fn new(max_bytes: u64, block_bytes: usize, cache: SharedHashCache) -> Self {
         Self {
             max_bytes,
             block: Vec::new(),
             block_bytes: block_bytes.max(4096),
-            cache: HashCache::new(cache_entries),
+            cache,
             stop: None,
         }
     }
@@ -404,7 +405,7 @@ mod tests {
 
     #[test]
     fn char_device_is_refused_without_reading() {
-        let mut hasher = Hasher::new(1 << 20, 1 << 20, 4);
+        let mut hasher = Hasher::new(1 << 20, 1 << 20, SharedHashCache::new(4));
         match hasher.hash_path(Path::new("/dev/zero"), &Requester::root()) {
             Err(HashError::NotRegularFile { kind, .. }) => assert_eq!(kind, "character device"),
             other => panic!("expected NotRegularFile, got {other:?}"),

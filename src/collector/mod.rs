@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-pub use cache::CacheStats;
+pub use cache::{CacheStats, SharedHashCache};
 pub use filter::FilterError;
 pub use hash::HashError;
 pub use monitor::{TreeDelta, TreeMonitor};
@@ -123,15 +123,22 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// A collector with the given limits. Cheap: nothing is read yet.
+    /// A collector with the given limits and a file hash cache of its own.
+    /// Cheap: nothing is read yet.
     pub fn new(config: CollectorConfig) -> Self {
+        let cache = SharedHashCache::new(config.hash_cache_entries);
+        Self::with_shared_cache(config, cache)
+    }
+
+    /// A collector with the given limits whose file hashes go to and come
+    /// from `cache`, shared with other collectors (procmond's connections
+    /// share one, so an agent that reconnects is not answered by rehashing
+    /// every file). `config.hash_cache_entries` is not used: the cache has
+    /// its own capacity.
+    pub fn with_shared_cache(config: CollectorConfig, cache: SharedHashCache) -> Self {
         Self {
             table: ProcTable::new(config.details_max_age),
-            hasher: hash::Hasher::new(
-                config.max_hash_bytes,
-                config.hash_block_bytes,
-                config.hash_cache_entries,
-            ),
+            hasher: hash::Hasher::new(config.max_hash_bytes, config.hash_block_bytes, cache),
         }
     }
 
@@ -284,7 +291,7 @@ impl Collector {
         }
     }
 
-    /// Counters of the file hash cache.
+    /// Counters of the file hash cache (of every collector sharing it).
     pub fn hash_cache_stats(&self) -> CacheStats {
         self.hasher.cache_stats()
     }

@@ -11,7 +11,7 @@ use std::thread;
 use super::config::ServerConfig;
 use super::tasks::{self, TaskSignals};
 use super::worker;
-use crate::collector::Requester;
+use crate::collector::{Collector, Requester, SharedHashCache};
 use crate::control::{
     ControlError, RefusalCode, RingOffer, ServerChannel, ServerFrame, accept_client, client_frame,
     server_frame,
@@ -63,6 +63,7 @@ pub(super) fn serve(
     config: &ServerConfig,
     active: &AtomicUsize,
     handshake: HandshakeSlot,
+    hash_cache: SharedHashCache,
 ) {
     let pending = match accept_client(stream, &config.allow, config.handshake_timeout) {
         Ok(pending) => pending,
@@ -124,7 +125,7 @@ pub(super) fn serve(
     }
     // Hash checks open files with what this peer may read, not with ours.
     let requester = Requester::from_pid(peer.pid, peer.uid, peer.gid);
-    let reason = run(channel, producer, config, requester, slot);
+    let reason = run(channel, producer, config, requester, hash_cache, slot);
     tracing::info!(uid = peer.uid, pid = peer.pid, %reason, "connection closed; ring freed");
 }
 
@@ -135,6 +136,7 @@ fn run(
     producer: Producer,
     config: &ServerConfig,
     requester: Requester,
+    hash_cache: SharedHashCache,
     slot: Slot<'_>,
 ) -> String {
     let closer = producer.closer();
@@ -149,7 +151,7 @@ fn run(
     let worker = {
         let signals = Arc::clone(&signals);
         let ended = Arc::clone(&ended);
-        let collector = config.collector.clone();
+        let collector = Collector::with_shared_cache(config.collector.clone(), hash_cache);
         let stall = config.stall_timeout;
         thread::Builder::new()
             .name("procmond-work".into())

@@ -4,7 +4,9 @@
 //! One thread per connection reads control frames (tasks, cancels,
 //! goodbyes); one worker thread per connection owns the ring's producer and
 //! a [`Collector`](crate::collector::Collector) of its own (so CPU deltas are
-//! per agent) and runs the tasks in order. Socket end-of-stream means the
+//! per agent) and runs the tasks in order; the collectors share one file
+//! hash cache, so an agent that reconnects is not answered by rehashing
+//! every file. Socket end-of-stream means the
 //! agent is gone: the ring is closed at once, which ends any blocked write,
 //! and freed when the worker returns.
 //!
@@ -38,6 +40,7 @@ use std::time::Duration;
 pub use config::ServerConfig;
 pub use shutdown::ShutdownHandle;
 
+use crate::collector::{CacheStats, SharedHashCache};
 use crate::control::{
     ControlError, ControlListener, RefusalCode, SocketOptions, refuse_unread, screen_peer,
 };
@@ -68,6 +71,8 @@ pub struct Server {
     listener: ControlListener,
     config: Arc<ServerConfig>,
     shutdown: ShutdownHandle,
+    /// Shared by every connection's collector.
+    hash_cache: SharedHashCache,
 }
 
 /// A connection thread and a handle on its socket, to end it on shutdown.
@@ -104,16 +109,23 @@ impl Server {
             allow_uids = ?config.allow.uids().collect::<Vec<_>>(),
             "procmond listening"
         );
+        let hash_cache = SharedHashCache::new(config.collector.hash_cache_entries);
         Ok(Server {
             listener,
             config: Arc::new(config),
             shutdown,
+            hash_cache,
         })
     }
 
     /// The socket's path.
     pub fn socket_path(&self) -> &std::path::Path {
         self.listener.path()
+    }
+
+    /// Counters of the file hash cache that every connection shares.
+    pub fn hash_cache_stats(&self) -> CacheStats {
+        self.hash_cache.stats()
     }
 
     /// Connections allowed in their handshake at once (a thread each): a
@@ -179,9 +191,10 @@ impl Server {
             };
             let config = Arc::clone(&self.config);
             let active = Arc::clone(&active);
+            let cache = self.hash_cache.clone();
             let spawned = thread::Builder::new()
                 .name("procmond-conn".into())
-                .spawn(move || connection::serve(stream, &config, &active, handshake));
+                .spawn(move || connection::serve(stream, &config, &active, handshake, cache));
             match spawned {
                 Ok(thread) => connections.push(Connection { thread, socket }),
                 Err(error) => tracing::error!(%error, "cannot start a connection thread"),

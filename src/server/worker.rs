@@ -6,13 +6,14 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use super::tasks::{Job, TaskSignals, Work};
-use crate::collector::{Collector, CollectorConfig, Requester};
+use crate::collector::{Collector, Requester};
 use crate::proto::limits::MAX_ERROR_MESSAGE_BYTES;
 use crate::proto::{DetectionResult, ProtoTaskType};
 use crate::ring::{Producer, RingError};
 use crate::session::{RecordKind, ResultWriter, SessionError, StreamStats};
 
-/// Runs work until the queue closes or the ring fails (the client left or
+/// Runs work with `collector` (this connection's own, whose hash cache may be
+/// shared) until the queue closes or the ring fails (the client left or
 /// stopped reading). Gives the producer back, so the caller frees the ring
 /// when it is done with the client, and, when the worker stopped on its own
 /// (a write stalled or failed), why.
@@ -20,11 +21,10 @@ pub(super) fn run(
     mut producer: Producer,
     queue: &Receiver<Work>,
     signals: &TaskSignals,
-    collector: CollectorConfig,
+    mut collector: Collector,
     requester: &Requester,
     stall: Duration,
 ) -> (Producer, Option<String>) {
-    let mut collector = Collector::new(collector);
     collector.stop_hashing_when(signals.stop_flag());
     while let Ok(work) = queue.recv() {
         if signals.is_gone() {
@@ -229,6 +229,7 @@ fn cut(text: &mut String, max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::CollectorConfig;
     use crate::proto::DetectionTask;
     use crate::ring::{self, RingConfig, TryReadError};
     use crate::server::tasks::DEFAULT_MONITOR_INTERVAL;
