@@ -100,11 +100,37 @@ fn main() -> ExitCode {
         .init();
     match run(Args::parse()) {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing to report.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("daemoneye-agent: {error:#}");
+            eprintln!("daemoneye-agent: {}", message(&error));
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether writing our output failed because its reader is gone.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<io::Error>())
+        .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// The error and its causes, each cause only if the text so far does not
+/// already say it (the library's messages quote their sources).
+fn message(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 fn run(args: Args) -> Result<ExitCode> {
