@@ -65,7 +65,10 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Bound on the handshake. Default 5 s.
     pub connect_timeout: Duration,
-    /// How reads wait for data in the ring.
+    /// How reads wait for data in the ring. With spin-then-park (the
+    /// default), the wait for a task's first frame parks at once: that frame
+    /// cannot come before procmond has collected, and spinning would take
+    /// the CPU it needs.
     pub wait: WaitStrategy,
     /// The name procmond logs for this agent.
     pub client_name: String,
