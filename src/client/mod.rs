@@ -65,7 +65,10 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Bound on the handshake. Default 5 s.
     pub connect_timeout: Duration,
-    /// How reads wait for data in the ring.
+    /// How reads wait for data in the ring. With spin-then-park (the
+    /// default), the wait for a task's first frame parks at once: that frame
+    /// cannot come before procmond has collected, and spinning would take
+    /// the CPU it needs.
     pub wait: WaitStrategy,
     /// The name procmond logs for this agent.
     pub client_name: String,
@@ -105,6 +108,8 @@ pub struct Agent {
     next_task: u64,
     /// Tasks whose streams were left unread: their frames are skipped.
     abandoned: Vec<String>,
+    /// A task was sent and no frame has been read since.
+    awaiting_first_frame: bool,
     server_pid: u32,
 }
 
@@ -168,6 +173,7 @@ impl Agent {
             options,
             next_task: 0,
             abandoned: Vec::new(),
+            awaiting_first_frame: false,
             server_pid: server.pid,
         })
     }
@@ -302,7 +308,9 @@ impl Agent {
             .map_err(|error| match ClientError::from_control(error) {
                 ClientError::PeerGone { .. } => self.gone_error(),
                 other => other,
-            })
+            })?;
+        self.awaiting_first_frame = true;
+        Ok(())
     }
 
     fn send_cancel(&mut self, task_id: &str) -> Result<(), ClientError> {
@@ -318,8 +326,21 @@ impl Agent {
     /// abandoned streams.
     fn chunk_for(&mut self, task_id: &str, deadline: Instant) -> Result<Chunk, ClientError> {
         loop {
+            // A task's first frame comes no sooner than procmond has
+            // collected (a millisecond or more): spinning for it would only
+            // take a core from procmond, whose socket thread and worker must
+            // wake to run the task (on 2 cores this delayed a task's start
+            // by up to ~0.4 ms). Later frames come close together: spin.
+            let wait = match (self.awaiting_first_frame, self.options.wait) {
+                (true, WaitStrategy::SpinThenPark { park_timeout, .. }) => WaitStrategy::Park {
+                    timeout: park_timeout,
+                },
+                (_, wait) => wait,
+            };
+            self.consumer.set_wait(wait).map_err(ClientError::Ring)?;
             let chunk = read_chunk(&mut self.consumer, deadline)
                 .map_err(|error| self.stream_error(error))?;
+            self.awaiting_first_frame = false;
             if chunk.result.task_id == task_id {
                 return Ok(chunk);
             }

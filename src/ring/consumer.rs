@@ -112,6 +112,16 @@ impl Consumer {
         self.peer = Some(pidfd);
     }
 
+    /// Changes how blocking reads wait from now on (a reader that knows the
+    /// next frame is far off may park at once instead of spinning).
+    /// An invalid strategy (a zero park timeout) is refused and the current
+    /// one kept.
+    pub fn set_wait(&mut self, wait: WaitStrategy) -> Result<(), RingError> {
+        wait.validate()?;
+        self.wait = wait;
+        Ok(())
+    }
+
     /// A handle that closes this side from another thread.
     pub fn closer(&self) -> Closer {
         Closer::new(Arc::clone(self.reader.shared()))
@@ -428,6 +438,31 @@ mod tests {
 
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(10)
+    }
+
+    #[test]
+    fn set_wait_refuses_a_zero_park_timeout_and_parked_reads_get_frames() {
+        let (mut producer, mut consumer) = ring(100);
+        let zero = WaitStrategy::Park {
+            timeout: Duration::ZERO,
+        };
+        assert!(matches!(
+            consumer.set_wait(zero),
+            Err(RingError::InvalidConfig { .. })
+        ));
+        consumer
+            .set_wait(WaitStrategy::Park {
+                timeout: Duration::from_secs(5),
+            })
+            .unwrap();
+        // Written from another thread, before or while the reader parks.
+        let writer = std::thread::spawn(move || {
+            producer.try_write(b"late", 7).unwrap();
+            producer
+        });
+        let got = consumer.read(soon(), |f| (f.bytes().to_vec(), f.flags()));
+        assert_eq!(got.unwrap(), (b"late".to_vec(), 7));
+        drop(writer.join().unwrap());
     }
 
     #[test]
