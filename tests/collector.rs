@@ -1,5 +1,6 @@
 //! The collector against real processes, files and /proc.
 
+mod child_support;
 mod collector_support;
 
 use std::fs;

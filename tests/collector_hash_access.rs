@@ -2,6 +2,7 @@
 //! a requester what the requester could not read, nor kernel interfaces
 //! dressed as regular files, nor its own descriptors through /proc.
 
+mod child_support;
 mod collector_support;
 
 use std::fs;

@@ -4,6 +4,7 @@
 //! This file holds one test only, because it forks: with no other test
 //! running, the child starts with no lock held by another thread.
 
+mod child_support;
 mod collector_support;
 
 use std::fs::{self, File};

@@ -2,6 +2,8 @@
 //! directory, real peers (threads of this process, and a child process under
 //! another uid), real descriptors passed and used.
 
+mod child_support;
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -15,6 +17,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use child_support::{Collected, spawn_retrying};
 use daemoneye_lib::control::frame::{read_message, write_frame, write_message};
 use daemoneye_lib::control::{
     AllowList, ClientFrame, Connector, ControlError, ControlListener, PROTOCOL_VERSION,
@@ -628,8 +631,7 @@ impl ExecutableCopy {
 /// A child process running the ignored test `name` of this binary as uid
 /// and gid [`NOBODY`].
 struct NobodyChild {
-    pid: u32,
-    output: mpsc::Receiver<std::io::Result<std::process::Output>>,
+    child: Collected,
     _exe: ExecutableCopy,
 }
 
@@ -657,20 +659,7 @@ impl NobodyChild {
             .gid(NOBODY)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // A fresh copy is "busy" (ETXTBSY) while a child forked by another
-        // test thread still holds its write descriptor until it execs; no
-        // signal says when, so retry after a short backoff.
-        let mut spawned = command.spawn();
-        for attempt in 0..5 {
-            match &spawned {
-                Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
-                    thread::sleep(Duration::from_millis(10 << attempt));
-                    spawned = command.spawn();
-                }
-                _ => break,
-            }
-        }
-        let child = match spawned {
+        let child = match spawn_retrying(&mut command) {
             Ok(child) => child,
             Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
                 println!("skipped: cannot switch to uid {NOBODY} here ({e})");
@@ -678,35 +667,19 @@ impl NobodyChild {
             }
             Err(e) => panic!("spawn the child as nobody: {e}"),
         };
-        let pid = child.id();
-        let (tx, output) = mpsc::channel();
-        thread::spawn(move || tx.send(child.wait_with_output()));
         Some(Self {
-            pid,
-            output,
+            child: Collected::new(child),
             _exe: exe,
         })
     }
 
+    fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     /// Its stdout, once it exited successfully within [`WAIT`].
     fn stdout(self) -> String {
-        let output = match self.output.recv_timeout(WAIT) {
-            Ok(output) => output.expect("child output"),
-            Err(_) => {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(self.pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                panic!("the child did not finish within {WAIT:?}");
-            }
-        };
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "child failed: {stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
+        self.child.stdout_within(WAIT)
     }
 }
 
@@ -723,7 +696,7 @@ fn a_peer_outside_the_allow_list_is_refused_and_the_server_keeps_serving() {
     let Some(child) = NobodyChild::spawn("refused_peer_child", (CHILD_SOCKET_ENV, &path)) else {
         return;
     };
-    let child_pid = child.pid;
+    let child_pid = child.pid();
     let server = thread::spawn(move || {
         let first = listener
             .accept_timeout(WAIT)
@@ -779,7 +752,7 @@ fn a_server_under_an_untrusted_uid_is_refused_unless_trusted() {
         .expect("the child connected twice");
     let err = Connector::new("agent").handshake(first).unwrap_err();
     assert!(
-        matches!(err, ControlError::UntrustedServer { uid: NOBODY, pid } if pid == child.pid),
+        matches!(err, ControlError::UntrustedServer { uid: NOBODY, pid } if pid == child.pid()),
         "{err:?}"
     );
     assert!(err.to_string().contains(&format!("uid {NOBODY}")), "{err}");

@@ -2,6 +2,8 @@
 //! the agent through the library and through the `daemoneye-agent` binary,
 //! real child processes, files, hashes, sockets and shared memory.
 
+mod child_support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -14,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use child_support::{Collected, spawn_retrying};
 use daemoneye_lib::client::{Agent, ClientError, MonitorEvent};
 use daemoneye_lib::control::frame::{read_message, write_message};
 use daemoneye_lib::control::{ClientFrame, RefusalCode, ServerFrame, client_frame, server_frame};
@@ -38,25 +41,6 @@ fn unique() -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// Spawns `command`, retrying a few times with a short backoff on
-/// `ETXTBSY`: a freshly copied executable stays "busy" while a process
-/// forked by another test thread (between `fork` and `exec`) still holds
-/// the copy's write descriptor. No signal says when that child has
-/// exec'd, hence the backoff.
-fn spawn_retrying(command: &mut Command) -> std::io::Result<Child> {
-    const ATTEMPTS: u32 = 6;
-    let mut attempt = 0;
-    loop {
-        match command.spawn() {
-            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && attempt + 1 < ATTEMPTS => {
-                thread::sleep(Duration::from_millis(10 << attempt));
-                attempt += 1;
-            }
-            spawned => return spawned,
-        }
-    }
 }
 
 /// The lines `reader` yields, read by a thread, so that every wait for one
@@ -240,16 +224,7 @@ fn agent_cli(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
     };
     command.arg("--socket").arg(socket).args(args);
     let child = spawn_retrying(command.stdout(Stdio::piped()).stderr(Stdio::piped())).unwrap();
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || tx.send(child.wait_with_output()));
-    match rx.recv_timeout(WAIT) {
-        Ok(output) => output.unwrap(),
-        Err(_) => {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            panic!("daemoneye-agent {args:?} did not finish within {WAIT:?}");
-        }
-    }
+    Collected::new(child).output_within(WAIT, &format!("daemoneye-agent {args:?}"))
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -3,15 +3,16 @@
 //! Unix socket and writes a 10,000-record result; the parent reads it and
 //! checks it arrived complete, in order, and in many chunks.
 
+mod child_support;
+
 use std::fs;
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use child_support::Collected;
 use daemoneye_lib::proto::ProtoProcessRecord;
 use daemoneye_lib::ring::{Consumer, ConsumerFds, Producer, RingConfig};
 use daemoneye_lib::session::{RecordKind, ResultWriter, read_chunk};
@@ -68,11 +69,8 @@ impl Drop for TempDir {
     }
 }
 
-/// The child process, reaped by a thread; its output arrives on `output`.
-struct Child {
-    pid: u32,
-    output: mpsc::Receiver<std::io::Result<Output>>,
-}
+/// The child process, reaped by a thread that collects its output.
+struct Child(Collected);
 
 impl Child {
     /// Runs the ignored test `name` of this binary with `socket` in
@@ -91,36 +89,17 @@ impl Child {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn the child");
-        let pid = child.id();
-        let (tx, output) = mpsc::channel();
-        thread::spawn(move || tx.send(child.wait_with_output()));
-        Child { pid, output }
+        Child(Collected::new(child))
     }
 
     /// Its stdout, once it exited successfully within [`WAIT`]; killed and
     /// failed otherwise.
     fn stdout(self) -> String {
-        let output = match self.output.recv_timeout(WAIT) {
-            Ok(output) => output.expect("child output"),
-            Err(_) => {
-                self.kill();
-                panic!("the child did not finish within {WAIT:?}");
-            }
-        };
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "child failed: {stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
+        self.0.stdout_within(WAIT)
     }
 
     fn kill(&self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        self.0.kill();
     }
 }
 

@@ -2,6 +2,7 @@
 //! that are always reaped, and reads and waits that all have a deadline.
 #![allow(dead_code)] // Each test file uses a different part.
 
+use crate::child_support::spawn_retrying;
 use std::fs;
 use std::io::{self, BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -62,28 +63,14 @@ pub struct Running {
 }
 
 impl Running {
-    /// Spawns `cmd`. A freshly written executable can fail with ETXTBSY while
-    /// another test thread's fork still holds its write descriptor (until that
-    /// child execs), so that error is retried until the deadline.
+    /// Spawns `cmd` (retrying while a fresh executable copy is busy, see
+    /// [`spawn_retrying`]).
     pub fn spawn(cmd: &mut Command) -> Self {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            match cmd.spawn() {
-                Ok(child) => {
-                    let pid = child.id();
-                    return Self {
-                        child: Some(child),
-                        pid,
-                    };
-                }
-                Err(e)
-                    if e.raw_os_error() == Some(nix::libc::ETXTBSY)
-                        && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) => panic!("spawn {cmd:?}: {e}"),
-            }
+        let child = spawn_retrying(cmd).unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let pid = child.id();
+        Self {
+            child: Some(child),
+            pid,
         }
     }
 

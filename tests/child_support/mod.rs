@@ -1,0 +1,83 @@
+//! Child processes in tests: spawning a freshly copied executable, and
+//! waiting for a child's output with a deadline.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io;
+use std::process::{Child, Command, Output};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::Duration;
+
+/// Spawns `command`, retrying a few times with a short backoff on
+/// `ETXTBSY`: a freshly copied executable stays "busy" while a process
+/// forked by another test thread (between `fork` and `exec`) still holds the
+/// copy's write descriptor. No signal says when that child has exec'd,
+/// hence the backoff.
+pub fn spawn_retrying(command: &mut Command) -> io::Result<Child> {
+    const ATTEMPTS: u32 = 6;
+    let mut attempt = 0;
+    loop {
+        match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && attempt + 1 < ATTEMPTS => {
+                thread::sleep(Duration::from_millis(10 << attempt));
+                attempt += 1;
+            }
+            spawned => return spawned,
+        }
+    }
+}
+
+/// A child whose output a thread collects, so that waiting for it has a
+/// deadline.
+pub struct Collected {
+    pid: u32,
+    output: Receiver<io::Result<Output>>,
+}
+
+impl Collected {
+    /// Starts collecting `child`'s output (its stdout and stderr should be
+    /// piped).
+    pub fn new(child: Child) -> Self {
+        let pid = child.id();
+        let (tx, output) = mpsc::channel();
+        thread::spawn(move || tx.send(child.wait_with_output()));
+        Collected { pid, output }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// SIGKILLs the child (best effort: it may have exited).
+    pub fn kill(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+
+    /// Its output once it exits within `limit`; killed, and the test
+    /// failed naming `what`, otherwise.
+    pub fn output_within(self, limit: Duration, what: &str) -> Output {
+        match self.output.recv_timeout(limit) {
+            Ok(output) => output.expect("child output"),
+            Err(_) => {
+                self.kill();
+                panic!("{what} did not finish within {limit:?}");
+            }
+        }
+    }
+
+    /// Its stdout, once it exited successfully within `limit`; killed and
+    /// failed otherwise.
+    pub fn stdout_within(self, limit: Duration) -> String {
+        let output = self.output_within(limit, "the child");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "child failed: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+}
