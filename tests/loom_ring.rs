@@ -10,9 +10,16 @@
 //! this is a faithful small copy of its protocol, step for step with
 //! `src/ring/{producer,consumer,wait,close}.rs`:
 //!
-//! - positions are private counters, published with a Release store after
-//!   the slot is written and re-read with Acquire only when the cached copy
-//!   says the ring is full (producer) or empty (consumer);
+//! - each slot has a header word; the producer writes the slot, stores
+//!   `EMPTY` into the next slot's header word (Relaxed), then this slot's
+//!   header word (Release), then its position (Release), and needs room for
+//!   the slot and that next header word; the consumer polls the header word
+//!   at its position (Acquire), and publishes its own position (Release)
+//!   after reading the slot;
+//! - the producer re-reads the consumer position (Acquire) only when its
+//!   cached copy says the ring is full; the consumer reads the producer
+//!   position only in its audit before parking, which must never find the
+//!   position past an empty header word (asserted here);
 //! - a side that waits swaps `PARKED` into its futex word, issues a SeqCst
 //!   fence, re-checks, then sleeps while the word is still `PARKED`; the
 //!   other side publishes, issues a SeqCst fence, and only if the word reads
@@ -36,7 +43,14 @@ use loom::thread;
 
 const IDLE: u32 = 0;
 const PARKED: u32 = 1;
-/// Slots in the model ring (a power of two, like the real capacity).
+/// A header word with no slot published yet (`FRAME_EMPTY`).
+const EMPTY: u64 = 0;
+/// A header word of a published slot.
+const FULL: u64 = 1;
+/// Slots in the model ring (a power of two, like the real capacity). With
+/// the header word the producer keeps free past each slot, one slot is in
+/// flight at a time, and every write reuses a slot whose header word held
+/// a value two writes before.
 const SLOTS: u64 = 2;
 
 /// A futex word and the kernel's side of it.
@@ -73,6 +87,7 @@ impl Futex {
 
 struct Ring {
     slots: [UnsafeCell<u64>; SLOTS as usize],
+    headers: [AtomicU64; SLOTS as usize],
     producer_position: AtomicU64,
     consumer_position: AtomicU64,
     consumer_wait: Futex,
@@ -85,6 +100,7 @@ impl Ring {
     fn new() -> Ring {
         Ring {
             slots: [UnsafeCell::new(0), UnsafeCell::new(0)],
+            headers: [AtomicU64::new(EMPTY), AtomicU64::new(EMPTY)],
             producer_position: AtomicU64::new(0),
             consumer_position: AtomicU64::new(0),
             consumer_wait: Futex::new(),
@@ -111,15 +127,16 @@ fn wake_if_parked(futex: &Futex) {
 }
 
 /// `wait::block` with the park strategy (no timeout in the model).
-fn block<T>(futex: &Futex, mut poll: impl FnMut() -> Option<T>) -> T {
+/// `poll`'s argument is `thorough`, as there.
+fn block<T>(futex: &Futex, mut poll: impl FnMut(bool) -> Option<T>) -> T {
     loop {
-        if let Some(result) = poll() {
+        if let Some(result) = poll(false) {
             return result;
         }
         // A swap, as in `wait::block`: see there.
         futex.word.swap(PARKED, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if let Some(result) = poll() {
+        if let Some(result) = poll(true) {
             futex.word.store(IDLE, Ordering::Relaxed);
             return result;
         }
@@ -155,14 +172,15 @@ impl Producer {
         {
             return Some(Err(Closed::Closed));
         }
-        if self.tail - self.cached_head == SLOTS {
+        // Room for the slot and the header word after it.
+        if self.tail - self.cached_head + 2 > SLOTS {
             let head = self.ring.consumer_position.load(Ordering::Acquire);
             assert!(
                 head >= self.cached_head && head <= self.tail,
                 "bad consumer position"
             );
             self.cached_head = head;
-            if self.tail - self.cached_head == SLOTS {
+            if self.tail - self.cached_head + 2 > SLOTS {
                 return None;
             }
         }
@@ -172,10 +190,13 @@ impl Producer {
     /// `Producer::write` with a blocking claim.
     fn write(&mut self, value: u64) -> Result<(), Closed> {
         let ring = Arc::clone(&self.ring);
-        block(&ring.producer_wait, || self.reserve())?;
-        let slot = &self.ring.slots[(self.tail % SLOTS) as usize];
+        block(&ring.producer_wait, |_| self.reserve())?;
+        let index = (self.tail % SLOTS) as usize;
         // SAFETY (model): loom checks this write does not race with a read.
-        slot.with_mut(|p| unsafe { *p = value });
+        self.ring.slots[index].with_mut(|p| unsafe { *p = value });
+        let next = ((self.tail + 1) % SLOTS) as usize;
+        self.ring.headers[next].store(EMPTY, Ordering::Relaxed);
+        self.ring.headers[index].store(FULL, Ordering::Release);
         self.tail += 1;
         self.ring
             .producer_position
@@ -192,21 +213,29 @@ impl Producer {
 struct Consumer {
     ring: Arc<Ring>,
     head: u64,
-    cached_tail: u64,
 }
 
 impl Consumer {
-    /// `Consumer::peek` / `next_frame`: whether a slot is published, or
-    /// `Closed` (own close, or the producer's once drained).
-    fn available(&mut self) -> Option<Result<(), Closed>> {
+    /// `Consumer::next_frame`: whether a slot is published, or `Closed`
+    /// (own close, or the producer's once drained). `thorough` adds the
+    /// audit of the producer position.
+    fn available(&mut self, thorough: bool) -> Option<Result<(), Closed>> {
         if self.ring.consumer_closed.load(Ordering::Relaxed) != 0 {
             return Some(Err(Closed::Closed));
         }
-        if self.refresh() {
+        if self.published() {
             return Some(Ok(()));
         }
+        if thorough {
+            let tail = self.ring.producer_position.load(Ordering::Acquire);
+            assert!(
+                tail <= self.head || self.published(),
+                "audit: producer position {tail} past an empty header word at {}",
+                self.head
+            );
+        }
         if self.ring.producer_closed.load(Ordering::Acquire) != 0 {
-            return Some(if self.refresh() {
+            return Some(if self.published() {
                 Ok(())
             } else {
                 Err(Closed::Closed)
@@ -215,22 +244,16 @@ impl Consumer {
         None
     }
 
-    fn refresh(&mut self) -> bool {
-        if self.head == self.cached_tail {
-            let tail = self.ring.producer_position.load(Ordering::Acquire);
-            assert!(
-                tail >= self.cached_tail && tail - self.head <= SLOTS,
-                "bad producer position"
-            );
-            self.cached_tail = tail;
-        }
-        self.head < self.cached_tail
+    /// `Consumer::peek`: the header word at this consumer's position.
+    fn published(&self) -> bool {
+        let index = (self.head % SLOTS) as usize;
+        self.ring.headers[index].load(Ordering::Acquire) == FULL
     }
 
     /// `Consumer::read`.
     fn read(&mut self) -> Result<u64, Closed> {
         let ring = Arc::clone(&self.ring);
-        block(&ring.consumer_wait, || self.available())?;
+        block(&ring.consumer_wait, |thorough| self.available(thorough))?;
         let slot = &self.ring.slots[(self.head % SLOTS) as usize];
         // SAFETY (model): loom checks this read does not race with a write.
         let value = slot.with(|p| unsafe { *p });
@@ -255,22 +278,19 @@ fn ends() -> (Producer, Consumer) {
             tail: 0,
             cached_head: 0,
         },
-        Consumer {
-            ring,
-            head: 0,
-            cached_tail: 0,
-        },
+        Consumer { ring, head: 0 },
     )
 }
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
-    // A preemption bound keeps the search to seconds (4: about 12 s for
-    // all four tests on this machine; 6 takes about 5 minutes and also
-    // passes; set LOOM_MAX_PREEMPTIONS to choose). Each mutation of the
-    // protocol tried (no fence before checking the waiter word, a plain
-    // store to announce, Relaxed instead of Release for either position)
-    // fails at this bound.
+    // A preemption bound keeps the search short (4: about 45 s for all
+    // four tests on this machine; set LOOM_MAX_PREEMPTIONS to choose). Each
+    // mutation of the protocol tried fails at this bound: no fence before
+    // checking the waiter word, a plain store to announce, Relaxed instead
+    // of Release for the header word (a data race) or either position (a
+    // race, or the audit's assertion), no empty header word stored before
+    // publishing (a stale slot read).
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = Some(4);
     }
@@ -278,9 +298,10 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 }
 
 /// Three values through a two-slot ring, both sides parking: the producer
-/// must wait for room at least once. Every value arrives, in order; no
-/// wake-up is lost (else deadlock); no slot is read before it is written or
-/// written before it is read (else a data race).
+/// waits for room before each write after the first (one slot in flight),
+/// and the third reuses the first slot and its header word. Every value
+/// arrives, in order; no wake-up is lost (else deadlock); no slot is read
+/// before it is written or written before it is read (else a data race).
 #[test]
 fn values_arrive_in_order_without_lost_wake_ups() {
     model(|| {
@@ -333,8 +354,7 @@ fn consumer_close_wakes_a_parked_writer() {
     model(|| {
         let (mut producer, consumer) = ends();
         producer.write(1).unwrap();
-        producer.write(2).unwrap();
-        let writer = thread::spawn(move || producer.write(3));
+        let writer = thread::spawn(move || producer.write(2));
         consumer.close();
         assert_eq!(writer.join().unwrap(), Err(Closed::Closed));
     });

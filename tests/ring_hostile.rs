@@ -497,16 +497,18 @@ fn each_lie_is_named() {
         ),
         "{kind:?}"
     );
-    // A frame past the published position.
-    let kind = read_error(0, 16, &[(0, data(100))]);
-    assert!(matches!(
-        kind,
-        CorruptKind::FrameUnpublished {
-            size: 112,
-            published: 16,
-            ..
-        }
-    ));
+    // A producer position past a header word that is still empty.
+    let kind = read_error(0, 64, &[]);
+    assert!(
+        matches!(
+            kind,
+            CorruptKind::FrameUnpublished {
+                position: 0,
+                published: 64,
+            }
+        ),
+        "{kind:?}"
+    );
     // A frame across the end of the data area.
     let kind = read_error(cap - 16, cap + 200, &[(cap - 16, data(100))]);
     assert!(
@@ -521,16 +523,21 @@ fn each_lie_is_named() {
     );
     let kind = read_error(cap, cap + 64, &[(0, padding(cap as u32 - 8))]);
     assert!(matches!(kind, CorruptKind::BadPadding { .. }), "{kind:?}");
-    // Padding to the end that is not all published.
-    let kind = read_error(cap - 160, cap - 80, &[(cap - 160, padding(152))]);
+    // Padding to the end, then an empty word at offset 0 that the producer
+    // position says is published.
+    let kind = read_error(cap - 160, cap + 64, &[(cap - 160, padding(152))]);
     assert!(
-        matches!(kind, CorruptKind::FrameUnpublished { .. }),
+        matches!(
+            kind,
+            CorruptKind::FrameUnpublished { position, published }
+                if position == cap && published == cap + 64
+        ),
         "{kind:?}"
     );
-    // A zero word, an unknown kind, reserved bits.
-    let kind = read_error(0, 64, &[(0, 0)]);
+    // An unknown kind, reserved bits.
+    let kind = read_error(0, 64, &[(0, 3 << 48)]);
     assert!(
-        matches!(kind, CorruptKind::FrameKind { word: 0 }),
+        matches!(kind, CorruptKind::FrameKind { word } if word == 3 << 48),
         "{kind:?}"
     );
     let kind = read_error(0, 64, &[(0, data(1) | 1 << 63)]);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::close::{self, Closer};
 use super::error::{CorruptKind, Position, RingError, TryReadError};
 use super::frame::{Frame, FrameHeader, FrameKind};
-use super::layout::{FRAME_ALIGN, FRAME_HEADER_LEN, frame_size};
+use super::layout::{FRAME_ALIGN, FRAME_EMPTY, FRAME_HEADER_LEN, frame_size};
 use super::segment::{self, ConsumerFds, DataReader, Shared};
 use super::wait::{self, WaitStrategy};
 use crate::sys::pidfd::PidFd;
@@ -18,11 +18,12 @@ use crate::sys::pidfd::PidFd;
 ///
 /// Reads hand each frame's bytes to a closure while they are still in the
 /// ring (no copy); the frame is released to the producer after the closure
-/// returns. The consumer keeps its own position in private memory and
-/// re-reads the producer's only when its cached copy says there is nothing
-/// left. Nothing the producer writes is trusted: every length and position
-/// is checked first, and a violation is a [`CorruptKind`] error. Dropping it
-/// closes the ring.
+/// returns. The consumer keeps its own position in private memory and polls
+/// the frame header word there: a frame is published once that word is
+/// (see [`layout`](super::layout)). It re-reads the producer position only
+/// when the ring looks empty before parking, to check it. Nothing the
+/// producer writes is trusted: every length and position is checked first,
+/// and a violation is a [`CorruptKind`] error. Dropping it closes the ring.
 #[derive(Debug)]
 pub struct Consumer {
     reader: DataReader,
@@ -32,13 +33,24 @@ pub struct Consumer {
     max_frame: u64,
     /// Bytes released so far (stored in shared memory after each release).
     head: u64,
-    /// The producer position as last read and checked.
+    /// The producer position as last read and checked (for the audit only:
+    /// frames are found through their header words).
     cached_tail: u64,
     wait: WaitStrategy,
     peer: Option<PidFd>,
 }
 
-/// A published data frame found by [`Consumer::peek`].
+/// What [`Consumer::peek`] found.
+#[derive(Clone, Copy, Debug)]
+enum Peek {
+    /// A published data frame.
+    Frame(Peeked),
+    /// An empty header word at this position (past at most one padding
+    /// frame): nothing published there yet.
+    Empty(u64),
+}
+
+/// A published data frame.
 #[derive(Clone, Copy, Debug)]
 struct Peeked {
     /// Data area offset of the payload.
@@ -81,7 +93,7 @@ impl Consumer {
             }
             .into());
         }
-        consumer.refresh_tail()?;
+        consumer.check_tail()?;
         Ok(consumer)
     }
 
@@ -143,7 +155,7 @@ impl Consumer {
 
     /// Runs `f` on the next frame, if one is published, then releases it.
     pub fn try_read<R>(&mut self, f: impl FnOnce(Frame<'_>) -> R) -> Result<R, TryReadError> {
-        let frame = self.next_frame()?;
+        let frame = self.next_frame(true)?;
         let result = f(Frame::new(
             self.reader.bytes(frame.payload, frame.len),
             frame.flags,
@@ -182,7 +194,7 @@ impl Consumer {
         if max_frames == 0 {
             return Ok(0);
         }
-        let first = self.next_frame()?;
+        let first = self.next_frame(true)?;
         self.batch_from(first, max_frames, f)
             .map_err(TryReadError::Corrupt)
     }
@@ -213,57 +225,75 @@ impl Consumer {
     ) -> Result<usize, CorruptKind> {
         let mut frame = first;
         let mut count = 0;
+        // Where to release to: past the last frame, and past padding after
+        // it (so the producer gets that room back too).
+        let mut end;
         let result = loop {
             f(Frame::new(
                 self.reader.bytes(frame.payload, frame.len),
                 frame.flags,
             ));
             count += 1;
+            end = frame.next;
             if count == max_frames {
                 break Ok(count);
             }
             match self.peek(frame.next) {
-                Ok(Some(next)) => frame = next,
-                Ok(None) => break Ok(count),
+                Ok(Peek::Frame(next)) => frame = next,
+                Ok(Peek::Empty(at)) => {
+                    end = at;
+                    break Ok(count);
+                }
                 Err(err) => break Err(err),
             }
         };
-        self.release(frame.next);
+        self.release(end);
         result
     }
 
-    /// The next published frame, or why there is none.
-    fn next_frame(&mut self) -> Result<Peeked, TryReadError> {
+    /// The next published frame, or why there is none. With `audit`, an
+    /// empty ring also has its producer position checked (see
+    /// [`audit`](Consumer::audit)): `try_*` reads do so, blocking reads only
+    /// before each park, not on every spin.
+    fn next_frame(&mut self, audit: bool) -> Result<Peeked, TryReadError> {
         // Relaxed: closing publishes nothing this side needs.
         if self.shared().own_closed().load(Ordering::Relaxed) != 0 {
             return Err(TryReadError::Closed);
         }
-        if let Some(frame) = self.peek(self.head)? {
-            return Ok(frame);
+        match self.peek(self.head)? {
+            Peek::Frame(frame) => return Ok(frame),
+            // Padding with nothing after it yet: released at once, so the
+            // producer gets the room back and the position says where the
+            // next frame will be.
+            Peek::Empty(at) if at != self.head => self.release(at),
+            Peek::Empty(_) => {}
+        }
+        if audit {
+            self.audit()?;
         }
         // Acquire: pairs with the producer's Release store of its closed
-        // flag, so the position it published before closing is visible to
+        // flag, so every header word it stored before closing is visible to
         // the peek below, which reads it again.
         if self.shared().peer_closed().load(Ordering::Acquire) != 0 {
             return match self.peek(self.head)? {
-                Some(frame) => Ok(frame),
-                None => Err(TryReadError::Closed),
+                Peek::Frame(frame) => Ok(frame),
+                Peek::Empty(_) => Err(TryReadError::Closed),
             };
         }
         // Acquire: pairs with the Release store in `mark_peer_gone`; the peek
-        // below re-reads the producer position after seeing the mark, so
-        // what the peer published before it went is still read.
+        // below reads the header word again after seeing the mark, so what
+        // the peer published before it went is still read.
         if self.shared().peer_gone().load(Ordering::Acquire) {
             return match self.peek(self.head)? {
-                Some(frame) => Ok(frame),
-                None => Err(TryReadError::PeerGone),
+                Peek::Frame(frame) => Ok(frame),
+                Peek::Empty(_) => Err(TryReadError::PeerGone),
             };
         }
         Err(TryReadError::Empty)
     }
 
     fn next_frame_blocking(&mut self, deadline: Instant) -> Result<Peeked, RingError> {
-        match self.next_frame() {
+        match self.next_frame(false) {
             Ok(frame) => return Ok(frame),
             Err(TryReadError::Empty) => {}
             Err(err) => return Err(blocking_error(err)),
@@ -277,7 +307,7 @@ impl Consumer {
             deadline,
             &shared.consumer_lines().consumer_wait,
             peer.as_ref(),
-            || match self.next_frame() {
+            |thorough| match self.next_frame(thorough) {
                 Ok(frame) => Some(Ok(frame)),
                 Err(TryReadError::Empty) => None,
                 Err(err) => Some(Err(blocking_error(err))),
@@ -287,28 +317,23 @@ impl Consumer {
         result
     }
 
-    /// The data frame at position `at` (skipping one padding frame), if it
-    /// is published. Checks the header copy against the largest frame, the
-    /// end of the data area and the published position before any use.
-    fn peek(&mut self, mut at: u64) -> Result<Option<Peeked>, CorruptKind> {
+    /// The data frame at position `at` (skipping one padding frame), if its
+    /// header word is published. Checks the copy of the header word against
+    /// the largest frame and the end of the data area before any use.
+    fn peek(&self, mut at: u64) -> Result<Peek, CorruptKind> {
         loop {
-            if at == self.cached_tail {
-                self.refresh_tail()?;
-                if at == self.cached_tail {
-                    return Ok(None);
-                }
-            }
-            // `at` is aligned and within one capacity of the published
-            // position, which is past it.
-            let published = self.cached_tail - at;
             let offset = at & self.mask;
-            // Relaxed: the Acquire load of a producer position past this
-            // frame ordered the producer's header store before this load.
+            // Acquire: pairs with the producer's Release store of this word,
+            // made after the frame's payload and the empty word past it: the
+            // payload is complete, and the next word reads empty or newer.
             // One load, then only the copy is used.
             let word = self
                 .reader
                 .frame_word(offset as usize)
-                .load(Ordering::Relaxed);
+                .load(Ordering::Acquire);
+            if word == FRAME_EMPTY {
+                return Ok(Peek::Empty(at));
+            }
             let header = FrameHeader::decode(word)?;
             let len = u64::from(header.len);
             let to_end = self.capacity - offset;
@@ -318,13 +343,6 @@ impl Consumer {
                     // to the end; so at most one padding frame is skipped.
                     if offset == 0 || len + FRAME_HEADER_LEN as u64 != to_end {
                         return Err(CorruptKind::BadPadding { position: at, len });
-                    }
-                    if to_end > published {
-                        return Err(CorruptKind::FrameUnpublished {
-                            position: at,
-                            size: to_end,
-                            published: self.cached_tail,
-                        });
                     }
                     at += to_end;
                 }
@@ -341,14 +359,7 @@ impl Consumer {
                     if size > to_end {
                         return Err(CorruptKind::FrameCrossesEnd { position: at, size });
                     }
-                    if size > published {
-                        return Err(CorruptKind::FrameUnpublished {
-                            position: at,
-                            size,
-                            published: self.cached_tail,
-                        });
-                    }
-                    return Ok(Some(Peeked {
+                    return Ok(Peek::Frame(Peeked {
                         payload: offset as usize + FRAME_HEADER_LEN,
                         len: len as usize,
                         flags: header.flags,
@@ -359,13 +370,31 @@ impl Consumer {
         }
     }
 
-    /// Re-reads the producer position and checks it: aligned, not moved
-    /// backwards, at most one capacity past the released position (the
-    /// producer may not overwrite what this consumer has not released).
-    fn refresh_tail(&mut self) -> Result<(), CorruptKind> {
+    /// Re-reads the producer position and checks it against what this
+    /// consumer has seen: aligned; not moved backwards; at most one capacity
+    /// past the released position (the producer may not overwrite what this
+    /// consumer has not released); and not past an empty header word, since
+    /// the producer stores each header word before the position covering
+    /// it. (It may lag the header words just read: that is a race, not a
+    /// lie.)
+    fn audit(&mut self) -> Result<(), CorruptKind> {
+        let tail = self.check_tail()?;
+        if let Peek::Empty(at) = self.peek(self.head)? {
+            if tail > at {
+                return Err(CorruptKind::FrameUnpublished {
+                    position: at,
+                    published: tail,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The position checks of [`audit`](Consumer::audit); returns the
+    /// producer position.
+    fn check_tail(&mut self) -> Result<u64, CorruptKind> {
         // Acquire: pairs with the producer's Release store of its position,
-        // so every frame below it is fully written before this consumer
-        // reads it.
+        // so every header word it covers is visible to the peek below.
         let tail = self
             .shared()
             .producer_lines()
@@ -384,8 +413,7 @@ impl Consumer {
                 now: tail,
             });
         }
-        // tail >= cached_tail >= head.
-        if tail - self.head > self.capacity {
+        if tail > self.head && tail - self.head > self.capacity {
             return Err(CorruptKind::ProducerOverrun {
                 producer: tail,
                 consumer: self.head,
@@ -393,7 +421,7 @@ impl Consumer {
             });
         }
         self.cached_tail = tail;
-        Ok(())
+        Ok(tail)
     }
 
     /// Releases everything below `next` to the producer.
@@ -497,7 +525,7 @@ mod tests {
     #[test]
     fn frames_wrap_with_padding() {
         let (mut producer, mut consumer) = ring(5000);
-        // 4999-byte frames take 5008 bytes: 13 of them leave 656 bytes
+        // 4999-byte frames take 5008 bytes: 13 of them leave 432 bytes
         // before the end, so the 14th goes after a padding frame.
         for round in 0..100u32 {
             let payload = vec![round as u8; 4999];
@@ -508,6 +536,33 @@ mod tests {
             assert_eq!(seen, (true, round as u16));
         }
         assert!(producer.position() > 7 * MIN_CAPACITY as u64);
+    }
+
+    #[test]
+    fn padding_alone_is_skipped_and_released() {
+        let (mut producer, mut consumer) = ring(5000);
+        // 13 frames of 5008 bytes leave 432 before the end; a claim that
+        // does not fit there publishes padding at once, then is abandoned.
+        for _ in 0..13 {
+            producer.try_write(&[1; 4999], 0).unwrap();
+            consumer.try_read(|_| ()).unwrap();
+        }
+        drop(producer.try_claim(4999).unwrap());
+        assert_eq!(producer.position(), MIN_CAPACITY as u64);
+        assert!(matches!(
+            consumer.try_read(|_| ()),
+            Err(TryReadError::Empty)
+        ));
+        assert_eq!(consumer.position(), MIN_CAPACITY as u64);
+        // The next frame goes at offset 0, behind an empty word the padding
+        // published first: the first lap's header there is never read.
+        producer.try_write(b"next", 3).unwrap();
+        let got = consumer.try_read(|f| (f.bytes().to_vec(), f.flags()));
+        assert_eq!(got.unwrap(), (b"next".to_vec(), 3));
+        assert!(matches!(
+            consumer.try_read(|_| ()),
+            Err(TryReadError::Empty)
+        ));
     }
 
     #[test]

@@ -165,13 +165,13 @@ pub enum CorruptKind {
         /// The largest frame.
         max: u64,
     },
-    /// A frame runs past the published producer position.
-    #[error("frame at {position} of {size} bytes runs past published position {published}")]
+    /// The producer position says a frame is published where the header
+    /// word is still empty (the producer stores a frame's header word before
+    /// the position that covers it).
+    #[error("producer position {published} covers position {position}, whose header word is empty")]
     FrameUnpublished {
-        /// Position of the frame.
+        /// Where the empty header word is.
         position: u64,
-        /// Bytes the frame takes.
-        size: u64,
         /// The producer position.
         published: u64,
     },

@@ -51,11 +51,32 @@
 //!                            bits 32..48  user flags (the caller's)
 //!                            bits 48..56  kind: 1 data, 2 padding
 //!                            bits 56..64  reserved, zero
+//!  FRAME_EMPTY (0):          no frame here yet
 //! ```
 //!
 //! A frame never splits across the end of the data area: when it does not
 //! fit before the end, a padding frame fills the rest and the frame starts
 //! at offset 0.
+//!
+//! The header word is what publishes a frame: the consumer polls the word
+//! at its own position, so a hand-off moves the frame's first cache line
+//! and nothing else. The word at the producer position is always
+//! [`FRAME_EMPTY`]: the producer stores `FRAME_EMPTY` just past a frame (at
+//! offset 0 for padding) before it stores the frame's header word with
+//! Release, and the consumer cannot zero what it has read (its mapping is
+//! read-only). So the word the consumer polls is either empty or the header
+//! of a complete frame, never bytes from an earlier lap. Each frame
+//! therefore needs one word of free room past its end.
+//!
+//! ```text
+//!   consumer position        producer position
+//!        v                        v
+//!   ... [hdr|payload..][hdr|payload....][EMPTY|free ...........] ...
+//! ```
+//!
+//! The producer position is stored after the header words it covers. The
+//! consumer does not need it to read; it checks it when the ring looks empty
+//! before parking (see `Consumer::audit`).
 //!
 //! [`FrameHeader`]: super::FrameHeader
 
@@ -68,7 +89,7 @@ use crossbeam_utils::CachePadded;
 /// little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"DEYERING");
 /// The version of this layout. Bumped on any change to this file.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// The smallest data area: 64 KiB.
 pub const MIN_CAPACITY: usize = 64 << 10;
@@ -93,6 +114,10 @@ pub const KIND_DATA: u8 = 1;
 /// Frame kind: filler up to the end of the data area, skipped by the
 /// consumer.
 pub const KIND_PADDING: u8 = 2;
+
+/// A frame header word that holds no frame yet (no valid header is zero: its
+/// kind is never 0).
+pub const FRAME_EMPTY: u64 = 0;
 
 /// Futex word value: the side that owns this word is not parked.
 pub const IDLE: u32 = 0;
@@ -179,7 +204,9 @@ pub const fn data_region_len(capacity: usize) -> usize {
 
 /// The largest payload a ring of `capacity` bytes accepts: a frame may take
 /// at most half the data area, so that one always fits once the consumer has
-/// caught up, however the free space is split by the wrap.
+/// caught up, however the free space is split by the wrap. (Padding before
+/// it is at most half minus a word, which leaves exactly the word for the
+/// empty header after it.)
 pub const fn max_frame_limit(capacity: usize) -> usize {
     capacity / 2 - FRAME_HEADER_LEN
 }

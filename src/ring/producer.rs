@@ -10,7 +10,7 @@ use super::close::{self, Closer};
 use super::config::RingConfig;
 use super::error::{CorruptKind, Position, RingError, TryClaimError};
 use super::frame::FrameHeader;
-use super::layout::{FRAME_ALIGN, FRAME_HEADER_LEN, frame_size};
+use super::layout::{FRAME_ALIGN, FRAME_EMPTY, FRAME_HEADER_LEN, frame_size};
 use super::segment::{self, ConsumerFds, DataWriter, Shared};
 use super::wait::{self, WaitStrategy};
 use crate::sys::pidfd::PidFd;
@@ -19,9 +19,11 @@ use crate::sys::pidfd::PidFd;
 /// [`pair`](super::pair)); send the returned [`ConsumerFds`] to the
 /// consumer.
 ///
-/// The producer keeps its own position in private memory and publishes it
-/// after each commit; it re-reads the consumer's position only when its
-/// cached copy says the ring is short of room. Dropping it closes the ring.
+/// The producer keeps its own position in private memory. It publishes a
+/// frame by storing its header word last (the consumer polls that word),
+/// after an empty header word where the next frame will go; then it stores
+/// its position. It re-reads the consumer's position only when its cached
+/// copy says the ring is short of room. Dropping it closes the ring.
 #[derive(Debug)]
 pub struct Producer {
     writer: DataWriter,
@@ -29,11 +31,9 @@ pub struct Producer {
     mask: u64,
     capacity: u64,
     max_frame: usize,
-    /// Bytes reserved so far: the published position plus any padding
-    /// written for a claim not yet committed.
+    /// Bytes published so far (stored in shared memory after each commit
+    /// or padding frame).
     tail: u64,
-    /// The position last published (stored in shared memory).
-    published: u64,
     /// The consumer position as last read and checked.
     cached_head: u64,
     wait: WaitStrategy,
@@ -52,7 +52,6 @@ impl Producer {
             capacity: config.capacity as u64,
             max_frame: config.max_frame,
             tail: 0,
-            published: 0,
             cached_head: 0,
             wait: config.wait,
             peer: None,
@@ -76,7 +75,7 @@ impl Producer {
 
     /// Bytes published so far (frames, their headers, padding).
     pub fn position(&self) -> u64 {
-        self.published
+        self.tail
     }
 
     /// Reports [`RingError::PeerGone`] from blocking calls once the process
@@ -160,7 +159,7 @@ impl Producer {
             deadline,
             &shared.consumer_lines().producer_wait,
             peer.as_ref(),
-            || match self.reserve(len) {
+            |_thorough| match self.reserve(len) {
                 Ok(offset) => Some(Ok(offset)),
                 Err(TryClaimError::Full) => None,
                 Err(err) => Some(Err(blocking_error(err))),
@@ -191,7 +190,10 @@ impl Producer {
         let size = frame_size(len) as u64;
         let offset = self.tail & self.mask;
         let to_end = self.capacity - offset;
-        let needed = if size <= to_end { size } else { to_end + size };
+        // The frame (after padding to the end when it does not fit before
+        // it), and the empty header word written just after it.
+        let frame_room = if size <= to_end { size } else { to_end + size };
+        let needed = frame_room + FRAME_HEADER_LEN as u64;
         if self.tail - self.cached_head + needed > self.capacity {
             self.refresh_head()?;
             if self.tail - self.cached_head + needed > self.capacity {
@@ -201,14 +203,21 @@ impl Producer {
         if size <= to_end {
             return Ok(offset as usize);
         }
-        // Pad to the end; the padding is published with the next commit.
-        // Relaxed: the Release store of the position that covers it
-        // publishes it.
+        // Pad to the end and publish the padding at once. First the empty
+        // header word at offset 0, where the frame goes, so that a consumer
+        // skipping the padding waits there instead of reading what the
+        // previous lap left. Relaxed: the Release store below publishes it.
+        self.writer
+            .frame_word(0)
+            .store(FRAME_EMPTY, Ordering::Relaxed);
         let padding = FrameHeader::padding((to_end as usize - FRAME_HEADER_LEN) as u32);
+        // Release: the empty word above happens before any consumer load
+        // (Acquire) that sees this padding header.
         self.writer
             .frame_word(offset as usize)
-            .store(padding.encode(), Ordering::Relaxed);
+            .store(padding.encode(), Ordering::Release);
         self.tail += to_end;
+        self.publish_position();
         Ok(0)
     }
 
@@ -236,9 +245,9 @@ impl Producer {
                 now: head,
             });
         }
-        if head > self.published {
+        if head > self.tail {
             return Err(CorruptKind::ConsumerOverrun {
-                producer: self.published,
+                producer: self.tail,
                 consumer: head,
             });
         }
@@ -246,24 +255,38 @@ impl Producer {
         Ok(())
     }
 
-    /// Writes the header of the claimed frame at `offset` and publishes it.
+    /// Publishes the claimed frame at `offset`: the empty header word after
+    /// it, then its own header word, then the position.
     fn commit(&mut self, offset: usize, used: usize, flags: u16) {
         // `used` is at most the claim, which is at most the largest frame,
         // which fits a u32 (checked in layout).
         let header = FrameHeader::data(used as u32, flags);
-        // Relaxed: published by the Release store of the position below.
+        let size = frame_size(used) as u64;
+        // Inside the room `reserve` found (the frame plus one word).
+        let next = ((self.tail + size) & self.mask) as usize;
+        // Relaxed: the Release store of this frame's header publishes it.
+        self.writer
+            .frame_word(next)
+            .store(FRAME_EMPTY, Ordering::Relaxed);
+        // Release: the payload and the empty word after the frame happen
+        // before any consumer load (Acquire) that sees this header word.
         self.writer
             .frame_word(offset)
-            .store(header.encode(), Ordering::Relaxed);
-        self.tail += frame_size(used) as u64;
-        self.published = self.tail;
-        // Release: the payload and header writes above happen before any
-        // consumer load (Acquire) that sees this position.
+            .store(header.encode(), Ordering::Release);
+        self.tail += size;
+        self.publish_position();
+        wait::notify(&self.shared().consumer_lines().consumer_wait);
+    }
+
+    /// Stores the position after the header words just written.
+    fn publish_position(&self) {
+        // Release: every header word stored before it is visible to a
+        // consumer that loads this position with Acquire (its audit of an
+        // empty ring relies on it).
         self.shared()
             .producer_lines()
             .position
             .store(self.tail, Ordering::Release);
-        wait::notify(&self.shared().consumer_lines().consumer_wait);
     }
 }
 

@@ -4,7 +4,7 @@
 //! sides may write). The protocol, for a waiter W and a notifier N:
 //!
 //! ```text
-//!  W: swap(word, PARKED)       N: publish position (or closed flag), Release
+//!  W: swap(word, PARKED)       N: publish (header word, position, closed flag), Release
 //!     fence(SeqCst)               fence(SeqCst)
 //!     re-check the condition      if word == PARKED and swap(word, IDLE) == PARKED:
 //!     futex_wait(word, PARKED)        futex_wake(word)
@@ -12,8 +12,9 @@
 //! ```
 //!
 //! The two SeqCst fences order each side's store before its load, so at
-//! least one side sees the other's store: either W's re-check sees the new
-//! position, or N sees `PARKED`. In the second case N sets the word to
+//! least one side sees the other's store: either W's re-check sees what N
+//! published (the consumer reads the frame header word, the producer the
+//! consumer position), or N sees `PARKED`. In the second case N sets the word to
 //! `IDLE` before waking, so a W that has not reached `futex_wait` yet does
 //! not sleep (the kernel compares the word with `PARKED` atomically with
 //! queueing W). No wake-up is lost, and N makes the wake system call only
@@ -111,23 +112,30 @@ impl WaitStrategy {
 /// `strategy` says, parking on `word` (this side's futex word).
 ///
 /// `poll` returns `None` while the condition (room, data) is not met. It
-/// must re-read the peer's position and both closed flags: it is the
-/// re-check after announcing the park. Gives `TimedOut` once `deadline`
-/// passes, and `PeerGone` when `peer` has exited and `poll` still has
-/// nothing.
+/// must re-read what the peer publishes (a position or header word) and
+/// both closed flags: it is the re-check after announcing the park. Its
+/// argument, `thorough`, is true for the polls around a park and every
+/// [`BUSY_LIVENESS_INTERVAL`] of spinning, false for the polls in between:
+/// a side may then check more than it needs to go on (the consumer checks
+/// the producer position). Gives `TimedOut` once `deadline` passes, and
+/// `PeerGone` when `peer` has exited and `poll` still has nothing.
 pub(crate) fn block<T>(
     strategy: WaitStrategy,
     deadline: Instant,
     word: &AtomicU32,
     peer: Option<&PidFd>,
-    mut poll: impl FnMut() -> Option<Result<T, RingError>>,
+    mut poll: impl FnMut(bool) -> Option<Result<T, RingError>>,
 ) -> Result<T, RingError> {
     let mut spins = 0u32;
-    let mut next_liveness = Instant::now() + BUSY_LIVENESS_INTERVAL;
+    // Set at the first clock read: a wait that ends within a few polls
+    // (most hand-offs between running sides) reads no clock at all.
+    let mut next_liveness: Option<Instant> = None;
+    let mut thorough = false;
     loop {
-        if let Some(result) = poll() {
+        if let Some(result) = poll(thorough) {
             return result;
         }
+        thorough = false;
         // Spinning: poll again after one pause, and read the clock only
         // every `CLOCK_EVERY` polls, so a hand-off is seen within a pause
         // or so of happening.
@@ -143,11 +151,13 @@ pub(crate) fn block<T>(
                 if now >= deadline {
                     return Err(RingError::TimedOut);
                 }
-                if now >= next_liveness {
-                    next_liveness = now + BUSY_LIVENESS_INTERVAL;
+                let due = *next_liveness.get_or_insert(now + BUSY_LIVENESS_INTERVAL);
+                if now >= due {
+                    next_liveness = Some(now + BUSY_LIVENESS_INTERVAL);
                     if let Some(result) = check_peer(peer, &mut poll) {
                         return result;
                     }
+                    thorough = true;
                 }
             }
             // Spin-then-park gives up the core now and then, in case the
@@ -181,7 +191,7 @@ pub(crate) fn block<T>(
         // and it costs nothing beside the futex call that follows.)
         word.swap(PARKED, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if let Some(result) = poll() {
+        if let Some(result) = poll(true) {
             // Relaxed: nothing is published with the word; it only tells the
             // peer not to bother waking this side.
             word.store(IDLE, Ordering::Relaxed);
@@ -196,6 +206,7 @@ pub(crate) fn block<T>(
                 return result;
             }
         }
+        thorough = true;
     }
 }
 
@@ -203,12 +214,12 @@ pub(crate) fn block<T>(
 /// died are still good), else `PeerGone`.
 fn check_peer<T>(
     peer: Option<&PidFd>,
-    poll: &mut impl FnMut() -> Option<Result<T, RingError>>,
+    poll: &mut impl FnMut(bool) -> Option<Result<T, RingError>>,
 ) -> Option<Result<T, RingError>> {
     let peer = peer?;
     match peer.has_exited() {
         Ok(false) => None,
-        Ok(true) => Some(poll().unwrap_or(Err(RingError::PeerGone))),
+        Ok(true) => Some(poll(true).unwrap_or(Err(RingError::PeerGone))),
         Err(source) => Some(Err(RingError::Sys {
             op: "poll peer pidfd",
             source,
@@ -268,7 +279,7 @@ mod tests {
     fn ready_poll_returns_at_once() {
         let word = AtomicU32::new(IDLE);
         for strategy in strategies() {
-            let got = block(strategy, Instant::now(), &word, None, || Some(Ok(7)));
+            let got = block(strategy, Instant::now(), &word, None, |_| Some(Ok(7)));
             assert_eq!(got.unwrap(), 7);
             assert_eq!(word.load(Ordering::Relaxed), IDLE);
         }
@@ -279,7 +290,7 @@ mod tests {
         let word = AtomicU32::new(IDLE);
         for strategy in strategies() {
             let deadline = Instant::now() + Duration::from_millis(20);
-            let got: Result<(), _> = block(strategy, deadline, &word, None, || None);
+            let got: Result<(), _> = block(strategy, deadline, &word, None, |_| None);
             assert!(matches!(got, Err(RingError::TimedOut)), "{strategy:?}");
             assert!(Instant::now() >= deadline);
             assert_eq!(word.load(Ordering::Relaxed), IDLE);
@@ -295,7 +306,7 @@ mod tests {
                 let (word, flag) = (Arc::clone(&word), Arc::clone(&flag));
                 std::thread::spawn(move || {
                     let deadline = Instant::now() + Duration::from_secs(30);
-                    block(strategy, deadline, &word, None, || {
+                    block(strategy, deadline, &word, None, |_| {
                         flag.load(Ordering::Acquire).then_some(Ok(()))
                     })
                 })
@@ -341,11 +352,11 @@ mod tests {
             timeout: Duration::from_millis(5),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        let got: Result<(), _> = block(strategy, deadline, &word, Some(&pidfd), || None);
+        let got: Result<(), _> = block(strategy, deadline, &word, Some(&pidfd), |_| None);
         assert!(matches!(got, Err(RingError::PeerGone)));
         // A last poll still wins over PeerGone.
         let mut calls = 0;
-        let got = block(strategy, deadline, &word, Some(&pidfd), || {
+        let got = block(strategy, deadline, &word, Some(&pidfd), |_| {
             calls += 1;
             (calls > 2).then_some(Ok(5))
         });
