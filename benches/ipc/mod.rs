@@ -354,6 +354,19 @@ impl Session {
         }
     }
 
+    /// Makes the echoing peer stop reading until [`resume`](Session::resume):
+    /// it then waits in a blocking read of the control socket, using no CPU,
+    /// so this process can measure something else (the spin probe) on both
+    /// cores. The signal is an empty frame, which no measurement sends.
+    pub fn pause(&mut self) -> io::Result<()> {
+        self.tx.as_mut().expect("sender").send(&[])
+    }
+
+    /// Lets a paused peer read again.
+    pub fn resume(&mut self) -> io::Result<()> {
+        write_u64(&mut self.control, 1)
+    }
+
     /// Sends `count` frames as fast as the transport takes them and returns
     /// the time until the sink has copied out the last one (sink mode).
     pub fn stream(&mut self, payload: &[u8], count: u64) -> io::Result<Duration> {
@@ -436,6 +449,12 @@ fn peer(role: &str, transport: Transport) -> io::Result<()> {
     match tx.as_mut() {
         Some(tx) => {
             while let Some(len) = rx.recv(&mut buf)? {
+                if len == 0 {
+                    // Paused (`Session::pause`) until the control socket
+                    // says go on.
+                    read_u64(&mut control)?;
+                    continue;
+                }
                 tx.send(&buf[..len])?;
             }
         }
