@@ -52,8 +52,8 @@ impl Closer {
 /// Sets this side's closed flag and wakes both sides if parked.
 pub(crate) fn close(shared: &Shared) {
     // Release: pairs with the peer's Acquire load of the flag, so a consumer
-    // that sees the producer closed also sees every position it published
-    // before closing.
+    // that sees the producer closed also sees every header word and
+    // position it stored before closing.
     shared.own_closed().store(1, Ordering::Release);
     // SeqCst fence: orders the flag store before the loads of the futex
     // words, against a waiter's store of PARKED before its re-check.

@@ -13,11 +13,14 @@
 //! - **Zero copy.** The producer claims room and writes (or encodes) the
 //!   payload in place; the consumer's closure reads the frame in place,
 //!   and only then is the room released.
-//! - **Positions.** Monotonic `u64` byte counters, each side's kept in
-//!   private memory and published with a Release store once the bytes are
-//!   written; a side re-reads the other's only when it looks short of room
-//!   or data. A frame is visible only once complete, whenever the producer
-//!   dies.
+//! - **Positions and headers.** Positions are monotonic `u64` byte
+//!   counters, each side's kept in private memory and published with a
+//!   Release store. A frame is published by its header word, stored last
+//!   with Release; the consumer polls that word (an empty word, stored
+//!   ahead by the producer, means nothing yet), so a hand-off moves one
+//!   cache line. The producer re-reads the consumer position only when it
+//!   looks short of room; the consumer reads the producer's only to check
+//!   it. A frame is visible only once complete, whenever the producer dies.
 //! - **Waiting.** [`WaitStrategy`]: busy-spin, spin-then-park (default) or
 //!   park; a side wakes the other (a futex system call) only when that side
 //!   said it parked. Blocking calls take a deadline; `try_*` calls report

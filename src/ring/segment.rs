@@ -189,7 +189,8 @@ impl DataWriter {
         // (checked by `data_range`). The producer only asks for bytes it has
         // claimed: bytes between its own position and the consumer's
         // position plus the capacity, which the consumer never reads (an
-        // honest one reads only below the published position) and cannot
+        // honest one reads only frames whose header word it has seen
+        // published, and the producer stores that word last) and cannot
         // write (its mapping is read-only and the memfd is sealed with
         // F_SEAL_FUTURE_WRITE). The only writer is this process, through
         // `bytes_mut` on this same `DataWriter`, which needs `&mut self`.
@@ -234,10 +235,11 @@ impl DataReader {
         let ptr = self.shared.data_range(offset, len);
         // SAFETY: the range lies inside the live read-only mapping (checked
         // by `data_range`), and `u8` has no invalid values. The consumer
-        // only asks for bytes of a frame below the producer position it read
-        // with Acquire, which an honest producer no longer writes until the
-        // consumer releases them (it re-reads the consumer position, with
-        // Acquire, before reusing space). A hostile producer could change
+        // only asks for bytes of a frame whose header word it loaded with
+        // Acquire (the producer stores it with Release after the payload),
+        // which an honest producer no longer writes until the consumer
+        // releases them (it re-reads the consumer position, with Acquire,
+        // before reusing space). A hostile producer could change
         // them under the borrow; that can only change the values seen (plain
         // bytes, read through a mapping of fixed size, sealed against
         // shrinking), never the range, whose bounds come from header copies
