@@ -97,6 +97,7 @@ impl Consumer {
         Ok(consumer)
     }
 
+    #[inline]
     fn shared(&self) -> &Shared {
         self.reader.shared()
     }
@@ -154,6 +155,7 @@ impl Consumer {
     }
 
     /// Runs `f` on the next frame, if one is published, then releases it.
+    #[inline]
     pub fn try_read<R>(&mut self, f: impl FnOnce(Frame<'_>) -> R) -> Result<R, TryReadError> {
         let frame = self.next_frame(true)?;
         let result = f(Frame::new(
@@ -166,6 +168,7 @@ impl Consumer {
 
     /// Runs `f` on the next frame, waiting until `deadline` for one, then
     /// releases it.
+    #[inline]
     pub fn read<R>(
         &mut self,
         deadline: Instant,
@@ -255,6 +258,7 @@ impl Consumer {
     /// empty ring also has its producer position checked (see
     /// [`audit`](Consumer::audit)): `try_*` reads do so, blocking reads only
     /// before each park, not on every spin.
+    #[inline]
     fn next_frame(&mut self, audit: bool) -> Result<Peeked, TryReadError> {
         // Relaxed: closing publishes nothing this side needs.
         if self.shared().own_closed().load(Ordering::Relaxed) != 0 {
@@ -292,14 +296,21 @@ impl Consumer {
         Err(TryReadError::Empty)
     }
 
+    /// `next_frame`, inlined for the common case of a frame at once;
+    /// waiting is out of line.
+    #[inline]
     fn next_frame_blocking(&mut self, deadline: Instant) -> Result<Peeked, RingError> {
         match self.next_frame(false) {
-            Ok(frame) => return Ok(frame),
-            Err(TryReadError::Empty) => {}
-            Err(err) => return Err(blocking_error(err)),
+            Ok(frame) => Ok(frame),
+            Err(TryReadError::Empty) => self.wait_for_frame(deadline),
+            Err(err) => Err(blocking_error(err)),
         }
-        // Slow path: hold the shared memory through its own handle so the
-        // poll closure may borrow `self` mutably.
+    }
+
+    #[cold]
+    fn wait_for_frame(&mut self, deadline: Instant) -> Result<Peeked, RingError> {
+        // Hold the shared memory through its own handle so the poll closure
+        // may borrow `self` mutably.
         let shared = Arc::clone(self.reader.shared());
         let (strategy, peer) = (self.wait, self.peer.take());
         let result = wait::block(
@@ -320,6 +331,7 @@ impl Consumer {
     /// The data frame at position `at` (skipping one padding frame), if its
     /// header word is published. Checks the copy of the header word against
     /// the largest frame and the end of the data area before any use.
+    #[inline]
     fn peek(&self, mut at: u64) -> Result<Peek, CorruptKind> {
         loop {
             let offset = at & self.mask;
@@ -425,6 +437,7 @@ impl Consumer {
     }
 
     /// Releases everything below `next` to the producer.
+    #[inline]
     fn release(&mut self, next: u64) {
         self.head = next;
         // Release: this consumer's reads of the released frames happen

@@ -33,6 +33,7 @@ pub struct FrameHeader {
 
 impl FrameHeader {
     /// The header of a data frame.
+    #[inline]
     pub const fn data(len: u32, flags: u16) -> FrameHeader {
         FrameHeader {
             len,
@@ -42,6 +43,7 @@ impl FrameHeader {
     }
 
     /// The header of a padding frame of `len` filler bytes.
+    #[inline]
     pub const fn padding(len: u32) -> FrameHeader {
         FrameHeader {
             len,
@@ -51,6 +53,7 @@ impl FrameHeader {
     }
 
     /// The header as the word stored in the ring.
+    #[inline]
     pub const fn encode(self) -> u64 {
         let kind = match self.kind {
             FrameKind::Data => KIND_DATA,
@@ -64,6 +67,7 @@ impl FrameHeader {
     /// Reads a word taken from the ring. Fails on an unknown kind, a
     /// non-zero reserved byte, or flags on a padding frame; lengths are
     /// checked by the caller, who knows the ring's bounds.
+    #[inline]
     pub const fn decode(word: u64) -> Result<FrameHeader, CorruptKind> {
         let len = word as u32;
         let flags = (word >> FRAME_FLAGS_SHIFT) as u16;
@@ -91,26 +95,31 @@ pub struct Frame<'a> {
 }
 
 impl<'a> Frame<'a> {
+    #[inline]
     pub(crate) fn new(bytes: &'a [u8], flags: u16) -> Frame<'a> {
         Frame { bytes, flags }
     }
 
     /// The payload, exactly as many bytes as the producer committed.
+    #[inline]
     pub fn bytes(&self) -> &'a [u8] {
         self.bytes
     }
 
     /// The flags the producer committed with the frame.
+    #[inline]
     pub fn flags(&self) -> u16 {
         self.flags
     }
 
     /// Payload length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
 
     /// Whether the payload is empty (an empty frame still carries flags).
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }

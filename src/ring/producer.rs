@@ -59,6 +59,7 @@ impl Producer {
         Ok((producer, fds))
     }
 
+    #[inline]
     fn shared(&self) -> &Shared {
         self.writer.shared()
     }
@@ -107,6 +108,7 @@ impl Producer {
     ///
     /// Fill the returned [`Claim`] in place, then [`Claim::commit`] it;
     /// dropping it instead abandons it (the consumer never sees it).
+    #[inline]
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>, TryClaimError> {
         let offset = self.reserve(len)?;
         Ok(Claim {
@@ -118,6 +120,7 @@ impl Producer {
 
     /// Claims room for `len` bytes, waiting until `deadline` for the
     /// consumer to make room.
+    #[inline]
     pub fn claim(&mut self, len: usize, deadline: Instant) -> Result<Claim<'_>, RingError> {
         let offset = self.reserve_blocking(len, deadline)?;
         Ok(Claim {
@@ -128,6 +131,7 @@ impl Producer {
     }
 
     /// Copies `bytes` into one frame with `flags`, without waiting.
+    #[inline]
     pub fn try_write(&mut self, bytes: &[u8], flags: u16) -> Result<(), TryClaimError> {
         let mut claim = self.try_claim(bytes.len())?;
         claim.copy_from_slice(bytes);
@@ -137,6 +141,7 @@ impl Producer {
 
     /// Copies `bytes` into one frame with `flags`, waiting until `deadline`
     /// for room.
+    #[inline]
     pub fn write(&mut self, bytes: &[u8], flags: u16, deadline: Instant) -> Result<(), RingError> {
         let mut claim = self.claim(bytes.len(), deadline)?;
         claim.copy_from_slice(bytes);
@@ -144,14 +149,21 @@ impl Producer {
         Ok(())
     }
 
+    /// `reserve`, inlined for the common case of room at once; waiting is
+    /// out of line.
+    #[inline]
     fn reserve_blocking(&mut self, len: usize, deadline: Instant) -> Result<usize, RingError> {
         match self.reserve(len) {
-            Ok(offset) => return Ok(offset),
-            Err(TryClaimError::Full) => {}
-            Err(err) => return Err(blocking_error(err)),
+            Ok(offset) => Ok(offset),
+            Err(TryClaimError::Full) => self.wait_for_room(len, deadline),
+            Err(err) => Err(blocking_error(err)),
         }
-        // Slow path: hold the shared memory through its own handle so the
-        // poll closure may borrow `self` mutably.
+    }
+
+    #[cold]
+    fn wait_for_room(&mut self, len: usize, deadline: Instant) -> Result<usize, RingError> {
+        // Hold the shared memory through its own handle so the poll closure
+        // may borrow `self` mutably.
         let shared = Arc::clone(self.writer.shared());
         let (strategy, peer) = (self.wait, self.peer.take());
         let result = wait::block(
@@ -172,6 +184,7 @@ impl Producer {
     /// Finds room for a frame with `len` payload bytes; returns the data
     /// area offset of its header. Writes a padding frame first when the
     /// frame does not fit before the end of the data area.
+    #[inline]
     fn reserve(&mut self, len: usize) -> Result<usize, TryClaimError> {
         if len > self.max_frame {
             return Err(TryClaimError::TooLarge {
@@ -257,6 +270,7 @@ impl Producer {
 
     /// Publishes the claimed frame at `offset`: the empty header word after
     /// it, then its own header word, then the position.
+    #[inline]
     fn commit(&mut self, offset: usize, used: usize, flags: u16) {
         // `used` is at most the claim, which is at most the largest frame,
         // which fits a u32 (checked in layout).
@@ -279,6 +293,7 @@ impl Producer {
     }
 
     /// Stores the position after the header words just written.
+    #[inline]
     fn publish_position(&self) {
         // Release: every header word stored before it is visible to a
         // consumer that loads this position with Acquire (its audit of an
@@ -325,6 +340,7 @@ impl Claim<'_> {
     ///
     /// # Panics
     /// If `used` is more than the claimed length.
+    #[inline]
     pub fn commit(self, used: usize) {
         self.commit_with_flags(used, 0);
     }
@@ -335,6 +351,7 @@ impl Claim<'_> {
     ///
     /// # Panics
     /// If `used` is more than the claimed length.
+    #[inline]
     pub fn commit_with_flags(self, used: usize, flags: u16) {
         assert!(
             used <= self.len,
@@ -348,6 +365,7 @@ impl Claim<'_> {
 impl Deref for Claim<'_> {
     type Target = [u8];
 
+    #[inline]
     fn deref(&self) -> &[u8] {
         self.producer
             .writer
@@ -356,6 +374,7 @@ impl Deref for Claim<'_> {
 }
 
 impl DerefMut for Claim<'_> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         self.producer
             .writer

@@ -63,6 +63,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// The producer region's fixed lines. The consumer's mapping is
     /// read-only: only the producer side may store through this.
+    #[inline]
     pub(crate) fn producer_lines(&self) -> &ProducerLines {
         // SAFETY: the data mapping is page-aligned (so aligned for
         // `ProducerLines`, whose alignment is a cache line) and at least
@@ -75,6 +76,7 @@ impl Shared {
     }
 
     /// The consumer region. Both sides map it read-write.
+    #[inline]
     pub(crate) fn consumer_lines(&self) -> &ConsumerLines {
         // SAFETY: as for `producer_lines`: the control mapping is
         // page-aligned, `CONTROL_LEN = size_of::<ConsumerLines>()` bytes
@@ -86,6 +88,7 @@ impl Shared {
 
     /// This side's closed flag: the only word of the closed state this side
     /// writes.
+    #[inline]
     pub(crate) fn own_closed(&self) -> &AtomicU32 {
         match self.side {
             Side::Producer => &self.producer_lines().closed,
@@ -99,11 +102,13 @@ impl Shared {
     }
 
     /// The process-local "peer gone" mark (see `Closer::mark_peer_gone`).
+    #[inline]
     pub(crate) fn peer_gone(&self) -> &AtomicBool {
         &self.peer_gone
     }
 
     /// The peer's closed flag.
+    #[inline]
     pub(crate) fn peer_closed(&self) -> &AtomicU32 {
         match self.side {
             Side::Producer => &self.consumer_lines().close.closed,
@@ -126,6 +131,7 @@ impl Shared {
     /// # Panics
     /// If `offset` is not a multiple of 8 below the capacity (a bug in the
     /// caller, which derives offsets from its own position).
+    #[inline]
     fn frame_word(&self, offset: usize) -> &AtomicU64 {
         assert!(
             offset % FRAME_ALIGN == 0 && offset < self.capacity,
@@ -149,6 +155,7 @@ impl Shared {
     }
 
     /// `len` bytes of the data area from `offset`, checked to lie inside it.
+    #[inline]
     fn data_range(&self, offset: usize, len: usize) -> *mut u8 {
         assert!(
             offset <= self.capacity && len <= self.capacity - offset,
@@ -170,11 +177,13 @@ pub(crate) struct DataWriter {
 }
 
 impl DataWriter {
+    #[inline]
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
     /// The frame header word at `offset` (see [`Shared::frame_word`]).
+    #[inline]
     pub(crate) fn frame_word(&self, offset: usize) -> &AtomicU64 {
         self.shared.frame_word(offset)
     }
@@ -183,6 +192,7 @@ impl DataWriter {
     ///
     /// # Panics
     /// If the range leaves the data area.
+    #[inline]
     pub(crate) fn bytes(&self, offset: usize, len: usize) -> &[u8] {
         let ptr = self.shared.data_range(offset, len);
         // SAFETY: the range lies inside the live read-write mapping
@@ -201,6 +211,7 @@ impl DataWriter {
     ///
     /// # Panics
     /// If the range leaves the data area.
+    #[inline]
     pub(crate) fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
         let ptr = self.shared.data_range(offset, len);
         // SAFETY: as for `bytes`: inside the live read-write mapping, and no
@@ -218,11 +229,13 @@ pub(crate) struct DataReader {
 }
 
 impl DataReader {
+    #[inline]
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
     /// The frame header word at `offset` (see [`Shared::frame_word`]).
+    #[inline]
     pub(crate) fn frame_word(&self, offset: usize) -> &AtomicU64 {
         self.shared.frame_word(offset)
     }
@@ -231,6 +244,7 @@ impl DataReader {
     ///
     /// # Panics
     /// If the range leaves the data area.
+    #[inline]
     pub(crate) fn bytes(&self, offset: usize, len: usize) -> &[u8] {
         let ptr = self.shared.data_range(offset, len);
         // SAFETY: the range lies inside the live read-only mapping (checked
