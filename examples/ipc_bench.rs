@@ -55,13 +55,24 @@ struct Args {
     /// Shorter phases (about a third of the time; noisier tails).
     #[arg(long)]
     quick: bool,
-    /// Frame sizes to measure (comma-separated bytes).
-    #[arg(long, value_delimiter = ',', default_values_t = SIZES)]
+    /// Frame sizes to measure (comma-separated bytes, 1 to 65536; an empty
+    /// frame is the harness's pause signal).
+    #[arg(long, value_delimiter = ',', default_values_t = SIZES, value_parser = frame_size)]
     sizes: Vec<usize>,
     /// Rows to run: any of spin, ring:busy-spin, ring:spin-then-park,
     /// ring:park, uds, memcpy (comma-separated); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+}
+
+/// A `--sizes` entry: 1 to the largest frame the harness carries.
+fn frame_size(text: &str) -> Result<usize, String> {
+    let size: usize = text.parse().map_err(|err| format!("{text:?}: {err}"))?;
+    if (1..=ipc::MAX_FRAME).contains(&size) {
+        Ok(size)
+    } else {
+        Err(format!("{size} is not from 1 to {}", ipc::MAX_FRAME))
+    }
 }
 
 /// One output row.

@@ -1,4 +1,5 @@
-//! A loom model of the ring's position and waiter-flag protocol.
+//! A loom model of the ring's header-word, position and waiter-flag
+//! protocol.
 //!
 //! Run it with:
 //!
@@ -7,8 +8,11 @@
 //! ```
 //!
 //! The ring itself lives in shared memory that loom cannot instrument, so
-//! this is a faithful small copy of its protocol, step for step with
-//! `src/ring/{producer,consumer,wait,close}.rs`:
+//! this is a small copy of its protocol for data frames, step for step with
+//! `src/ring/{producer,consumer,wait,close}.rs`. Left out: padding (at the
+//! wrap, the same empty-word-then-Release-header steps at offset 0), the
+//! position checks other than the audit's, and more than one slot in flight
+//! (two slots, one of them kept free for the empty word):
 //!
 //! - each slot has a header word; the producer writes the slot, stores
 //!   `EMPTY` into the next slot's header word (Relaxed), then this slot's

@@ -570,6 +570,19 @@ fn each_lie_is_named() {
             ..
         }
     ));
+    // A consumer position near 2^64: counting frames on from it would
+    // overflow (positions and frame sizes are added unchecked).
+    let kind = attach_error(u64::MAX - 7, u64::MAX - 7);
+    assert!(
+        matches!(
+            kind,
+            CorruptKind::PositionTooLarge {
+                position: Position::Consumer,
+                ..
+            }
+        ),
+        "{kind:?}"
+    );
 
     // A producer position that moves backwards after frames were read.
     let empties: Vec<_> = (0..8).map(|i| (i * 8, data(0))).collect();

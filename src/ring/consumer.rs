@@ -20,8 +20,9 @@ use crate::sys::pidfd::PidFd;
 /// ring (no copy); the frame is released to the producer after the closure
 /// returns. The consumer keeps its own position in private memory and polls
 /// the frame header word there: a frame is published once that word is
-/// (see [`layout`](super::layout)). It re-reads the producer position only
-/// when the ring looks empty before parking, to check it. Nothing the
+/// (see [`layout`](super::layout)). It reads the producer position only to
+/// check it, when the ring looks empty: on `try_*` reads, before each park
+/// and every 100 ms of spinning. Nothing the
 /// producer writes is trusted: every length and position is checked first,
 /// and a violation is a [`CorruptKind`] error. Dropping it closes the ring.
 #[derive(Debug)]
@@ -39,6 +40,13 @@ pub struct Consumer {
     wait: WaitStrategy,
     peer: Option<PidFd>,
 }
+
+/// The largest consumer position accepted at attach: from there, positions
+/// grow by at most a capacity per frame and padding, so they cannot overflow
+/// in any honest lifetime of a ring (2^63 bytes at 100 GB/s is 2.9 years;
+/// the check is against a producer that hands out a consumer region with
+/// a position near 2^64).
+const MAX_START_POSITION: u64 = 1 << 63;
 
 /// What [`Consumer::peek`] found.
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +96,15 @@ impl Consumer {
         };
         if head % FRAME_ALIGN as u64 != 0 {
             return Err(CorruptKind::PositionMisaligned {
+                position: Position::Consumer,
+                value: head,
+            }
+            .into());
+        }
+        // Frames are found by their header words alone, so nothing but this
+        // bounds the sums of positions and frame sizes below.
+        if head > MAX_START_POSITION {
+            return Err(CorruptKind::PositionTooLarge {
                 position: Position::Consumer,
                 value: head,
             }
@@ -184,7 +201,8 @@ impl Consumer {
     }
 
     /// Runs `f` on each published frame, up to `max_frames`, then releases
-    /// them all with one store of the position (and at most one wake-up).
+    /// them all with one store of the position (and at most one wake-up;
+    /// padding found alone before the first frame is released on its own).
     /// Returns how many frames `f` saw; `Empty` when there were none.
     ///
     /// Should the producer region turn out corrupt part-way, the frames

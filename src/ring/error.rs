@@ -114,6 +114,16 @@ pub enum CorruptKind {
         /// What it is now.
         now: u64,
     },
+    /// A position at attach is so large that counting on from it could
+    /// overflow (an honest ring starts at 0, and 2^63 bytes more would take
+    /// years even at 100 GB/s).
+    #[error("{position} {value} is beyond 2^63")]
+    PositionTooLarge {
+        /// Which position.
+        position: Position,
+        /// Its value.
+        value: u64,
+    },
     /// A position is not a multiple of the frame alignment.
     #[error("{position} {value} is not 8-byte aligned")]
     PositionMisaligned {

@@ -231,6 +231,9 @@ impl Producer {
             .store(padding.encode(), Ordering::Release);
         self.tail += to_end;
         self.publish_position();
+        // A parked consumer releases the padding only once it looks; the
+        // claim may yet be abandoned and the next one need that room.
+        wait::notify(&self.shared().consumer_lines().consumer_wait);
         Ok(0)
     }
 

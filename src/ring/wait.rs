@@ -58,7 +58,9 @@ const BUSY_LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
 /// How a blocking call waits for room (producer) or data (consumer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitStrategy {
-    /// Spin on the peer's position until the deadline; never sleep. Lowest
+    /// Spin on what the peer publishes (the frame header word for the
+    /// consumer, the consumer position for the producer) until the deadline;
+    /// never sleep. Lowest
     /// latency; burns a core while waiting.
     BusySpin,
     /// Poll `spins` times, one `spin_loop` hint apart, then park on the
@@ -232,7 +234,8 @@ fn check_peer<T>(
 /// parked.
 #[inline]
 pub(crate) fn notify(word: &AtomicU32) {
-    // SeqCst fence: orders the caller's store (position, closed flag) before
+    // SeqCst fence: orders the caller's store (header word, position,
+    // closed flag) before
     // the load of `word`, against the waiter's store of PARKED before its
     // re-check (see the module docs).
     fence(Ordering::SeqCst);
