@@ -280,6 +280,7 @@ fn print_event(out: &mut impl Write, event: &MonitorEvent, format: Format) -> Re
         MonitorEvent::Snapshot(r) => ("snapshot", r),
         MonitorEvent::Started(r) => ("started", r),
         MonitorEvent::Exited(r) => ("exited", r),
+        MonitorEvent::Exec(r) => ("exec", r),
     };
     match format {
         Format::Json => {

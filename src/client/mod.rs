@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 pub use error::ClientError;
 pub use stream::{MonitorEvent, MonitorStream, Records};
 
-use crate::control::{ClientChannel, ClientFrame, Connector, HANDSHAKE_TIMEOUT, client_frame};
+use crate::control::{
+    ClientChannel, ClientFrame, Connector, EventSource, HANDSHAKE_TIMEOUT, client_frame,
+};
 use crate::proto::control::{Cancel, Goodbye, TaskRequest};
 use crate::proto::{DetectionTask, ProtoHashCheck, ProtoHashResult, ProtoProcessFilter};
 use crate::ring::{Consumer, ConsumerFds, RingError, WaitStrategy};
@@ -111,6 +113,7 @@ pub struct Agent {
     /// A task was sent and no frame has been read since.
     awaiting_first_frame: bool,
     server_pid: u32,
+    event_source: EventSource,
 }
 
 impl Agent {
@@ -148,6 +151,7 @@ impl Agent {
             .timeout(options.connect_timeout)
             .handshake(stream)
             .map_err(ClientError::from_control)?;
+        let event_source = welcome.event_source;
         let Ok::<[_; 2], _>([data, control]) = welcome.fds.try_into() else {
             return Err(ClientError::Protocol {
                 problem: "the ring needs exactly 2 descriptors (data, control)".into(),
@@ -175,7 +179,15 @@ impl Agent {
             abandoned: Vec::new(),
             awaiting_first_frame: false,
             server_pid: server.pid,
+            event_source,
         })
+    }
+
+    /// How procmond learns of processes, as it said in the handshake: the
+    /// kernel's process connector (every fork, exec and exit is seen), or
+    /// polling (short-lived processes can be missed).
+    pub fn event_source(&self) -> EventSource {
+        self.event_source
     }
 
     /// procmond's pid, as the kernel reported it at connect time.
@@ -202,7 +214,7 @@ impl Agent {
     ) -> Result<Records<'_>, ClientError> {
         let task_id = self.task_id();
         let task = DetectionTask::new_enumerate_processes(task_id.clone(), filter);
-        self.send_task(task, with_hashes, 0)?;
+        self.send_task(task, with_hashes, None)?;
         Ok(Records::new(self, task_id))
     }
 
@@ -215,7 +227,7 @@ impl Agent {
     ) -> Result<Records<'_>, ClientError> {
         let task_id = self.task_id();
         let task = DetectionTask::new_verify_executable(task_id.clone(), filter);
-        self.send_task(task, false, 0)?;
+        self.send_task(task, false, None)?;
         Ok(Records::new(self, task_id))
     }
 
@@ -226,7 +238,7 @@ impl Agent {
         let task_id = self.task_id();
         let expected = check.expected_hash.trim().to_owned();
         let task = DetectionTask::new_hash_check(task_id.clone(), check);
-        self.send_task(task, false, 0)?;
+        self.send_task(task, false, None)?;
         let deadline = Instant::now() + self.options.timeout;
         let mut hash = None;
         let mut failure = None;
@@ -260,8 +272,11 @@ impl Agent {
     }
 
     /// MONITOR_PROCESS_TREE: the tree under `roots` (every process when
-    /// empty), then what started and exited every `interval` (at least
-    /// 10 ms), until [`MonitorStream::cancel`].
+    /// empty), then what started, exec'd and exited in it, in order, until
+    /// [`MonitorStream::cancel`]. `interval` is the longest a change waits
+    /// to be batched with others into one frame (zero: sent at once); where
+    /// procmond polls ([`Agent::event_source`]), it is the polling
+    /// interval, at least 10 ms.
     pub fn monitor(
         &mut self,
         roots: &[u32],
@@ -274,10 +289,8 @@ impl Agent {
             executable_pattern: None,
         });
         let task = DetectionTask::new_monitor_process_tree(task_id.clone(), filter);
-        let interval_ms = u32::try_from(interval.as_millis())
-            .unwrap_or(u32::MAX)
-            .max(1);
-        self.send_task(task, false, interval_ms)?;
+        let interval_ms = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
+        self.send_task(task, false, Some(interval_ms))?;
         Ok(MonitorStream::new(self, task_id))
     }
 
@@ -290,7 +303,7 @@ impl Agent {
         &mut self,
         task: DetectionTask,
         with_hashes: bool,
-        interval_ms: u32,
+        interval_ms: Option<u32>,
     ) -> Result<(), ClientError> {
         let gone = self.gone.lock().map_or(true, |why| why.is_some());
         if gone || self.consumer.is_closed() {

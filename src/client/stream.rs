@@ -103,15 +103,20 @@ pub enum MonitorEvent {
     Snapshot(ProtoProcessRecord),
     /// A process that joined the tree.
     Started(ProtoProcessRecord),
-    /// A member that exited (as recorded when it joined).
+    /// A member that exited (as last known).
     Exited(ProtoProcessRecord),
+    /// A member that replaced its image; the record carries the new one.
+    Exec(ProtoProcessRecord),
 }
 
 impl MonitorEvent {
     /// The record, whatever the event.
     pub fn record(&self) -> &ProtoProcessRecord {
         match self {
-            MonitorEvent::Snapshot(r) | MonitorEvent::Started(r) | MonitorEvent::Exited(r) => r,
+            MonitorEvent::Snapshot(r)
+            | MonitorEvent::Started(r)
+            | MonitorEvent::Exited(r)
+            | MonitorEvent::Exec(r) => r,
         }
     }
 }
@@ -155,6 +160,7 @@ impl<'a> MonitorStream<'a> {
                 return Ok(Some(match self.kind {
                     RecordKind::Started => MonitorEvent::Started(record),
                     RecordKind::Exited => MonitorEvent::Exited(record),
+                    RecordKind::Exec => MonitorEvent::Exec(record),
                     RecordKind::Snapshot | RecordKind::Result => MonitorEvent::Snapshot(record),
                 }));
             }

@@ -53,10 +53,10 @@ impl ProcessFilter {
         })
     }
 
-    /// The pids asked for, sorted, when pids are the only criterion: then
-    /// only those processes need to be read.
+    /// The pids asked for, sorted, when there is a pid criterion: only
+    /// those processes need to be looked at (other criteria AND with it).
     pub(crate) fn only_pids(&self) -> Option<Vec<u32>> {
-        if self.pids.is_empty() || !self.names.is_empty() || self.exe.is_some() {
+        if self.pids.is_empty() {
             return None;
         }
         let mut pids: Vec<u32> = self.pids.iter().copied().collect();

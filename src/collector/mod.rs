@@ -4,13 +4,14 @@
 //! inputs ([`ProtoProcessFilter`], [`ProtoHashCheck`]) into its outputs
 //! ([`ProtoProcessRecord`], [`ProtoHashResult`]), which the daemon streams.
 //!
-//! One [`Collector`] lives as long as procmond: it keeps a `sysinfo::System`
-//! and per-process details between polls, and a bounded cache of file
-//! hashes. CPU usage is measured over a window of at least 100 ms (clock
-//! ticks are 10 ms, so shorter windows read 0 % or 1000 %): a process has
-//! none on its first poll, nor on polls less than 100 ms after it; later
-//! polls report usage since a baseline sample 100 to 200 ms old (or older,
-//! when polls are further apart).
+//! Processes come from a [`ProcessTable`]: procmond keeps one, fed by the
+//! kernel's process events ([`ProcessTable::start`]), and every
+//! connection's [`Collector`] answers from it; a collector made with
+//! [`Collector::new`] has a table of its own that each poll reads again
+//! from `/proc`. CPU usage is measured over a window of at least 100 ms
+//! (clock ticks are 10 ms, so shorter windows read 0 % or 1000 %): a
+//! process has none until it has been known that long, and polls within
+//! 100 ms of a reading share it.
 //!
 //! ```
 //! use daemoneye_lib::collector::{Collector, CollectorConfig};
@@ -24,37 +25,40 @@
 //! };
 //! let records = collector.enumerate(Some(&me), false)?;
 //! assert_eq!(records[0].pid, std::process::id());
-//! assert_eq!(records[0].cpu_usage, None); // first poll
+//! assert_eq!(records[0].cpu_usage, None); // not known for 100 ms yet
 //! # Ok::<(), daemoneye_lib::collector::CollectError>(())
 //! ```
 
 mod bounds;
 mod cache;
 mod cpu;
+mod details;
 mod filter;
 mod hash;
 mod monitor;
-mod procinfo;
 mod requester;
+mod table;
+mod usage;
 mod verify;
 
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 pub use cache::{CacheStats, SharedHashCache};
 pub use filter::FilterError;
 pub use hash::HashError;
-pub use monitor::{TreeDelta, TreeMonitor};
+pub use monitor::{MIN_POLL_INTERVAL, TreeEvent, TreeMonitor};
 pub use requester::Requester;
+pub use table::{
+    Overflowed, ProcKey, ProcessTable, SourceKind, TableConfig, TableStats, Waker,
+};
 
 use crate::proto::{
     ProtoHashCheck, ProtoHashResult, ProtoProcessFilter, ProtoProcessRecord, excerpt,
 };
 use filter::ProcessFilter;
-use procinfo::{Fields, ProcTable, Scope};
 
 /// The name of the only hash algorithm, as records and results carry it.
 pub const HASH_ALGORITHM: &str = "sha256";
@@ -72,10 +76,6 @@ pub struct CollectorConfig {
     /// less than 100 ms before it is hashed is not cached: a second change in
     /// the same clock tick could leave its timestamps as they were.
     pub hash_cache_entries: usize,
-    /// How long a process's name, command line and uid are trusted before
-    /// they are read again (an exec is noticed at once regardless).
-    /// Default 1 s.
-    pub details_max_age: Duration,
 }
 
 impl Default for CollectorConfig {
@@ -84,7 +84,6 @@ impl Default for CollectorConfig {
             max_hash_bytes: 512 << 20,
             hash_block_bytes: 1 << 20,
             hash_cache_entries: 4096,
-            details_max_age: Duration::from_secs(1),
         }
     }
 }
@@ -101,6 +100,9 @@ pub enum CollectError {
         /// The directory that failed.
         path: &'static str,
     },
+    /// A monitor fell too far behind the process changes it is sent.
+    #[error("{0}")]
+    Overflowed(#[from] Overflowed),
 }
 
 /// The outcome of a CHECK_PROCESS_HASH task.
@@ -118,16 +120,32 @@ pub struct HashOutcome {
 
 /// procmond's collector; see the [module documentation](self).
 pub struct Collector {
-    table: ProcTable,
+    table: ProcessTable,
     hasher: hash::Hasher,
 }
 
 impl Collector {
-    /// A collector with the given limits and a file hash cache of its own.
+    /// A collector with the given limits, a process table of its own that
+    /// each poll reads again from `/proc`, and a file hash cache of its own.
     /// Cheap: nothing is read yet.
     pub fn new(config: CollectorConfig) -> Self {
         let cache = SharedHashCache::new(config.hash_cache_entries);
         Self::with_shared_cache(config, cache)
+    }
+
+    /// A collector answering from `table` (shared with other collectors:
+    /// procmond's connections share one, fed by kernel events), with its
+    /// file hashes in `cache`.
+    pub fn with_table(config: CollectorConfig, table: ProcessTable, cache: SharedHashCache) -> Self {
+        Self {
+            table,
+            hasher: hash::Hasher::new(config.max_hash_bytes, config.hash_block_bytes, cache),
+        }
+    }
+
+    /// The process table this collector answers from.
+    pub fn table(&self) -> &ProcessTable {
+        &self.table
     }
 
     /// A collector with the given limits whose file hashes go to and come
@@ -136,10 +154,7 @@ impl Collector {
     /// every file). `config.hash_cache_entries` is not used: the cache has
     /// its own capacity.
     pub fn with_shared_cache(config: CollectorConfig, cache: SharedHashCache) -> Self {
-        Self {
-            table: ProcTable::new(config.details_max_age),
-            hasher: hash::Hasher::new(config.max_hash_bytes, config.hash_block_bytes, cache),
-        }
+        Self::with_table(config, ProcessTable::polling(), cache)
     }
 
     /// Makes hashing stop part-way once `stop` is set (checked between
@@ -182,31 +197,22 @@ impl Collector {
     ) -> Result<usize, CollectError> {
         let filter = ProcessFilter::compile(filter)?;
         let only_pids = filter.only_pids();
-        let scope = match &only_pids {
-            Some(pids) => Scope::Pids(pids),
-            None => Scope::All,
-        };
-        let poll = self.table.refresh(scope, Fields::Usage)?;
+        self.table.refresh_if_polling()?;
         let mut handed = 0;
-        for pid in self.table.pids(scope) {
-            if !filter.admits_pid(pid) {
-                continue;
-            }
-            let Some(seen) = self.table.observe(pid, &poll) else {
-                continue;
-            };
+        let hasher = &mut self.hasher;
+        self.table.visit(only_pids.as_deref(), |seen| {
             let mut record = seen.record;
-            if !filter.admits(&record.name, record.executable_path.as_deref()) {
-                continue;
+            if !filter.admits_pid(record.pid)
+                || !filter.admits(&record.name, record.executable_path.as_deref())
+            {
+                return ControlFlow::Continue(());
             }
             if with_hashes {
-                self.add_image_hash(&mut record, seen.exe.as_deref());
+                add_image_hash(hasher, &mut record, seen.exe.as_deref());
             }
             handed += 1;
-            if sink(record).is_break() {
-                break;
-            }
-        }
+            sink(record)
+        })?;
         Ok(handed)
     }
 
@@ -297,40 +303,10 @@ impl Collector {
     }
 
     /// MONITOR_PROCESS_TREE: starts watching the tree under `roots` (every
-    /// process when empty). [`TreeMonitor::snapshot`] is the tree now; each
-    /// [`TreeMonitor::poll`] with this collector reports what started and
-    /// exited since the previous one.
+    /// process when empty). [`TreeMonitor::snapshot`] is the tree now;
+    /// [`TreeMonitor::next_batch`] reports what happens in it.
     pub fn monitor(&mut self, roots: &[u32]) -> Result<TreeMonitor, CollectError> {
-        TreeMonitor::start(self, roots)
-    }
-
-    /// Records of `pids` (sorted), read fresh with usage; `scope` says which
-    /// processes to re-read (all of them when `pids` is nearly everything).
-    fn records_of(
-        &mut self,
-        scope: Scope<'_>,
-        pids: &[u32],
-    ) -> Result<Vec<ProtoProcessRecord>, CollectError> {
-        let poll = self.table.refresh(scope, Fields::Usage)?;
-        Ok(pids
-            .iter()
-            .filter_map(|&pid| self.table.observe(pid, &poll))
-            .map(|seen| seen.record)
-            .collect())
-    }
-
-    fn add_image_hash(&mut self, record: &mut ProtoProcessRecord, exe: Option<&Path>) {
-        let image = verify::check_image(record.pid, exe, &mut self.hasher);
-        record.file_exists = image.file_exists;
-        match image.digest {
-            Ok(digest) => {
-                record.executable_hash = Some(hash::to_hex(&digest));
-                record.hash_algorithm = Some(HASH_ALGORITHM.to_string());
-            }
-            Err(error) => {
-                tracing::debug!(pid = record.pid, %error, "running image not hashed");
-            }
-        }
+        TreeMonitor::start(&self.table, roots)
     }
 
     fn hash_checked(
@@ -362,6 +338,20 @@ impl Collector {
         let hex = hash::to_hex(&self.hasher.hash_path(path, requester)?);
         let matched = (!expected.is_empty()).then(|| expected.eq_ignore_ascii_case(&hex));
         Ok((hex, matched))
+    }
+}
+
+fn add_image_hash(hasher: &mut hash::Hasher, record: &mut ProtoProcessRecord, exe: Option<&Path>) {
+    let image = verify::check_image(record.pid, exe, hasher);
+    record.file_exists = image.file_exists;
+    match image.digest {
+        Ok(digest) => {
+            record.executable_hash = Some(hash::to_hex(&digest));
+            record.hash_algorithm = Some(HASH_ALGORITHM.to_string());
+        }
+        Err(error) => {
+            tracing::debug!(pid = record.pid, %error, "running image not hashed");
+        }
     }
 }
 

@@ -1,83 +1,109 @@
-//! MONITOR_PROCESS_TREE: the process tree under some roots, then the
-//! processes that started in it and exited from it between polls.
+//! MONITOR_PROCESS_TREE: the process tree under some roots, then what
+//! happens in it, in the order it happened: processes that join it
+//! (started), members that replace their image (exec), members that exit.
 //!
-//! A process is identified by (pid, start time in clock ticks since boot,
-//! field 22 of `/proc/<pid>/stat`), so a reused pid shows as an exit and a
-//! start, even within the same second (a tick is usually 10 ms; a pid reused
-//! within one tick is not told apart). A new process joins the tree when its parent is in the
-//! tree (also when the parent is itself new in the same poll); members stay
-//! members until they exit, even when reparented. A zombie counts as exited.
-//! Polling cannot see a process that starts and ends between two polls, nor
-//! attach a child whose parent exited before the poll (it is reparented by
-//! then). The caller paces the polls.
+//! Built on the table's changes ([`ProcessTable`]): with the kernel's event
+//! source, a child joins the tree at its fork when its parent is a member,
+//! so a child is attached even when its parent exits at once; its `started`
+//! event waits (at most the batching interval) for its exec, so a fork
+//! followed by an exec is one `started` record carrying the new image, and
+//! a later exec is an `exec` event. Without an event source the table is
+//! scanned each interval: a process that starts and ends between two scans
+//! is not seen, and a child whose parent already exited is not attached.
+//!
+//! A process is identified by (pid, start time in clock ticks), so a
+//! reused pid is an exit and a start.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
-use super::procinfo::{Fields, ProcKey, Scope};
-use super::{CollectError, Collector};
+use std::time::{Duration, Instant};
+
+use super::table::{Change, ProcKey, ProcessTable, ScanKind, SourceKind, Subscription, Waker};
+use super::CollectError;
 use crate::proto::ProtoProcessRecord;
 
-/// What changed in the tree since the previous poll, each list sorted by pid.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TreeDelta {
-    /// Processes that joined the tree.
-    pub started: Vec<ProtoProcessRecord>,
-    /// Members that exited, as recorded when they joined.
-    pub exited: Vec<ProtoProcessRecord>,
+/// The shortest scan interval without an event source.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// One thing that happened in the tree.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TreeEvent {
+    /// A process joined the tree; its record is its image when first
+    /// reported (after its exec, when that came within the batch).
+    Started(ProtoProcessRecord),
+    /// A member replaced its image; the record carries the new one.
+    Exec(ProtoProcessRecord),
+    /// A member exited; the record is as last known.
+    Exited(ProtoProcessRecord),
 }
 
-impl TreeDelta {
-    /// Nothing started or exited.
-    pub fn is_empty(&self) -> bool {
-        self.started.is_empty() && self.exited.is_empty()
+impl TreeEvent {
+    /// The record the event carries.
+    pub fn record(&self) -> &ProtoProcessRecord {
+        match self {
+            TreeEvent::Started(r) | TreeEvent::Exec(r) | TreeEvent::Exited(r) => r,
+        }
     }
 }
 
-/// The state of one MONITOR_PROCESS_TREE task; see [`Collector::monitor`].
-#[derive(Debug)]
+/// The state of one MONITOR_PROCESS_TREE task; see [`Collector::monitor`](super::Collector::monitor).
 pub struct TreeMonitor {
     /// Empty: every process is in the tree.
     roots: Vec<u32>,
-    members: BTreeMap<ProcKey, ProtoProcessRecord>,
-    /// Every live process of the previous poll, member or not.
-    seen: HashSet<ProcKey>,
+    table: ProcessTable,
+    subscription: Subscription,
+    members: HashMap<u32, ProcKey>,
+    snapshot: Vec<ProtoProcessRecord>,
+    /// Events of the batch being gathered, and when the first came.
+    ready: Vec<TreeEvent>,
+    first_at: Option<Instant>,
+    /// Members forked in this batch that have not exec'd: where their
+    /// `started` event stands in `ready`.
+    pending: HashMap<u32, usize>,
+    next_scan: Instant,
 }
 
-/// A live (non-zombie) process of one poll.
-#[derive(Clone, Copy)]
-struct Live {
-    key: ProcKey,
-    ppid: Option<u32>,
+impl std::fmt::Debug for TreeMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TreeMonitor")
+            .field("roots", &self.roots)
+            .field("members", &self.members.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TreeMonitor {
-    pub(super) fn start(collector: &mut Collector, roots: &[u32]) -> Result<Self, CollectError> {
+    pub(super) fn start(table: &ProcessTable, roots: &[u32]) -> Result<Self, CollectError> {
         let mut roots = roots.to_vec();
         roots.sort_unstable();
         roots.dedup();
-        let mut monitor = Self {
+        table.refresh_if_polling()?;
+        let (subscription, keys) = table.subscribe();
+        let members: HashMap<u32, ProcKey> = if roots.is_empty() {
+            keys.iter().map(|key| (key.pid, *key)).collect()
+        } else {
+            let parents = table.parents(&keys);
+            let tree = descendants(&roots, &parents);
+            tree.into_iter().map(|key| (key.pid, key)).collect()
+        };
+        let mut pids: Vec<u32> = members.keys().copied().collect();
+        pids.sort_unstable();
+        let mut snapshot = Vec::with_capacity(pids.len());
+        table.visit(Some(&pids), |seen| {
+            snapshot.push(seen.record);
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok(Self {
             roots,
-            members: BTreeMap::new(),
-            seen: HashSet::new(),
-        };
-        let live = live_processes(collector)?;
-        let pids: Vec<u32> = if monitor.roots.is_empty() {
-            live.keys().copied().collect()
-        } else {
-            descendants(&monitor.roots, &live)
-        };
-        let scope = if monitor.roots.is_empty() {
-            Scope::All
-        } else {
-            Scope::Pids(&pids)
-        };
-        for record in collector.records_of(scope, &pids)? {
-            if let Some(l) = live.get(&record.pid) {
-                monitor.members.insert(l.key, record);
-            }
-        }
-        monitor.seen = live.values().map(|l| l.key).collect();
-        Ok(monitor)
+            table: table.clone(),
+            subscription,
+            members,
+            snapshot,
+            ready: Vec::new(),
+            first_at: None,
+            pending: HashMap::new(),
+            next_scan: Instant::now(),
+        })
     }
 
     /// The roots this monitor was started with (empty: all processes).
@@ -85,15 +111,12 @@ impl TreeMonitor {
         &self.roots
     }
 
-    /// The tree now, sorted by pid: roots and their descendants, each as
-    /// recorded when it joined.
-    pub fn snapshot(&self) -> Vec<ProtoProcessRecord> {
-        let mut records: Vec<ProtoProcessRecord> = self.members.values().cloned().collect();
-        records.sort_by_key(|record| record.pid);
-        records
+    /// The tree when monitoring began, sorted by pid.
+    pub fn snapshot(&self) -> &[ProtoProcessRecord] {
+        &self.snapshot
     }
 
-    /// How many processes the tree holds.
+    /// How many processes the tree holds now.
     pub fn len(&self) -> usize {
         self.members.len()
     }
@@ -103,128 +126,159 @@ impl TreeMonitor {
         self.members.is_empty()
     }
 
-    /// Reads the process table again and reports what started in the tree
-    /// and what exited from it since the previous poll (or the start).
-    pub fn poll(&mut self, collector: &mut Collector) -> Result<TreeDelta, CollectError> {
-        let live = live_processes(collector)?;
-        let is_live = |key: &ProcKey| live.get(&key.pid).is_some_and(|l| l.key == *key);
+    /// Whether the tree is fed by kernel events or by scans.
+    pub fn source(&self) -> SourceKind {
+        self.table.source()
+    }
 
-        let gone: Vec<ProcKey> = self
-            .members
-            .keys()
-            .filter(|k| !is_live(k))
-            .copied()
-            .collect();
-        let mut exited: Vec<ProtoProcessRecord> = gone
-            .iter()
-            .filter_map(|key| self.members.remove(key))
-            .collect();
-        exited.sort_by_key(|record| record.pid);
+    /// A handle that makes [`next_batch`](Self::next_batch) return at once,
+    /// from another thread (to stop the monitor).
+    pub fn waker(&self) -> Waker {
+        self.subscription.waker()
+    }
 
-        let new: HashSet<u32> = live
-            .values()
-            .filter(|l| !self.seen.contains(&l.key))
-            .map(|l| l.key.pid)
-            .collect();
-        let mut joined: Vec<u32> = if self.roots.is_empty() {
-            new.iter().copied().collect()
-        } else {
-            let mut memo = HashMap::new();
-            new.iter()
-                .copied()
-                .filter(|&pid| self.joins(pid, &live, &new, &mut memo))
-                .collect()
-        };
-        joined.sort_unstable();
-
-        let mut started = Vec::with_capacity(joined.len());
-        if !joined.is_empty() {
-            for record in collector.records_of(Scope::Pids(&joined), &joined)? {
-                let Some(l) = live.get(&record.pid) else {
+    /// Waits for what happens in the tree and returns it in order: once the
+    /// first event has waited `batch` (at once for zero), at `until` with
+    /// what there is (possibly nothing), or when woken. Without an event
+    /// source, the process table is scanned every `batch` (at least
+    /// [`MIN_POLL_INTERVAL`]).
+    pub fn next_batch(
+        &mut self,
+        batch: Duration,
+        until: Instant,
+    ) -> Result<Vec<TreeEvent>, CollectError> {
+        let polling = self.table.source() == SourceKind::Polling;
+        loop {
+            let now = Instant::now();
+            let flush_at = self.first_at.map(|first| first.checked_add(batch).unwrap_or(until));
+            if flush_at.is_some_and(|at| now >= at) || now >= until {
+                return Ok(self.flush());
+            }
+            let mut deadline = flush_at.map_or(until, |at| at.min(until));
+            if polling {
+                if now >= self.next_scan {
+                    self.table.scan(ScanKind::Poll)?;
+                    let step = batch.max(MIN_POLL_INTERVAL);
+                    self.next_scan = now.checked_add(step).unwrap_or(until);
+                    self.drain()?;
+                    if !self.ready.is_empty() && batch.is_zero() {
+                        return Ok(self.flush());
+                    }
                     continue;
-                };
-                self.members.insert(l.key, record.clone());
-                started.push(record);
+                }
+                deadline = deadline.min(self.next_scan);
+            }
+            match self.subscription.next(deadline)? {
+                Some(Change::Wake) => return Ok(self.flush()),
+                Some(change) => {
+                    self.apply(change);
+                    if batch.is_zero() {
+                        self.drain()?;
+                        return Ok(self.flush());
+                    }
+                }
+                None => {}
             }
         }
-        self.seen = live.values().map(|l| l.key).collect();
-        Ok(TreeDelta { started, exited })
     }
 
-    /// Whether the new process `pid` descends from a member, through new
-    /// processes only.
-    fn joins(
-        &self,
-        pid: u32,
-        live: &HashMap<u32, Live>,
-        new: &HashSet<u32>,
-        memo: &mut HashMap<u32, bool>,
-    ) -> bool {
-        let mut chain = Vec::new();
-        let mut at = pid;
-        let verdict = loop {
-            if let Some(&known) = memo.get(&at) {
-                break known;
+    /// Applies every change already queued.
+    fn drain(&mut self) -> Result<(), CollectError> {
+        while let Some(change) = self.subscription.next(Instant::now())? {
+            if !matches!(change, Change::Wake) {
+                self.apply(change);
             }
-            let Some(l) = live.get(&at) else {
-                break false;
-            };
-            if self.members.contains_key(&l.key) {
-                break true;
-            }
-            // An old non-member breaks the chain; the length bound guards
-            // against a parent cycle that a racing pid reuse could show.
-            if !new.contains(&at) || chain.len() > live.len() {
-                break false;
-            }
-            chain.push(at);
-            match l.ppid {
-                Some(parent) => at = parent,
-                None => break false,
-            }
-        };
-        for pid in chain {
-            memo.insert(pid, verdict);
         }
-        verdict
+        Ok(())
     }
-}
 
-/// Every live process, by pid, after a cheap refresh (identity only).
-fn live_processes(collector: &mut Collector) -> Result<HashMap<u32, Live>, CollectError> {
-    let table = &mut collector.table;
-    table.refresh(Scope::All, Fields::Identity)?;
-    let mut live = HashMap::new();
-    for pid in table.pids(Scope::All) {
-        if let Some((key, ppid, zombie)) = table.identity(pid)
-            && !zombie
+    fn flush(&mut self) -> Vec<TreeEvent> {
+        self.first_at = None;
+        self.pending.clear();
+        std::mem::take(&mut self.ready)
+    }
+
+    fn push(&mut self, event: TreeEvent) -> usize {
+        self.first_at.get_or_insert_with(Instant::now);
+        self.ready.push(event);
+        self.ready.len() - 1
+    }
+
+    /// Whether a process whose parent is `ppid` belongs in the tree.
+    fn admits(&self, ppid: Option<u32>) -> bool {
+        self.roots.is_empty() || ppid.is_some_and(|ppid| self.members.contains_key(&ppid))
+    }
+
+    fn is_member(&self, key: &ProcKey) -> bool {
+        self.members.get(&key.pid) == Some(key)
+    }
+
+    fn join(&mut self, key: ProcKey, record: ProtoProcessRecord) -> usize {
+        if let Some(old) = self.members.insert(key.pid, key)
+            && old != key
         {
-            live.insert(pid, Live { key, ppid });
+            // The pid's previous member exited unseen; nothing to report
+            // for it but that its place was taken.
+            self.pending.remove(&key.pid);
+        }
+        self.push(TreeEvent::Started(record))
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Forked { parent, key, record } => {
+                if self.admits(Some(parent)) {
+                    let at = self.join(key, record);
+                    self.pending.insert(key.pid, at);
+                }
+            }
+            Change::Appeared { key, record } => {
+                if self.admits(record.ppid) {
+                    self.join(key, record);
+                }
+            }
+            Change::Exec { key, record } => {
+                if self.is_member(&key) {
+                    match self.pending.remove(&key.pid) {
+                        Some(at) => self.ready[at] = TreeEvent::Started(record),
+                        None => {
+                            self.push(TreeEvent::Exec(record));
+                        }
+                    }
+                } else if self.admits(record.ppid) {
+                    self.join(key, record);
+                }
+            }
+            Change::Exited { key, record } => {
+                if self.is_member(&key) {
+                    self.members.remove(&key.pid);
+                    self.pending.remove(&key.pid);
+                    self.push(TreeEvent::Exited(record));
+                }
+            }
+            Change::Wake => {}
         }
     }
-    Ok(live)
 }
 
 /// `roots` that are alive, and all their descendants by parent pid.
-fn descendants(roots: &[u32], live: &HashMap<u32, Live>) -> Vec<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for l in live.values() {
-        if let Some(parent) = l.ppid {
-            children.entry(parent).or_default().push(l.key.pid);
+fn descendants(roots: &[u32], parents: &[(ProcKey, Option<u32>)]) -> Vec<ProcKey> {
+    let mut children: HashMap<u32, Vec<ProcKey>> = HashMap::new();
+    let mut by_pid = HashMap::new();
+    for &(key, ppid) in parents {
+        by_pid.insert(key.pid, key);
+        if let Some(parent) = ppid {
+            children.entry(parent).or_default().push(key);
         }
     }
-    let mut tree: Vec<u32> = roots
-        .iter()
-        .copied()
-        .filter(|pid| live.contains_key(pid))
-        .collect();
-    let mut in_tree: HashSet<u32> = tree.iter().copied().collect();
+    let mut tree: Vec<ProcKey> = roots.iter().filter_map(|pid| by_pid.get(pid).copied()).collect();
+    let mut in_tree: HashSet<u32> = tree.iter().map(|key| key.pid).collect();
     let mut next = 0;
     while next < tree.len() {
-        let pid = tree[next];
+        let pid = tree[next].pid;
         next += 1;
         for &child in children.get(&pid).into_iter().flatten() {
-            if in_tree.insert(child) {
+            if in_tree.insert(child.pid) {
                 tree.push(child);
             }
         }
@@ -237,30 +291,22 @@ fn descendants(roots: &[u32], live: &HashMap<u32, Live>) -> Vec<u32> {
 mod tests {
     use super::*;
 
-    fn live(entries: &[(u32, Option<u32>)]) -> HashMap<u32, Live> {
-        entries
-            .iter()
-            .map(|&(pid, ppid)| {
-                let key = ProcKey {
-                    pid,
-                    start_ticks: 1,
-                };
-                (pid, Live { key, ppid })
-            })
-            .collect()
-    }
-
     #[test]
     fn descendants_follow_parent_links_from_live_roots() {
-        let table = live(&[
-            (1, None),
-            (10, Some(1)),
-            (11, Some(10)),
-            (12, Some(11)),
-            (20, Some(1)),
-        ]);
-        assert_eq!(descendants(&[10], &table), [10, 11, 12]);
-        assert_eq!(descendants(&[10, 20, 99], &table), [10, 11, 12, 20]);
+        let key = |pid| ProcKey {
+            pid,
+            start_ticks: 1,
+        };
+        let table = [
+            (key(1), None),
+            (key(10), Some(1)),
+            (key(11), Some(10)),
+            (key(12), Some(11)),
+            (key(20), Some(1)),
+        ];
+        let pids = |keys: Vec<ProcKey>| keys.iter().map(|k| k.pid).collect::<Vec<_>>();
+        assert_eq!(pids(descendants(&[10], &table)), [10, 11, 12]);
+        assert_eq!(pids(descendants(&[10, 20, 99], &table)), [10, 11, 12, 20]);
         assert!(descendants(&[99], &table).is_empty());
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::cache::Digest;
 use super::hash::{self, HashError, Hasher};
-use super::procinfo::in_root_of;
+use super::details::in_root_of;
 
 /// The running image of one process, checked against its path on disk.
 pub(crate) struct ImageCheck {

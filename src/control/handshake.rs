@@ -24,13 +24,14 @@ use super::channel::{ClientChannel, ServerChannel, frame_name_client, frame_name
 use super::error::ControlError;
 use super::frame::{MAX_FDS_PER_FRAME, read_message, write_message};
 use crate::proto::control::{
-    ClientFrame, ClientHello, Refusal, RefusalCode, ServerFrame, ServerHello, client_frame,
+    ClientFrame, ClientHello, EventSource, Refusal, RefusalCode, ServerFrame, ServerHello,
+    client_frame,
     server_frame,
 };
 use crate::sys::socket::{PeerCred, peer_credentials};
 
 /// The control protocol's version. Both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The default bound on the whole handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -141,6 +142,8 @@ pub struct RingOffer<'a> {
     pub max_frame_bytes: u32,
     /// Descriptors to pass, at most [`MAX_FDS_PER_FRAME`].
     pub fds: &'a [BorrowedFd<'a>],
+    /// How procmond learns of processes.
+    pub event_source: EventSource,
 }
 
 /// A client that passed the allow-list and the version check, waiting for the
@@ -178,6 +181,7 @@ impl PendingClient {
                 ring_bytes: ring.ring_bytes,
                 max_frame_bytes: ring.max_frame_bytes,
                 fd_count: ring.fds.len() as u32,
+                event_source: ring.event_source.into(),
             })),
         };
         write_message(
@@ -218,6 +222,8 @@ pub struct Welcome {
     /// The ring's descriptors, exactly as many as the server announced, in
     /// the order it sent them, close-on-exec.
     pub fds: Vec<OwnedFd>,
+    /// How procmond learns of processes (unspecified from an older one).
+    pub event_source: EventSource,
 }
 
 /// The client's side of the handshake.
@@ -332,6 +338,8 @@ impl Connector {
                     ring_bytes: hello.ring_bytes,
                     max_frame_bytes: hello.max_frame_bytes,
                     fds,
+                    event_source: EventSource::try_from(hello.event_source)
+                        .unwrap_or(EventSource::Unspecified),
                 };
                 Ok((ClientChannel::new(stream), welcome))
             }

@@ -43,7 +43,7 @@ mod handshake;
 mod listener;
 
 pub use crate::proto::control::{
-    ClientFrame, RefusalCode, ServerFrame, client_frame, server_frame,
+    ClientFrame, EventSource, RefusalCode, ServerFrame, client_frame, server_frame,
 };
 pub use crate::sys::socket::PeerCred;
 pub use allow::AllowList;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::collector::CollectorConfig;
+use crate::collector::{CollectorConfig, TableConfig};
 use crate::control::{AllowList, HANDSHAKE_TIMEOUT};
 use crate::ring::{RingConfig, WaitStrategy};
 
@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub wait: WaitStrategy,
     /// Each connection's collector.
     pub collector: CollectorConfig,
+    /// The process table every connection answers from.
+    pub table: TableConfig,
     /// Bound on a client's handshake.
     pub handshake_timeout: Duration,
     /// How long a result write may wait for a client that reads nothing
@@ -48,6 +50,7 @@ impl ServerConfig {
             max_clients: 8,
             wait: WaitStrategy::default(),
             collector: CollectorConfig::default(),
+            table: TableConfig::default(),
             handshake_timeout: HANDSHAKE_TIMEOUT,
             stall_timeout: Duration::from_secs(30),
         }

@@ -11,10 +11,10 @@ use std::thread;
 use super::config::ServerConfig;
 use super::tasks::{self, TaskSignals};
 use super::worker;
-use crate::collector::{Collector, Requester, SharedHashCache};
+use crate::collector::{Collector, ProcessTable, Requester, SharedHashCache, SourceKind};
 use crate::control::{
-    ControlError, RefusalCode, RingOffer, ServerChannel, ServerFrame, accept_client, client_frame,
-    server_frame,
+    ControlError, EventSource, RefusalCode, RingOffer, ServerChannel, ServerFrame, accept_client,
+    client_frame, server_frame,
 };
 use crate::proto::control::Error as ErrorFrame;
 use crate::ring::Producer;
@@ -56,6 +56,12 @@ impl Drop for HandshakeSlot {
     }
 }
 
+/// What every connection shares.
+pub(super) struct Shared {
+    pub(super) hash_cache: SharedHashCache,
+    pub(super) table: ProcessTable,
+}
+
 /// Serves one connection to its end; logs what happened. `handshake` is
 /// given back once the client is welcomed or refused.
 pub(super) fn serve(
@@ -63,7 +69,7 @@ pub(super) fn serve(
     config: &ServerConfig,
     active: &AtomicUsize,
     handshake: HandshakeSlot,
-    hash_cache: SharedHashCache,
+    shared: Shared,
 ) {
     let pending = match accept_client(stream, &config.allow, config.handshake_timeout) {
         Ok(pending) => pending,
@@ -106,6 +112,10 @@ pub(super) fn serve(
         ring_bytes: producer.capacity() as u64,
         max_frame_bytes: u32::try_from(producer.max_frame()).unwrap_or(u32::MAX),
         fds: &[fds.data.as_fd(), fds.control.as_fd()],
+        event_source: match shared.table.source() {
+            SourceKind::Connector => EventSource::Connector,
+            SourceKind::Polling => EventSource::Polling,
+        },
     };
     let client_name = pending.client_name().to_owned();
     let channel = match pending.welcome(&offer) {
@@ -125,7 +135,7 @@ pub(super) fn serve(
     }
     // Hash checks open files with what this peer may read, not with ours.
     let requester = Requester::from_pid(peer.pid, peer.uid, peer.gid);
-    let reason = run(channel, producer, config, requester, hash_cache, slot);
+    let reason = run(channel, producer, config, requester, shared, slot);
     tracing::info!(uid = peer.uid, pid = peer.pid, %reason, "connection closed; ring freed");
 }
 
@@ -136,7 +146,7 @@ fn run(
     producer: Producer,
     config: &ServerConfig,
     requester: Requester,
-    hash_cache: SharedHashCache,
+    shared: Shared,
     slot: Slot<'_>,
 ) -> String {
     let closer = producer.closer();
@@ -151,7 +161,8 @@ fn run(
     let worker = {
         let signals = Arc::clone(&signals);
         let ended = Arc::clone(&ended);
-        let collector = Collector::with_shared_cache(config.collector.clone(), hash_cache);
+        let collector =
+            Collector::with_table(config.collector.clone(), shared.table, shared.hash_cache);
         let stall = config.stall_timeout;
         thread::Builder::new()
             .name("procmond-work".into())

@@ -40,7 +40,7 @@ use std::time::Duration;
 pub use config::ServerConfig;
 pub use shutdown::ShutdownHandle;
 
-use crate::collector::{CacheStats, SharedHashCache};
+use crate::collector::{CacheStats, ProcessTable, SharedHashCache};
 use crate::control::{
     ControlError, ControlListener, RefusalCode, SocketOptions, refuse_unread, screen_peer,
 };
@@ -73,6 +73,8 @@ pub struct Server {
     shutdown: ShutdownHandle,
     /// Shared by every connection's collector.
     hash_cache: SharedHashCache,
+    /// The process table every connection answers from.
+    table: ProcessTable,
 }
 
 /// A connection thread and a handle on its socket, to end it on shutdown.
@@ -110,17 +112,24 @@ impl Server {
             "procmond listening"
         );
         let hash_cache = SharedHashCache::new(config.collector.hash_cache_entries);
+        let table = ProcessTable::start(&config.table);
         Ok(Server {
             listener,
             config: Arc::new(config),
             shutdown,
             hash_cache,
+            table,
         })
     }
 
     /// The socket's path.
     pub fn socket_path(&self) -> &std::path::Path {
         self.listener.path()
+    }
+
+    /// The process table every connection answers from.
+    pub fn table(&self) -> &ProcessTable {
+        &self.table
     }
 
     /// Counters of the file hash cache that every connection shares.
@@ -191,10 +200,13 @@ impl Server {
             };
             let config = Arc::clone(&self.config);
             let active = Arc::clone(&active);
-            let cache = self.hash_cache.clone();
+            let shared = connection::Shared {
+                hash_cache: self.hash_cache.clone(),
+                table: self.table.clone(),
+            };
             let spawned = thread::Builder::new()
                 .name("procmond-conn".into())
-                .spawn(move || connection::serve(stream, &config, &active, handshake, cache));
+                .spawn(move || connection::serve(stream, &config, &active, handshake, shared));
             match spawned {
                 Ok(thread) => connections.push(Connection { thread, socket }),
                 Err(error) => tracing::error!(%error, "cannot start a connection thread"),

@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::collector::Waker;
 use crate::proto::control::TaskRequest;
 use crate::proto::{DetectionTask, ProtoTaskType};
 
-/// The default MONITOR_PROCESS_TREE polling interval.
-pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_millis(100);
-/// The shortest MONITOR_PROCESS_TREE polling interval.
-pub const MIN_MONITOR_INTERVAL: Duration = Duration::from_millis(10);
+/// The default MONITOR_PROCESS_TREE batching interval.
+pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_millis(10);
+/// The longest MONITOR_PROCESS_TREE batching interval.
+pub const MAX_MONITOR_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Cancels remembered for tasks not (yet) running.
 const REMEMBERED_CANCELS: usize = 16;
@@ -58,17 +59,16 @@ pub(super) fn check(request: TaskRequest) -> Result<Work, BadRequest> {
     }
     // Validation checked the type.
     let kind = ProtoTaskType::try_from(task.task_type).unwrap_or(ProtoTaskType::EnumerateProcesses);
-    let interval = match request.interval_ms {
-        0 => DEFAULT_MONITOR_INTERVAL,
-        ms => Duration::from_millis(u64::from(ms)),
-    };
-    if kind == ProtoTaskType::MonitorProcessTree && interval < MIN_MONITOR_INTERVAL {
+    let interval = request
+        .interval_ms
+        .map_or(DEFAULT_MONITOR_INTERVAL, |ms| Duration::from_millis(u64::from(ms)));
+    if kind == ProtoTaskType::MonitorProcessTree && interval > MAX_MONITOR_INTERVAL {
         return Ok(Work::Reject {
             task_id: task.task_id,
             message: format!(
-                "invalid task: `interval_ms` {} is below the minimum of {} ms",
-                request.interval_ms,
-                MIN_MONITOR_INTERVAL.as_millis()
+                "invalid task: `interval_ms` {} is above the maximum of {} ms",
+                interval.as_millis(),
+                MAX_MONITOR_INTERVAL.as_millis()
             ),
         });
     }
@@ -95,6 +95,8 @@ pub(super) struct TaskSignals {
 struct Signals {
     cancelled: VecDeque<String>,
     gone: bool,
+    /// Wakes a running monitor's wait for process changes.
+    waker: Option<Waker>,
 }
 
 impl TaskSignals {
@@ -113,6 +115,9 @@ impl TaskSignals {
             state.cancelled.pop_front();
         }
         state.cancelled.push_back(task_id);
+        if let Some(waker) = &state.waker {
+            waker.wake();
+        }
         self.changed.notify_all();
     }
 
@@ -120,8 +125,24 @@ impl TaskSignals {
     pub fn client_gone(&self) {
         // Relaxed: a request to stop; the lock below publishes `gone`.
         self.stop.store(true, Ordering::Relaxed);
-        self.lock().gone = true;
+        let mut state = self.lock();
+        state.gone = true;
+        if let Some(waker) = &state.waker {
+            waker.wake();
+        }
         self.changed.notify_all();
+    }
+
+    /// Sets (or clears) what wakes the running monitor on a cancel or when
+    /// the client goes.
+    pub fn set_waker(&self, waker: Option<Waker>) {
+        self.lock().waker = waker;
+    }
+
+    /// Whether `task_id` is cancelled or the client is gone.
+    pub fn should_stop(&self, task_id: &str) -> bool {
+        let state = self.lock();
+        state.gone || state.cancelled.iter().any(|id| id == task_id)
     }
 
     /// Whether the client is gone.

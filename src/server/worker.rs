@@ -6,7 +6,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use super::tasks::{Job, TaskSignals, Work};
-use crate::collector::{Collector, Requester};
+use crate::collector::{CollectError, Collector, Requester, TreeEvent, TreeMonitor};
 use crate::proto::limits::MAX_ERROR_MESSAGE_BYTES;
 use crate::proto::{DetectionResult, ProtoTaskType};
 use crate::ring::{Producer, RingError};
@@ -189,31 +189,62 @@ fn monitor(
         Err(error) => return stream.fail(&format!("MONITOR_PROCESS_TREE failed: {error}")),
     };
     for record in tree.snapshot() {
-        stream.push(RecordKind::Snapshot, record)?;
+        stream.push(RecordKind::Snapshot, record.clone())?;
     }
     stream.flush()?;
-    let mut next = Instant::now() + job.interval;
-    while !signals.wait_stop(stream.task_id(), next) {
-        next += job.interval;
-        let now = Instant::now();
-        if next < now {
-            // Polling fell behind (a slow reader): skip the missed ticks.
-            next = now + job.interval;
+    // A cancel or the client leaving wakes the wait below at once.
+    signals.set_waker(Some(tree.waker()));
+    let outcome = stream_events(&mut stream, &mut tree, signals, job.interval);
+    signals.set_waker(None);
+    match outcome {
+        Ok(()) => stream.finish(),
+        Err(MonitorFailure::Session(error)) => Err(error),
+        Err(MonitorFailure::Collect(error)) => {
+            stream.fail(&format!("MONITOR_PROCESS_TREE failed: {error}"))
         }
-        let delta = match tree.poll(collector) {
-            Ok(delta) => delta,
-            Err(error) => return stream.fail(&format!("MONITOR_PROCESS_TREE failed: {error}")),
-        };
-        for record in delta.started {
-            stream.push(RecordKind::Started, record)?;
-        }
-        for record in delta.exited {
-            stream.push(RecordKind::Exited, record)?;
-        }
-        stream.flush()?;
     }
-    stream.finish()
 }
+
+enum MonitorFailure {
+    Session(SessionError),
+    Collect(CollectError),
+}
+
+/// Streams the tree's events, a frame per batch, until a cancel or the
+/// client goes.
+fn stream_events(
+    stream: &mut ResultWriter<'_>,
+    tree: &mut TreeMonitor,
+    signals: &TaskSignals,
+    interval: Duration,
+) -> Result<(), MonitorFailure> {
+    while !signals.should_stop(stream.task_id()) {
+        // The waker ends the wait early; the bound is only a backstop.
+        let until = Instant::now()
+            .checked_add(MONITOR_BACKSTOP)
+            .unwrap_or_else(Instant::now);
+        let events = tree
+            .next_batch(interval, until)
+            .map_err(MonitorFailure::Collect)?;
+        if events.is_empty() {
+            continue;
+        }
+        for event in events {
+            let (kind, record) = match event {
+                TreeEvent::Started(record) => (RecordKind::Started, record),
+                TreeEvent::Exec(record) => (RecordKind::Exec, record),
+                TreeEvent::Exited(record) => (RecordKind::Exited, record),
+            };
+            stream.push(kind, record).map_err(MonitorFailure::Session)?;
+        }
+        stream.flush().map_err(MonitorFailure::Session)?;
+    }
+    Ok(())
+}
+
+/// The longest a monitor waits for process changes before it looks at its
+/// stop conditions again without being woken.
+const MONITOR_BACKSTOP: Duration = Duration::from_secs(1);
 
 /// Cuts `text` to at most `max` bytes, at a character boundary.
 fn cut(text: &mut String, max: usize) {

@@ -1,19 +1,20 @@
 //! The stream marker carried in a ring frame's user flags.
 //!
 //! ```text
-//!  bit  15 ............ 3   2   1   0
-//!       reserved (zero)   │ kind  │ END
+//!  bit  15 ............ 4   3   2   1   0
+//!       reserved (zero)   │   kind    │ END
 //! ```
 //!
 //! END (bit 0) marks the last frame of a task's stream; without it more
-//! frames of the same task follow. The kind (bits 1–2) says what the
-//! records are. Reserved bits must be zero: a frame with any set is refused.
+//! frames of the same task follow. The kind (bits 1–3) says what the
+//! records are. Reserved bits, and kind codes not listed, must be zero: a
+//! frame with any set is refused.
 
 use super::error::SessionError;
 
 const END: u16 = 0x0001;
 const KIND_SHIFT: u16 = 1;
-const KIND_MASK: u16 = 0b11 << KIND_SHIFT;
+const KIND_MASK: u16 = 0b111 << KIND_SHIFT;
 
 /// What the records of a frame are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,6 +27,9 @@ pub enum RecordKind {
     Started,
     /// MONITOR_PROCESS_TREE: members that exited.
     Exited,
+    /// MONITOR_PROCESS_TREE: members that replaced their image (the records
+    /// carry the new one).
+    Exec,
 }
 
 impl RecordKind {
@@ -35,6 +39,7 @@ impl RecordKind {
             RecordKind::Snapshot => 1,
             RecordKind::Started => 2,
             RecordKind::Exited => 3,
+            RecordKind::Exec => 4,
         };
         code << KIND_SHIFT
     }
@@ -65,7 +70,9 @@ impl Marker {
             0 => RecordKind::Result,
             1 => RecordKind::Snapshot,
             2 => RecordKind::Started,
-            _ => RecordKind::Exited,
+            3 => RecordKind::Exited,
+            4 => RecordKind::Exec,
+            _ => return Err(SessionError::BadFlags { flags }),
         };
         Ok(Marker {
             end: flags & END != 0,
@@ -85,6 +92,7 @@ mod tests {
             RecordKind::Snapshot,
             RecordKind::Started,
             RecordKind::Exited,
+            RecordKind::Exec,
         ] {
             for end in [false, true] {
                 let marker = Marker { end, kind };
@@ -95,7 +103,13 @@ mod tests {
 
     #[test]
     fn reserved_bits_are_refused() {
-        for bit in 3..16 {
+        for flags in [5u16 << KIND_SHIFT, 7 << KIND_SHIFT] {
+            assert!(matches!(
+                Marker::from_flags(flags),
+                Err(SessionError::BadFlags { flags: f }) if f == flags
+            ));
+        }
+        for bit in 4..16 {
             let flags = 1u16 << bit;
             assert!(matches!(
                 Marker::from_flags(flags),

@@ -9,9 +9,12 @@
 //!   passing (`SCM_RIGHTS`).
 //! - [`fs`]: file-system facts about an open file (pseudo file systems) and
 //!   opening without following magic links.
+//! - [`procfs`]: `/proc` through kept descriptors (`openat`, `pread`), and
+//!   the open-file limit.
 
 pub mod fs;
 pub mod futex;
 pub mod memfd;
 pub mod pidfd;
+pub mod procfs;
 pub mod socket;

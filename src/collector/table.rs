@@ -1,0 +1,865 @@
+//! The live process table: every process procmond knows of, keyed by (pid,
+//! start time in clock ticks), shared by every connection.
+//!
+//! ```text
+//!  kernel events (fork, exec, exit, uid, comm) ──▶ on_* ──┐
+//!  full scans (start, safety net, resync, polling) ───────┼──▶ entries ──▶ visit (enumerate, verify)
+//!                                                         └──▶ changes ──▶ subscribers (monitors)
+//! ```
+//!
+//! Each entry keeps the process's rarely changing [`Details`] (read once per
+//! exec; a forked child shares its parent's until its own exec), its
+//! `stat` descriptor (kept open within a budget of descriptors) and its last
+//! [`Usage`] reading, which polls within one usage window share.
+//!
+//! Locks: the map lock is held only to look up, insert, remove and
+//! broadcast, never across a read of `/proc` (the event thread must not wait
+//! behind a poll of 10,000 processes); each entry has its own lock, held
+//! while its `stat` is read.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::CollectError;
+use super::details::{self, Details, ExeLink};
+use super::usage::{self, STAT_BUF_BYTES, Stat, StatHandle, Units, Usage};
+use crate::proto::ProtoProcessRecord;
+use crate::sys::procfs::{self, ProcRoot};
+
+/// Identifies a process across time: a reused pid has another start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcKey {
+    /// The process (thread-group) id.
+    pub pid: u32,
+    /// Clock ticks since boot (field 22 of `/proc/<pid>/stat`): a pid
+    /// reused within the same second still has another start.
+    pub start_ticks: u64,
+}
+
+/// Changes queued for one subscriber before it is cut off as too slow.
+pub(crate) const SUBSCRIBER_QUEUE: usize = 1 << 16;
+
+/// What happened to a process, as a subscriber (a monitor) is told.
+#[derive(Clone, Debug)]
+pub(crate) enum Change {
+    /// Forked by `parent`; its record is the parent's image until it execs.
+    Forked {
+        parent: u32,
+        key: ProcKey,
+        record: ProtoProcessRecord,
+    },
+    /// Found by a scan (polling, or a correction after lost events).
+    Appeared {
+        key: ProcKey,
+        record: ProtoProcessRecord,
+    },
+    /// Replaced its image; the record carries the new one.
+    Exec {
+        key: ProcKey,
+        record: ProtoProcessRecord,
+    },
+    /// Exited; the record is as last known.
+    Exited {
+        key: ProcKey,
+        record: ProtoProcessRecord,
+    },
+    /// Nothing happened: the subscriber is asked to look at its stop
+    /// conditions (see [`Subscription::waker`]).
+    Wake,
+}
+
+/// A subscriber's end: the changes since it subscribed, in order.
+pub(crate) struct Subscription {
+    rx: Receiver<Change>,
+    tx: SyncSender<Change>,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// Makes a subscriber's wait return at once (a cancel, the client leaving).
+#[derive(Clone)]
+pub struct Waker(SyncSender<Change>);
+
+impl Waker {
+    /// Wakes the subscriber; a full queue wakes it anyway.
+    pub fn wake(&self) {
+        let _ = self.0.try_send(Change::Wake);
+    }
+}
+
+impl std::fmt::Debug for Waker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waker")
+    }
+}
+
+impl Subscription {
+    /// The next change, waiting until `until`; `None` at `until`. Fails when
+    /// the subscriber fell more than [`SUBSCRIBER_QUEUE`] changes behind.
+    pub(crate) fn next(&self, until: Instant) -> Result<Option<Change>, Overflowed> {
+        // Acquire: pairs with the Release store made when a change was
+        // dropped, so the drop is seen before later changes are trusted.
+        if self.overflowed.load(Ordering::Acquire) {
+            return Err(Overflowed);
+        }
+        let wait = until.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(wait) {
+            Ok(change) => Ok(Some(change)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            // The table holds a sender as long as the subscription exists.
+            Err(RecvTimeoutError::Disconnected) => Err(Overflowed),
+        }
+    }
+
+    /// A handle that wakes [`next`](Self::next) from another thread.
+    pub(crate) fn waker(&self) -> Waker {
+        Waker(self.tx.clone())
+    }
+}
+
+/// A subscriber fell too far behind and changes were dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the monitor fell more than {SUBSCRIBER_QUEUE} process changes behind")]
+pub struct Overflowed;
+
+struct Subscriber {
+    tx: SyncSender<Change>,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// Where the table's news comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// The kernel's process connector: every fork, exec and exit as it
+    /// happens, with full scans as a safety net.
+    Connector,
+    /// No event source: the table is read again by each poll.
+    Polling,
+}
+
+impl SourceKind {
+    /// A short lower-case name, for logs and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Connector => "connector",
+            SourceKind::Polling => "polling",
+        }
+    }
+}
+
+/// Counters of a table, for status and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Processes in the table now.
+    pub processes: u64,
+    /// `stat` descriptors kept open now.
+    pub kept_descriptors: u64,
+    /// Full scans done (start, safety net, resync, polls).
+    pub scans: u64,
+    /// Resyncs after lost events.
+    pub resyncs: u64,
+    /// What scans found that events had not said: processes added,
+    /// removed, or with another image.
+    pub corrections: u64,
+    /// Processes whose usage `stat` was read (each read once per window).
+    pub usage_reads: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    scans: AtomicU64,
+    resyncs: AtomicU64,
+    corrections: AtomicU64,
+    usage_reads: AtomicU64,
+}
+
+/// What a scan does beyond finding who is alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ScanKind {
+    /// The first scan, or a poll without an event source: new and gone
+    /// processes; an exe link that changed means an exec.
+    Poll,
+    /// The periodic safety net: like a poll, differences are corrections.
+    SafetyNet,
+    /// After lost events: also every process's details read again.
+    Resync,
+}
+
+/// One process of the table.
+pub(crate) struct Entry {
+    pub(crate) key: ProcKey,
+    state: Mutex<EntryState>,
+}
+
+struct EntryState {
+    ppid: Option<u32>,
+    details: Arc<Details>,
+    stat: StatHandle,
+    usage: Usage,
+}
+
+/// A process's record as one poll sees it, and its image path on disk.
+pub(crate) struct Observed {
+    pub(crate) record: ProtoProcessRecord,
+    pub(crate) exe: Option<PathBuf>,
+}
+
+struct Map {
+    procs: BTreeMap<u32, Arc<Entry>>,
+    subscribers: Vec<Subscriber>,
+}
+
+struct Shared {
+    root: Option<ProcRoot>,
+    units: Units,
+    boot_unix_s: i64,
+    map: Mutex<Map>,
+    /// One scan at a time.
+    scanning: Mutex<()>,
+    source: Mutex<SourceKind>,
+    kept: AtomicUsize,
+    fd_budget: usize,
+    counters: Counters,
+}
+
+/// The live process table; cheap to clone (a handle on shared state).
+#[derive(Clone)]
+pub struct ProcessTable {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ProcessTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessTable")
+            .field("source", &self.source())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// How procmond's table is fed; see [`ProcessTable::start`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableConfig {
+    /// Use the kernel's process connector when it can be had (else: poll).
+    /// Default true.
+    pub use_connector: bool,
+    /// With the connector, how often a full scan of `/proc` checks the
+    /// table (the safety net). Default 10 s.
+    pub scan_interval: std::time::Duration,
+    /// The connector socket's receive buffer: room for bursts of events
+    /// while the event thread is busy. Default 8 MiB.
+    pub receive_buffer_bytes: usize,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            use_connector: true,
+            scan_interval: std::time::Duration::from_secs(10),
+            receive_buffer_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Descriptors kept free of `stat` files, of the open-file limit.
+fn descriptor_budget(limit: Option<u64>) -> usize {
+    let limit = usize::try_from(limit.unwrap_or(1 << 20)).unwrap_or(usize::MAX);
+    // A quarter, and at least 256, stays for sockets, rings and files.
+    limit.saturating_sub((limit / 4).max(256))
+}
+
+impl ProcessTable {
+    /// A table with no event source, read again by each poll. Cheap: the
+    /// first poll reads `/proc`.
+    pub fn polling() -> Self {
+        Self::with_budget(descriptor_budget(procfs::raise_open_file_limit()))
+    }
+
+    /// procmond's table: fed by the kernel's process connector when
+    /// `config` allows and the kernel grants it (else polled, and the reason
+    /// logged once), filled by a first scan before it returns.
+    pub fn start(config: &TableConfig) -> Self {
+        let table = Self::polling();
+        if let Err(error) = table.scan(ScanKind::Poll) {
+            tracing::warn!(%error, "cannot read the process table");
+        }
+        let _ = config;
+        table
+    }
+
+    pub(crate) fn with_budget(fd_budget: usize) -> Self {
+        let root = ProcRoot::open().ok();
+        Self {
+            shared: Arc::new(Shared {
+                root,
+                units: Units::of_this_kernel(),
+                boot_unix_s: boot_time_unix_s(),
+                map: Mutex::new(Map {
+                    procs: BTreeMap::new(),
+                    subscribers: Vec::new(),
+                }),
+                scanning: Mutex::new(()),
+                source: Mutex::new(SourceKind::Polling),
+                kept: AtomicUsize::new(0),
+                fd_budget,
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// Where the table's news comes from now.
+    pub fn source(&self) -> SourceKind {
+        *lock(&self.shared.source)
+    }
+
+    pub(crate) fn set_source(&self, source: SourceKind) {
+        *lock(&self.shared.source) = source;
+    }
+
+    /// The table's counters now.
+    pub fn stats(&self) -> TableStats {
+        let c = &self.shared.counters;
+        // Relaxed: statistics; nothing is read on the strength of them.
+        TableStats {
+            processes: lock(&self.shared.map).procs.len() as u64,
+            kept_descriptors: self.shared.kept.load(Ordering::Relaxed) as u64,
+            scans: c.scans.load(Ordering::Relaxed),
+            resyncs: c.resyncs.load(Ordering::Relaxed),
+            corrections: c.corrections.load(Ordering::Relaxed),
+            usage_reads: c.usage_reads.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Every process's key, sorted by pid.
+    pub fn keys(&self) -> Vec<ProcKey> {
+        lock(&self.shared.map)
+            .procs
+            .values()
+            .map(|entry| entry.key)
+            .collect()
+    }
+
+    fn root(&self) -> Result<&ProcRoot, CollectError> {
+        self.shared
+            .root
+            .as_ref()
+            .ok_or(CollectError::ProcUnavailable { path: "/proc" })
+    }
+
+    /// Brings a polling table up to date (a full scan); nothing for a table
+    /// fed by events.
+    pub(crate) fn refresh_if_polling(&self) -> Result<(), CollectError> {
+        if self.source() == SourceKind::Polling {
+            self.scan(ScanKind::Poll)?;
+        }
+        Ok(())
+    }
+
+    /// Hands `visit` the record of every process (of `pids` only, when
+    /// given), sorted by pid, with usage no older than one usage window.
+    /// A process that turns out to have exited is left out.
+    /// A polling table is not read again here: see
+    /// [`refresh_if_polling`](Self::refresh_if_polling).
+    pub(crate) fn visit(
+        &self,
+        pids: Option<&[u32]>,
+        mut visit: impl FnMut(Observed) -> ControlFlow<()>,
+    ) -> Result<(), CollectError> {
+        let root = self.root()?;
+        let entries: Vec<Arc<Entry>> = {
+            let map = lock(&self.shared.map);
+            match pids {
+                None => map.procs.values().cloned().collect(),
+                Some(pids) => {
+                    let mut pids = pids.to_vec();
+                    pids.sort_unstable();
+                    pids.dedup();
+                    pids.iter()
+                        .filter_map(|pid| map.procs.get(pid).cloned())
+                        .collect()
+                }
+            }
+        };
+        let now = Instant::now();
+        let unix_ms = unix_ms_now();
+        let mut buf = [0u8; STAT_BUF_BYTES];
+        for entry in entries {
+            let observed = {
+                let mut state = lock(&entry.state);
+                if state.usage.is_stale(now) && !self.read_usage(root, &entry, &mut state, &mut buf, now) {
+                    continue;
+                }
+                Observed {
+                    record: self.record(&entry, &state, unix_ms),
+                    exe: state.details.exe.clone(),
+                }
+            };
+            if visit(observed).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `stat` for a fresh usage reading; false when the process has
+    /// gone (or its pid now names another process).
+    fn read_usage(
+        &self,
+        root: &ProcRoot,
+        entry: &Entry,
+        state: &mut EntryState,
+        buf: &mut [u8; STAT_BUF_BYTES],
+        now: Instant,
+    ) -> bool {
+        // Relaxed: a statistic.
+        self.shared.counters.usage_reads.fetch_add(1, Ordering::Relaxed);
+        match usage::read_stat(root, entry.key.pid, &state.stat, buf) {
+            Ok(stat) if stat.start_ticks == entry.key.start_ticks && !stat.is_exited() => {
+                state.usage.record(&stat, &self.shared.units, now);
+                state.ppid = ppid_of(&stat);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn record(&self, entry: &Entry, state: &EntryState, unix_ms: i64) -> ProtoProcessRecord {
+        let details = &state.details;
+        let ticks = self.shared.units.ticks_per_second();
+        ProtoProcessRecord {
+            pid: entry.key.pid,
+            ppid: state.ppid,
+            name: details.name.clone(),
+            executable_path: details.exe_text.clone(),
+            command_line: details.cmd.clone(),
+            start_time: i64::try_from(entry.key.start_ticks / ticks)
+                .ok()
+                .and_then(|s| s.checked_add(self.shared.boot_unix_s)),
+            cpu_usage: state.usage.cpu_usage(),
+            memory_usage: state.usage.memory_bytes(),
+            executable_hash: None,
+            hash_algorithm: None,
+            user_id: details.euid.map(|uid| uid.to_string()),
+            accessible: !details.inaccessible,
+            file_exists: details.exe.is_some() && !details.deleted,
+            collection_time: unix_ms,
+        }
+    }
+
+    /// Subscribes to changes, and returns with it the processes of the
+    /// table at that moment (sorted by pid): every change after them is
+    /// queued for the subscriber, none before.
+    pub(crate) fn subscribe(&self) -> (Subscription, Vec<ProcKey>) {
+        let (tx, rx) = mpsc::sync_channel(SUBSCRIBER_QUEUE);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let mut map = lock(&self.shared.map);
+        map.subscribers.push(Subscriber {
+            tx: tx.clone(),
+            overflowed: Arc::clone(&overflowed),
+        });
+        let keys = map.procs.values().map(|entry| entry.key).collect();
+        (Subscription { rx, tx, overflowed }, keys)
+    }
+
+    /// The parent pid of each of `keys` still in the table.
+    pub(crate) fn parents(&self, keys: &[ProcKey]) -> Vec<(ProcKey, Option<u32>)> {
+        let entries: Vec<Arc<Entry>> = {
+            let map = lock(&self.shared.map);
+            keys.iter()
+                .filter_map(|key| map.procs.get(&key.pid).filter(|e| e.key == *key).cloned())
+                .collect()
+        };
+        entries
+            .iter()
+            .map(|entry| (entry.key, lock(&entry.state).ppid))
+            .collect()
+    }
+
+    // ---- events (from the event thread) ----
+
+    /// A process `parent` forked `child`. `event_ns` is the kernel's
+    /// monotonic time of the fork, standing in for the start time when the
+    /// child is gone before its `stat` could be read.
+    pub(crate) fn on_fork(&self, parent: u32, child: u32, event_ns: u64) {
+        let Ok(root) = self.root() else { return };
+        let mut buf = [0u8; STAT_BUF_BYTES];
+        let opened = self.open_stat(root, child, &mut buf);
+        let inherited = {
+            let map = lock(&self.shared.map);
+            map.procs.get(&parent).map(|entry| Arc::clone(&lock(&entry.state).details))
+        };
+        let (key, ppid, handle, stat) = match opened {
+            Some((handle, stat)) => (
+                ProcKey {
+                    pid: child,
+                    start_ticks: stat.start_ticks,
+                },
+                ppid_of(&stat),
+                handle,
+                Some(stat),
+            ),
+            None => (
+                ProcKey {
+                    pid: child,
+                    start_ticks: event_ns / (1_000_000_000 / self.shared.units.ticks_per_second().max(1)),
+                },
+                Some(parent),
+                StatHandle::Reopen,
+                None,
+            ),
+        };
+        let details = match (inherited, &stat) {
+            (Some(details), Some(_)) => details,
+            (Some(details), None) => Arc::new(Details {
+                inaccessible: true,
+                ..(*details).clone()
+            }),
+            (None, _) => Arc::new(
+                details::read_details(root, child)
+                    .unwrap_or_else(|| Details::unknown(String::new())),
+            ),
+        };
+        let entry = self.new_entry(key, ppid, details, handle, stat.as_ref());
+        let mut map = lock(&self.shared.map);
+        if let Some(old) = map.procs.get(&child) {
+            if old.key == key {
+                // Already known (a scan was first): nothing new.
+                self.release(&entry);
+                return;
+            }
+            // The pid's previous process exited unseen.
+            self.count_correction();
+            let old = Arc::clone(old);
+            self.remove_locked(&mut map, &old);
+        }
+        map.procs.insert(child, Arc::clone(&entry));
+        self.broadcast_with(&mut map, || Change::Forked {
+            parent,
+            key,
+            record: self.record(&entry, &lock(&entry.state), unix_ms_now()),
+        });
+    }
+
+    /// Process `pid` replaced its image: its details are read at once.
+    pub(crate) fn on_exec(&self, pid: u32) {
+        let Ok(root) = self.root() else { return };
+        let fresh = details::read_details(root, pid);
+        let entry = lock(&self.shared.map).procs.get(&pid).cloned();
+        let entry = match entry {
+            Some(entry) => entry,
+            None => {
+                // Not seen forking (it predates a resync): read it whole.
+                let mut buf = [0u8; STAT_BUF_BYTES];
+                let Some((handle, stat)) = self.open_stat(root, pid, &mut buf) else {
+                    return;
+                };
+                let key = ProcKey {
+                    pid,
+                    start_ticks: stat.start_ticks,
+                };
+                let details = fresh.clone().unwrap_or_else(|| Details::unknown(String::new()));
+                let entry = self.new_entry(key, ppid_of(&stat), Arc::new(details), handle, Some(&stat));
+                let mut map = lock(&self.shared.map);
+                map.procs.insert(pid, Arc::clone(&entry));
+                entry
+            }
+        };
+        {
+            let mut state = lock(&entry.state);
+            state.details = Arc::new(fresh.unwrap_or_else(|| {
+                // Gone before its new image could be read: its name from the
+                // old details, nothing else.
+                Details::unknown(state.details.name.clone())
+            }));
+        }
+        let mut map = lock(&self.shared.map);
+        if !map.procs.get(&pid).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+            return;
+        }
+        self.broadcast_with(&mut map, || Change::Exec {
+            key: entry.key,
+            record: self.record(&entry, &lock(&entry.state), unix_ms_now()),
+        });
+    }
+
+    /// Process `pid` exited.
+    pub(crate) fn on_exit(&self, pid: u32) {
+        let mut map = lock(&self.shared.map);
+        if let Some(entry) = map.procs.get(&pid).cloned() {
+            self.remove_locked(&mut map, &entry);
+        }
+    }
+
+    /// Process `pid` changed its effective uid.
+    pub(crate) fn on_uid(&self, pid: u32, euid: u32) {
+        self.update_details(pid, |details| details.euid = Some(euid));
+    }
+
+    /// Process `pid` changed its name (`prctl(PR_SET_NAME)`, or a write to
+    /// `comm`).
+    pub(crate) fn on_comm(&self, pid: u32, name: &str) {
+        self.update_details(pid, |details| {
+            details.name = name.to_string();
+            super::bounds::truncate(&mut details.name, crate::proto::limits::MAX_PROCESS_NAME_BYTES);
+        });
+    }
+
+    fn update_details(&self, pid: u32, change: impl FnOnce(&mut Details)) {
+        let entry = lock(&self.shared.map).procs.get(&pid).cloned();
+        if let Some(entry) = entry {
+            let mut state = lock(&entry.state);
+            change(Arc::make_mut(&mut state.details));
+        }
+    }
+
+    // ---- scans ----
+
+    /// Reads `/proc` whole and makes the table agree with it; what differs
+    /// is broadcast (and, for a safety net or resync, counted as
+    /// corrections). Returns how many processes differed.
+    pub(crate) fn scan(&self, kind: ScanKind) -> Result<u64, CollectError> {
+        let root = self.root()?;
+        let _one = lock(&self.shared.scanning);
+        // Relaxed: statistics.
+        self.shared.counters.scans.fetch_add(1, Ordering::Relaxed);
+        if kind == ScanKind::Resync {
+            self.shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut listed = root
+            .pids()
+            .map_err(|_| CollectError::ProcUnavailable { path: "/proc" })?;
+        listed.sort_unstable();
+        let known: Vec<Arc<Entry>> = lock(&self.shared.map).procs.values().cloned().collect();
+        let now = Instant::now();
+        let mut buf = [0u8; STAT_BUF_BYTES];
+        let mut gone = Vec::new();
+        let mut execed = Vec::new();
+        let mut alive = std::collections::HashSet::with_capacity(known.len());
+        for entry in &known {
+            if listed.binary_search(&entry.key.pid).is_err() {
+                gone.push(Arc::clone(entry));
+                continue;
+            }
+            let mut state = lock(&entry.state);
+            if !self.read_usage(root, entry, &mut state, &mut buf, now) {
+                gone.push(Arc::clone(entry));
+                continue;
+            }
+            alive.insert(entry.key.pid);
+            let changed = match kind {
+                ScanKind::Resync => details::read_details(root, entry.key.pid)
+                    .filter(|fresh| *fresh != *state.details),
+                ScanKind::Poll | ScanKind::SafetyNet => {
+                    let link = details::read_exe_link(entry.key.pid);
+                    if exe_changed(&state.details, &link) {
+                        details::read_details(root, entry.key.pid)
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(fresh) = changed {
+                state.details = Arc::new(fresh);
+                execed.push(Arc::clone(entry));
+            }
+        }
+        // New processes, parents before children (by start time).
+        let mut new: Vec<Arc<Entry>> = listed
+            .iter()
+            .filter(|pid| !alive.contains(pid))
+            .filter_map(|&pid| {
+                let (handle, stat) = self.open_stat(root, pid, &mut buf)?;
+                if stat.is_exited() {
+                    self.release_handle(handle);
+                    return None;
+                }
+                let details = details::read_details(root, pid)?;
+                let key = ProcKey {
+                    pid,
+                    start_ticks: stat.start_ticks,
+                };
+                Some(self.new_entry(key, ppid_of(&stat), Arc::new(details), handle, Some(&stat)))
+            })
+            .collect();
+        new.sort_by_key(|entry| entry.key.start_ticks);
+
+        let unix_ms = unix_ms_now();
+        let mut map = lock(&self.shared.map);
+        let mut differed = 0;
+        for entry in &gone {
+            if map.procs.get(&entry.key.pid).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+                self.remove_locked(&mut map, entry);
+                differed += 1;
+            }
+        }
+        for entry in &execed {
+            if map.procs.get(&entry.key.pid).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+                differed += 1;
+                self.broadcast_with(&mut map, || Change::Exec {
+                    key: entry.key,
+                    record: self.record(entry, &lock(&entry.state), unix_ms),
+                });
+            }
+        }
+        for entry in new {
+            if map.procs.get(&entry.key.pid).is_some_and(|e| e.key == entry.key) {
+                self.release(&entry);
+                continue;
+            }
+            if let Some(old) = map.procs.get(&entry.key.pid).cloned() {
+                self.remove_locked(&mut map, &old);
+            }
+            differed += 1;
+            map.procs.insert(entry.key.pid, Arc::clone(&entry));
+            self.broadcast_with(&mut map, || Change::Appeared {
+                key: entry.key,
+                record: self.record(&entry, &lock(&entry.state), unix_ms),
+            });
+        }
+        drop(map);
+        if kind != ScanKind::Poll {
+            // Relaxed: a statistic.
+            self.shared
+                .counters
+                .corrections
+                .fetch_add(differed, Ordering::Relaxed);
+        }
+        Ok(differed)
+    }
+
+    // ---- helpers ----
+
+    /// Opens and reads `stat` of `pid`, keeping the descriptor when the
+    /// budget allows. `None` when the process has gone.
+    fn open_stat(
+        &self,
+        root: &ProcRoot,
+        pid: u32,
+        buf: &mut [u8; STAT_BUF_BYTES],
+    ) -> Option<(StatHandle, Stat)> {
+        let fd = root.open_file(pid, "stat").ok()?;
+        let handle = StatHandle::Kept(fd);
+        let stat = usage::read_stat(root, pid, &handle, buf).ok()?;
+        // Relaxed: a budget; going a little over under a race is harmless.
+        let handle = if self.shared.kept.fetch_add(1, Ordering::Relaxed) < self.shared.fd_budget {
+            handle
+        } else {
+            self.shared.kept.fetch_sub(1, Ordering::Relaxed);
+            StatHandle::Reopen
+        };
+        Some((handle, stat))
+    }
+
+    fn new_entry(
+        &self,
+        key: ProcKey,
+        ppid: Option<u32>,
+        details: Arc<Details>,
+        stat: StatHandle,
+        first: Option<&Stat>,
+    ) -> Arc<Entry> {
+        let mut usage = Usage::default();
+        if let Some(first) = first {
+            usage.record(first, &self.shared.units, Instant::now());
+        }
+        Arc::new(Entry {
+            key,
+            state: Mutex::new(EntryState {
+                ppid,
+                details,
+                stat,
+                usage,
+            }),
+        })
+    }
+
+    /// Closes an entry's kept descriptor (the entry is leaving the table).
+    fn release(&self, entry: &Entry) {
+        let handle = std::mem::replace(&mut lock(&entry.state).stat, StatHandle::Reopen);
+        self.release_handle(handle);
+    }
+
+    fn release_handle(&self, handle: StatHandle) {
+        if let StatHandle::Kept(fd) = handle {
+            drop(fd);
+            // Relaxed: a budget counter.
+            self.shared.kept.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes `entry` from the map and tells subscribers it exited.
+    fn remove_locked(&self, map: &mut MutexGuard<'_, Map>, entry: &Arc<Entry>) {
+        map.procs.remove(&entry.key.pid);
+        self.release(entry);
+        self.broadcast_with(map, || Change::Exited {
+            key: entry.key,
+            record: self.record(entry, &lock(&entry.state), unix_ms_now()),
+        });
+    }
+
+    fn count_correction(&self) {
+        // Relaxed: a statistic.
+        self.shared.counters.corrections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends the change `make` builds to every subscriber (built only when
+    /// there is one); a subscriber whose queue is full is cut off.
+    fn broadcast_with(&self, map: &mut MutexGuard<'_, Map>, make: impl FnOnce() -> Change) {
+        if map.subscribers.is_empty() {
+            return;
+        }
+        let change = make();
+        map.subscribers.retain(|subscriber| match subscriber.tx.try_send(change.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                // Release: pairs with the subscriber's Acquire load.
+                subscriber.overflowed.store(true, Ordering::Release);
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+    }
+}
+
+/// Whether the exe link read now says the process runs another image than
+/// its details say.
+fn exe_changed(details: &Details, link: &ExeLink) -> bool {
+    match link {
+        ExeLink::Path { path, deleted } => {
+            details.exe.as_ref() != Some(path) || details.deleted != *deleted
+        }
+        // Denied: unchanged as far as can be told; Missing: exiting.
+        ExeLink::Denied | ExeLink::Missing => false,
+    }
+}
+
+fn ppid_of(stat: &Stat) -> Option<u32> {
+    (stat.ppid != 0).then_some(stat.ppid)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicked holder leaves the table as it was between two steps.
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The `btime` line of `/proc/stat`: boot time in Unix seconds.
+fn boot_time_unix_s() -> i64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("btime "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
