@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use child_support::{Collected, spawn_retrying};
 use daemoneye_lib::control::frame::{read_message, write_frame, write_message};
 use daemoneye_lib::control::{
-    AllowList, ClientFrame, Connector, ControlError, ControlListener, PROTOCOL_VERSION,
-    RefusalCode, RingOffer, ServerChannel, ServerFrame, SocketOptions, accept_client, client_frame,
-    server_frame,
+    AllowList, ClientFrame, Connector, ControlError, ControlListener, EventSource,
+    PROTOCOL_VERSION, RefusalCode, RingOffer, ServerChannel, ServerFrame, SocketOptions,
+    accept_client, client_frame, server_frame,
 };
 use daemoneye_lib::proto::DetectionTask;
 use daemoneye_lib::proto::control::{Cancel, ClientHello, Goodbye, TaskAccepted, TaskRequest};
@@ -88,6 +88,7 @@ fn serve_one(listener: &ControlListener) -> Result<ServerChannel, ControlError> 
         ring_bytes: 4096,
         max_frame_bytes: 1024,
         fds: &[segment.as_fd()],
+        event_source: EventSource::Polling,
     })
 }
 
@@ -384,7 +385,7 @@ fn tasks_and_replies_cross_and_eof_means_peer_gone() {
     let request = TaskRequest {
         task: Some(task.clone()),
         with_hashes: true,
-        interval_ms: 25,
+        interval_ms: Some(25),
     };
     channel
         .send(&ClientFrame {

@@ -588,7 +588,7 @@ fn when_procmond_stops_a_connections_results_the_client_is_told_why_and_the_slot
         body: Some(client_frame::Body::Task(TaskRequest {
             task: Some(DetectionTask::new_enumerate_processes("t-1", None)),
             with_hashes: false,
-            interval_ms: 0,
+            interval_ms: None,
         })),
     };
     channel.send(&task).unwrap();
@@ -908,8 +908,8 @@ fn monitor_shows_a_child_start_and_exit_and_cancel_ends_it() {
     // The agent is usable after the cancel.
     assert!(!collect(&mut agent, None).is_empty());
 
-    // An interval under the minimum is a failed task naming the rule.
-    let mut stream = agent.monitor(&[me], Duration::from_millis(5)).unwrap();
+    // An interval over the maximum is a failed task naming the rule.
+    let mut stream = agent.monitor(&[me], Duration::from_secs(3600)).unwrap();
     let err = stream.next_event(Instant::now() + WAIT).unwrap_err();
     assert!(
         matches!(&err, ClientError::TaskFailed { message, .. } if message.contains("interval_ms")),

@@ -627,7 +627,7 @@ fn largest_valid_task_fits_a_control_frame() {
         body: Some(client_frame::Body::Task(TaskRequest {
             task: Some(task.clone()),
             with_hashes: true,
-            interval_ms: u32::MAX,
+            interval_ms: Some(u32::MAX),
         })),
     };
     assert!(

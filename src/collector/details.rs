@@ -58,7 +58,10 @@ impl Details {
 /// The target of `/proc/<pid>/exe`, without the kernel's " (deleted)" mark.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ExeLink {
-    Path { path: PathBuf, deleted: bool },
+    Path {
+        path: PathBuf,
+        deleted: bool,
+    },
     /// /proc refused it (the process belongs to someone else).
     Denied,
     /// No image: a kernel thread, a zombie, or gone.
@@ -211,6 +214,9 @@ mod tests {
         assert_eq!(details.exe, Some(std::env::current_exe().unwrap()));
         assert_eq!(details.euid, Some(nix::unistd::geteuid().as_raw()));
         assert!(!details.inaccessible && !details.deleted);
-        assert_eq!(details.cmd.first().map(String::as_str), std::env::args().next().as_deref());
+        assert_eq!(
+            details.cmd.first().map(String::as_str),
+            std::env::args().next().as_deref()
+        );
     }
 }

@@ -149,7 +149,7 @@ mod tests {
         assert!(f.admits("sleep", Some("/usr/bin/sleep")));
         assert!(!f.admits("sleep", Some("/tmp/sleep")));
         assert!(!f.admits("cat", Some("/usr/bin/cat")));
-        assert_eq!(f.only_pids(), None);
+        assert_eq!(f.only_pids(), Some(vec![10, 11]));
         assert_eq!(filter(&[], &[11, 10], None).only_pids(), Some(vec![10, 11]));
     }
 

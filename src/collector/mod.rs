@@ -51,9 +51,7 @@ pub use filter::FilterError;
 pub use hash::HashError;
 pub use monitor::{MIN_POLL_INTERVAL, TreeEvent, TreeMonitor};
 pub use requester::Requester;
-pub use table::{
-    Overflowed, ProcKey, ProcessTable, SourceKind, TableConfig, TableStats, Waker,
-};
+pub use table::{Overflowed, ProcKey, ProcessTable, SourceKind, TableConfig, TableStats, Waker};
 
 use crate::proto::{
     ProtoHashCheck, ProtoHashResult, ProtoProcessFilter, ProtoProcessRecord, excerpt,
@@ -136,7 +134,11 @@ impl Collector {
     /// A collector answering from `table` (shared with other collectors:
     /// procmond's connections share one, fed by kernel events), with its
     /// file hashes in `cache`.
-    pub fn with_table(config: CollectorConfig, table: ProcessTable, cache: SharedHashCache) -> Self {
+    pub fn with_table(
+        config: CollectorConfig,
+        table: ProcessTable,
+        cache: SharedHashCache,
+    ) -> Self {
         Self {
             table,
             hasher: hash::Hasher::new(config.max_hash_bytes, config.hash_block_bytes, cache),

@@ -18,8 +18,8 @@ use std::collections::{HashMap, HashSet};
 
 use std::time::{Duration, Instant};
 
-use super::table::{Change, ProcKey, ProcessTable, ScanKind, SourceKind, Subscription, Waker};
 use super::CollectError;
+use super::table::{Change, ProcKey, ProcessTable, ScanKind, SourceKind, Subscription, Waker};
 use crate::proto::ProtoProcessRecord;
 
 /// The shortest scan interval without an event source.
@@ -150,7 +150,9 @@ impl TreeMonitor {
         let polling = self.table.source() == SourceKind::Polling;
         loop {
             let now = Instant::now();
-            let flush_at = self.first_at.map(|first| first.checked_add(batch).unwrap_or(until));
+            let flush_at = self
+                .first_at
+                .map(|first| first.checked_add(batch).unwrap_or(until));
             if flush_at.is_some_and(|at| now >= at) || now >= until {
                 return Ok(self.flush());
             }
@@ -226,7 +228,11 @@ impl TreeMonitor {
 
     fn apply(&mut self, change: Change) {
         match change {
-            Change::Forked { parent, key, record } => {
+            Change::Forked {
+                parent,
+                key,
+                record,
+            } => {
                 if self.admits(Some(parent)) {
                     let at = self.join(key, record);
                     self.pending.insert(key.pid, at);
@@ -271,7 +277,10 @@ fn descendants(roots: &[u32], parents: &[(ProcKey, Option<u32>)]) -> Vec<ProcKey
             children.entry(parent).or_default().push(key);
         }
     }
-    let mut tree: Vec<ProcKey> = roots.iter().filter_map(|pid| by_pid.get(pid).copied()).collect();
+    let mut tree: Vec<ProcKey> = roots
+        .iter()
+        .filter_map(|pid| by_pid.get(pid).copied())
+        .collect();
     let mut in_tree: HashSet<u32> = tree.iter().map(|key| key.pid).collect();
     let mut next = 0;
     while next < tree.len() {

@@ -390,7 +390,9 @@ impl ProcessTable {
         for entry in entries {
             let observed = {
                 let mut state = lock(&entry.state);
-                if state.usage.is_stale(now) && !self.read_usage(root, &entry, &mut state, &mut buf, now) {
+                if state.usage.is_stale(now)
+                    && !self.read_usage(root, &entry, &mut state, &mut buf, now)
+                {
                     continue;
                 }
                 Observed {
@@ -416,7 +418,10 @@ impl ProcessTable {
         now: Instant,
     ) -> bool {
         // Relaxed: a statistic.
-        self.shared.counters.usage_reads.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .usage_reads
+            .fetch_add(1, Ordering::Relaxed);
         match usage::read_stat(root, entry.key.pid, &state.stat, buf) {
             Ok(stat) if stat.start_ticks == entry.key.start_ticks && !stat.is_exited() => {
                 state.usage.record(&stat, &self.shared.units, now);
@@ -490,7 +495,9 @@ impl ProcessTable {
         let opened = self.open_stat(root, child, &mut buf);
         let inherited = {
             let map = lock(&self.shared.map);
-            map.procs.get(&parent).map(|entry| Arc::clone(&lock(&entry.state).details))
+            map.procs
+                .get(&parent)
+                .map(|entry| Arc::clone(&lock(&entry.state).details))
         };
         let (key, ppid, handle, stat) = match opened {
             Some((handle, stat)) => (
@@ -505,7 +512,8 @@ impl ProcessTable {
             None => (
                 ProcKey {
                     pid: child,
-                    start_ticks: event_ns / (1_000_000_000 / self.shared.units.ticks_per_second().max(1)),
+                    start_ticks: event_ns
+                        / (1_000_000_000 / self.shared.units.ticks_per_second().max(1)),
                 },
                 Some(parent),
                 StatHandle::Reopen,
@@ -561,8 +569,11 @@ impl ProcessTable {
                     pid,
                     start_ticks: stat.start_ticks,
                 };
-                let details = fresh.clone().unwrap_or_else(|| Details::unknown(String::new()));
-                let entry = self.new_entry(key, ppid_of(&stat), Arc::new(details), handle, Some(&stat));
+                let details = fresh
+                    .clone()
+                    .unwrap_or_else(|| Details::unknown(String::new()));
+                let entry =
+                    self.new_entry(key, ppid_of(&stat), Arc::new(details), handle, Some(&stat));
                 let mut map = lock(&self.shared.map);
                 map.procs.insert(pid, Arc::clone(&entry));
                 entry
@@ -604,7 +615,10 @@ impl ProcessTable {
     pub(crate) fn on_comm(&self, pid: u32, name: &str) {
         self.update_details(pid, |details| {
             details.name = name.to_string();
-            super::bounds::truncate(&mut details.name, crate::proto::limits::MAX_PROCESS_NAME_BYTES);
+            super::bounds::truncate(
+                &mut details.name,
+                crate::proto::limits::MAX_PROCESS_NAME_BYTES,
+            );
         });
     }
 
@@ -691,13 +705,21 @@ impl ProcessTable {
         let mut map = lock(&self.shared.map);
         let mut differed = 0;
         for entry in &gone {
-            if map.procs.get(&entry.key.pid).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            if map
+                .procs
+                .get(&entry.key.pid)
+                .is_some_and(|e| Arc::ptr_eq(e, entry))
+            {
                 self.remove_locked(&mut map, entry);
                 differed += 1;
             }
         }
         for entry in &execed {
-            if map.procs.get(&entry.key.pid).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            if map
+                .procs
+                .get(&entry.key.pid)
+                .is_some_and(|e| Arc::ptr_eq(e, entry))
+            {
                 differed += 1;
                 self.broadcast_with(&mut map, || Change::Exec {
                     key: entry.key,
@@ -706,7 +728,11 @@ impl ProcessTable {
             }
         }
         for entry in new {
-            if map.procs.get(&entry.key.pid).is_some_and(|e| e.key == entry.key) {
+            if map
+                .procs
+                .get(&entry.key.pid)
+                .is_some_and(|e| e.key == entry.key)
+            {
                 self.release(&entry);
                 continue;
             }
@@ -803,7 +829,10 @@ impl ProcessTable {
 
     fn count_correction(&self) {
         // Relaxed: a statistic.
-        self.shared.counters.corrections.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .corrections
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sends the change `make` builds to every subscriber (built only when
@@ -813,15 +842,16 @@ impl ProcessTable {
             return;
         }
         let change = make();
-        map.subscribers.retain(|subscriber| match subscriber.tx.try_send(change.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                // Release: pairs with the subscriber's Acquire load.
-                subscriber.overflowed.store(true, Ordering::Release);
-                false
-            }
-            Err(TrySendError::Disconnected(_)) => false,
-        });
+        map.subscribers
+            .retain(|subscriber| match subscriber.tx.try_send(change.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    // Release: pairs with the subscriber's Acquire load.
+                    subscriber.overflowed.store(true, Ordering::Release);
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            });
     }
 }
 

@@ -52,7 +52,10 @@ impl Stat {
 /// `None` when the line is not of that shape.
 pub(crate) fn parse_stat(line: &[u8]) -> Option<Stat> {
     let close = line.iter().rposition(|&b| b == b')')?;
-    let mut fields = line.get(close + 1..)?.split(|&b| b == b' ').filter(|f| !f.is_empty());
+    let mut fields = line
+        .get(close + 1..)?
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty());
     // After the name, the n-th field is field n + 3.
     let state = *fields.next()?.first()?;
     let ppid = number(fields.next()?)?;
@@ -64,7 +67,11 @@ pub(crate) fn parse_stat(line: &[u8]) -> Option<Stat> {
     let _vsize = fields.next()?;
     let rss = fields.next()?;
     // rss is signed in the kernel's format; a negative value reads as 0.
-    let rss_pages = if rss.first() == Some(&b'-') { 0 } else { number(rss)? };
+    let rss_pages = if rss.first() == Some(&b'-') {
+        0
+    } else {
+        number(rss)?
+    };
     Some(Stat {
         state,
         ppid: u32::try_from(ppid).ok()?,

@@ -10,8 +10,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::cache::Digest;
-use super::hash::{self, HashError, Hasher};
 use super::details::in_root_of;
+use super::hash::{self, HashError, Hasher};
 
 /// The running image of one process, checked against its path on disk.
 pub(crate) struct ImageCheck {

@@ -25,8 +25,7 @@ use super::error::ControlError;
 use super::frame::{MAX_FDS_PER_FRAME, read_message, write_message};
 use crate::proto::control::{
     ClientFrame, ClientHello, EventSource, Refusal, RefusalCode, ServerFrame, ServerHello,
-    client_frame,
-    server_frame,
+    client_frame, server_frame,
 };
 use crate::sys::socket::{PeerCred, peer_credentials};
 
@@ -422,7 +421,7 @@ mod tests {
             )?;
             let hello = ServerFrame {
                 body: Some(server_frame::Body::Hello(ServerHello {
-                    protocol_version: 2,
+                    protocol_version: PROTOCOL_VERSION + 1,
                     ..Default::default()
                 })),
             };
@@ -434,8 +433,8 @@ mod tests {
                 err,
                 ControlError::VersionMismatch {
                     ours: PROTOCOL_VERSION,
-                    theirs: 2
-                }
+                    theirs
+                } if theirs == PROTOCOL_VERSION + 1
             ),
             "{err}"
         );

@@ -59,9 +59,9 @@ pub(super) fn check(request: TaskRequest) -> Result<Work, BadRequest> {
     }
     // Validation checked the type.
     let kind = ProtoTaskType::try_from(task.task_type).unwrap_or(ProtoTaskType::EnumerateProcesses);
-    let interval = request
-        .interval_ms
-        .map_or(DEFAULT_MONITOR_INTERVAL, |ms| Duration::from_millis(u64::from(ms)));
+    let interval = request.interval_ms.map_or(DEFAULT_MONITOR_INTERVAL, |ms| {
+        Duration::from_millis(u64::from(ms))
+    });
     if kind == ProtoTaskType::MonitorProcessTree && interval > MAX_MONITOR_INTERVAL {
         return Ok(Work::Reject {
             task_id: task.task_id,
