@@ -20,7 +20,7 @@ use child_support::{Collected, spawn_retrying};
 use daemoneye_lib::client::{Agent, ClientError, MonitorEvent};
 use daemoneye_lib::control::frame::{read_message, write_message};
 use daemoneye_lib::control::{ClientFrame, RefusalCode, ServerFrame, client_frame, server_frame};
-use daemoneye_lib::control::{Connector, ControlError};
+use daemoneye_lib::control::{Connector, ControlError, PROTOCOL_VERSION};
 use daemoneye_lib::proto::DetectionTask;
 use daemoneye_lib::proto::control::{ClientHello, TaskRequest};
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
@@ -840,7 +840,7 @@ fn garbage_oversize_and_wrong_version_frames_get_clear_errors() {
     let (code, reason) = refusal(frame);
     assert_eq!(code, RefusalCode::VersionMismatch);
     assert!(
-        reason.contains("version 1") && reason.contains("99"),
+        reason.contains(&format!("version {PROTOCOL_VERSION}")) && reason.contains("99"),
         "{reason}"
     );
 
@@ -848,7 +848,7 @@ fn garbage_oversize_and_wrong_version_frames_get_clear_errors() {
     let stream = UnixStream::connect(&procmond.socket).unwrap();
     let hello = ClientFrame {
         body: Some(client_frame::Body::Hello(ClientHello {
-            protocol_version: 1,
+            protocol_version: PROTOCOL_VERSION,
             client_name: "raw".into(),
         })),
     };

@@ -79,8 +79,10 @@ enum Command {
         /// A root pid (repeatable)
         #[arg(long = "pid")]
         pids: Vec<u32>,
-        /// Polling interval in ms (at least 10)
-        #[arg(long, default_value_t = 100)]
+        /// Longest wait in ms for a change to be batched with others (0:
+        /// each is sent at once); where procmond polls, its polling interval
+        /// (at least 10)
+        #[arg(long, default_value_t = 10)]
         interval_ms: u64,
         /// Stop after this many seconds [default: run until killed]
         #[arg(long)]

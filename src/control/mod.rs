@@ -15,7 +15,7 @@
 //! use std::os::fd::AsFd;
 //! use std::os::unix::net::UnixStream;
 //! use std::time::Duration;
-//! use daemoneye_lib::control::{accept_client, AllowList, Connector, RingOffer};
+//! use daemoneye_lib::control::{accept_client, AllowList, Connector, EventSource, RingOffer};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let (server_end, client_end) = UnixStream::pair()?;
@@ -23,13 +23,19 @@
 //! let server = std::thread::spawn(move || {
 //!     // procmond: check the peer, read its hello, then hand over a ring.
 //!     let pending = accept_client(server_end, &AllowList::new(), Duration::from_secs(5))?;
-//!     let offer = RingOffer { ring_bytes: 1 << 20, max_frame_bytes: 1 << 16, fds: &[segment.as_fd()] };
+//!     let offer = RingOffer {
+//!         ring_bytes: 1 << 20,
+//!         max_frame_bytes: 1 << 16,
+//!         fds: &[segment.as_fd()],
+//!         event_source: EventSource::Connector,
+//!     };
 //!     pending.welcome(&offer)
 //! });
 //!
 //! // daemoneye-agent: (`Connector::connect(path)` does the same on a socket path)
 //! let (_channel, welcome) = Connector::new("doc-example").handshake(client_end)?;
 //! assert_eq!((welcome.ring_bytes, welcome.fds.len()), (1 << 20, 1));
+//! assert_eq!(welcome.event_source, EventSource::Connector);
 //! let _server_channel = server.join().expect("server thread")?;
 //! # Ok(())
 //! # }

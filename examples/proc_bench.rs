@@ -1,0 +1,634 @@
+//! How well procmond sees processes, and what a poll costs, in one run:
+//!
+//! - `floor`: reading `/proc/<pid>/stat` of every process through a kept
+//!   descriptor (`pread` + parse), per process; beside it `schedstat` +
+//!   `statm` (the alternative for CPU and memory) and a plain scan.
+//! - `capture`: N `/bin/true x` run one after another while an agent
+//!   monitors every process, with procmond's event source and with polling
+//!   at 10 ms: the share of their pids reported, and the share reported
+//!   with the new image's path and command line.
+//! - `exec_latency`: from `spawn` returning (the exec has happened) to the
+//!   agent holding the first event carrying the new image, with the
+//!   monitor's interval at 0 and at the default 10 ms.
+//! - `enumerate`: `Agent::enumerate` p50 / p99 with 0, 1,000 and 10,000
+//!   extra processes (sleepers this bench forks and reaps), per process
+//!   beside the floor measured with the same processes; and procmond's CPU
+//!   share (from its `/proc/<pid>/stat`) while an agent polls at 10 Hz and
+//!   while nothing polls.
+//!
+//! procmond runs as a child process (this binary re-executed). Run as root
+//! for the event source (else procmond polls and says so):
+//!
+//! ```sh
+//! cargo run --release --example proc_bench            # table, about 60 s
+//! cargo run --release --example proc_bench -- --json  # JSON lines
+//! cargo run --release --example proc_bench -- --quick # fewer processes and runs
+//! ```
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use daemoneye_lib::client::{Agent, ClientError, MonitorEvent};
+use daemoneye_lib::collector::TableConfig;
+use daemoneye_lib::control::EventSource;
+use daemoneye_lib::server::{Server, ServerConfig};
+use daemoneye_lib::sys::pidfd::PidFd;
+use daemoneye_lib::sys::procfs::{self, ProcRoot};
+use nix::sys::signal::{self, SigSet, Signal};
+use nix::unistd::Pid;
+
+const PROCMOND: &str = "--procmond";
+const SLEEPERS: &str = "--sleepers";
+const READY: &str = "ready";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1).map(String::as_str) {
+        Some(PROCMOND) => match (args.get(2), args.get(3)) {
+            (Some(socket), mode) => procmond(Path::new(socket), mode.map(String::as_str)),
+            _ => Err("usage: proc_bench --procmond SOCKET [--polling]".into()),
+        },
+        Some(SLEEPERS) => match args.get(2).and_then(|n| n.parse().ok()) {
+            Some(n) => sleepers(n),
+            None => Err("usage: proc_bench --sleepers N".into()),
+        },
+        _ => bench(&args[1..]),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("proc_bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Settings of one run.
+struct Run {
+    json: bool,
+    execs: usize,
+    extra: Vec<usize>,
+    polls: usize,
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let run = Run {
+        json: args.iter().any(|a| a == "--json"),
+        execs: if quick { 200 } else { 1000 },
+        extra: if quick { vec![0, 1000] } else { vec![0, 1000, 10_000] },
+        polls: if quick { 10 } else { 30 },
+    };
+    if let Some(other) = args
+        .iter()
+        .find(|a| !matches!(a.as_str(), "--json" | "--quick"))
+    {
+        return Err(format!("unknown argument {other:?} (use --json, --quick)").into());
+    }
+    let dir = std::env::temp_dir().join(format!("daemoneye-proc-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let outcome = measure(&run, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+fn measure(run: &Run, dir: &Path) -> Result<()> {
+    if !run.json {
+        println!("proc_bench: {} cores", thread::available_parallelism()?.get());
+    }
+    for polling in [false, true] {
+        let socket = dir.join(if polling { "polling.sock" } else { "events.sock" });
+        let procmond = Procmond::start(&socket, polling)?;
+        let outcome = measure_with(run, &procmond, polling);
+        procmond.stop()?;
+        outcome?;
+    }
+    Ok(())
+}
+
+fn measure_with(run: &Run, procmond: &Procmond, polling: bool) -> Result<()> {
+    let agent = Agent::connect(&procmond.socket)?;
+    let source = match agent.event_source() {
+        EventSource::Connector => "connector",
+        EventSource::Polling => "polling",
+        EventSource::Unspecified => "unspecified",
+    };
+    drop(agent);
+    if polling != (source == "polling") && !run.json {
+        println!("note: procmond asked to {} uses {source}", if polling { "poll" } else { "use events" });
+    }
+    // Capture and latency: the monitor's interval at 10 ms (and at 0 with
+    // the event source).
+    let intervals: &[u64] = if polling { &[10] } else { &[0, 10] };
+    for &interval_ms in intervals {
+        let capture = capture(&procmond.socket, run.execs, interval_ms)?;
+        report(
+            run,
+            &[
+                ("row", Value::S("capture")),
+                ("source", Value::S(source)),
+                ("interval_ms", Value::U(interval_ms)),
+                ("execs", Value::U(run.execs as u64)),
+                ("reported", Value::F(capture.reported)),
+                ("with_image", Value::F(capture.with_image)),
+                ("latency_p50_us", Value::F(capture.latency_p50_us)),
+                ("latency_p99_us", Value::F(capture.latency_p99_us)),
+            ],
+        );
+    }
+    // Enumerate beside the floor, with extra processes.
+    for &extra in &run.extra {
+        let sleepers = Sleepers::spawn(extra)?;
+        let floor = floor()?;
+        let mut agent = Agent::connect(&procmond.socket)?;
+        let polls = enumerate_polls(&mut agent, run.polls)?;
+        let per_process_us = polls.p50_us / polls.records.max(1) as f64;
+        report(
+            run,
+            &[
+                ("row", Value::S("enumerate")),
+                ("source", Value::S(source)),
+                ("extra", Value::U(extra as u64)),
+                ("processes", Value::U(polls.records as u64)),
+                ("p50_ms", Value::F(polls.p50_us / 1e3)),
+                ("p99_ms", Value::F(polls.p99_us / 1e3)),
+                ("per_process_us", Value::F(per_process_us)),
+                ("floor_stat_us", Value::F(floor.stat_us)),
+                ("x_floor", Value::F(per_process_us / floor.stat_us)),
+                ("schedstat_statm_us", Value::F(floor.schedstat_statm_us)),
+                ("plain_scan_us", Value::F(floor.plain_scan_us)),
+            ],
+        );
+        // CPU share: polling at 10 Hz, then nothing.
+        let polling_share = cpu_share(procmond.pid, Duration::from_secs(3), || {
+            let mut next = Instant::now();
+            let end = next + Duration::from_secs(3);
+            let mut reached = 0u32;
+            while Instant::now() < end {
+                for record in agent.enumerate(None, false)? {
+                    record?;
+                }
+                reached += 1;
+                next += Duration::from_millis(100);
+                if let Some(pause) = next.checked_duration_since(Instant::now()) {
+                    thread::sleep(pause); // pacing, not synchronisation
+                }
+            }
+            Ok(f64::from(reached) / 3.0)
+        })?;
+        drop(agent);
+        let idle_share = cpu_share(procmond.pid, Duration::from_secs(if extra == 0 { 12 } else { 4 }), || {
+            thread::sleep(Duration::from_secs(if extra == 0 { 12 } else { 4 })); // measuring an idle span
+            Ok(0.0)
+        })?;
+        report(
+            run,
+            &[
+                ("row", Value::S("cpu")),
+                ("source", Value::S(source)),
+                ("extra", Value::U(extra as u64)),
+                ("polls_per_s", Value::F(polling_share.1)),
+                ("cpu_polling_10hz_pct", Value::F(polling_share.0)),
+                ("cpu_idle_pct", Value::F(idle_share.0)),
+            ],
+        );
+        sleepers.stop()?;
+    }
+    Ok(())
+}
+
+// ---- capture ----
+
+struct Capture {
+    reported: f64,
+    with_image: f64,
+    latency_p50_us: f64,
+    latency_p99_us: f64,
+}
+
+/// Runs `n` `/bin/true x` one after another while a monitor of every
+/// process (in another thread, its own connection) records what it hears.
+fn capture(socket: &Path, n: usize, interval_ms: u64) -> Result<Capture> {
+    let mut agent = Agent::connect(socket)?;
+    let (tx, rx) = mpsc::channel::<(u32, Instant, bool, bool)>();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let watcher = thread::spawn(move || -> std::result::Result<(), ClientError> {
+        let mut stream = agent.monitor(&[], Duration::from_millis(interval_ms))?;
+        let mut ready = Some(ready_tx);
+        loop {
+            if stop_rx.try_recv().is_ok() {
+                return stream.cancel();
+            }
+            let deadline = Instant::now() + Duration::from_millis(50);
+            match stream.next_event(deadline) {
+                Ok(Some(MonitorEvent::Snapshot(_))) => {}
+                Ok(Some(event)) => {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                    let at = Instant::now();
+                    let r = event.record();
+                    let image = r.executable_path.as_deref().is_some_and(|p| p.ends_with("/true"))
+                        && r.command_line == ["/bin/true", "x"];
+                    let exited = matches!(event, MonitorEvent::Exited(_));
+                    let _ = tx.send((r.pid, at, image, exited));
+                }
+                Ok(None) => return Ok(()),
+                Err(ClientError::Timeout { .. }) => {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    });
+    ready_rx.recv_timeout(DEADLINE)?;
+    let mut spawned = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut child = Command::new("/bin/true").arg("x").spawn()?;
+        let at = Instant::now();
+        spawned.push((child.id(), at));
+        child.wait()?;
+    }
+    // Let the last exits arrive: the monitor's batching interval and a
+    // margin.
+    let settle = Instant::now() + Duration::from_millis(500 + interval_ms * 2);
+    let mut heard: HashMap<u32, (Option<Instant>, bool)> = HashMap::new();
+    while let Some(left) = settle.checked_duration_since(Instant::now()) {
+        let Ok((pid, at, image, exited)) = rx.recv_timeout(left) else {
+            break;
+        };
+        let seen = heard.entry(pid).or_insert((None, false));
+        if image && seen.0.is_none() {
+            seen.0 = Some(at);
+        }
+        seen.1 |= exited || image;
+    }
+    let _ = stop_tx.send(());
+    watcher.join().map_err(|_| "monitor thread panicked")??;
+    let reported = spawned.iter().filter(|(pid, _)| heard.contains_key(pid)).count();
+    let mut latencies: Vec<f64> = spawned
+        .iter()
+        .filter_map(|(pid, spawned_at)| {
+            let at = heard.get(pid)?.0?;
+            Some(at.saturating_duration_since(*spawned_at).as_secs_f64() * 1e6)
+        })
+        .collect();
+    let with_image = latencies.len();
+    latencies.sort_by(f64::total_cmp);
+    Ok(Capture {
+        reported: reported as f64 / n as f64,
+        with_image: with_image as f64 / n as f64,
+        latency_p50_us: percentile(&latencies, 0.50),
+        latency_p99_us: percentile(&latencies, 0.99),
+    })
+}
+
+// ---- enumerate ----
+
+struct Polls {
+    records: usize,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn enumerate_polls(agent: &mut Agent, polls: usize) -> Result<Polls> {
+    // One poll to warm up (and to start every process's usage window).
+    let mut records = 0;
+    for record in agent.enumerate(None, false)? {
+        record?;
+    }
+    let mut times = Vec::with_capacity(polls);
+    for _ in 0..polls {
+        // Polls 100 ms apart, so each one reads usage afresh.
+        thread::sleep(Duration::from_millis(100)); // pacing
+        let start = Instant::now();
+        records = 0;
+        for record in agent.enumerate(None, false)? {
+            record?;
+            records += 1;
+        }
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(Polls {
+        records,
+        p50_us: percentile(&times, 0.5),
+        p99_us: percentile(&times, 0.99),
+    })
+}
+
+struct Floor {
+    stat_us: f64,
+    schedstat_statm_us: f64,
+    plain_scan_us: f64,
+}
+
+/// Per process: kept-descriptor `stat` read + parse; kept `schedstat` +
+/// `statm`; a plain scan (open and read `stat` and `cmdline`, `readlink`
+/// `exe`, `stat` the directory).
+fn floor() -> Result<Floor> {
+    let root = ProcRoot::open()?;
+    let pids = root.pids()?;
+    let open = |file: &str| -> Vec<_> {
+        pids.iter()
+            .filter_map(|&pid| root.open_file(pid, file).ok())
+            .collect()
+    };
+    let stats = open("stat");
+    let schedstats = open("schedstat");
+    let statms = open("statm");
+    let mut buf = [0u8; 2048];
+    let mut sink = 0u64;
+    let time_per = |count: usize, f: &mut dyn FnMut() -> u64| -> f64 {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let start = Instant::now();
+            let got = f();
+            std::hint::black_box(got);
+            best = best.min(start.elapsed().as_secs_f64() * 1e6 / count.max(1) as f64);
+        }
+        best
+    };
+    let stat_us = time_per(stats.len(), &mut || {
+        for fd in &stats {
+            if let Ok(n) = procfs::read_at_start(fd, &mut buf) {
+                sink = sink.wrapping_add(parse_fields(&buf[..n]));
+            }
+        }
+        sink
+    });
+    let schedstat_statm_us = time_per(schedstats.len().min(statms.len()), &mut || {
+        for (a, b) in schedstats.iter().zip(&statms) {
+            if let Ok(n) = procfs::read_at_start(a, &mut buf) {
+                sink = sink.wrapping_add(first_number(&buf[..n]));
+            }
+            if let Ok(n) = procfs::read_at_start(b, &mut buf) {
+                sink = sink.wrapping_add(first_number(&buf[..n]));
+            }
+        }
+        sink
+    });
+    let plain_scan_us = time_per(pids.len(), &mut || {
+        for pid in &pids {
+            let dir = PathBuf::from(format!("/proc/{pid}"));
+            let mut text = Vec::new();
+            if let Ok(mut f) = std::fs::File::open(dir.join("stat")) {
+                let _ = f.read_to_end(&mut text);
+            }
+            if let Ok(mut f) = std::fs::File::open(dir.join("cmdline")) {
+                let _ = f.read_to_end(&mut text);
+            }
+            let _ = std::fs::read_link(dir.join("exe"));
+            let _ = std::fs::metadata(&dir);
+            sink = sink.wrapping_add(text.len() as u64);
+        }
+        sink
+    });
+    Ok(Floor {
+        stat_us,
+        schedstat_statm_us,
+        plain_scan_us,
+    })
+}
+
+/// utime + stime + rss of a `stat` line, parsed as procmond does (fields
+/// after the last `)`).
+fn parse_fields(line: &[u8]) -> u64 {
+    let Some(close) = line.iter().rposition(|&b| b == b')') else {
+        return 0;
+    };
+    line[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty())
+        .enumerate()
+        .filter(|(i, _)| matches!(i, 11 | 12 | 19 | 21))
+        .map(|(_, f)| first_number(f))
+        .sum()
+}
+
+fn first_number(text: &[u8]) -> u64 {
+    text.iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0u64, |acc, &b| acc.wrapping_mul(10).wrapping_add(u64::from(b - b'0')))
+}
+
+/// procmond's CPU time over `work` (which runs for about `span`), as a
+/// percentage of one core, and what `work` returned.
+fn cpu_share(
+    pid: u32,
+    span: Duration,
+    work: impl FnOnce() -> Result<f64>,
+) -> Result<(f64, f64)> {
+    let ticks = || -> Result<u64> {
+        let text = std::fs::read(format!("/proc/{pid}/stat"))?;
+        let close = text.iter().rposition(|&b| b == b')').ok_or("bad stat")?;
+        let fields: Vec<&[u8]> = text[close + 1..]
+            .split(|&b| b == b' ')
+            .filter(|f| !f.is_empty())
+            .collect();
+        Ok(first_number(fields[11]) + first_number(fields[12]))
+    };
+    let hz = procfs::clock_ticks_per_second() as f64;
+    let (before, start) = (ticks()?, Instant::now());
+    let value = work()?;
+    let elapsed = start.elapsed().max(span / 2);
+    let used = (ticks()? - before) as f64 / hz;
+    Ok((used / elapsed.as_secs_f64() * 100.0, value))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+// ---- output ----
+
+enum Value {
+    S(&'static str),
+    U(u64),
+    F(f64),
+}
+
+fn report(run: &Run, fields: &[(&str, Value)]) {
+    if run.json {
+        let map: serde_json::Map<String, serde_json::Value> = fields
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::S(s) => serde_json::Value::from(*s),
+                    Value::U(u) => serde_json::Value::from(*u),
+                    Value::F(f) => serde_json::Value::from((f * 1000.0).round() / 1000.0),
+                };
+                ((*k).to_string(), v)
+            })
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+    } else {
+        let line: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| match v {
+                Value::S(s) => format!("{k}={s}"),
+                Value::U(u) => format!("{k}={u}"),
+                Value::F(f) => format!("{k}={f:.3}"),
+            })
+            .collect();
+        println!("{}", line.join("  "));
+    }
+}
+
+// ---- procmond and sleepers as child processes ----
+
+/// The child: procmond until SIGTERM.
+fn procmond(socket: &Path, mode: Option<&str>) -> Result<()> {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block()?;
+    let mut config = ServerConfig::new(socket);
+    config.table = TableConfig {
+        use_connector: mode != Some("--polling"),
+        ..TableConfig::default()
+    };
+    let server = Server::bind(config)?;
+    let shutdown = server.shutdown_handle();
+    thread::spawn(move || {
+        if signals.wait().is_ok() {
+            shutdown.trigger();
+        }
+    });
+    println!("{READY}");
+    server.run_until(&server.shutdown_handle());
+    Ok(())
+}
+
+/// The child: forks `n` processes that wait for a signal, says so, and
+/// waits for SIGTERM; its children die with it (`PR_SET_PDEATHSIG`).
+fn sleepers(n: usize) -> Result<()> {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.thread_block()?;
+    for _ in 0..n {
+        // SAFETY: this process is single-threaded here (no thread was
+        // started), so the child may run any code; it only calls prctl and
+        // pause, both async-signal-safe, before it is killed.
+        match unsafe { nix::unistd::fork() }? {
+            nix::unistd::ForkResult::Child => {
+                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+                loop {
+                    nix::unistd::pause();
+                }
+            }
+            nix::unistd::ForkResult::Parent { .. } => {}
+        }
+    }
+    println!("{READY}");
+    let _ = signals.wait();
+    // Kill the children (the whole group), then reap them.
+    let _ = signal::killpg(nix::unistd::getpgrp(), Signal::SIGKILL);
+    Ok(())
+}
+
+struct Procmond {
+    child: Child,
+    pid: u32,
+    socket: PathBuf,
+}
+
+impl Procmond {
+    fn start(socket: &Path, polling: bool) -> Result<Procmond> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command.arg(PROCMOND).arg(socket).stdout(Stdio::piped());
+        if polling {
+            command.arg("--polling");
+        }
+        let mut child = command.spawn()?;
+        wait_ready(&mut child)?;
+        Ok(Procmond {
+            pid: child.id(),
+            child,
+            socket: socket.to_owned(),
+        })
+    }
+
+    fn stop(self) -> Result<()> {
+        stop_child(self.child)
+    }
+}
+
+struct Sleepers {
+    child: Option<Child>,
+}
+
+impl Sleepers {
+    fn spawn(n: usize) -> Result<Sleepers> {
+        if n == 0 {
+            return Ok(Sleepers { child: None });
+        }
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg(SLEEPERS)
+            .arg(n.to_string())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()?;
+        wait_ready(&mut child)?;
+        Ok(Sleepers { child: Some(child) })
+    }
+
+    fn stop(mut self) -> Result<()> {
+        match self.child.take() {
+            Some(child) => stop_child(child),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+use std::os::unix::process::CommandExt;
+
+fn wait_ready(child: &mut Child) -> Result<()> {
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(line) if line.trim() == READY => Ok(()),
+        Ok(line) => Err(format!("child did not start (said {line:?})").into()),
+        Err(_) => Err(format!("child not ready within {DEADLINE:?}").into()),
+    }
+}
+
+fn stop_child(mut child: Child) -> Result<()> {
+    let pidfd = PidFd::open(child.id())?;
+    signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+    if !pidfd.wait_exit(DEADLINE)? {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("child {} did not exit within {DEADLINE:?}", child.id()).into());
+    }
+    child.wait()?;
+    Ok(())
+}
