@@ -31,6 +31,8 @@
 mod bounds;
 mod cache;
 mod cpu;
+mod event_source;
+mod events;
 mod filter;
 mod hash;
 mod monitor;
@@ -45,10 +47,15 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 pub use cache::{CacheStats, SharedHashCache};
+pub use event_source::{EventSource, EventSourceConfig, StopError};
+pub use events::{
+    Decoder, Event, EventStats, LossReason, Malformed, ProcEvent, ProcessEvent, comm_name,
+};
 pub use filter::FilterError;
 pub use hash::HashError;
 pub use monitor::{TreeDelta, TreeMonitor};
 pub use requester::Requester;
+pub use crate::sys::cn_proc::SubscribeError;
 
 use crate::proto::{
     ProtoHashCheck, ProtoHashResult, ProtoProcessFilter, ProtoProcessRecord, excerpt,
