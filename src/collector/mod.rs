@@ -33,6 +33,8 @@ mod bounds;
 mod cache;
 mod cpu;
 mod details;
+mod event_source;
+mod events;
 mod filter;
 mod hash;
 mod monitor;
@@ -47,11 +49,16 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 pub use cache::{CacheStats, SharedHashCache};
+pub use event_source::{EventSource, EventSourceConfig, StopError};
+pub use events::{
+    Decoder, Event, EventStats, LossReason, Malformed, ProcEvent, ProcessEvent, comm_name,
+};
 pub use filter::FilterError;
 pub use hash::HashError;
 pub use monitor::{MIN_POLL_INTERVAL, TreeEvent, TreeMonitor};
 pub use requester::Requester;
 pub use table::{Overflowed, ProcKey, ProcessTable, SourceKind, TableConfig, TableStats, Waker};
+pub use crate::sys::cn_proc::SubscribeError;
 
 use crate::proto::{
     ProtoHashCheck, ProtoHashResult, ProtoProcessFilter, ProtoProcessRecord, excerpt,

@@ -7,11 +7,13 @@
 //! - [`pidfd`]: a handle on another process that says when it has exited.
 //! - [`socket`]: Unix-socket peer credentials (`SO_PEERCRED`) and descriptor
 //!   passing (`SCM_RIGHTS`).
+//! - [`cn_proc`]: the kernel's process connector (netlink process events).
 //! - [`fs`]: file-system facts about an open file (pseudo file systems) and
 //!   opening without following magic links.
 //! - [`procfs`]: `/proc` through kept descriptors (`openat`, `pread`), and
 //!   the open-file limit.
 
+pub mod cn_proc;
 pub mod fs;
 pub mod futex;
 pub mod memfd;

@@ -1,0 +1,221 @@
+//! [`EventSource`]: the process connector on a thread of its own.
+//!
+//! [`EventSource::start`] subscribes (on the caller's thread, so a refusal
+//! is returned at once as a [`SubscribeError`]) and then starts a named
+//! thread that owns the socket, receives into one reused buffer, decodes
+//! ([`Decoder`]) and calls the handler, on that thread, for every event in
+//! the order the kernel sent them, with [`Event::Lost`] where events were
+//! dropped (an overrun or a sequence gap), so the owner can rescan `/proc`.
+//!
+//! Stopping: [`EventSource::stop`] (or dropping the source) sets a flag and
+//! wakes the thread through an eventfd it polls beside the socket, so a
+//! thread waiting for events wakes at once; one busy with a datagram sees
+//! the flag before it receives the next. The thread then cannot be held up
+//! by the kernel, only by the handler: `stop` waits for it up to
+//! [`EventSourceConfig::stop_timeout`] and, if a handler is still running
+//! then, leaves the thread to finish on its own (it exits after that
+//! handler call returns) and says so.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::events::{Counters, Decoder, Event, EventStats};
+use crate::sys::cn_proc::{self, CnProcSocket, Received, SubscribeError, Waker};
+
+/// Bytes of the buffer datagrams are received into: a connector datagram
+/// is 76 bytes; a larger one is counted as malformed (truncated).
+const DATAGRAM_BUFFER: usize = 8192;
+
+/// Settings of an [`EventSource`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventSourceConfig {
+    /// The socket's receive buffer: how many events may queue while the
+    /// handler is busy (a connector message takes about 768 bytes of
+    /// buffer with the kernel's bookkeeping). Default 16 MiB.
+    pub recv_buffer_bytes: usize,
+    /// How long the kernel's acknowledgement of the subscription is awaited.
+    /// Default 1 s.
+    pub ack_timeout: Duration,
+    /// How long [`EventSource::stop`] waits for the thread. Default 1 s.
+    pub stop_timeout: Duration,
+    /// The thread's name. Default `cn-proc`.
+    pub thread_name: String,
+}
+
+impl Default for EventSourceConfig {
+    fn default() -> Self {
+        Self {
+            recv_buffer_bytes: 16 << 20,
+            ack_timeout: Duration::from_secs(1),
+            stop_timeout: Duration::from_secs(1),
+            thread_name: "cn-proc".to_string(),
+        }
+    }
+}
+
+/// Why [`EventSource::stop`] did not end cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    /// The handler was still running when the wait ended; the thread exits
+    /// once it returns.
+    #[error("the process event thread did not stop within {waited:?} (its handler is busy)")]
+    TimedOut {
+        /// How long `stop` waited.
+        waited: Duration,
+    },
+    /// The handler panicked (the thread had ended).
+    #[error("the process event handler panicked")]
+    HandlerPanicked,
+    /// The thread could not be woken.
+    #[error("cannot wake the process event thread: {0}")]
+    Wake(std::io::Error),
+}
+
+/// Process events from the kernel, delivered to a handler on a thread of
+/// their own; see the [module documentation](self).
+///
+/// ```no_run
+/// use daemoneye_lib::collector::{Event, EventSource, EventSourceConfig};
+///
+/// let source = EventSource::start(EventSourceConfig::default(), |event| match event {
+///     Event::Process(p) => println!("{:?}", p.event),
+///     Event::Lost { reason } => println!("lost events ({reason:?}): rescan /proc"),
+///     Event::Failed { error } => println!("event source ended: {error}"),
+/// });
+/// match source {
+///     Ok(source) => {
+///         println!("{:?}", source.stats());
+///         source.stop()?;
+///     }
+///     Err(why) => println!("polling instead: {why}"),
+/// }
+/// # Ok::<(), daemoneye_lib::collector::StopError>(())
+/// ```
+#[derive(Debug)]
+pub struct EventSource {
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    waker: Waker,
+    port: u32,
+    stop_timeout: Duration,
+    thread: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
+}
+
+impl EventSource {
+    /// Subscribes to the kernel's process events and starts the thread that
+    /// calls `handler` for each. Fails with [`SubscribeError::Disabled`]
+    /// when [`cn_proc::disabled_by_env`] says so, and with the kernel's
+    /// refusal otherwise (see [`CnProcSocket::subscribe`]).
+    pub fn start<H>(config: EventSourceConfig, handler: H) -> Result<EventSource, SubscribeError>
+    where
+        H: FnMut(Event) + Send + 'static,
+    {
+        if cn_proc::disabled_by_env() {
+            return Err(SubscribeError::Disabled);
+        }
+        let socket = CnProcSocket::subscribe(config.recv_buffer_bytes, config.ack_timeout)?;
+        let decoder = Decoder::new();
+        let counters = decoder.counters();
+        let stop = Arc::new(AtomicBool::new(false));
+        let waker = socket.waker();
+        let port = socket.port();
+        let (done, finished) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(config.thread_name)
+            .spawn({
+                let stop = Arc::clone(&stop);
+                move || {
+                    // Dropped when the thread ends, panic or not: `stop`
+                    // waits on that.
+                    let _done = done;
+                    run(socket, decoder, &stop, handler);
+                }
+            })
+            .map_err(|err| SubscribeError::Io {
+                during: "spawning the event thread",
+                source: err,
+            })?;
+        Ok(EventSource {
+            counters,
+            stop,
+            waker,
+            port,
+            stop_timeout: config.stop_timeout,
+            thread: Some((thread, finished)),
+        })
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> EventStats {
+        self.counters.snapshot()
+    }
+
+    /// The socket's netlink port (a local process sending there is
+    /// counted as spoofed).
+    pub fn port(&self) -> u32 {
+        self.port
+    }
+
+    /// Stops the thread and waits for it (up to the configured
+    /// `stop_timeout`). The socket is closed, and the kernel told to stop
+    /// sending, when the thread ends.
+    pub fn stop(mut self) -> Result<(), StopError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), StopError> {
+        let Some((thread, finished)) = self.thread.take() else {
+            return Ok(());
+        };
+        // Release pairs with the thread's Acquire load: the thread, woken
+        // by the eventfd written below, sees the flag set.
+        self.stop.store(true, Ordering::Release);
+        self.waker.wake().map_err(StopError::Wake)?;
+        match finished.recv_timeout(self.stop_timeout) {
+            // The sender is never used: disconnection means the thread's
+            // closure has returned or unwound, so the join is immediate.
+            Err(mpsc::RecvTimeoutError::Disconnected) | Ok(()) => {
+                thread.join().map_err(|_| StopError::HandlerPanicked)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(StopError::TimedOut {
+                waited: self.stop_timeout,
+            }),
+        }
+    }
+}
+
+impl Drop for EventSource {
+    fn drop(&mut self) {
+        if let Err(error) = self.shutdown() {
+            tracing::warn!(%error, "process event source not stopped cleanly");
+        }
+    }
+}
+
+/// The thread: receive, decode, hand on, until stopped or the socket fails.
+fn run<H: FnMut(Event)>(socket: CnProcSocket, mut decoder: Decoder, stop: &AtomicBool, mut handler: H) {
+    let mut buf = vec![0u8; DATAGRAM_BUFFER];
+    // Acquire pairs with `shutdown`'s Release store.
+    while !stop.load(Ordering::Acquire) {
+        match socket.recv(&mut buf, None) {
+            Ok(Received::Datagram {
+                len,
+                sender_port,
+                truncated,
+            }) => {
+                let datagram = buf.get(..len).unwrap_or_default();
+                decoder.decode(datagram, sender_port, truncated, &mut handler);
+            }
+            Ok(Received::Overrun) => decoder.overrun(&mut handler),
+            Ok(Received::Woken | Received::TimedOut) => {}
+            Err(error) => {
+                tracing::error!(%error, "process connector receive failed; events end");
+                handler(Event::Failed { error: error.kind() });
+                return;
+            }
+        }
+    }
+}
