@@ -84,7 +84,11 @@ fn bench(args: &[String]) -> Result<()> {
     let run = Run {
         json: args.iter().any(|a| a == "--json"),
         execs: if quick { 200 } else { 1000 },
-        extra: if quick { vec![0, 1000] } else { vec![0, 1000, 10_000] },
+        extra: if quick {
+            vec![0, 1000]
+        } else {
+            vec![0, 1000, 10_000]
+        },
         polls: if quick { 10 } else { 30 },
     };
     if let Some(other) = args
@@ -102,10 +106,17 @@ fn bench(args: &[String]) -> Result<()> {
 
 fn measure(run: &Run, dir: &Path) -> Result<()> {
     if !run.json {
-        println!("proc_bench: {} cores", thread::available_parallelism()?.get());
+        println!(
+            "proc_bench: {} cores",
+            thread::available_parallelism()?.get()
+        );
     }
     for polling in [false, true] {
-        let socket = dir.join(if polling { "polling.sock" } else { "events.sock" });
+        let socket = dir.join(if polling {
+            "polling.sock"
+        } else {
+            "events.sock"
+        });
         let procmond = Procmond::start(&socket, polling)?;
         let outcome = measure_with(run, &procmond, polling);
         procmond.stop()?;
@@ -123,7 +134,10 @@ fn measure_with(run: &Run, procmond: &Procmond, polling: bool) -> Result<()> {
     };
     drop(agent);
     if polling != (source == "polling") && !run.json {
-        println!("note: procmond asked to {} uses {source}", if polling { "poll" } else { "use events" });
+        println!(
+            "note: procmond asked to {} uses {source}",
+            if polling { "poll" } else { "use events" }
+        );
     }
     // Capture and latency: the monitor's interval at 10 ms (and at 0 with
     // the event source).
@@ -185,10 +199,14 @@ fn measure_with(run: &Run, procmond: &Procmond, polling: bool) -> Result<()> {
             Ok(f64::from(reached) / 3.0)
         })?;
         drop(agent);
-        let idle_share = cpu_share(procmond.pid, Duration::from_secs(if extra == 0 { 12 } else { 4 }), || {
-            thread::sleep(Duration::from_secs(if extra == 0 { 12 } else { 4 })); // measuring an idle span
-            Ok(0.0)
-        })?;
+        let idle_share = cpu_share(
+            procmond.pid,
+            Duration::from_secs(if extra == 0 { 12 } else { 4 }),
+            || {
+                thread::sleep(Duration::from_secs(if extra == 0 { 12 } else { 4 })); // measuring an idle span
+                Ok(0.0)
+            },
+        )?;
         report(
             run,
             &[
@@ -237,7 +255,10 @@ fn capture(socket: &Path, n: usize, interval_ms: u64) -> Result<Capture> {
                     }
                     let at = Instant::now();
                     let r = event.record();
-                    let image = r.executable_path.as_deref().is_some_and(|p| p.ends_with("/true"))
+                    let image = r
+                        .executable_path
+                        .as_deref()
+                        .is_some_and(|p| p.ends_with("/true"))
                         && r.command_line == ["/bin/true", "x"];
                     let exited = matches!(event, MonitorEvent::Exited(_));
                     let _ = tx.send((r.pid, at, image, exited));
@@ -276,7 +297,10 @@ fn capture(socket: &Path, n: usize, interval_ms: u64) -> Result<Capture> {
     }
     let _ = stop_tx.send(());
     watcher.join().map_err(|_| "monitor thread panicked")??;
-    let reported = spawned.iter().filter(|(pid, _)| heard.contains_key(pid)).count();
+    let reported = spawned
+        .iter()
+        .filter(|(pid, _)| heard.contains_key(pid))
+        .count();
     let mut latencies: Vec<f64> = spawned
         .iter()
         .filter_map(|(pid, spawned_at)| {
@@ -420,16 +444,14 @@ fn parse_fields(line: &[u8]) -> u64 {
 fn first_number(text: &[u8]) -> u64 {
     text.iter()
         .take_while(|b| b.is_ascii_digit())
-        .fold(0u64, |acc, &b| acc.wrapping_mul(10).wrapping_add(u64::from(b - b'0')))
+        .fold(0u64, |acc, &b| {
+            acc.wrapping_mul(10).wrapping_add(u64::from(b - b'0'))
+        })
 }
 
 /// procmond's CPU time over `work` (which runs for about `span`), as a
 /// percentage of one core, and what `work` returned.
-fn cpu_share(
-    pid: u32,
-    span: Duration,
-    work: impl FnOnce() -> Result<f64>,
-) -> Result<(f64, f64)> {
+fn cpu_share(pid: u32, span: Duration, work: impl FnOnce() -> Result<f64>) -> Result<(f64, f64)> {
     let ticks = || -> Result<u64> {
         let text = std::fs::read(format!("/proc/{pid}/stat"))?;
         let close = text.iter().rposition(|&b| b == b')').ok_or("bad stat")?;

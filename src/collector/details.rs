@@ -71,14 +71,18 @@ pub(crate) enum ExeLink {
 /// Reads name, exe, command line and effective uid of `pid`; `None` when the
 /// process has gone (its `comm` is readable by anyone while it exists).
 pub(crate) fn read_details(root: &ProcRoot, pid: u32) -> Option<Details> {
+    // The image and command line first: they go with the process's memory
+    // as soon as it exits, while its name and status stay until it is
+    // reaped, and a short-lived process may be exiting already.
+    let link = read_exe_link(pid);
+    let cmdline = read_bounded(root, pid, "cmdline", bounds::CMDLINE_READ_BYTES);
     let mut comm = Vec::with_capacity(32);
     root.open_file(pid, "comm")
         .and_then(|fd| std::fs::File::from(fd).read_to_end(&mut comm))
         .ok()?;
     let mut name = String::from_utf8_lossy(comm.strip_suffix(b"\n").unwrap_or(&comm)).into_owned();
     bounds::truncate(&mut name, MAX_PROCESS_NAME_BYTES);
-    let link = read_exe_link(pid);
-    let (cmd, cmd_denied) = match read_bounded(root, pid, "cmdline", bounds::CMDLINE_READ_BYTES) {
+    let (cmd, cmd_denied) = match cmdline {
         Ok(raw) => (bounds::command_line(split_cmdline(&raw)), false),
         Err(e) => (Vec::new(), is_denied(&e)),
     };

@@ -19,8 +19,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::events::{Counters, Decoder, Event, EventStats};
 use crate::sys::cn_proc::{self, CnProcSocket, Received, SubscribeError, Waker};
@@ -43,6 +44,9 @@ pub struct EventSourceConfig {
     pub stop_timeout: Duration,
     /// The thread's name. Default `cn-proc`.
     pub thread_name: String,
+    /// How often the handler gets [`Event::Tick`]; `None` (the default):
+    /// never.
+    pub tick: Option<Duration>,
 }
 
 impl Default for EventSourceConfig {
@@ -52,6 +56,7 @@ impl Default for EventSourceConfig {
             ack_timeout: Duration::from_secs(1),
             stop_timeout: Duration::from_secs(1),
             thread_name: "cn-proc".to_string(),
+            tick: None,
         }
     }
 }
@@ -101,7 +106,17 @@ pub struct EventSource {
     waker: Waker,
     port: u32,
     stop_timeout: Duration,
+    sync: Arc<SyncState>,
     thread: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
+}
+
+/// Requests that the thread catch up with the socket, and its answers.
+#[derive(Debug, Default)]
+struct SyncState {
+    /// (requests made, requests answered): a request is answered once
+    /// every datagram queued when it was made has been handed on.
+    counts: Mutex<(u64, u64)>,
+    answered: Condvar,
 }
 
 impl EventSource {
@@ -123,15 +138,19 @@ impl EventSource {
         let waker = socket.waker();
         let port = socket.port();
         let (done, finished) = mpsc::channel();
+        let sync = Arc::new(SyncState::default());
+        let tick = config.tick;
         let thread = std::thread::Builder::new()
             .name(config.thread_name)
             .spawn({
                 let stop = Arc::clone(&stop);
+                let sync = Arc::clone(&sync);
                 move || {
                     // Dropped when the thread ends, panic or not: `stop`
                     // waits on that.
                     let _done = done;
-                    run(socket, decoder, &stop, handler);
+                    let _answer_all = AnswerAll(&sync);
+                    run(&socket, decoder, &stop, &sync, tick, handler);
                 }
             })
             .map_err(|err| SubscribeError::Io {
@@ -144,8 +163,38 @@ impl EventSource {
             waker,
             port,
             stop_timeout: config.stop_timeout,
+            sync,
             thread: Some((thread, finished)),
         })
+    }
+
+    /// Waits until every event the kernel had queued for this source when
+    /// called has been handed to the handler (and the handler returned),
+    /// or `timeout` passed; returns whether it caught up. A process that
+    /// forked before the call is in a table the handler keeps, afterwards.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        let mut counts = lock(&self.sync.counts);
+        counts.0 += 1;
+        let ticket = counts.0;
+        if self.waker.wake().is_err() {
+            return false;
+        }
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        while counts.1 < ticket {
+            let left = deadline.map_or(timeout, |d| {
+                d.saturating_duration_since(std::time::Instant::now())
+            });
+            if left.is_zero() {
+                return false;
+            }
+            counts = self
+                .sync
+                .answered
+                .wait_timeout(counts, left)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poison| poison.into_inner().0);
+        }
+        true
     }
 
     /// The counters now.
@@ -196,11 +245,21 @@ impl Drop for EventSource {
 }
 
 /// The thread: receive, decode, hand on, until stopped or the socket fails.
-fn run<H: FnMut(Event)>(socket: CnProcSocket, mut decoder: Decoder, stop: &AtomicBool, mut handler: H) {
+fn run<H: FnMut(Event)>(
+    socket: &CnProcSocket,
+    mut decoder: Decoder,
+    stop: &AtomicBool,
+    sync: &SyncState,
+    tick: Option<Duration>,
+    mut handler: H,
+) {
     let mut buf = vec![0u8; DATAGRAM_BUFFER];
+    handler(Event::Subscribed);
+    let mut next_tick = tick.and_then(|t| Instant::now().checked_add(t));
     // Acquire pairs with `shutdown`'s Release store.
     while !stop.load(Ordering::Acquire) {
-        match socket.recv(&mut buf, None) {
+        let timeout = next_tick.map(|at| at.saturating_duration_since(Instant::now()));
+        match socket.recv(&mut buf, timeout) {
             Ok(Received::Datagram {
                 len,
                 sender_port,
@@ -210,12 +269,88 @@ fn run<H: FnMut(Event)>(socket: CnProcSocket, mut decoder: Decoder, stop: &Atomi
                 decoder.decode(datagram, sender_port, truncated, &mut handler);
             }
             Ok(Received::Overrun) => decoder.overrun(&mut handler),
-            Ok(Received::Woken | Received::TimedOut) => {}
+            Ok(Received::Woken) => {
+                if let Err(error) = catch_up(socket, &mut decoder, sync, &mut buf, &mut handler) {
+                    tracing::error!(%error, "process connector receive failed; events end");
+                    handler(Event::Failed {
+                        error: error.kind(),
+                    });
+                    return;
+                }
+            }
+            Ok(Received::TimedOut) => {}
             Err(error) => {
                 tracing::error!(%error, "process connector receive failed; events end");
-                handler(Event::Failed { error: error.kind() });
+                handler(Event::Failed {
+                    error: error.kind(),
+                });
                 return;
             }
         }
+        if let (Some(at), Some(every)) = (next_tick, tick)
+            && Instant::now() >= at
+        {
+            handler(Event::Tick);
+            next_tick = Instant::now().checked_add(every);
+        }
     }
+}
+
+/// Answers the sync requests made so far: hands on every datagram queued
+/// now, then marks them answered.
+fn catch_up<H: FnMut(Event)>(
+    socket: &CnProcSocket,
+    decoder: &mut Decoder,
+    sync: &SyncState,
+    buf: &mut [u8],
+    handler: &mut H,
+) -> std::io::Result<()> {
+    // Requests made while draining are answered by another round: their
+    // wakes may have been read (and dropped) by the drain below.
+    loop {
+        let asked = {
+            let counts = lock(&sync.counts);
+            if counts.1 >= counts.0 {
+                return Ok(());
+            }
+            counts.0
+        };
+        loop {
+            match socket.recv(buf, Some(Duration::ZERO))? {
+                Received::Datagram {
+                    len,
+                    sender_port,
+                    truncated,
+                } => {
+                    let datagram = buf.get(..len).unwrap_or_default();
+                    decoder.decode(datagram, sender_port, truncated, handler);
+                }
+                Received::Overrun => decoder.overrun(handler),
+                Received::Woken => {}
+                Received::TimedOut => break,
+            }
+        }
+        // Every datagram queued when request `asked` was made has been
+        // handed on: the queue was empty after it.
+        let mut counts = lock(&sync.counts);
+        counts.1 = counts.1.max(asked);
+        sync.answered.notify_all();
+    }
+}
+
+/// On the thread's end, answers every request, so no `sync` waits for a
+/// thread that is gone.
+struct AnswerAll<'a>(&'a SyncState);
+
+impl Drop for AnswerAll<'_> {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.0.counts);
+        counts.1 = u64::MAX;
+        self.0.answered.notify_all();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicked holder leaves only counters, which stay meaningful.
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }

@@ -139,6 +139,15 @@ pub enum Event {
         /// The kind of the receive error (logged in full).
         error: std::io::ErrorKind,
     },
+    /// The first call of an [`EventSource`](super::EventSource)'s handler:
+    /// the subscription is in place, so every event from now on arrives
+    /// (or is counted lost). An owner that fills a table from `/proc` does
+    /// it now, before the events that queued meanwhile are handed on.
+    Subscribed,
+    /// The [`EventSource`](super::EventSource)'s tick interval passed (see
+    /// `EventSourceConfig::tick`): time for periodic work on the event
+    /// thread, such as a safety-net scan.
+    Tick,
 }
 
 /// A plain snapshot of the decoder's counters (each read on its own, so
@@ -270,12 +279,37 @@ pub(crate) struct Message {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Body {
-    Fork { child_pid: u32, child_tgid: u32, parent_tgid: u32 },
-    Exec { tgid: u32 },
-    Exit { pid: u32, tgid: u32, exit_code: u32, exit_signal: u32 },
-    Uid { pid: u32, tgid: u32, ruid: u32, euid: u32 },
-    Gid { pid: u32, tgid: u32, rgid: u32, egid: u32 },
-    Comm { pid: u32, tgid: u32, comm: [u8; layout::COMM_LEN] },
+    Fork {
+        child_pid: u32,
+        child_tgid: u32,
+        parent_tgid: u32,
+    },
+    Exec {
+        tgid: u32,
+    },
+    Exit {
+        pid: u32,
+        tgid: u32,
+        exit_code: u32,
+        exit_signal: u32,
+    },
+    Uid {
+        pid: u32,
+        tgid: u32,
+        ruid: u32,
+        euid: u32,
+    },
+    Gid {
+        pid: u32,
+        tgid: u32,
+        rgid: u32,
+        egid: u32,
+    },
+    Comm {
+        pid: u32,
+        tgid: u32,
+        comm: [u8; layout::COMM_LEN],
+    },
     /// Acks, sid, ptrace, coredump, unknown kinds.
     Other,
 }
@@ -622,7 +656,7 @@ pub(crate) mod tests {
             .iter()
             .filter_map(|e| match e {
                 Event::Process(p) => Some(p.event),
-                Event::Lost { .. } | Event::Failed { .. } => None,
+                _ => None,
             })
             .collect()
     }
@@ -699,10 +733,12 @@ pub(crate) mod tests {
             &datagram(layout::PROC_EVENT_COMM, 0, 0, &body),
             Some(0),
         );
-        let [Event::Process(ProcessEvent {
-            event: ProcEvent::Comm { tgid: 20, comm },
-            ..
-        })] = events[..]
+        let [
+            Event::Process(ProcessEvent {
+                event: ProcEvent::Comm { tgid: 20, comm },
+                ..
+            }),
+        ] = events[..]
         else {
             panic!("{events:?}");
         };

@@ -35,6 +35,7 @@ mod cpu;
 mod details;
 mod event_source;
 mod events;
+mod feed;
 mod filter;
 mod hash;
 mod monitor;
@@ -48,6 +49,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+pub use crate::sys::cn_proc::SubscribeError;
 pub use cache::{CacheStats, SharedHashCache};
 pub use event_source::{EventSource, EventSourceConfig, StopError};
 pub use events::{
@@ -58,7 +60,6 @@ pub use hash::HashError;
 pub use monitor::{MIN_POLL_INTERVAL, TreeEvent, TreeMonitor};
 pub use requester::Requester;
 pub use table::{Overflowed, ProcKey, ProcessTable, SourceKind, TableConfig, TableStats, Waker};
-pub use crate::sys::cn_proc::SubscribeError;
 
 use crate::proto::{
     ProtoHashCheck, ProtoHashResult, ProtoProcessFilter, ProtoProcessRecord, excerpt,
@@ -206,7 +207,7 @@ impl Collector {
     ) -> Result<usize, CollectError> {
         let filter = ProcessFilter::compile(filter)?;
         let only_pids = filter.only_pids();
-        self.table.refresh_if_polling()?;
+        self.table.refresh()?;
         let mut handed = 0;
         let hasher = &mut self.hasher;
         self.table.visit(only_pids.as_deref(), |seen| {

@@ -77,7 +77,7 @@ impl TreeMonitor {
         let mut roots = roots.to_vec();
         roots.sort_unstable();
         roots.dedup();
-        table.refresh_if_polling()?;
+        table.refresh()?;
         let (subscription, keys) = table.subscribe();
         let members: HashMap<u32, ProcKey> = if roots.is_empty() {
             keys.iter().map(|key| (key.pid, *key)).collect()

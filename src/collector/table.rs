@@ -22,11 +22,12 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::CollectError;
 use super::details::{self, Details, ExeLink};
+use super::feed::{self, Feed};
 use super::usage::{self, STAT_BUF_BYTES, Stat, StatHandle, Units, Usage};
 use crate::proto::ProtoProcessRecord;
 use crate::sys::procfs::{self, ProcRoot};
@@ -213,7 +214,7 @@ struct Map {
     subscribers: Vec<Subscriber>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     root: Option<ProcRoot>,
     units: Units,
     boot_unix_s: i64,
@@ -224,6 +225,8 @@ struct Shared {
     kept: AtomicUsize,
     fd_budget: usize,
     counters: Counters,
+    /// The kernel event source, once started.
+    feed: OnceLock<Arc<Feed>>,
 }
 
 /// The live process table; cheap to clone (a handle on shared state).
@@ -284,10 +287,22 @@ impl ProcessTable {
     /// logged once), filled by a first scan before it returns.
     pub fn start(config: &TableConfig) -> Self {
         let table = Self::polling();
+        if config.use_connector {
+            match feed::start(&table, config) {
+                Ok(feed) => {
+                    table.set_source(SourceKind::Connector);
+                    let _ = table.shared.feed.set(feed);
+                    tracing::info!("process events from the kernel's connector");
+                    return table;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "no process events from the kernel; polling /proc instead");
+                }
+            }
+        }
         if let Err(error) = table.scan(ScanKind::Poll) {
             tracing::warn!(%error, "cannot read the process table");
         }
-        let _ = config;
         table
     }
 
@@ -307,8 +322,17 @@ impl ProcessTable {
                 kept: AtomicUsize::new(0),
                 fd_budget,
                 counters: Counters::default(),
+                feed: OnceLock::new(),
             }),
         }
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.shared)
+    }
+
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Shared>) -> Option<Self> {
+        weak.upgrade().map(|shared| Self { shared })
     }
 
     /// Where the table's news comes from now.
@@ -350,20 +374,30 @@ impl ProcessTable {
             .ok_or(CollectError::ProcUnavailable { path: "/proc" })
     }
 
-    /// Brings a polling table up to date (a full scan); nothing for a table
-    /// fed by events.
-    pub(crate) fn refresh_if_polling(&self) -> Result<(), CollectError> {
+    /// Brings the table up to date: a polling table is scanned; one fed by
+    /// events waits for the event thread to apply what the kernel has
+    /// queued, so a process forked before this call is in the table.
+    pub(crate) fn refresh(&self) -> Result<(), CollectError> {
         if self.source() == SourceKind::Polling {
             self.scan(ScanKind::Poll)?;
+        } else if let Some(feed) = self.shared.feed.get()
+            && !feed.sync(feed::SYNC_TIMEOUT)
+        {
+            tracing::debug!("the event thread did not catch up in time");
         }
         Ok(())
+    }
+
+    /// Counters of the kernel event source, while there is one.
+    pub fn event_stats(&self) -> Option<super::EventStats> {
+        self.shared.feed.get().and_then(|feed| feed.stats())
     }
 
     /// Hands `visit` the record of every process (of `pids` only, when
     /// given), sorted by pid, with usage no older than one usage window.
     /// A process that turns out to have exited is left out.
     /// A polling table is not read again here: see
-    /// [`refresh_if_polling`](Self::refresh_if_polling).
+    /// [`refresh`](Self::refresh).
     pub(crate) fn visit(
         &self,
         pids: Option<&[u32]>,

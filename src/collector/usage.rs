@@ -81,13 +81,6 @@ pub(crate) fn parse_stat(line: &[u8]) -> Option<Stat> {
     })
 }
 
-/// The name between the first `(` and the last `)` of a `stat` line.
-pub(crate) fn stat_name(line: &[u8]) -> Option<&[u8]> {
-    let open = line.iter().position(|&b| b == b'(')?;
-    let close = line.iter().rposition(|&b| b == b')')?;
-    line.get(open + 1..close)
-}
-
 /// A decimal number, trailing newline allowed.
 fn number(field: &[u8]) -> Option<u64> {
     let field = field.strip_suffix(b"\n").unwrap_or(field);
@@ -214,7 +207,6 @@ mod tests {
                 rss_pages: 456,
             }
         );
-        assert_eq!(stat_name(line), Some(&b"a) b (c"[..]));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::collector::Waker;
 use crate::proto::control::TaskRequest;
@@ -154,25 +154,5 @@ impl TaskSignals {
     /// A flag set when the client goes, for the collector's hashing.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.stop)
-    }
-
-    /// Waits until `until` unless `task_id` is cancelled or the client goes
-    /// first; returns whether it should stop.
-    pub fn wait_stop(&self, task_id: &str, until: Instant) -> bool {
-        let mut state = self.lock();
-        loop {
-            if state.gone || state.cancelled.iter().any(|id| id == task_id) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= until {
-                return false;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, until - now)
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|poison| poison.into_inner().0);
-        }
     }
 }

@@ -262,7 +262,9 @@ pub enum SubscribeError {
     },
     /// The kernel refused: joining the group or listening needs
     /// `CAP_NET_ADMIN` in the initial user namespace.
-    #[error("the process connector needs CAP_NET_ADMIN in the initial user namespace ({during} refused)")]
+    #[error(
+        "the process connector needs CAP_NET_ADMIN in the initial user namespace ({during} refused)"
+    )]
     PermissionDenied {
         /// The step that was refused.
         during: &'static str,
@@ -377,16 +379,18 @@ impl CnProcSocket {
                 .map_err(|err| io_error("setsockopt SO_RCVBUF", err))?;
         }
         let group_mask = 1u32 << (layout::CN_IDX_PROC - 1);
-        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, group_mask)).map_err(|err| match err {
-            Errno::PERM | Errno::ACCESS => SubscribeError::PermissionDenied {
-                during: "joining the process events group",
+        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, group_mask)).map_err(
+            |err| match err {
+                Errno::PERM | Errno::ACCESS => SubscribeError::PermissionDenied {
+                    during: "joining the process events group",
+                },
+                Errno::NOENT => SubscribeError::Unsupported {
+                    during: "bind",
+                    source: err.into(),
+                },
+                _ => io_error("bind", err),
             },
-            Errno::NOENT => SubscribeError::Unsupported {
-                during: "bind",
-                source: err.into(),
-            },
-            _ => io_error("bind", err),
-        })?;
+        )?;
         let port = local_port(&fd).map_err(|err| SubscribeError::Io {
             during: "getsockname",
             source: err,
@@ -438,7 +442,9 @@ impl CnProcSocket {
         loop {
             let remaining = match (timeout, deadline) {
                 (None, _) => None,
-                (Some(_), Some(deadline)) => Some(deadline.saturating_duration_since(Instant::now())),
+                (Some(_), Some(deadline)) => {
+                    Some(deadline.saturating_duration_since(Instant::now()))
+                }
                 // A timeout too long to add to now: as good as none.
                 (Some(_), None) => None,
             };
@@ -456,11 +462,8 @@ impl CnProcSocket {
                 }
                 continue;
             }
-            match rustix::net::recvfrom(
-                &self.fd,
-                &mut *buf,
-                RecvFlags::DONTWAIT | RecvFlags::TRUNC,
-            ) {
+            match rustix::net::recvfrom(&self.fd, &mut *buf, RecvFlags::DONTWAIT | RecvFlags::TRUNC)
+            {
                 Ok((len, full_len, addr)) => {
                     let sender_port = addr
                         .and_then(|addr| SocketAddrNetlink::try_from(addr).ok())
@@ -501,7 +504,12 @@ impl CnProcSocket {
 
     fn send_op(&self, op: u32) -> io::Result<()> {
         let msg = layout::request(op, 0, self.nonce, self.port);
-        rustix::net::sendto(&self.fd, &msg, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
+        rustix::net::sendto(
+            &self.fd,
+            &msg,
+            SendFlags::empty(),
+            &SocketAddrNetlink::new(0, 0),
+        )?;
         Ok(())
     }
 
@@ -521,7 +529,10 @@ impl CnProcSocket {
                     len,
                     sender_port: Some(0),
                     truncated: false,
-                } => match buf.get(..len).and_then(|d| layout::ack_error(d, self.nonce)) {
+                } => match buf
+                    .get(..len)
+                    .and_then(|d| layout::ack_error(d, self.nonce))
+                {
                     Some(0) => return Ok(()),
                     Some(errno) if errno == Errno::PERM.raw_os_error() as u32 => {
                         return Err(SubscribeError::PermissionDenied {
@@ -614,7 +625,10 @@ mod tests {
         // Events of other processes may arrive first; the wake must too.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match socket.recv(&mut buf, Some(Duration::from_secs(10))).unwrap() {
+            match socket
+                .recv(&mut buf, Some(Duration::from_secs(10)))
+                .unwrap()
+            {
                 Received::Woken => break,
                 Received::TimedOut => panic!("the wake did not end the wait"),
                 _ => assert!(Instant::now() < deadline, "no wake within 10 s"),

@@ -12,6 +12,7 @@
 //!   opening without following magic links.
 //! - [`procfs`]: `/proc` through kept descriptors (`openat`, `pread`), and
 //!   the open-file limit.
+//! - [`thread`]: the scheduling priority of procmond's own threads.
 
 pub mod cn_proc;
 pub mod fs;
@@ -20,3 +21,4 @@ pub mod memfd;
 pub mod pidfd;
 pub mod procfs;
 pub mod socket;
+pub mod thread;
