@@ -196,7 +196,12 @@ impl Drop for EventSource {
 }
 
 /// The thread: receive, decode, hand on, until stopped or the socket fails.
-fn run<H: FnMut(Event)>(socket: CnProcSocket, mut decoder: Decoder, stop: &AtomicBool, mut handler: H) {
+fn run<H: FnMut(Event)>(
+    socket: CnProcSocket,
+    mut decoder: Decoder,
+    stop: &AtomicBool,
+    mut handler: H,
+) {
     let mut buf = vec![0u8; DATAGRAM_BUFFER];
     // Acquire pairs with `shutdown`'s Release store.
     while !stop.load(Ordering::Acquire) {
@@ -213,7 +218,9 @@ fn run<H: FnMut(Event)>(socket: CnProcSocket, mut decoder: Decoder, stop: &Atomi
             Ok(Received::Woken | Received::TimedOut) => {}
             Err(error) => {
                 tracing::error!(%error, "process connector receive failed; events end");
-                handler(Event::Failed { error: error.kind() });
+                handler(Event::Failed {
+                    error: error.kind(),
+                });
                 return;
             }
         }

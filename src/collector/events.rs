@@ -270,12 +270,37 @@ pub(crate) struct Message {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Body {
-    Fork { child_pid: u32, child_tgid: u32, parent_tgid: u32 },
-    Exec { tgid: u32 },
-    Exit { pid: u32, tgid: u32, exit_code: u32, exit_signal: u32 },
-    Uid { pid: u32, tgid: u32, ruid: u32, euid: u32 },
-    Gid { pid: u32, tgid: u32, rgid: u32, egid: u32 },
-    Comm { pid: u32, tgid: u32, comm: [u8; layout::COMM_LEN] },
+    Fork {
+        child_pid: u32,
+        child_tgid: u32,
+        parent_tgid: u32,
+    },
+    Exec {
+        tgid: u32,
+    },
+    Exit {
+        pid: u32,
+        tgid: u32,
+        exit_code: u32,
+        exit_signal: u32,
+    },
+    Uid {
+        pid: u32,
+        tgid: u32,
+        ruid: u32,
+        euid: u32,
+    },
+    Gid {
+        pid: u32,
+        tgid: u32,
+        rgid: u32,
+        egid: u32,
+    },
+    Comm {
+        pid: u32,
+        tgid: u32,
+        comm: [u8; layout::COMM_LEN],
+    },
     /// Acks, sid, ptrace, coredump, unknown kinds.
     Other,
 }
@@ -580,35 +605,13 @@ impl Decoder {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use proptest::prelude::*;
 
     /// A well-formed datagram of one message, as the kernel builds it.
-    pub(crate) fn datagram(what: u32, cpu: u32, seq: u32, body: &[u32]) -> Vec<u8> {
-        let mut data = Vec::new();
-        data.extend_from_slice(&what.to_ne_bytes());
-        data.extend_from_slice(&cpu.to_ne_bytes());
-        data.extend_from_slice(&123_456_789u64.to_ne_bytes());
-        for word in body {
-            data.extend_from_slice(&word.to_ne_bytes());
-        }
-        data.resize(40, 0); // sizeof(struct proc_event)
-        let mut msg = Vec::new();
-        let total = layout::NLMSG_HDR_LEN + layout::CN_MSG_LEN + data.len();
-        msg.extend_from_slice(&(total as u32).to_ne_bytes());
-        msg.extend_from_slice(&layout::NLMSG_DONE.to_ne_bytes());
-        msg.extend_from_slice(&0u16.to_ne_bytes());
-        msg.extend_from_slice(&seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&layout::CN_IDX_PROC.to_ne_bytes());
-        msg.extend_from_slice(&layout::CN_VAL_PROC.to_ne_bytes());
-        msg.extend_from_slice(&seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&(data.len() as u16).to_ne_bytes());
-        msg.extend_from_slice(&0u16.to_ne_bytes());
-        msg.extend_from_slice(&data);
-        msg
+    fn datagram(what: u32, cpu: u32, seq: u32, body: &[u32]) -> Vec<u8> {
+        layout::event(what, cpu, seq, 123_456_789, body)
     }
 
     fn decode_all(decoder: &mut Decoder, bytes: &[u8], port: Option<u32>) -> Vec<Event> {
@@ -699,10 +702,12 @@ pub(crate) mod tests {
             &datagram(layout::PROC_EVENT_COMM, 0, 0, &body),
             Some(0),
         );
-        let [Event::Process(ProcessEvent {
-            event: ProcEvent::Comm { tgid: 20, comm },
-            ..
-        })] = events[..]
+        let [
+            Event::Process(ProcessEvent {
+                event: ProcEvent::Comm { tgid: 20, comm },
+                ..
+            }),
+        ] = events[..]
         else {
             panic!("{events:?}");
         };

@@ -46,6 +46,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+pub use crate::sys::cn_proc::SubscribeError;
 pub use cache::{CacheStats, SharedHashCache};
 pub use event_source::{EventSource, EventSourceConfig, StopError};
 pub use events::{
@@ -55,7 +56,6 @@ pub use filter::FilterError;
 pub use hash::HashError;
 pub use monitor::{TreeDelta, TreeMonitor};
 pub use requester::Requester;
-pub use crate::sys::cn_proc::SubscribeError;
 
 use crate::proto::{
     ProtoHashCheck, ProtoHashResult, ProtoProcessFilter, ProtoProcessRecord, excerpt,

@@ -218,6 +218,36 @@ pub mod layout {
         msg
     }
 
+    /// A process event message as the kernel builds it: `what` from `cpu`
+    /// with sequence number `seq`, `body` as native-endian words, padded to
+    /// `sizeof(struct proc_event)`. For tests and tools; the kernel's own
+    /// are never built here.
+    pub fn event(what: u32, cpu: u32, seq: u32, timestamp_ns: u64, body: &[u32]) -> Vec<u8> {
+        const PROC_EVENT_LEN: usize = 40;
+        let data_len = PROC_EVENT_LEN.max(PROC_EVENT_HDR_LEN + 4 * body.len());
+        let total = NLMSG_HDR_LEN + CN_MSG_LEN + data_len;
+        let mut msg = vec![0u8; total];
+        let mut put = |offset: usize, bytes: &[u8]| {
+            msg[offset..offset + bytes.len()].copy_from_slice(bytes);
+        };
+        put(NLMSG_LEN, &(total as u32).to_ne_bytes());
+        put(NLMSG_TYPE, &NLMSG_DONE.to_ne_bytes());
+        put(NLMSG_SEQ, &seq.to_ne_bytes());
+        let cn = NLMSG_HDR_LEN;
+        put(cn + CN_IDX, &CN_IDX_PROC.to_ne_bytes());
+        put(cn + CN_VAL, &CN_VAL_PROC.to_ne_bytes());
+        put(cn + CN_SEQ, &seq.to_ne_bytes());
+        put(cn + CN_DATA_LEN, &(data_len as u16).to_ne_bytes());
+        let pe = cn + CN_MSG_LEN;
+        put(pe + PE_WHAT, &what.to_ne_bytes());
+        put(pe + PE_CPU, &cpu.to_ne_bytes());
+        put(pe + PE_TIMESTAMP, &timestamp_ns.to_ne_bytes());
+        for (i, word) in body.iter().enumerate() {
+            put(pe + PROC_EVENT_HDR_LEN + 4 * i, &word.to_ne_bytes());
+        }
+        msg
+    }
+
     /// If `datagram` is a connector ack (`PROC_EVENT_NONE`) answering a
     /// request that carried `ack`, its `err` (0: accepted). The kernel
     /// multicasts acks to every listener, and (since it sends them like
@@ -262,7 +292,9 @@ pub enum SubscribeError {
     },
     /// The kernel refused: joining the group or listening needs
     /// `CAP_NET_ADMIN` in the initial user namespace.
-    #[error("the process connector needs CAP_NET_ADMIN in the initial user namespace ({during} refused)")]
+    #[error(
+        "the process connector needs CAP_NET_ADMIN in the initial user namespace ({during} refused)"
+    )]
     PermissionDenied {
         /// The step that was refused.
         during: &'static str,
@@ -377,16 +409,18 @@ impl CnProcSocket {
                 .map_err(|err| io_error("setsockopt SO_RCVBUF", err))?;
         }
         let group_mask = 1u32 << (layout::CN_IDX_PROC - 1);
-        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, group_mask)).map_err(|err| match err {
-            Errno::PERM | Errno::ACCESS => SubscribeError::PermissionDenied {
-                during: "joining the process events group",
+        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, group_mask)).map_err(
+            |err| match err {
+                Errno::PERM | Errno::ACCESS => SubscribeError::PermissionDenied {
+                    during: "joining the process events group",
+                },
+                Errno::NOENT => SubscribeError::Unsupported {
+                    during: "bind",
+                    source: err.into(),
+                },
+                _ => io_error("bind", err),
             },
-            Errno::NOENT => SubscribeError::Unsupported {
-                during: "bind",
-                source: err.into(),
-            },
-            _ => io_error("bind", err),
-        })?;
+        )?;
         let port = local_port(&fd).map_err(|err| SubscribeError::Io {
             during: "getsockname",
             source: err,
@@ -438,7 +472,9 @@ impl CnProcSocket {
         loop {
             let remaining = match (timeout, deadline) {
                 (None, _) => None,
-                (Some(_), Some(deadline)) => Some(deadline.saturating_duration_since(Instant::now())),
+                (Some(_), Some(deadline)) => {
+                    Some(deadline.saturating_duration_since(Instant::now()))
+                }
                 // A timeout too long to add to now: as good as none.
                 (Some(_), None) => None,
             };
@@ -456,11 +492,8 @@ impl CnProcSocket {
                 }
                 continue;
             }
-            match rustix::net::recvfrom(
-                &self.fd,
-                &mut *buf,
-                RecvFlags::DONTWAIT | RecvFlags::TRUNC,
-            ) {
+            match rustix::net::recvfrom(&self.fd, &mut *buf, RecvFlags::DONTWAIT | RecvFlags::TRUNC)
+            {
                 Ok((len, full_len, addr)) => {
                     let sender_port = addr
                         .and_then(|addr| SocketAddrNetlink::try_from(addr).ok())
@@ -501,7 +534,12 @@ impl CnProcSocket {
 
     fn send_op(&self, op: u32) -> io::Result<()> {
         let msg = layout::request(op, 0, self.nonce, self.port);
-        rustix::net::sendto(&self.fd, &msg, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
+        rustix::net::sendto(
+            &self.fd,
+            &msg,
+            SendFlags::empty(),
+            &SocketAddrNetlink::new(0, 0),
+        )?;
         Ok(())
     }
 
@@ -521,7 +559,10 @@ impl CnProcSocket {
                     len,
                     sender_port: Some(0),
                     truncated: false,
-                } => match buf.get(..len).and_then(|d| layout::ack_error(d, self.nonce)) {
+                } => match buf
+                    .get(..len)
+                    .and_then(|d| layout::ack_error(d, self.nonce))
+                {
                     Some(0) => return Ok(()),
                     Some(errno) if errno == Errno::PERM.raw_os_error() as u32 => {
                         return Err(SubscribeError::PermissionDenied {
@@ -614,7 +655,10 @@ mod tests {
         // Events of other processes may arrive first; the wake must too.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match socket.recv(&mut buf, Some(Duration::from_secs(10))).unwrap() {
+            match socket
+                .recv(&mut buf, Some(Duration::from_secs(10)))
+                .unwrap()
+            {
                 Received::Woken => break,
                 Received::TimedOut => panic!("the wake did not end the wait"),
                 _ => assert!(Instant::now() < deadline, "no wake within 10 s"),
