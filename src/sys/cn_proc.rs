@@ -374,6 +374,8 @@ pub struct CnProcSocket {
     wake: Arc<OwnedFd>,
     port: u32,
     nonce: u32,
+    /// The kernel acknowledged our LISTEN (so an IGNORE is owed at drop).
+    listening: bool,
 }
 
 impl CnProcSocket {
@@ -430,11 +432,12 @@ impl CnProcSocket {
         // The request's `ack`, by which our ack is told from other
         // listeners' (see `layout::ack_error`); never 0, which most use.
         let nonce = (port ^ std::process::id().rotate_left(16)) | 1;
-        let socket = CnProcSocket {
+        let mut socket = CnProcSocket {
             fd,
             wake: Arc::new(wake),
             port,
             nonce,
+            listening: false,
         };
         socket
             .send_op(layout::PROC_CN_MCAST_LISTEN)
@@ -443,6 +446,7 @@ impl CnProcSocket {
                 source: err,
             })?;
         socket.await_ack(ack_timeout)?;
+        socket.listening = true;
         Ok(socket)
     }
 
@@ -586,9 +590,13 @@ impl CnProcSocket {
 
 impl Drop for CnProcSocket {
     fn drop(&mut self) {
-        // Best effort: the kernel counts listeners and stops building events
-        // when none is left; closing the socket alone does not decrement it
-        // on kernels before 6.6.
+        // Best effort, and only after an acknowledged LISTEN: the kernel
+        // counts LISTEN requests (not sockets) to decide whether to build
+        // events at all, and closing the socket does not undo ours on every
+        // kernel; an IGNORE without a LISTEN would undo someone else's.
+        if !self.listening {
+            return;
+        }
         if let Err(error) = self.send_op(layout::PROC_CN_MCAST_IGNORE) {
             tracing::debug!(%error, "PROC_CN_MCAST_IGNORE not sent");
         }
