@@ -311,13 +311,7 @@ fn run_child_test(wrapper: &[&str], env: &[(&str, &str)], name: &str) -> String 
         None => Command::new(&exe),
     };
     command
-        .args([
-            "--exact",
-            name,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(child_support::ignored_test_args(name))
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
