@@ -83,6 +83,19 @@ fn spawn(program: &str, args: &[&str]) -> Reaped {
     Reaped(child)
 }
 
+/// The Fork (as child), Exec and Exit events of `pid`, in order.
+fn lifecycle_of(events: &[ProcEvent], pid: u32) -> Vec<ProcEvent> {
+    events
+        .iter()
+        .filter(|e| match e {
+            ProcEvent::Fork { child_tgid, .. } => *child_tgid == pid,
+            ProcEvent::Exec { tgid } | ProcEvent::Exit { tgid, .. } => *tgid == pid,
+            _ => false,
+        })
+        .copied()
+        .collect()
+}
+
 fn is_exit_of(pid: u32) -> impl FnMut(&ProcEvent) -> bool {
     move |event| matches!(event, ProcEvent::Exit { tgid, .. } if *tgid == pid)
 }
@@ -94,23 +107,16 @@ fn a_child_is_seen_forked_execd_and_exited_in_order() {
     let pid = child.0.id();
     let events = collect_until(&rx, "the child's exit", is_exit_of(pid));
     assert!(child.0.wait().unwrap().success());
-    let mine: Vec<_> = events
-        .iter()
-        .filter(|e| match e {
-            ProcEvent::Fork { child_tgid, .. } => *child_tgid == pid,
-            ProcEvent::Exec { tgid } | ProcEvent::Exit { tgid, .. } => *tgid == pid,
-            _ => false,
-        })
-        .collect();
+    let mine = lifecycle_of(&events, pid);
     assert_eq!(
         mine,
         [
-            &ProcEvent::Fork {
+            ProcEvent::Fork {
                 parent_tgid: std::process::id(),
                 child_tgid: pid
             },
-            &ProcEvent::Exec { tgid: pid },
-            &ProcEvent::Exit {
+            ProcEvent::Exec { tgid: pid },
+            ProcEvent::Exit {
                 tgid: pid,
                 exit_code: 0,
                 exit_signal: 17 // SIGCHLD
@@ -382,4 +388,133 @@ fn child_subscribe_switched_off() {
         Err(error @ SubscribeError::Disabled) => println!("REFUSED: {error}"),
         other => panic!("expected Disabled: {other:?}"),
     }
+}
+
+#[test]
+fn uid_gid_and_comm_changes_of_a_process_are_seen() {
+    let (source, rx) = source();
+    let mut child = spawn(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/sh",
+            "-c",
+            "printf worker > /proc/$$/comm",
+        ],
+    );
+    let pid = child.0.id();
+    let events = collect_until(&rx, "the child's exit", is_exit_of(pid));
+    assert!(child.0.wait().unwrap().success());
+    let mine: Vec<_> = events
+        .iter()
+        .filter(|e| match e {
+            ProcEvent::Uid { tgid, .. }
+            | ProcEvent::Gid { tgid, .. }
+            | ProcEvent::Comm { tgid, .. } => *tgid == pid,
+            _ => false,
+        })
+        .collect();
+    let mut worker = [0u8; 16];
+    worker[..6].copy_from_slice(b"worker");
+    // setpriv sets the uid, then the gid; the shell then renames itself.
+    assert_eq!(
+        mine,
+        [
+            &ProcEvent::Uid {
+                tgid: pid,
+                ruid: 65534,
+                euid: 65534
+            },
+            &ProcEvent::Gid {
+                tgid: pid,
+                rgid: 65534,
+                egid: 65534
+            },
+            &ProcEvent::Comm {
+                tgid: pid,
+                comm: worker
+            },
+        ]
+    );
+    assert_eq!(daemoneye_lib::collector::comm_name(&worker), b"worker");
+    source.stop().unwrap();
+}
+
+#[test]
+fn a_thread_of_this_process_is_not_reported() {
+    let (source, rx) = source();
+    let before = source.stats().thread_events;
+    let tid = std::thread::spawn(|| rustix::thread::gettid().as_raw_nonzero().get() as u32)
+        .join()
+        .unwrap();
+    let mut child = spawn("/bin/true", &[]);
+    let pid = child.0.id();
+    let events = collect_until(&rx, "the marker child's exit", is_exit_of(pid));
+    child.0.wait().unwrap();
+    let about_tid = lifecycle_of(&events, tid);
+    assert!(about_tid.is_empty(), "{about_tid:?}");
+    // Its start and its exit, at least (other tests' threads add more).
+    assert!(
+        source.stats().thread_events >= before + 2,
+        "{:?}",
+        source.stats()
+    );
+    source.stop().unwrap();
+}
+
+#[test]
+fn an_exec_from_a_non_leader_thread_is_reported_for_the_process() {
+    let (source, rx) = source();
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(child_support::ignored_test_args("child_exec_from_a_thread"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = Reaped(command.spawn().unwrap());
+    let pid = child.0.id();
+    // The first exit of the tgid is the old leader's; wait for the second.
+    let mut exits = 0;
+    let events = collect_until(&rx, "the child's final exit", |e| {
+        if matches!(e, ProcEvent::Exit { tgid, .. } if *tgid == pid) {
+            exits += 1;
+        }
+        exits == 2
+    });
+    child.0.wait().unwrap();
+    let mine = lifecycle_of(&events, pid);
+    let exit = ProcEvent::Exit {
+        tgid: pid,
+        exit_code: 0,
+        exit_signal: 17,
+    };
+    let exec = ProcEvent::Exec { tgid: pid };
+    // The test binary's exec; then the thread's exec makes the old leader
+    // exit first (the caveat `ProcEvent::Exit` documents), and /bin/true's
+    // exit ends it.
+    assert_eq!(
+        mine,
+        [
+            ProcEvent::Fork {
+                parent_tgid: std::process::id(),
+                child_tgid: pid
+            },
+            exec,
+            exit,
+            exec,
+            exit
+        ],
+    );
+    source.stop().unwrap();
+}
+
+#[test]
+#[ignore = "run by an_exec_from_a_non_leader_thread_is_reported_for_the_process"]
+fn child_exec_from_a_thread() {
+    use std::os::unix::process::CommandExt;
+    let error = std::thread::spawn(|| Command::new("/bin/true").exec())
+        .join()
+        .unwrap();
+    panic!("exec failed: {error}");
 }

@@ -46,11 +46,16 @@ pub enum ProcEvent {
     },
     /// The thread group leader of `tgid` exited.
     ///
-    /// Two cases make this not quite "the process ended": a leader that
-    /// calls `pthread_exit` exits while other threads run on (the last
-    /// thread's exit is a thread event, not reported); and an `execve` from
-    /// a non-leader thread first makes the old leader exit, so this `Exit`
-    /// is followed by an [`Exec`](Self::Exec) of the same `tgid`.
+    /// Two cases make this not quite "the process ended":
+    /// - an `execve` from a non-leader thread first makes the old leader
+    ///   exit (with the same codes as a real exit), so this `Exit` is
+    ///   followed by an [`Exec`](Self::Exec) of the same `tgid`. The tgid
+    ///   cannot have been reused in between (the process still holds it), so
+    ///   an `Exec` of a tgid seen exiting, with no `Fork` of it in between,
+    ///   means it lives on with a new image;
+    /// - a leader that calls `pthread_exit` is reported exited while other
+    ///   threads run on (the last thread's exit is a thread event, not
+    ///   reported): only a `/proc` scan tells.
     Exit {
         /// The process.
         tgid: u32,
