@@ -34,8 +34,8 @@ const DATAGRAM_BUFFER: usize = 8192;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventSourceConfig {
     /// The socket's receive buffer: how many events may queue while the
-    /// handler is busy (a connector message takes about 768 bytes of
-    /// buffer with the kernel's bookkeeping). Default 16 MiB.
+    /// handler is busy (a 76-byte connector message is charged its whole
+    /// socket buffer, several hundred bytes). Default 16 MiB.
     pub recv_buffer_bytes: usize,
     /// How long the kernel's acknowledgement of the subscription is awaited.
     /// Default 1 s.
@@ -105,6 +105,7 @@ pub struct EventSource {
     stop: Arc<AtomicBool>,
     waker: Waker,
     port: u32,
+    recv_buffer_bytes: usize,
     stop_timeout: Duration,
     sync: Arc<SyncState>,
     thread: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
@@ -137,6 +138,7 @@ impl EventSource {
         let stop = Arc::new(AtomicBool::new(false));
         let waker = socket.waker();
         let port = socket.port();
+        let recv_buffer_bytes = socket.recv_buffer_bytes().unwrap_or_default();
         let (done, finished) = mpsc::channel();
         let sync = Arc::new(SyncState::default());
         let tick = config.tick;
@@ -162,6 +164,7 @@ impl EventSource {
             stop,
             waker,
             port,
+            recv_buffer_bytes,
             stop_timeout: config.stop_timeout,
             sync,
             thread: Some((thread, finished)),
@@ -206,6 +209,13 @@ impl EventSource {
     /// counted as spoofed).
     pub fn port(&self) -> u32 {
         self.port
+    }
+
+    /// The receive buffer the kernel granted, as it reports it (twice the
+    /// size set, for its bookkeeping; less than asked when `SO_RCVBUFFORCE`
+    /// was refused and `net.core.rmem_max` capped it). 0 if unknown.
+    pub fn recv_buffer_bytes(&self) -> usize {
+        self.recv_buffer_bytes
     }
 
     /// Stops the thread and waits for it (up to the configured

@@ -46,11 +46,16 @@ pub enum ProcEvent {
     },
     /// The thread group leader of `tgid` exited.
     ///
-    /// Two cases make this not quite "the process ended": a leader that
-    /// calls `pthread_exit` exits while other threads run on (the last
-    /// thread's exit is a thread event, not reported); and an `execve` from
-    /// a non-leader thread first makes the old leader exit, so this `Exit`
-    /// is followed by an [`Exec`](Self::Exec) of the same `tgid`.
+    /// Two cases make this not quite "the process ended":
+    /// - an `execve` from a non-leader thread first makes the old leader
+    ///   exit (with the same codes as a real exit), so this `Exit` is
+    ///   followed by an [`Exec`](Self::Exec) of the same `tgid`. The tgid
+    ///   cannot have been reused in between (the process still holds it), so
+    ///   an `Exec` of a tgid seen exiting, with no `Fork` of it in between,
+    ///   means it lives on with a new image;
+    /// - a leader that calls `pthread_exit` is reported exited while other
+    ///   threads run on (the last thread's exit is a thread event, not
+    ///   reported): only a `/proc` scan tells.
     Exit {
         /// The process.
         tgid: u32,
@@ -614,35 +619,13 @@ impl Decoder {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use proptest::prelude::*;
 
     /// A well-formed datagram of one message, as the kernel builds it.
-    pub(crate) fn datagram(what: u32, cpu: u32, seq: u32, body: &[u32]) -> Vec<u8> {
-        let mut data = Vec::new();
-        data.extend_from_slice(&what.to_ne_bytes());
-        data.extend_from_slice(&cpu.to_ne_bytes());
-        data.extend_from_slice(&123_456_789u64.to_ne_bytes());
-        for word in body {
-            data.extend_from_slice(&word.to_ne_bytes());
-        }
-        data.resize(40, 0); // sizeof(struct proc_event)
-        let mut msg = Vec::new();
-        let total = layout::NLMSG_HDR_LEN + layout::CN_MSG_LEN + data.len();
-        msg.extend_from_slice(&(total as u32).to_ne_bytes());
-        msg.extend_from_slice(&layout::NLMSG_DONE.to_ne_bytes());
-        msg.extend_from_slice(&0u16.to_ne_bytes());
-        msg.extend_from_slice(&seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&layout::CN_IDX_PROC.to_ne_bytes());
-        msg.extend_from_slice(&layout::CN_VAL_PROC.to_ne_bytes());
-        msg.extend_from_slice(&seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&(data.len() as u16).to_ne_bytes());
-        msg.extend_from_slice(&0u16.to_ne_bytes());
-        msg.extend_from_slice(&data);
-        msg
+    fn datagram(what: u32, cpu: u32, seq: u32, body: &[u32]) -> Vec<u8> {
+        layout::event(what, cpu, seq, 123_456_789, body)
     }
 
     fn decode_all(decoder: &mut Decoder, bytes: &[u8], port: Option<u32>) -> Vec<Event> {

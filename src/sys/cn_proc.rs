@@ -197,14 +197,18 @@ pub mod layout {
         Some(u64::from_ne_bytes(bytes.get(offset..end)?.try_into().ok()?))
     }
 
-    /// A LISTEN or IGNORE request (`op`) with connector `seq` and `ack`,
-    /// from netlink port `port`.
-    pub fn request(op: u32, seq: u32, ack: u32, port: u32) -> [u8; REQUEST_LEN] {
-        let mut msg = [0u8; REQUEST_LEN];
+    /// A connector message with `data` after its headers: connector `seq`
+    /// and `ack`, from netlink port `port`.
+    fn message(seq: u32, ack: u32, port: u32, data: &[u8]) -> Vec<u8> {
+        let total = NLMSG_HDR_LEN + CN_MSG_LEN + data.len();
+        let mut msg = vec![0u8; total];
         let mut put = |offset: usize, bytes: &[u8]| {
             msg[offset..offset + bytes.len()].copy_from_slice(bytes);
         };
-        put(NLMSG_LEN, &(REQUEST_LEN as u32).to_ne_bytes());
+        put(
+            NLMSG_LEN,
+            &u32::try_from(total).unwrap_or(u32::MAX).to_ne_bytes(),
+        );
         put(NLMSG_TYPE, &NLMSG_DONE.to_ne_bytes());
         put(NLMSG_SEQ, &seq.to_ne_bytes());
         put(NLMSG_PID, &port.to_ne_bytes());
@@ -213,9 +217,35 @@ pub mod layout {
         put(cn + CN_VAL, &CN_VAL_PROC.to_ne_bytes());
         put(cn + CN_SEQ, &seq.to_ne_bytes());
         put(cn + CN_ACK, &ack.to_ne_bytes());
-        put(cn + CN_DATA_LEN, &4u16.to_ne_bytes());
-        put(cn + CN_MSG_LEN, &op.to_ne_bytes());
+        let data_len = u16::try_from(data.len()).unwrap_or(u16::MAX);
+        put(cn + CN_DATA_LEN, &data_len.to_ne_bytes());
+        put(cn + CN_MSG_LEN, data);
         msg
+    }
+
+    /// A LISTEN or IGNORE request (`op`) with connector `seq` and `ack`,
+    /// from netlink port `port`; [`REQUEST_LEN`] bytes.
+    pub fn request(op: u32, seq: u32, ack: u32, port: u32) -> Vec<u8> {
+        message(seq, ack, port, &op.to_ne_bytes())
+    }
+
+    /// A process event message as the kernel builds it: `what` from `cpu`
+    /// with sequence number `seq`, `body` as native-endian words, padded to
+    /// `sizeof(struct proc_event)`. For tests and tools; the kernel's own
+    /// are never built here.
+    pub fn event(what: u32, cpu: u32, seq: u32, timestamp_ns: u64, body: &[u32]) -> Vec<u8> {
+        const PROC_EVENT_LEN: usize = 40;
+        let mut data = Vec::with_capacity(PROC_EVENT_LEN);
+        data.extend_from_slice(&what.to_ne_bytes());
+        data.extend_from_slice(&cpu.to_ne_bytes());
+        data.extend_from_slice(&timestamp_ns.to_ne_bytes());
+        for word in body {
+            data.extend_from_slice(&word.to_ne_bytes());
+        }
+        if data.len() < PROC_EVENT_LEN {
+            data.resize(PROC_EVENT_LEN, 0);
+        }
+        message(seq, 0, 0, &data)
     }
 
     /// If `datagram` is a connector ack (`PROC_EVENT_NONE`) answering a
@@ -344,6 +374,8 @@ pub struct CnProcSocket {
     wake: Arc<OwnedFd>,
     port: u32,
     nonce: u32,
+    /// The kernel acknowledged our LISTEN (so an IGNORE is owed at drop).
+    listening: bool,
 }
 
 impl CnProcSocket {
@@ -400,11 +432,12 @@ impl CnProcSocket {
         // The request's `ack`, by which our ack is told from other
         // listeners' (see `layout::ack_error`); never 0, which most use.
         let nonce = (port ^ std::process::id().rotate_left(16)) | 1;
-        let socket = CnProcSocket {
+        let mut socket = CnProcSocket {
             fd,
             wake: Arc::new(wake),
             port,
             nonce,
+            listening: false,
         };
         socket
             .send_op(layout::PROC_CN_MCAST_LISTEN)
@@ -413,6 +446,7 @@ impl CnProcSocket {
                 source: err,
             })?;
         socket.await_ack(ack_timeout)?;
+        socket.listening = true;
         Ok(socket)
     }
 
@@ -556,9 +590,13 @@ impl CnProcSocket {
 
 impl Drop for CnProcSocket {
     fn drop(&mut self) {
-        // Best effort: the kernel counts listeners and stops building events
-        // when none is left; closing the socket alone does not decrement it
-        // on kernels before 6.6.
+        // Best effort, and only after an acknowledged LISTEN: the kernel
+        // counts LISTEN requests (not sockets) to decide whether to build
+        // events at all, and closing the socket does not undo ours on every
+        // kernel; an IGNORE without a LISTEN would undo someone else's.
+        if !self.listening {
+            return;
+        }
         if let Err(error) = self.send_op(layout::PROC_CN_MCAST_IGNORE) {
             tracing::debug!(%error, "PROC_CN_MCAST_IGNORE not sent");
         }

@@ -27,6 +27,19 @@ pub fn spawn_retrying(command: &mut Command) -> io::Result<Child> {
     }
 }
 
+/// The arguments that make a test binary run only its ignored test `name`,
+/// on one thread, with its output shown: how a test re-executes itself to
+/// run part of its work in a child.
+pub fn ignored_test_args(name: &str) -> [&str; 5] {
+    [
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]
+}
+
 /// A child whose output a thread collects, so that waiting for it has a
 /// deadline.
 pub struct Collected {
