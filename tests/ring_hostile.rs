@@ -223,49 +223,32 @@ proptest! {
 #[test]
 fn consumer_survives_concurrent_scribbling() {
     let (mut consumer, data, control) = live_copy();
-    let stop = Arc::new(AtomicBool::new(false));
-    let scribbles = Arc::new(AtomicU64::new(0));
-    let scribbler = {
-        let stop = Arc::clone(&stop);
-        let scribbles = Arc::clone(&scribbles);
-        thread::spawn(move || {
-            let mut rng = XorShift(0x1234_5678_9ABC_DEF1);
-            let region = data_region_len(CAP) as u64;
-            // Relaxed: a stop request; nothing else is shared.
-            while !stop.load(Ordering::Relaxed) {
-                let value = rng.next();
-                match value % 4 {
-                    0 => data.write_all_at(&value.to_ne_bytes(), rng.next() % (region - 8)),
-                    1 => data.write_all_at(&value.to_ne_bytes(), PRODUCER_POSITION_OFFSET as u64),
-                    2 => {
-                        let at = DATA_OFFSET as u64 + ((rng.next() % CAP as u64) & !7);
-                        data.write_all_at(&(value >> 8).to_ne_bytes(), at)
-                    }
-                    // Anywhere before the close line: a scribbled closed
-                    // flag would (rightly) end every read with Closed.
-                    _ => control.write_all_at(
-                        &value.to_ne_bytes(),
-                        rng.next() % (CONSUMER_CLOSED_OFFSET as u64 - 8),
-                    ),
-                }
-                .unwrap();
-                // Relaxed: a statistic.
-                scribbles.fetch_add(1, Ordering::Relaxed);
+    let scribbler = Scribbler::start(move |rng| {
+        let region = data_region_len(CAP) as u64;
+        let value = rng.next();
+        match value % 4 {
+            0 => data.write_all_at(&value.to_ne_bytes(), rng.next() % (region - 8)),
+            1 => data.write_all_at(&value.to_ne_bytes(), PRODUCER_POSITION_OFFSET as u64),
+            2 => {
+                let at = DATA_OFFSET as u64 + ((rng.next() % CAP as u64) & !7);
+                data.write_all_at(&(value >> 8).to_ne_bytes(), at)
             }
-        })
-    };
-    let attacks = [Attack::TryRead, Attack::TryBatch(7), Attack::Read];
-    let mut corrupt = 0;
-    let (mut i, start) = (0, Instant::now());
-    while keep_going(start, i, &scribbles) {
-        if read_once(&mut consumer, &attacks[i % attacks.len()]) == Outcome::Corrupt {
-            corrupt += 1;
+            // Anywhere before the close line: a scribbled closed
+            // flag would (rightly) end every read with Closed.
+            _ => control.write_all_at(
+                &value.to_ne_bytes(),
+                rng.next() % (CONSUMER_CLOSED_OFFSET as u64 - 8),
+            ),
         }
-        i += 1;
+        .unwrap();
+    });
+    let attacks = [Attack::TryRead, Attack::TryBatch(7), Attack::Read];
+    let mut run = Run::new("consumer", &scribbler);
+    while run.keep_going() {
+        let corrupt =
+            read_once(&mut consumer, &attacks[run.ops % attacks.len()]) == Outcome::Corrupt;
+        run.done_one(corrupt);
     }
-    stop.store(true, Ordering::Relaxed);
-    scribbler.join().unwrap();
-    assert!(corrupt > 0, "the scribbling never showed");
 }
 
 /// What the hostile consumer does to the producer, between claims.
@@ -362,34 +345,22 @@ fn producer_survives_concurrent_scribbling() {
     });
     let (mut producer, fds) = Producer::create(&config).unwrap();
     let control = File::from(fds.control);
-    let stop = Arc::new(AtomicBool::new(false));
-    let scribbles = Arc::new(AtomicU64::new(0));
-    let scribbler = {
-        let stop = Arc::clone(&stop);
-        let scribbles = Arc::clone(&scribbles);
-        let position = producer.position();
-        thread::spawn(move || {
-            let mut rng = XorShift(0xDEAD_BEEF_CAFE_F00D);
-            // Relaxed: a stop request; nothing else is shared.
-            while !stop.load(Ordering::Relaxed) {
-                let value = rng.next();
-                let at = match value % 3 {
-                    0 => CONSUMER_POSITION_OFFSET as u64,
-                    // Anywhere before the close line: a scribbled closed
-                    // flag would (rightly) end every claim with Closed.
-                    _ => rng.next() % (CONSUMER_CLOSED_OFFSET as u64 - 8),
-                };
-                let value = if value % 5 == 0 {
-                    position + ((value % 4096) & !7)
-                } else {
-                    value
-                };
-                control.write_all_at(&value.to_ne_bytes(), at).unwrap();
-                // Relaxed: a statistic.
-                scribbles.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
+    let position = producer.position();
+    let scribbler = Scribbler::start(move |rng| {
+        let value = rng.next();
+        let at = match value % 3 {
+            0 => CONSUMER_POSITION_OFFSET as u64,
+            // Anywhere before the close line: a scribbled closed
+            // flag would (rightly) end every claim with Closed.
+            _ => rng.next() % (CONSUMER_CLOSED_OFFSET as u64 - 8),
+        };
+        let value = if value % 5 == 0 {
+            position + ((value % 4096) & !7)
+        } else {
+            value
+        };
+        control.write_all_at(&value.to_ne_bytes(), at).unwrap();
+    });
     let ops = [
         Scribble::Claim {
             len: 100,
@@ -401,17 +372,11 @@ fn producer_survives_concurrent_scribbling() {
         },
         Scribble::Write(700),
     ];
-    let mut corrupt = 0;
-    let (mut i, start) = (0, Instant::now());
-    while keep_going(start, i, &scribbles) {
-        if claim_once(&mut producer, &ops[i % ops.len()]) {
-            corrupt += 1;
-        }
-        i += 1;
+    let mut run = Run::new("producer", &scribbler);
+    while run.keep_going() {
+        let corrupt = claim_once(&mut producer, &ops[run.ops % ops.len()]);
+        run.done_one(corrupt);
     }
-    stop.store(true, Ordering::Relaxed);
-    scribbler.join().unwrap();
-    assert!(corrupt > 0, "the scribbling never showed");
 }
 
 #[test]
@@ -624,13 +589,105 @@ fn a_valid_hand_made_ring_reads() {
     assert_eq!(consumer.position(), cap + 8);
 }
 
-/// Whether a concurrent test should go on: at least 20 000 operations and
-/// 5 000 scribbles (the scribbling thread may start late on a busy
-/// machine), within a minute.
-fn keep_going(start: Instant, ops: usize, scribbles: &AtomicU64) -> bool {
-    // Relaxed: a statistic.
-    let enough = ops >= 20_000 && scribbles.load(Ordering::Relaxed) >= 5_000;
-    !enough && start.elapsed() < Duration::from_secs(60)
+/// A thread that scribbles (one call of its closure per write) until it is
+/// dropped, counting its writes. Dropping it, also when the test fails,
+/// stops and joins the thread.
+struct Scribbler {
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Scribbler {
+    fn start(mut write: impl FnMut(&mut XorShift) + Send + 'static) -> Scribbler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, writes) = (Arc::clone(&stop), Arc::clone(&writes));
+            thread::spawn(move || {
+                let mut rng = XorShift(0x1234_5678_9ABC_DEF1);
+                // Relaxed: a stop request; nothing else is shared.
+                while !stop.load(Ordering::Relaxed) {
+                    write(&mut rng);
+                    // Relaxed: a statistic.
+                    writes.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        Scribbler {
+            stop,
+            writes,
+            thread: Some(thread),
+        }
+    }
+
+    fn writes(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Scribbler {
+    fn drop(&mut self) {
+        // Relaxed: a stop request; the join orders the rest.
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let joined = thread.join();
+            if !thread::panicking() {
+                joined.expect("the scribbler panicked");
+            }
+        }
+    }
+}
+
+/// The side under test's progress in a concurrent test. It goes on until it
+/// has done [`MIN_OPS`] operations, the scribbler [`MIN_WRITES`] writes, and
+/// at least one operation saw a lie: no time budget that a slow or busy
+/// machine could use up. Only a real bug (lies never detected, a thread
+/// that never runs) reaches [`DEADLINE`], which fails the test.
+struct Run<'a> {
+    side: &'static str,
+    scribbler: &'a Scribbler,
+    ops: usize,
+    corrupt: u64,
+    deadline: Instant,
+}
+
+const MIN_OPS: usize = 20_000;
+const MIN_WRITES: u64 = 5_000;
+const DEADLINE: Duration = Duration::from_secs(120);
+
+impl<'a> Run<'a> {
+    fn new(side: &'static str, scribbler: &'a Scribbler) -> Run<'a> {
+        Run {
+            side,
+            scribbler,
+            ops: 0,
+            corrupt: 0,
+            deadline: Instant::now().checked_add(DEADLINE).unwrap(),
+        }
+    }
+
+    /// Whether to do one more operation; fails the test at the deadline.
+    fn keep_going(&self) -> bool {
+        let writes = self.scribbler.writes();
+        if self.ops >= MIN_OPS && writes >= MIN_WRITES && self.corrupt > 0 {
+            return false;
+        }
+        assert!(
+            Instant::now() < self.deadline,
+            "the {} saw no lie within {DEADLINE:?}: {} operations, {} corrupt, {writes} scribbles",
+            self.side,
+            self.ops,
+            self.corrupt,
+        );
+        true
+    }
+
+    fn done_one(&mut self, corrupt: bool) {
+        self.ops += 1;
+        self.corrupt += u64::from(corrupt);
+    }
 }
 
 /// A small deterministic generator for the scribbling threads.
