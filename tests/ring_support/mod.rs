@@ -77,6 +77,17 @@ impl Peer {
     }
 }
 
+/// A child still running when its `Peer` goes (a test that failed before
+/// waiting for it) is killed and reaped, so it does not outlive the test.
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// In a child: the role and argument it was started with; `None` in the
 /// test run proper, where the `child` entry point does nothing.
 pub fn role() -> Option<(String, String)> {
