@@ -475,13 +475,31 @@ fn an_allowed_peer_hashes_only_files_it_could_read_itself() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&sha256sum(&public_file)));
 
-    // Another client's ring memfd through procmond's /proc/self/fd is refused.
-    let out = agent_cli(
-        &procmond.socket,
-        &["hash-check", "/proc/self/fd/3"],
-        Some(NOBODY),
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // Another client's ring, as procmond holds it: mapped, through no
+    // descriptor (see kill_9_of_an_agent_frees_its_ring...), so reachable
+    // only through procmond's /proc/PID/map_files, a magic link. Nobody may
+    // not read that directory (the kernel says so); even root, allowed by
+    // default, is refused, as procmond opens no magic link.
+    let other = procmond.agent();
+    let pid = procmond.pid();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let range = maps
+        .lines()
+        .find(|line| line.contains(RING_MEMFD))
+        .and_then(|line| line.split(' ').next())
+        .expect("procmond maps the other client's ring")
+        .to_owned();
+    let ring = format!("/proc/{pid}/map_files/{range}");
+    for (uid, reason) in [
+        (Some(NOBODY), "uid 65534 may not read it"),
+        (None, "goes through a /proc magic link"),
+    ] {
+        let out = agent_cli(&procmond.socket, &["hash-check", &ring], uid);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{uid:?}: {stderr}");
+        assert!(stderr.contains(reason), "{uid:?}: {stderr}");
+    }
+    drop(other);
 
     // Root, allowed by default, may hash the root-only file.
     let out = agent_cli(&procmond.socket, &["hash-check", secret_arg], None);
