@@ -227,12 +227,20 @@ fn agent_cli(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
     Collected::new(child).output_within(WAIT, &format!("daemoneye-agent {args:?}"))
 }
 
+/// Runs `command` to its end within [`WAIT`] (killed and failed, naming
+/// `what`, otherwise) and returns its output.
+fn output_within(command: &mut Command, what: &str) -> Output {
+    let child = spawn_retrying(command.stdout(Stdio::piped()).stderr(Stdio::piped()))
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    Collected::new(child).output_within(WAIT, what)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn sha256sum(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    let out = output_within(Command::new("sha256sum").arg(path), "sha256sum");
     assert!(out.status.success());
     text(&out.stdout)[..64].to_owned()
 }
@@ -588,10 +596,8 @@ fn when_procmond_stops_a_connections_results_the_client_is_told_why_and_the_slot
     let dir = TempDir::new("ended");
     let mut config = ServerConfig::new(dir.0.join("procmond.sock"));
     config.max_clients = 1;
-    let server = Server::bind(config).unwrap();
-    let socket = server.socket_path().to_owned();
-    let shutdown = server.shutdown_handle();
-    let serving = thread::spawn(move || server.run_until(&server.shutdown_handle()));
+    let serving = Serving::start(Server::bind(config).unwrap());
+    let socket = serving.server.socket_path().to_owned();
 
     // A client that breaks its ring (closes its reading side), then asks
     // for results: procmond's first write fails.
@@ -623,8 +629,7 @@ fn when_procmond_stops_a_connections_results_the_client_is_told_why_and_the_slot
     let mut agent = Agent::connect(&socket).unwrap();
     assert!(!collect(&mut agent, None).is_empty());
     drop(agent);
-    shutdown.trigger();
-    serving.join().unwrap();
+    serving.stop();
 }
 
 #[test]
@@ -633,13 +638,14 @@ fn hash_check_takes_a_relative_path_from_the_agents_directory() {
     let dir = TempDir::new("rel");
     let file = dir.0.join("data.bin");
     std::fs::write(&file, b"relative to the agent").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
-        .arg("--socket")
-        .arg(&procmond.socket)
-        .args(["hash-check", "./data.bin"])
-        .current_dir(&dir.0)
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
+            .arg("--socket")
+            .arg(&procmond.socket)
+            .args(["hash-check", "./data.bin"])
+            .current_dir(&dir.0),
+        "daemoneye-agent hash-check",
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let line = text(&out.stdout);
     assert!(line.starts_with(&sha256sum(&file)), "{line}");
@@ -649,15 +655,15 @@ fn hash_check_takes_a_relative_path_from_the_agents_directory() {
 
 #[test]
 fn a_max_frame_below_16_kib_is_a_clear_cli_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_procmond"))
-        .args([
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_procmond")).args([
             "--socket",
             "/nonexistent/p.sock",
             "--max-frame-bytes",
             "100",
-        ])
-        .output()
-        .unwrap();
+        ]),
+        "procmond",
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(err.contains("below the minimum of 16384 bytes"), "{err}");
@@ -686,11 +692,12 @@ fn without_a_socket_option_the_agent_names_every_default_path_it_tried() {
         return;
     }
     let dir = TempDir::new("xdg");
-    let out = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
-        .arg("enumerate")
-        .env("XDG_RUNTIME_DIR", &dir.0)
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
+            .arg("enumerate")
+            .env("XDG_RUNTIME_DIR", &dir.0),
+        "daemoneye-agent enumerate",
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(err.contains("procmond is not running"), "{err}");
@@ -961,13 +968,52 @@ fn an_abandoned_stream_is_skipped_by_the_next_call() {
     procmond.stop();
 }
 
-/// Triggers a server's shutdown when dropped, so a failed assertion in a
-/// scope that serves cannot leave the scope waiting forever.
-struct StopOnDrop(daemoneye_lib::server::ShutdownHandle);
+/// A server running on a thread. `stop` triggers its shutdown and waits,
+/// with a deadline, for it to end; dropping it (a failed assertion) only
+/// triggers the shutdown.
+struct Serving {
+    server: Arc<Server>,
+    done: Receiver<()>,
+    thread: Option<thread::JoinHandle<()>>,
+}
 
-impl Drop for StopOnDrop {
+impl Serving {
+    fn start(server: Server) -> Serving {
+        let server = Arc::new(server);
+        let (done_tx, done) = mpsc::channel();
+        let thread = {
+            let server = Arc::clone(&server);
+            thread::spawn(move || {
+                server.run_until(&server.shutdown_handle());
+                let _ = done_tx.send(());
+            })
+        };
+        Serving {
+            server,
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    /// Shuts the server down; fails the test if it has not stopped
+    /// serving within [`WAIT`].
+    fn stop(mut self) {
+        self.server.shutdown_handle().trigger();
+        match self.done.recv_timeout(WAIT) {
+            // Disconnected: the thread panicked; the join says how.
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.thread.take().unwrap().join().unwrap()
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the server did not stop within {WAIT:?} of its shutdown")
+            }
+        }
+    }
+}
+
+impl Drop for Serving {
     fn drop(&mut self) {
-        self.0.trigger();
+        self.server.shutdown_handle().trigger();
     }
 }
 
@@ -983,24 +1029,20 @@ fn an_agent_that_reconnects_gets_hashes_from_the_cache_its_first_connection_fill
         hash_algorithm: "sha256".into(),
         executable_path: file.to_string_lossy().into_owned(),
     };
-    thread::scope(|scope| {
-        let stop = StopOnDrop(server.shutdown_handle());
-        let serving = scope.spawn(|| server.run_until(&server.shutdown_handle()));
-        // Each connection has its own collector; the second is answered
-        // from the cache the first one filled.
-        for (connection, (hits, misses)) in [(1, (0, 1)), (2, (1, 1))] {
-            let mut agent = Agent::connect(&socket).expect("connect");
-            let report = agent.hash_check(check.clone()).unwrap();
-            assert_eq!(report.matched, Some(true), "connection {connection}");
-            drop(agent);
-            let stats = server.hash_cache_stats();
-            assert_eq!(
-                (stats.hits, stats.misses, stats.entries),
-                (hits, misses, 1),
-                "after connection {connection}"
-            );
-        }
-        drop(stop);
-        serving.join().unwrap();
-    });
+    let serving = Serving::start(server);
+    // Each connection has its own collector; the second is answered from
+    // the cache the first one filled.
+    for (connection, (hits, misses)) in [(1, (0, 1)), (2, (1, 1))] {
+        let mut agent = Agent::connect(&socket).expect("connect");
+        let report = agent.hash_check(check.clone()).unwrap();
+        assert_eq!(report.matched, Some(true), "connection {connection}");
+        drop(agent);
+        let stats = serving.server.hash_cache_stats();
+        assert_eq!(
+            (stats.hits, stats.misses, stats.entries),
+            (hits, misses, 1),
+            "after connection {connection}"
+        );
+    }
+    serving.stop();
 }
