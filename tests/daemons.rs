@@ -732,6 +732,10 @@ fn kill_9_of_procmond_mid_stream_is_peer_gone_within_a_second() {
     let elapsed = killed.elapsed();
     assert!(matches!(err, ClientError::PeerGone { .. }), "{err}");
     assert!(err.to_string().contains("peer gone"));
+    // The stream notices when its park times out and the pidfd says
+    // procmond is gone: one DEFAULT_PARK_TIMEOUT (100 ms), so a second
+    // leaves 900 ms for scheduling on a loaded machine, and a stream that
+    // did not watch procmond would wait out WAIT (20 s).
     assert!(
         elapsed < Duration::from_secs(1),
         "noticed after {elapsed:?}"
