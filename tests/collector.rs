@@ -2,6 +2,7 @@
 
 mod child_support;
 mod collector_support;
+mod skip_support;
 
 use std::fs;
 use std::io::Write;
@@ -692,7 +693,7 @@ fn a_process_in_another_mount_namespace_is_judged_by_its_own_files() {
             .status()
             .is_ok_and(|s| s.success());
     if !can_unshare {
-        println!("skipped: needs root and unshare(1) able to make a mount namespace");
+        skip_support::skip("needs root and unshare(1) able to make a mount namespace");
         return;
     }
     // A tmpfs mounted only inside the child's namespace: the host has an
@@ -715,7 +716,7 @@ fn a_process_in_another_mount_namespace_is_judged_by_its_own_files() {
     let out = child.child().stdout.take().expect("piped stdout");
     let line = LineReader::new(out).line();
     if line == "nomount" {
-        println!("skipped: tmpfs cannot be mounted here");
+        skip_support::skip("tmpfs cannot be mounted here");
         return;
     }
     assert_eq!(line, "ready");

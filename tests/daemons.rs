@@ -3,13 +3,13 @@
 //! real child processes, files, hashes, sockets and shared memory.
 
 mod child_support;
+mod skip_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
@@ -197,27 +197,31 @@ impl Drop for Sleeper {
 
 /// A copy of the agent binary in a fresh 0755 directory, so another uid can
 /// run it even when the checkout sits under a 0700 directory such as /root.
-fn public_agent_binary() -> &'static Path {
-    static COPY: OnceLock<PathBuf> = OnceLock::new();
-    COPY.get_or_init(|| {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("de-agent-bin-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = dir.join("daemoneye-agent");
-        std::fs::copy(env!("CARGO_BIN_EXE_daemoneye-agent"), &path).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    })
+/// Removed on drop, with its directory.
+struct PublicAgent {
+    path: PathBuf,
+    _dir: TempDir,
 }
 
-/// Runs the agent binary (as `uid` if given) within the deadline.
-fn agent_cli(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
-    let mut command = match uid {
-        Some(uid) => {
-            let mut command = Command::new(public_agent_binary());
-            command.uid(uid).gid(uid);
+impl PublicAgent {
+    fn new() -> PublicAgent {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("agent-bin");
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.0.join("daemoneye-agent");
+        std::fs::copy(env!("CARGO_BIN_EXE_daemoneye-agent"), &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        PublicAgent { path, _dir: dir }
+    }
+}
+
+/// Runs the agent binary (as uid nobody, from `public`, if given) within
+/// the deadline.
+fn agent_cli(socket: &Path, args: &[&str], public: Option<&PublicAgent>) -> Output {
+    let mut command = match public {
+        Some(public) => {
+            let mut command = Command::new(&public.path);
+            command.uid(NOBODY).gid(NOBODY);
             command
         }
         None => Command::new(env!("CARGO_BIN_EXE_daemoneye-agent")),
@@ -426,17 +430,20 @@ fn hash_check_and_verify_agree_with_sha256sum_and_flag_a_deleted_binary() {
 
 #[test]
 fn a_peer_outside_the_allow_list_is_refused_and_procmond_keeps_serving() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: running an agent as uid {NOBODY} needs root");
+    if !skip_support::is_root_or_skip(&format!("running an agent as uid {NOBODY}")) {
         return;
     }
+    let Some(group) = skip_support::group_name_or_skip(NOBODY) else {
+        return;
+    };
     // The group lets nobody reach the socket, so the allow-list refuses it.
-    let mut procmond = Procmond::start(&["--group", "nogroup"]);
+    let mut procmond = Procmond::start(&["--group", &group]);
     // The test's temp dir must be traversable by nobody.
     use std::os::unix::fs::PermissionsExt;
     let dir = procmond.socket.parent().unwrap().parent().unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = agent_cli(&procmond.socket, &["enumerate"], Some(NOBODY));
+    let nobody = PublicAgent::new();
+    let out = agent_cli(&procmond.socket, &["enumerate"], Some(&nobody));
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("refused"), "{stderr}");
@@ -452,10 +459,12 @@ fn a_peer_outside_the_allow_list_is_refused_and_procmond_keeps_serving() {
 
 #[test]
 fn an_allowed_peer_hashes_only_files_it_could_read_itself() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: running an agent as uid {NOBODY} needs root");
+    if !skip_support::is_root_or_skip(&format!("running an agent as uid {NOBODY}")) {
         return;
     }
+    let Some(group) = skip_support::group_name_or_skip(NOBODY) else {
+        return;
+    };
     let secret = TempDir::new("secret");
     let secret_file = secret.0.join("secret");
     std::fs::write(&secret_file, b"root only").unwrap();
@@ -466,20 +475,21 @@ fn an_allowed_peer_hashes_only_files_it_could_read_itself() {
     std::fs::write(&public_file, b"anyone may read this").unwrap();
     std::fs::set_permissions(&public_file, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    let mut procmond = Procmond::start(&["--group", "nogroup", "--allow-uid", "65534"]);
+    let mut procmond = Procmond::start(&["--group", &group, "--allow-uid", "65534"]);
     let dir = procmond.socket.parent().unwrap().parent().unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     // procmond runs as root, but hashes for nobody only what nobody may read.
+    let nobody = PublicAgent::new();
     let secret_arg = secret_file.to_str().unwrap();
-    let out = agent_cli(&procmond.socket, &["hash-check", secret_arg], Some(NOBODY));
+    let out = agent_cli(&procmond.socket, &["hash-check", secret_arg], Some(&nobody));
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("uid 65534"), "{stderr}");
     assert!(!text(&out.stdout).contains(&sha256sum(&secret_file)));
 
     let public_arg = public_file.to_str().unwrap();
-    let out = agent_cli(&procmond.socket, &["hash-check", public_arg], Some(NOBODY));
+    let out = agent_cli(&procmond.socket, &["hash-check", public_arg], Some(&nobody));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&sha256sum(&public_file)));
 
@@ -499,13 +509,13 @@ fn an_allowed_peer_hashes_only_files_it_could_read_itself() {
         .to_owned();
     let ring = format!("/proc/{pid}/map_files/{range}");
     for (uid, reason) in [
-        (Some(NOBODY), "uid 65534 may not read it"),
+        (Some(&nobody), "uid 65534 may not read it"),
         (None, "goes through a /proc magic link"),
     ] {
         let out = agent_cli(&procmond.socket, &["hash-check", &ring], uid);
         let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{uid:?}: {stderr}");
-        assert!(stderr.contains(reason), "{uid:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(2), "{reason}: {stderr}");
+        assert!(stderr.contains(reason), "{stderr}");
     }
     drop(other);
 
@@ -688,7 +698,7 @@ fn not_running_is_a_clear_error() {
 fn without_a_socket_option_the_agent_names_every_default_path_it_tried() {
     let system = Path::new("/run/daemoneye/procmond.sock");
     if system.exists() {
-        eprintln!("skipped: a procmond listens at {}", system.display());
+        skip_support::skip(&format!("a procmond listens at {}", system.display()));
         return;
     }
     let dir = TempDir::new("xdg");
