@@ -54,7 +54,6 @@ pub fn wake(word: &AtomicU32, count: u32) -> io::Result<usize> {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::Ordering;
     use std::time::Instant;
 
     #[test]
