@@ -3,6 +3,7 @@
 //! real child processes, files, hashes, sockets and shared memory.
 
 mod child_support;
+mod server_support;
 mod skip_support;
 
 use std::io::{BufRead, BufReader, Write};
@@ -17,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use child_support::{Collected, spawn_retrying};
+use server_support::Serving;
 use daemoneye_lib::client::{Agent, ClientError, MonitorEvent};
 use daemoneye_lib::control::frame::{read_message, write_message};
 use daemoneye_lib::control::{ClientFrame, RefusalCode, ServerFrame, client_frame, server_frame};
@@ -980,55 +982,6 @@ fn an_abandoned_stream_is_skipped_by_the_next_call() {
     );
     drop(agent);
     procmond.stop();
-}
-
-/// A server running on a thread. `stop` triggers its shutdown and waits,
-/// with a deadline, for it to end; dropping it (a failed assertion) only
-/// triggers the shutdown.
-struct Serving {
-    server: Arc<Server>,
-    done: Receiver<()>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Serving {
-    fn start(server: Server) -> Serving {
-        let server = Arc::new(server);
-        let (done_tx, done) = mpsc::channel();
-        let thread = {
-            let server = Arc::clone(&server);
-            thread::spawn(move || {
-                server.run_until(&server.shutdown_handle());
-                let _ = done_tx.send(());
-            })
-        };
-        Serving {
-            server,
-            done,
-            thread: Some(thread),
-        }
-    }
-
-    /// Shuts the server down; fails the test if it has not stopped
-    /// serving within [`WAIT`].
-    fn stop(mut self) {
-        self.server.shutdown_handle().trigger();
-        match self.done.recv_timeout(WAIT) {
-            // Disconnected: the thread panicked; the join says how.
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                self.thread.take().unwrap().join().unwrap()
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!("the server did not stop within {WAIT:?} of its shutdown")
-            }
-        }
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        self.server.shutdown_handle().trigger();
-    }
 }
 
 #[test]
