@@ -18,7 +18,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use child_support::{Collected, spawn_retrying};
-use server_support::Serving;
 use daemoneye_lib::client::{Agent, ClientError, MonitorEvent};
 use daemoneye_lib::control::frame::{read_message, write_message};
 use daemoneye_lib::control::{ClientFrame, RefusalCode, ServerFrame, client_frame, server_frame};
@@ -31,6 +30,7 @@ use daemoneye_lib::server::{Server, ServerConfig};
 use daemoneye_lib::sys::pidfd::PidFd;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use server_support::Serving;
 
 const WAIT: Duration = Duration::from_secs(20);
 const NOBODY: u32 = 65534;
