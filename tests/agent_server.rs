@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use collector_support::{Running, TempDir};
 use daemoneye_lib::client::{Agent, ClientError, ClientOptions, MonitorEvent};
-use daemoneye_lib::proto::ProtoProcessFilter;
+use daemoneye_lib::proto::{ProtoProcessFilter, ProtoProcessRecord};
 use daemoneye_lib::ring::{RingError, WaitStrategy};
 use daemoneye_lib::server::{Server, ServerConfig, ServerError};
 use server_support::Serving;
@@ -39,6 +39,15 @@ fn only(pid: u32) -> Option<ProtoProcessFilter> {
         pids: vec![pid],
         executable_pattern: None,
     })
+}
+
+/// This process's record, as `agent` lists it (a full round trip).
+fn this_process(agent: &mut Agent) -> Vec<ProtoProcessRecord> {
+    agent
+        .enumerate(only(std::process::id()), false)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
 }
 
 /// Mappings of ring memfds in this process.
@@ -122,11 +131,7 @@ fn an_agent_that_stops_reading_is_cut_off_after_the_stall_timeout_and_others_are
     // This agent now reads nothing while procmond waits for room. Another
     // is served meanwhile, and after.
     let mut other = Agent::connect(&socket).unwrap();
-    let mine = other
-        .enumerate(only(std::process::id()), false)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let mine = this_process(&mut other);
     assert_eq!(mine.len(), 1);
     // procmond gives the stalled connection up after its stall timeout and
     // unmaps that ring: in this process (server and agents both), the two
@@ -158,11 +163,7 @@ fn an_agent_that_stops_reading_is_cut_off_after_the_stall_timeout_and_others_are
         "{err:?}"
     );
     drop(records);
-    let mine = other
-        .enumerate(only(std::process::id()), false)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let mine = this_process(&mut other);
     assert_eq!(mine.len(), 1, "the other agent is still served");
     drop((stalled, other, children));
     serving.stop();
@@ -189,11 +190,7 @@ fn connect_with_options_and_the_timeouts_they_set() {
         std::process::id(),
         "the server runs in this process"
     );
-    let me = agent
-        .enumerate(only(std::process::id()), false)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let me = this_process(&mut agent);
     assert_eq!(me[0].pid, std::process::id());
 
     // A deadline already passed: the first frame cannot have come (procmond
@@ -217,11 +214,7 @@ fn connect_with_options_and_the_timeouts_they_set() {
     assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
     // And the agent is usable after both (their streams are skipped).
     agent.set_timeout(WAIT);
-    let me = agent
-        .enumerate(only(std::process::id()), false)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let me = this_process(&mut agent);
     assert_eq!(me.len(), 1);
     drop(agent);
     serving.stop();
@@ -260,11 +253,7 @@ fn next_event_times_out_and_the_stream_goes_on_and_a_dropped_stream_frees_the_ag
         };
         assert_eq!(exited.pid, pid);
     } // dropped live, without cancel
-    let me = agent
-        .enumerate(only(std::process::id()), false)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let me = this_process(&mut agent);
     assert_eq!(
         me.len(),
         1,
