@@ -3,6 +3,7 @@
 //! another uid), real descriptors passed and used.
 
 mod child_support;
+mod skip_support;
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -641,8 +642,7 @@ impl NobodyChild {
     /// without uid 65534 mapped, where `setuid` fails with `EINVAL`) and
     /// returns `None`, so the calling test is skipped rather than failed.
     fn spawn(name: &str, env: (&str, &Path)) -> Option<Self> {
-        if !rustix::process::geteuid().is_root() {
-            println!("skipped: switching a child to uid {NOBODY} needs root");
+        if !skip_support::is_root_or_skip(&format!("switching a child to uid {NOBODY}")) {
             return None;
         }
         let exe = ExecutableCopy::new();
@@ -663,7 +663,7 @@ impl NobodyChild {
         let child = match spawn_retrying(&mut command) {
             Ok(child) => child,
             Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
-                println!("skipped: cannot switch to uid {NOBODY} here ({e})");
+                skip_support::skip(&format!("cannot switch to uid {NOBODY} here ({e})"));
                 return None;
             }
             Err(e) => panic!("spawn the child as nobody: {e}"),

@@ -3,13 +3,14 @@
 //! real child processes, files, hashes, sockets and shared memory.
 
 mod child_support;
+mod server_support;
+mod skip_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,7 @@ use daemoneye_lib::server::{Server, ServerConfig};
 use daemoneye_lib::sys::pidfd::PidFd;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use server_support::Serving;
 
 const WAIT: Duration = Duration::from_secs(20);
 const NOBODY: u32 = 65534;
@@ -197,27 +199,31 @@ impl Drop for Sleeper {
 
 /// A copy of the agent binary in a fresh 0755 directory, so another uid can
 /// run it even when the checkout sits under a 0700 directory such as /root.
-fn public_agent_binary() -> &'static Path {
-    static COPY: OnceLock<PathBuf> = OnceLock::new();
-    COPY.get_or_init(|| {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("de-agent-bin-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = dir.join("daemoneye-agent");
-        std::fs::copy(env!("CARGO_BIN_EXE_daemoneye-agent"), &path).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    })
+/// Removed on drop, with its directory.
+struct PublicAgent {
+    path: PathBuf,
+    _dir: TempDir,
 }
 
-/// Runs the agent binary (as `uid` if given) within the deadline.
-fn agent_cli(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
-    let mut command = match uid {
-        Some(uid) => {
-            let mut command = Command::new(public_agent_binary());
-            command.uid(uid).gid(uid);
+impl PublicAgent {
+    fn new() -> PublicAgent {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("agent-bin");
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.0.join("daemoneye-agent");
+        std::fs::copy(env!("CARGO_BIN_EXE_daemoneye-agent"), &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        PublicAgent { path, _dir: dir }
+    }
+}
+
+/// Runs the agent binary (as uid nobody, from `public`, if given) within
+/// the deadline.
+fn agent_cli(socket: &Path, args: &[&str], public: Option<&PublicAgent>) -> Output {
+    let mut command = match public {
+        Some(public) => {
+            let mut command = Command::new(&public.path);
+            command.uid(NOBODY).gid(NOBODY);
             command
         }
         None => Command::new(env!("CARGO_BIN_EXE_daemoneye-agent")),
@@ -227,12 +233,20 @@ fn agent_cli(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
     Collected::new(child).output_within(WAIT, &format!("daemoneye-agent {args:?}"))
 }
 
+/// Runs `command` to its end within [`WAIT`] (killed and failed, naming
+/// `what`, otherwise) and returns its output.
+fn output_within(command: &mut Command, what: &str) -> Output {
+    let child = spawn_retrying(command.stdout(Stdio::piped()).stderr(Stdio::piped()))
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    Collected::new(child).output_within(WAIT, what)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn sha256sum(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    let out = output_within(Command::new("sha256sum").arg(path), "sha256sum");
     assert!(out.status.success());
     text(&out.stdout)[..64].to_owned()
 }
@@ -418,17 +432,20 @@ fn hash_check_and_verify_agree_with_sha256sum_and_flag_a_deleted_binary() {
 
 #[test]
 fn a_peer_outside_the_allow_list_is_refused_and_procmond_keeps_serving() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: running an agent as uid {NOBODY} needs root");
+    if !skip_support::is_root_or_skip(&format!("running an agent as uid {NOBODY}")) {
         return;
     }
+    let Some(group) = skip_support::group_name_or_skip(NOBODY) else {
+        return;
+    };
     // The group lets nobody reach the socket, so the allow-list refuses it.
-    let mut procmond = Procmond::start(&["--group", "nogroup"]);
+    let mut procmond = Procmond::start(&["--group", &group]);
     // The test's temp dir must be traversable by nobody.
     use std::os::unix::fs::PermissionsExt;
     let dir = procmond.socket.parent().unwrap().parent().unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = agent_cli(&procmond.socket, &["enumerate"], Some(NOBODY));
+    let nobody = PublicAgent::new();
+    let out = agent_cli(&procmond.socket, &["enumerate"], Some(&nobody));
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("refused"), "{stderr}");
@@ -444,10 +461,12 @@ fn a_peer_outside_the_allow_list_is_refused_and_procmond_keeps_serving() {
 
 #[test]
 fn an_allowed_peer_hashes_only_files_it_could_read_itself() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: running an agent as uid {NOBODY} needs root");
+    if !skip_support::is_root_or_skip(&format!("running an agent as uid {NOBODY}")) {
         return;
     }
+    let Some(group) = skip_support::group_name_or_skip(NOBODY) else {
+        return;
+    };
     let secret = TempDir::new("secret");
     let secret_file = secret.0.join("secret");
     std::fs::write(&secret_file, b"root only").unwrap();
@@ -458,30 +477,49 @@ fn an_allowed_peer_hashes_only_files_it_could_read_itself() {
     std::fs::write(&public_file, b"anyone may read this").unwrap();
     std::fs::set_permissions(&public_file, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    let mut procmond = Procmond::start(&["--group", "nogroup", "--allow-uid", "65534"]);
+    let mut procmond = Procmond::start(&["--group", &group, "--allow-uid", "65534"]);
     let dir = procmond.socket.parent().unwrap().parent().unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     // procmond runs as root, but hashes for nobody only what nobody may read.
+    let nobody = PublicAgent::new();
     let secret_arg = secret_file.to_str().unwrap();
-    let out = agent_cli(&procmond.socket, &["hash-check", secret_arg], Some(NOBODY));
+    let out = agent_cli(&procmond.socket, &["hash-check", secret_arg], Some(&nobody));
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("uid 65534"), "{stderr}");
     assert!(!text(&out.stdout).contains(&sha256sum(&secret_file)));
 
     let public_arg = public_file.to_str().unwrap();
-    let out = agent_cli(&procmond.socket, &["hash-check", public_arg], Some(NOBODY));
+    let out = agent_cli(&procmond.socket, &["hash-check", public_arg], Some(&nobody));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&sha256sum(&public_file)));
 
-    // Another client's ring memfd through procmond's /proc/self/fd is refused.
-    let out = agent_cli(
-        &procmond.socket,
-        &["hash-check", "/proc/self/fd/3"],
-        Some(NOBODY),
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // Another client's ring, as procmond holds it: mapped, through no
+    // descriptor (see kill_9_of_an_agent_frees_its_ring...), so reachable
+    // only through procmond's /proc/PID/map_files, a magic link. Nobody may
+    // not read that directory (the kernel says so); even root, allowed by
+    // default, is refused, as procmond opens no magic link.
+    let other = procmond.agent();
+    let pid = procmond.pid();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let range = maps
+        .lines()
+        .find(|line| line.contains(RING_MEMFD))
+        .and_then(|line| line.split(' ').next())
+        .expect("procmond maps the other client's ring")
+        .to_owned();
+    let ring = format!("/proc/{pid}/map_files/{range}");
+    for (uid, reason) in [
+        (Some(&nobody), "uid 65534 may not read it"),
+        (None, "goes through a /proc magic link"),
+    ] {
+        let out = agent_cli(&procmond.socket, &["hash-check", &ring], uid);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{reason}: {stderr}");
+        assert!(stderr.contains(reason), "{stderr}");
+    }
+    drop(other);
 
     // Root, allowed by default, may hash the root-only file.
     let out = agent_cli(&procmond.socket, &["hash-check", secret_arg], None);
@@ -570,10 +608,8 @@ fn when_procmond_stops_a_connections_results_the_client_is_told_why_and_the_slot
     let dir = TempDir::new("ended");
     let mut config = ServerConfig::new(dir.0.join("procmond.sock"));
     config.max_clients = 1;
-    let server = Server::bind(config).unwrap();
-    let socket = server.socket_path().to_owned();
-    let shutdown = server.shutdown_handle();
-    let serving = thread::spawn(move || server.run_until(&server.shutdown_handle()));
+    let serving = Serving::start(Server::bind(config).unwrap());
+    let socket = serving.server.socket_path().to_owned();
 
     // A client that breaks its ring (closes its reading side), then asks
     // for results: procmond's first write fails.
@@ -605,8 +641,7 @@ fn when_procmond_stops_a_connections_results_the_client_is_told_why_and_the_slot
     let mut agent = Agent::connect(&socket).unwrap();
     assert!(!collect(&mut agent, None).is_empty());
     drop(agent);
-    shutdown.trigger();
-    serving.join().unwrap();
+    serving.stop();
 }
 
 #[test]
@@ -615,13 +650,14 @@ fn hash_check_takes_a_relative_path_from_the_agents_directory() {
     let dir = TempDir::new("rel");
     let file = dir.0.join("data.bin");
     std::fs::write(&file, b"relative to the agent").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
-        .arg("--socket")
-        .arg(&procmond.socket)
-        .args(["hash-check", "./data.bin"])
-        .current_dir(&dir.0)
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
+            .arg("--socket")
+            .arg(&procmond.socket)
+            .args(["hash-check", "./data.bin"])
+            .current_dir(&dir.0),
+        "daemoneye-agent hash-check",
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let line = text(&out.stdout);
     assert!(line.starts_with(&sha256sum(&file)), "{line}");
@@ -631,15 +667,15 @@ fn hash_check_takes_a_relative_path_from_the_agents_directory() {
 
 #[test]
 fn a_max_frame_below_16_kib_is_a_clear_cli_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_procmond"))
-        .args([
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_procmond")).args([
             "--socket",
             "/nonexistent/p.sock",
             "--max-frame-bytes",
             "100",
-        ])
-        .output()
-        .unwrap();
+        ]),
+        "procmond",
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(err.contains("below the minimum of 16384 bytes"), "{err}");
@@ -664,15 +700,16 @@ fn not_running_is_a_clear_error() {
 fn without_a_socket_option_the_agent_names_every_default_path_it_tried() {
     let system = Path::new("/run/daemoneye/procmond.sock");
     if system.exists() {
-        eprintln!("skipped: a procmond listens at {}", system.display());
+        skip_support::skip(&format!("a procmond listens at {}", system.display()));
         return;
     }
     let dir = TempDir::new("xdg");
-    let out = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
-        .arg("enumerate")
-        .env("XDG_RUNTIME_DIR", &dir.0)
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
+            .arg("enumerate")
+            .env("XDG_RUNTIME_DIR", &dir.0),
+        "daemoneye-agent enumerate",
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(err.contains("procmond is not running"), "{err}");
@@ -707,6 +744,10 @@ fn kill_9_of_procmond_mid_stream_is_peer_gone_within_a_second() {
     let elapsed = killed.elapsed();
     assert!(matches!(err, ClientError::PeerGone { .. }), "{err}");
     assert!(err.to_string().contains("peer gone"));
+    // The stream notices when its park times out and the pidfd says
+    // procmond is gone: one DEFAULT_PARK_TIMEOUT (100 ms), so a second
+    // leaves 900 ms for scheduling on a loaded machine, and a stream that
+    // did not watch procmond would wait out WAIT (20 s).
     assert!(
         elapsed < Duration::from_secs(1),
         "noticed after {elapsed:?}"
@@ -943,16 +984,6 @@ fn an_abandoned_stream_is_skipped_by_the_next_call() {
     procmond.stop();
 }
 
-/// Triggers a server's shutdown when dropped, so a failed assertion in a
-/// scope that serves cannot leave the scope waiting forever.
-struct StopOnDrop(daemoneye_lib::server::ShutdownHandle);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.trigger();
-    }
-}
-
 #[test]
 fn an_agent_that_reconnects_gets_hashes_from_the_cache_its_first_connection_filled() {
     let dir = TempDir::new("shared-cache");
@@ -965,24 +996,20 @@ fn an_agent_that_reconnects_gets_hashes_from_the_cache_its_first_connection_fill
         hash_algorithm: "sha256".into(),
         executable_path: file.to_string_lossy().into_owned(),
     };
-    thread::scope(|scope| {
-        let stop = StopOnDrop(server.shutdown_handle());
-        let serving = scope.spawn(|| server.run_until(&server.shutdown_handle()));
-        // Each connection has its own collector; the second is answered
-        // from the cache the first one filled.
-        for (connection, (hits, misses)) in [(1, (0, 1)), (2, (1, 1))] {
-            let mut agent = Agent::connect(&socket).expect("connect");
-            let report = agent.hash_check(check.clone()).unwrap();
-            assert_eq!(report.matched, Some(true), "connection {connection}");
-            drop(agent);
-            let stats = server.hash_cache_stats();
-            assert_eq!(
-                (stats.hits, stats.misses, stats.entries),
-                (hits, misses, 1),
-                "after connection {connection}"
-            );
-        }
-        drop(stop);
-        serving.join().unwrap();
-    });
+    let serving = Serving::start(server);
+    // Each connection has its own collector; the second is answered from
+    // the cache the first one filled.
+    for (connection, (hits, misses)) in [(1, (0, 1)), (2, (1, 1))] {
+        let mut agent = Agent::connect(&socket).expect("connect");
+        let report = agent.hash_check(check.clone()).unwrap();
+        assert_eq!(report.matched, Some(true), "connection {connection}");
+        drop(agent);
+        let stats = serving.server.hash_cache_stats();
+        assert_eq!(
+            (stats.hits, stats.misses, stats.entries),
+            (hits, misses, 1),
+            "after connection {connection}"
+        );
+    }
+    serving.stop();
 }

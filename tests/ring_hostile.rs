@@ -13,6 +13,8 @@
 //! - The consumer's descriptor of the producer region cannot be mapped
 //!   writable.
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use daemoneye_lib::ring::layout::{
     CONSUMER_ATTACHED_OFFSET, CONSUMER_CLOSED_OFFSET, CONSUMER_POSITION_OFFSET, CONTROL_LEN,
-    DATA_OFFSET, MIN_CAPACITY, PRODUCER_POSITION_OFFSET, data_region_len,
+    DATA_OFFSET, MIN_CAPACITY, PRODUCER_CLOSED_OFFSET, PRODUCER_POSITION_OFFSET, data_region_len,
 };
 use daemoneye_lib::ring::{
     Consumer, ConsumerFds, CorruptKind, FrameHeader, Position, Producer, RingConfig, RingError,
@@ -31,6 +33,7 @@ use daemoneye_lib::ring::{
 };
 use daemoneye_lib::sys::memfd::{self, Access, Mapping, Seals};
 use proptest::prelude::*;
+use proptest::test_runner::{RngAlgorithm, TestCaseError, TestRng, TestRunner};
 
 const CAP: usize = MIN_CAPACITY;
 const MAX_FRAME: usize = 3000;
@@ -123,6 +126,9 @@ fn attack() -> impl Strategy<Value = Attack> {
         1 => any::<u64>().prop_map(Attack::Position),
         2 => any::<i16>().prop_map(Attack::PositionNear),
         2 => any::<u64>().prop_map(Attack::NextHeader),
+        // Well-formed header words with lying lengths.
+        1 => any::<u32>().prop_map(|len| Attack::NextHeader(FrameHeader::data(len, 0).encode())),
+        1 => any::<u32>().prop_map(|len| Attack::NextHeader(FrameHeader::padding(len).encode())),
         1 => (0..CONTROL_LEN, prop::collection::vec(any::<u8>(), 1..16))
             .prop_map(|(at, bytes)| Attack::Control { at, bytes }),
         3 => Just(Attack::TryRead),
@@ -141,7 +147,7 @@ fn check_frame(len: usize) {
 enum Outcome {
     Frames,
     Nothing,
-    Corrupt,
+    Corrupt(CorruptKind),
 }
 
 fn read_once(consumer: &mut Consumer, attack: &Attack) -> Outcome {
@@ -152,7 +158,7 @@ fn read_once(consumer: &mut Consumer, attack: &Attack) -> Outcome {
             Err(TryReadError::Empty | TryReadError::Closed | TryReadError::PeerGone) => {
                 Outcome::Nothing
             }
-            Err(TryReadError::Corrupt(_)) => Outcome::Corrupt,
+            Err(TryReadError::Corrupt(kind)) => Outcome::Corrupt(kind),
         },
         Attack::TryBatch(max) => {
             match consumer.try_read_batch(*max, |f| check_frame(f.bytes().len())) {
@@ -163,13 +169,13 @@ fn read_once(consumer: &mut Consumer, attack: &Attack) -> Outcome {
                 Err(TryReadError::Empty | TryReadError::Closed | TryReadError::PeerGone) => {
                     Outcome::Nothing
                 }
-                Err(TryReadError::Corrupt(_)) => Outcome::Corrupt,
+                Err(TryReadError::Corrupt(kind)) => Outcome::Corrupt(kind),
             }
         }
         Attack::Read => match consumer.read(Instant::now(), |f| check_frame(f.bytes().len())) {
             Ok(()) => Outcome::Frames,
             Err(RingError::TimedOut | RingError::Closed) => Outcome::Nothing,
-            Err(RingError::Corrupt(_)) => Outcome::Corrupt,
+            Err(RingError::Corrupt(kind)) => Outcome::Corrupt(kind),
             Err(other) => panic!("unexpected {other:?}"),
         },
         _ => unreachable!(),
@@ -181,24 +187,77 @@ fn read_once(consumer: &mut Consumer, attack: &Attack) -> Outcome {
     outcome
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+/// Runs `test` on 256 cases of `strategy` drawn from a fixed seed (so the
+/// kinds of lie the cases reach are the same every run), failing the test
+/// with the shrunk case if one fails.
+fn run_cases<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: std::fmt::Debug,
+{
+    let config = ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    if let Err(err) = TestRunner::new_with_rng(config, rng).run(&strategy, test) {
+        panic!("{err}");
+    }
+}
 
-    #[test]
-    fn consumer_survives_a_hostile_producer(attacks in prop::collection::vec(attack(), 1..120)) {
+/// A kind of lie by name (its variant), to count which kinds were caught.
+fn kind_name(kind: &CorruptKind) -> String {
+    format!("{kind:?}")
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect()
+}
+
+/// Asserts that every kind in `expected` was among those `seen`.
+fn assert_caught(seen: &BTreeSet<String>, expected: &[&str]) {
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|kind| !seen.contains(**kind))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "never caught {missing:?}; caught {seen:?}"
+    );
+}
+
+/// Writes a closed flag back to open after a scribble: a scribbled flag
+/// would (rightly) end every later call with `Closed`, and the lies after
+/// it would go untested.
+fn reopen(file: &File, offset: usize) {
+    file.write_all_at(&0u32.to_ne_bytes(), offset as u64)
+        .unwrap();
+}
+
+#[test]
+fn consumer_survives_a_hostile_producer() {
+    let caught = RefCell::new(BTreeSet::new());
+    run_cases(prop::collection::vec(attack(), 1..120), |attacks| {
         let (mut consumer, data, control) = live_copy();
+        let read = |consumer: &mut Consumer, attack: &Attack| {
+            if let Outcome::Corrupt(kind) = read_once(consumer, attack) {
+                caught.borrow_mut().insert(kind_name(&kind));
+            }
+        };
         for attack in &attacks {
             match attack {
                 Attack::Bytes { at, bytes } => {
                     let len = bytes.len().min(data_region_len(CAP) - at);
                     data.write_all_at(&bytes[..len], *at as u64).unwrap();
+                    reopen(&data, PRODUCER_CLOSED_OFFSET);
                 }
                 Attack::Position(value) => {
                     data.write_all_at(&value.to_ne_bytes(), PRODUCER_POSITION_OFFSET as u64)
                         .unwrap();
                 }
                 Attack::PositionNear(delta) => {
-                    let value = consumer.position().wrapping_add_signed(i64::from(*delta) * 8);
+                    let value = consumer
+                        .position()
+                        .wrapping_add_signed(i64::from(*delta) * 8);
                     data.write_all_at(&value.to_ne_bytes(), PRODUCER_POSITION_OFFSET as u64)
                         .unwrap();
                 }
@@ -209,63 +268,59 @@ proptest! {
                 Attack::Control { at, bytes } => {
                     let len = bytes.len().min(CONTROL_LEN - at);
                     control.write_all_at(&bytes[..len], *at as u64).unwrap();
+                    reopen(&control, CONSUMER_CLOSED_OFFSET);
                 }
-                read => {
-                    read_once(&mut consumer, read);
-                }
+                other => read(&mut consumer, other),
             }
         }
         // After all that, reads still end in a verdict, not a panic.
-        read_once(&mut consumer, &Attack::TryBatch(1000));
-    }
+        read(&mut consumer, &Attack::TryBatch(1000));
+        Ok(())
+    });
+    assert_caught(
+        &caught.borrow(),
+        &[
+            "BadPadding",
+            "FrameTooLong",
+            "FrameUnpublished",
+            "FrameKind",
+            "FrameReserved",
+            "PositionBackwards",
+            "PositionMisaligned",
+            "ProducerOverrun",
+        ],
+    );
 }
 
 #[test]
 fn consumer_survives_concurrent_scribbling() {
     let (mut consumer, data, control) = live_copy();
-    let stop = Arc::new(AtomicBool::new(false));
-    let scribbles = Arc::new(AtomicU64::new(0));
-    let scribbler = {
-        let stop = Arc::clone(&stop);
-        let scribbles = Arc::clone(&scribbles);
-        thread::spawn(move || {
-            let mut rng = XorShift(0x1234_5678_9ABC_DEF1);
-            let region = data_region_len(CAP) as u64;
-            // Relaxed: a stop request; nothing else is shared.
-            while !stop.load(Ordering::Relaxed) {
-                let value = rng.next();
-                match value % 4 {
-                    0 => data.write_all_at(&value.to_ne_bytes(), rng.next() % (region - 8)),
-                    1 => data.write_all_at(&value.to_ne_bytes(), PRODUCER_POSITION_OFFSET as u64),
-                    2 => {
-                        let at = DATA_OFFSET as u64 + ((rng.next() % CAP as u64) & !7);
-                        data.write_all_at(&(value >> 8).to_ne_bytes(), at)
-                    }
-                    // Anywhere before the close line: a scribbled closed
-                    // flag would (rightly) end every read with Closed.
-                    _ => control.write_all_at(
-                        &value.to_ne_bytes(),
-                        rng.next() % (CONSUMER_CLOSED_OFFSET as u64 - 8),
-                    ),
-                }
-                .unwrap();
-                // Relaxed: a statistic.
-                scribbles.fetch_add(1, Ordering::Relaxed);
+    let scribbler = Scribbler::start(move |rng| {
+        let region = data_region_len(CAP) as u64;
+        let value = rng.next();
+        match value % 4 {
+            0 => data.write_all_at(&value.to_ne_bytes(), rng.next() % (region - 8)),
+            1 => data.write_all_at(&value.to_ne_bytes(), PRODUCER_POSITION_OFFSET as u64),
+            2 => {
+                let at = DATA_OFFSET as u64 + ((rng.next() % CAP as u64) & !7);
+                data.write_all_at(&(value >> 8).to_ne_bytes(), at)
             }
-        })
-    };
-    let attacks = [Attack::TryRead, Attack::TryBatch(7), Attack::Read];
-    let mut corrupt = 0;
-    let (mut i, start) = (0, Instant::now());
-    while keep_going(start, i, &scribbles) {
-        if read_once(&mut consumer, &attacks[i % attacks.len()]) == Outcome::Corrupt {
-            corrupt += 1;
+            // Anywhere before the close line: a scribbled closed
+            // flag would (rightly) end every read with Closed.
+            _ => control.write_all_at(
+                &value.to_ne_bytes(),
+                rng.next() % (CONSUMER_CLOSED_OFFSET as u64 - 8),
+            ),
         }
-        i += 1;
+        .unwrap();
+    });
+    let attacks = [Attack::TryRead, Attack::TryBatch(7), Attack::Read];
+    let mut run = Run::new("consumer", &scribbler);
+    while run.keep_going() {
+        let corrupt = read_once(&mut consumer, &attacks[run.ops % attacks.len()]);
+        let corrupt = matches!(corrupt, Outcome::Corrupt(_));
+        run.done_one(corrupt);
     }
-    stop.store(true, Ordering::Relaxed);
-    scribbler.join().unwrap();
-    assert!(corrupt > 0, "the scribbling never showed");
 }
 
 /// What the hostile consumer does to the producer, between claims.
@@ -295,8 +350,8 @@ fn scribble() -> impl Strategy<Value = Scribble> {
     ]
 }
 
-/// Returns whether the producer reported the consumer region corrupt.
-fn claim_once(producer: &mut Producer, op: &Scribble) -> bool {
+/// Returns the lie the producer reported in the consumer region, if any.
+fn claim_once(producer: &mut Producer, op: &Scribble) -> Option<CorruptKind> {
     let before = producer.position();
     let corrupt = match op {
         Scribble::Claim { len, abandon } => match producer.try_claim(*len) {
@@ -305,15 +360,15 @@ fn claim_once(producer: &mut Producer, op: &Scribble) -> bool {
                 if !abandon {
                     claim.commit(*len);
                 }
-                false
+                None
             }
-            Err(TryClaimError::Full | TryClaimError::Closed) => false,
-            Err(TryClaimError::Corrupt(_)) => true,
+            Err(TryClaimError::Full | TryClaimError::Closed) => None,
+            Err(TryClaimError::Corrupt(kind)) => Some(kind),
             Err(other) => panic!("unexpected {other:?}"),
         },
         Scribble::Write(len) => match producer.write(&vec![1; *len], 3, Instant::now()) {
-            Ok(()) | Err(RingError::TimedOut | RingError::Closed) => false,
-            Err(RingError::Corrupt(_)) => true,
+            Ok(()) | Err(RingError::TimedOut | RingError::Closed) => None,
+            Err(RingError::Corrupt(kind)) => Some(kind),
             Err(other) => panic!("unexpected {other:?}"),
         },
         _ => unreachable!(),
@@ -325,11 +380,10 @@ fn claim_once(producer: &mut Producer, op: &Scribble) -> bool {
     corrupt
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-
-    #[test]
-    fn producer_survives_a_hostile_consumer(ops in prop::collection::vec(scribble(), 1..200)) {
+#[test]
+fn producer_survives_a_hostile_consumer() {
+    let caught = RefCell::new(BTreeSet::new());
+    run_cases(prop::collection::vec(scribble(), 1..200), |ops| {
         let (mut producer, fds) = Producer::create(&config()).unwrap();
         let control = File::from(fds.control);
         for op in &ops {
@@ -337,22 +391,34 @@ proptest! {
                 Scribble::Bytes { at, bytes } => {
                     let len = bytes.len().min(CONTROL_LEN - at);
                     control.write_all_at(&bytes[..len], *at as u64).unwrap();
+                    reopen(&control, CONSUMER_CLOSED_OFFSET);
                 }
                 Scribble::Position(value) => {
-                    control.write_all_at(&value.to_ne_bytes(), CONSUMER_POSITION_OFFSET as u64)
+                    control
+                        .write_all_at(&value.to_ne_bytes(), CONSUMER_POSITION_OFFSET as u64)
                         .unwrap();
                 }
                 Scribble::PositionNear(delta) => {
-                    let value = producer.position().wrapping_add_signed(i64::from(*delta) * 8);
-                    control.write_all_at(&value.to_ne_bytes(), CONSUMER_POSITION_OFFSET as u64)
+                    let value = producer
+                        .position()
+                        .wrapping_add_signed(i64::from(*delta) * 8);
+                    control
+                        .write_all_at(&value.to_ne_bytes(), CONSUMER_POSITION_OFFSET as u64)
                         .unwrap();
                 }
                 claim => {
-                    claim_once(&mut producer, claim);
+                    if let Some(kind) = claim_once(&mut producer, claim) {
+                        caught.borrow_mut().insert(kind_name(&kind));
+                    }
                 }
             }
         }
-    }
+        Ok(())
+    });
+    assert_caught(
+        &caught.borrow(),
+        &["PositionBackwards", "PositionMisaligned", "ConsumerOverrun"],
+    );
 }
 
 #[test]
@@ -362,34 +428,22 @@ fn producer_survives_concurrent_scribbling() {
     });
     let (mut producer, fds) = Producer::create(&config).unwrap();
     let control = File::from(fds.control);
-    let stop = Arc::new(AtomicBool::new(false));
-    let scribbles = Arc::new(AtomicU64::new(0));
-    let scribbler = {
-        let stop = Arc::clone(&stop);
-        let scribbles = Arc::clone(&scribbles);
-        let position = producer.position();
-        thread::spawn(move || {
-            let mut rng = XorShift(0xDEAD_BEEF_CAFE_F00D);
-            // Relaxed: a stop request; nothing else is shared.
-            while !stop.load(Ordering::Relaxed) {
-                let value = rng.next();
-                let at = match value % 3 {
-                    0 => CONSUMER_POSITION_OFFSET as u64,
-                    // Anywhere before the close line: a scribbled closed
-                    // flag would (rightly) end every claim with Closed.
-                    _ => rng.next() % (CONSUMER_CLOSED_OFFSET as u64 - 8),
-                };
-                let value = if value % 5 == 0 {
-                    position + ((value % 4096) & !7)
-                } else {
-                    value
-                };
-                control.write_all_at(&value.to_ne_bytes(), at).unwrap();
-                // Relaxed: a statistic.
-                scribbles.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
+    let position = producer.position();
+    let scribbler = Scribbler::start(move |rng| {
+        let value = rng.next();
+        let at = match value % 3 {
+            0 => CONSUMER_POSITION_OFFSET as u64,
+            // Anywhere before the close line: a scribbled closed
+            // flag would (rightly) end every claim with Closed.
+            _ => rng.next() % (CONSUMER_CLOSED_OFFSET as u64 - 8),
+        };
+        let value = if value % 5 == 0 {
+            position + ((value % 4096) & !7)
+        } else {
+            value
+        };
+        control.write_all_at(&value.to_ne_bytes(), at).unwrap();
+    });
     let ops = [
         Scribble::Claim {
             len: 100,
@@ -401,17 +455,11 @@ fn producer_survives_concurrent_scribbling() {
         },
         Scribble::Write(700),
     ];
-    let mut corrupt = 0;
-    let (mut i, start) = (0, Instant::now());
-    while keep_going(start, i, &scribbles) {
-        if claim_once(&mut producer, &ops[i % ops.len()]) {
-            corrupt += 1;
-        }
-        i += 1;
+    let mut run = Run::new("producer", &scribbler);
+    while run.keep_going() {
+        let corrupt = claim_once(&mut producer, &ops[run.ops % ops.len()]).is_some();
+        run.done_one(corrupt);
     }
-    stop.store(true, Ordering::Relaxed);
-    scribbler.join().unwrap();
-    assert!(corrupt > 0, "the scribbling never showed");
 }
 
 #[test]
@@ -624,13 +672,105 @@ fn a_valid_hand_made_ring_reads() {
     assert_eq!(consumer.position(), cap + 8);
 }
 
-/// Whether a concurrent test should go on: at least 20 000 operations and
-/// 5 000 scribbles (the scribbling thread may start late on a busy
-/// machine), within a minute.
-fn keep_going(start: Instant, ops: usize, scribbles: &AtomicU64) -> bool {
-    // Relaxed: a statistic.
-    let enough = ops >= 20_000 && scribbles.load(Ordering::Relaxed) >= 5_000;
-    !enough && start.elapsed() < Duration::from_secs(60)
+/// A thread that scribbles (one call of its closure per write) until it is
+/// dropped, counting its writes. Dropping it, also when the test fails,
+/// stops and joins the thread.
+struct Scribbler {
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Scribbler {
+    fn start(mut write: impl FnMut(&mut XorShift) + Send + 'static) -> Scribbler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, writes) = (Arc::clone(&stop), Arc::clone(&writes));
+            thread::spawn(move || {
+                let mut rng = XorShift(0x1234_5678_9ABC_DEF1);
+                // Relaxed: a stop request; nothing else is shared.
+                while !stop.load(Ordering::Relaxed) {
+                    write(&mut rng);
+                    // Relaxed: a statistic.
+                    writes.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        Scribbler {
+            stop,
+            writes,
+            thread: Some(thread),
+        }
+    }
+
+    fn writes(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Scribbler {
+    fn drop(&mut self) {
+        // Relaxed: a stop request; the join orders the rest.
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let joined = thread.join();
+            if !thread::panicking() {
+                joined.expect("the scribbler panicked");
+            }
+        }
+    }
+}
+
+/// The side under test's progress in a concurrent test. It goes on until it
+/// has done [`MIN_OPS`] operations, the scribbler [`MIN_WRITES`] writes, and
+/// at least one operation saw a lie: no time budget that a slow or busy
+/// machine could use up. Only a real bug (lies never detected, a thread
+/// that never runs) reaches [`DEADLINE`], which fails the test.
+struct Run<'a> {
+    side: &'static str,
+    scribbler: &'a Scribbler,
+    ops: usize,
+    corrupt: u64,
+    deadline: Instant,
+}
+
+const MIN_OPS: usize = 20_000;
+const MIN_WRITES: u64 = 5_000;
+const DEADLINE: Duration = Duration::from_secs(120);
+
+impl<'a> Run<'a> {
+    fn new(side: &'static str, scribbler: &'a Scribbler) -> Run<'a> {
+        Run {
+            side,
+            scribbler,
+            ops: 0,
+            corrupt: 0,
+            deadline: Instant::now().checked_add(DEADLINE).unwrap(),
+        }
+    }
+
+    /// Whether to do one more operation; fails the test at the deadline.
+    fn keep_going(&self) -> bool {
+        let writes = self.scribbler.writes();
+        if self.ops >= MIN_OPS && writes >= MIN_WRITES && self.corrupt > 0 {
+            return false;
+        }
+        assert!(
+            Instant::now() < self.deadline,
+            "the {} saw no lie within {DEADLINE:?}: {} operations, {} corrupt, {writes} scribbles",
+            self.side,
+            self.ops,
+            self.corrupt,
+        );
+        true
+    }
+
+    fn done_one(&mut self, corrupt: bool) {
+        self.ops += 1;
+        self.corrupt += u64::from(corrupt);
+    }
 }
 
 /// A small deterministic generator for the scribbling threads.

@@ -17,6 +17,7 @@ mod ring_support;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use daemoneye_lib::ring::layout::{
@@ -28,10 +29,23 @@ use daemoneye_lib::ring::{
     WaitStrategy, pair,
 };
 use daemoneye_lib::sys::memfd::{self, Seals};
-use ring_support::{recv_fds, recv_u64, send_fds, send_u64, spawn};
+use ring_support::{Peer, recv_fds, recv_u64, send_fds, send_u64, spawn};
 
 const MAX_FRAME: usize = 3000;
-const SCRIBBLE_FOR: Duration = Duration::from_millis(1500);
+/// The parent tells the child to stop once it has seen a lie and done
+/// [`MIN_OPS`] rounds; only a real bug (lies never detected) reaches
+/// [`DEADLINE`], which fails the test. The child gives up a little later,
+/// so that the parent's message names the failure.
+const MIN_OPS: u64 = 20_000;
+const DEADLINE: Duration = Duration::from_secs(120);
+const CHILD_DEADLINE: Duration = Duration::from_secs(150);
+/// Messages on the socket: the other side hung up (read as end of file),
+/// the child attached (or the parent did), the parent asks the child to
+/// stop, the child stopped.
+const GONE: u64 = 0;
+const ATTACHED: u64 = 1;
+const DONE: u64 = 2;
+const STOP: u64 = 3;
 /// Consumer region offsets of the two futex words.
 const WAITER_OFFSETS: [usize; 2] = [128, 256];
 
@@ -76,7 +90,7 @@ fn position_lie(rng: &mut u64, near: u64) -> u64 {
 }
 
 /// The hostile producer: a copy of a wrapped live ring, then scribbles on
-/// it until `SCRIBBLE_FOR` has passed.
+/// it until the parent says stop.
 fn hostile_producer() {
     let mut socket = ring_support::parent_socket();
     let (mut producer, fds) = Producer::create(&config()).unwrap();
@@ -106,12 +120,12 @@ fn hostile_producer() {
             control: control_fd,
         },
     );
-    assert_eq!(recv_u64(&mut socket), 1, "parent did not attach");
+    assert_eq!(recv_u64(&mut socket), ATTACHED, "parent did not attach");
 
     let data_len = data_region_len(MIN_CAPACITY) as u64;
     let mut rng = 0xbad_f00d;
-    let until = Instant::now() + SCRIBBLE_FOR;
-    while Instant::now() < until {
+    let mut until = Until::new(&mut socket);
+    while until.going_on() {
         let value = next(&mut rng);
         match value % 5 {
             // Anywhere in the producer region, header included.
@@ -151,20 +165,20 @@ fn hostile_producer() {
             }
         }
     }
-    send_u64(&mut socket, 2);
+    send_u64(&mut socket, DONE);
 }
 
 /// The hostile consumer: attaches, reads a little, and scribbles on the
-/// consumer region until `SCRIBBLE_FOR` has passed.
+/// consumer region until the parent says stop.
 fn hostile_consumer() {
     let mut socket = ring_support::parent_socket();
     let fds = recv_fds(&socket);
     let control = File::from(fds.control.try_clone().unwrap());
     let mut consumer = Consumer::attach(fds, WaitStrategy::BusySpin).unwrap();
-    send_u64(&mut socket, 1);
+    send_u64(&mut socket, ATTACHED);
     let mut rng = 0x0fee_1bad;
-    let until = Instant::now() + SCRIBBLE_FOR;
-    while Instant::now() < until {
+    let mut until = Until::new(&mut socket);
+    while until.going_on() {
         // Whatever the producer makes of the lies, this side may read on.
         let _ = consumer.try_read_batch(16, |_| ());
         let here = consumer.position();
@@ -193,14 +207,45 @@ fn hostile_consumer() {
     control
         .write_all_at(&0u32.to_ne_bytes(), CONSUMER_CLOSED_OFFSET as u64)
         .unwrap();
-    send_u64(&mut socket, 2);
+    send_u64(&mut socket, DONE);
+}
+
+/// In a child: whether to scribble on. Checks for the parent's stop message
+/// every few hundred rounds (a non-blocking read), and gives up at
+/// [`CHILD_DEADLINE`].
+struct Until<'a> {
+    socket: &'a mut UnixStream,
+    rounds: u64,
+    deadline: Instant,
+}
+
+impl<'a> Until<'a> {
+    fn new(socket: &'a mut UnixStream) -> Until<'a> {
+        Until {
+            socket,
+            rounds: 0,
+            deadline: Instant::now().checked_add(CHILD_DEADLINE).unwrap(),
+        }
+    }
+
+    fn going_on(&mut self) -> bool {
+        self.rounds += 1;
+        if self.rounds % 256 != 0 {
+            return true;
+        }
+        match poll_message(self.socket) {
+            // A parent that failed (and hung up) stops its child too.
+            Some(STOP | GONE) => false,
+            Some(other) => panic!("unexpected message {other}"),
+            None => Instant::now() < self.deadline,
+        }
+    }
 }
 
 #[test]
+#[ignore = "run in a child process by the other tests of this file"]
 fn child() {
-    let Some((role, _)) = ring_support::role() else {
-        return;
-    };
+    let (role, _) = ring_support::role();
     match role.as_str() {
         "hostile-producer" => hostile_producer(),
         "hostile-consumer" => hostile_consumer(),
@@ -208,44 +253,100 @@ fn child() {
     }
 }
 
-/// Whether the child has sent its "done" message (non-blocking).
-fn done(socket: &mut std::os::unix::net::UnixStream) -> bool {
+/// A message from the other side if one has come (non-blocking), [`GONE`]
+/// once it has hung up. A message is 8 bytes, sent at once, so it never
+/// arrives in part.
+fn poll_message(socket: &mut UnixStream) -> Option<u64> {
     socket.set_nonblocking(true).unwrap();
-    let mut byte = [0u8; 8];
-    let got = std::io::Read::read(socket, &mut byte);
+    let mut bytes = [0u8; 8];
+    let got = std::io::Read::read(socket, &mut bytes);
     socket.set_nonblocking(false).unwrap();
-    matches!(got, Ok(8)) && u64::from_le_bytes(byte) == 2
+    match got {
+        Ok(0) => Some(GONE),
+        Ok(8) => Some(u64::from_le_bytes(bytes)),
+        Ok(n) => panic!("a message of {n} bytes"),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(e) => panic!("socket: {e}"),
+    }
+}
+
+/// In the parent: the rounds done and lies seen while the child scribbles.
+/// It asks the child to stop once it has done [`MIN_OPS`] rounds and seen a
+/// lie, goes on until the child says it stopped, and fails the test at
+/// [`DEADLINE`].
+struct Watch {
+    rounds: u64,
+    corrupt: u64,
+    stop_sent: bool,
+    deadline: Instant,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            rounds: 0,
+            corrupt: 0,
+            stop_sent: false,
+            deadline: Instant::now().checked_add(DEADLINE).unwrap(),
+        }
+    }
+
+    fn going_on(&mut self, peer: &mut Peer) -> bool {
+        if !self.stop_sent && self.rounds >= MIN_OPS && self.corrupt > 0 {
+            send_u64(&mut peer.socket, STOP);
+            self.stop_sent = true;
+        }
+        match poll_message(&mut peer.socket) {
+            Some(DONE) => {
+                assert!(self.stop_sent, "the child stopped unasked (its deadline)");
+                return false;
+            }
+            Some(GONE) => panic!("the child hung up (it failed?)"),
+            Some(other) => panic!("unexpected message {other}"),
+            None => {}
+        }
+        assert!(
+            Instant::now() < self.deadline,
+            "no lie detected within {DEADLINE:?} ({} rounds, {} corrupt; stop sent: {})",
+            self.rounds,
+            self.corrupt,
+            self.stop_sent,
+        );
+        self.rounds += 1;
+        true
+    }
 }
 
 #[test]
 fn consumer_survives_a_scribbling_producer_process() {
     let mut peer = spawn("child", "hostile-producer", "");
     let mut consumer = Consumer::attach(recv_fds(&peer.socket), WaitStrategy::BusySpin).unwrap();
-    send_u64(&mut peer.socket, 1);
-    let (mut frames, mut corrupt, mut other) = (0u64, 0u64, 0u64);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done(&mut peer.socket) {
-        assert!(Instant::now() < deadline, "child never finished");
+    send_u64(&mut peer.socket, ATTACHED);
+    let (mut frames, mut other) = (0u64, 0u64);
+    let mut watch = Watch::new();
+    while watch.going_on(&mut peer) {
         let got = consumer.try_read_batch(8, |frame| {
             assert!(frame.bytes().len() <= MAX_FRAME);
             frames += 1;
         });
         match got {
             Ok(_) => {}
-            Err(TryReadError::Corrupt(_)) => corrupt += 1,
+            Err(TryReadError::Corrupt(_)) => watch.corrupt += 1,
             Err(TryReadError::Empty | TryReadError::Closed | TryReadError::PeerGone) => other += 1,
         }
         let soon = Instant::now() + Duration::from_micros(200);
         match consumer.read(soon, |frame| frame.bytes().len()) {
             Ok(len) => assert!(len <= MAX_FRAME),
-            Err(RingError::Corrupt(_)) => corrupt += 1,
+            Err(RingError::Corrupt(_)) => watch.corrupt += 1,
             Err(RingError::TimedOut | RingError::Closed) => other += 1,
             Err(err) => panic!("unexpected error {err:?}"),
         }
     }
     peer.expect_success(Duration::from_secs(30));
-    println!("hostile producer: {frames} frames, {corrupt} corrupt, {other} empty/closed");
-    assert!(corrupt > 0, "no lie was ever detected");
+    println!(
+        "hostile producer: {frames} frames, {} corrupt, {other} empty/closed",
+        watch.corrupt
+    );
 }
 
 #[test]
@@ -254,29 +355,30 @@ fn producer_survives_a_scribbling_consumer_process() {
     let mut peer = spawn("child", "hostile-consumer", "");
     send_fds(&peer.socket, &fds);
     drop(fds);
-    assert_eq!(recv_u64(&mut peer.socket), 1, "child did not attach");
-    let (mut written, mut corrupt, mut other) = (0u64, 0u64, 0u64);
+    assert_eq!(recv_u64(&mut peer.socket), ATTACHED, "child did not attach");
+    let (mut written, mut other) = (0u64, 0u64);
     let payload = [0x5a; 1000];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done(&mut peer.socket) {
-        assert!(Instant::now() < deadline, "child never finished");
+    let mut watch = Watch::new();
+    while watch.going_on(&mut peer) {
         match producer.try_write(&payload, 1) {
             Ok(()) => written += 1,
-            Err(TryClaimError::Corrupt(_)) => corrupt += 1,
+            Err(TryClaimError::Corrupt(_)) => watch.corrupt += 1,
             Err(TryClaimError::Full | TryClaimError::Closed) => other += 1,
             Err(err) => panic!("unexpected error {err:?}"),
         }
         let soon = Instant::now() + Duration::from_micros(200);
         match producer.write(&payload, 2, soon) {
             Ok(()) => written += 1,
-            Err(RingError::Corrupt(_)) => corrupt += 1,
+            Err(RingError::Corrupt(_)) => watch.corrupt += 1,
             Err(RingError::TimedOut | RingError::Closed) => other += 1,
             Err(err) => panic!("unexpected error {err:?}"),
         }
     }
     peer.expect_success(Duration::from_secs(30));
-    println!("hostile consumer: {written} frames, {corrupt} corrupt, {other} full/closed");
-    assert!(corrupt > 0, "no lie was ever detected");
+    println!(
+        "hostile consumer: {written} frames, {} corrupt, {other} full/closed",
+        watch.corrupt
+    );
     // The honest path still works in a fresh ring.
     let (mut producer, mut consumer) = pair(&config()).unwrap();
     producer.try_write(b"ok", 0).unwrap();

@@ -54,7 +54,6 @@ pub fn wake(word: &AtomicU32, count: u32) -> io::Result<usize> {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::Ordering;
     use std::time::Instant;
 
     #[test]
@@ -79,22 +78,28 @@ mod tests {
 
     #[test]
     fn wake_ends_a_wait_in_another_thread() {
+        // The waiter sleeps for up to two minutes on a word that never
+        // changes, so only a real wake ends its wait within the few seconds
+        // this test allows.
         let word = Arc::new(AtomicU32::new(0));
-        let waiter = {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        {
             let word = Arc::clone(&word);
             std::thread::spawn(move || {
-                // Loop until the value changes: a wake can come before this
-                // thread sleeps, and then the changed value ends the wait.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while word.load(Ordering::Acquire) == 0 {
-                    assert!(Instant::now() < deadline, "never woken");
-                    wait(&word, 0, Duration::from_secs(10)).unwrap();
-                }
-            })
-        };
-        word.store(1, Ordering::Release);
-        wake(&word, 1).unwrap();
-        waiter.join().unwrap();
+                let _ = done_tx.send(wait(&word, 0, Duration::from_secs(120)).unwrap());
+            });
+        }
+        // `wake` says how many it woke: repeat until it woke the waiter (a
+        // wake before the waiter is queued wakes no one).
+        let deadline = Instant::now().checked_add(Duration::from_secs(10)).unwrap();
+        while wake(&word, 1).unwrap() == 0 {
+            assert!(Instant::now() < deadline, "the waiter was never queued");
+            std::thread::yield_now();
+        }
+        let woken = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the waiter slept on after a wake that counted it");
+        assert_eq!(woken, Wake::Woken);
     }
 
     #[test]

@@ -278,11 +278,29 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
     }
 
+    /// A fresh directory under the temporary directory, removed on drop
+    /// (also when the test fails).
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir =
+                std::env::temp_dir().join(format!("daemoneye-sys-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn accept_gives_up_after_its_timeout() {
-        let dir = std::env::temp_dir().join(format!("daemoneye-sys-accept-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("s.sock");
+        let dir = TempDir::new("accept");
+        let path = dir.0.join("s.sock");
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).expect("bind");
         set_accept_timeout(&listener, Some(Duration::from_millis(20))).expect("SO_RCVTIMEO");
@@ -290,16 +308,13 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         let _client = UnixStream::connect(&path).expect("connect");
         listener.accept().expect("a waiting connection is accepted");
-        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]
     fn shutting_a_listener_down_wakes_a_blocked_accept() {
         use std::os::fd::AsFd;
-        let dir =
-            std::env::temp_dir().join(format!("daemoneye-sys-shutdown-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("s.sock");
+        let dir = TempDir::new("shutdown");
+        let path = dir.0.join("s.sock");
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).expect("bind");
         let dup = listener.as_fd().try_clone_to_owned().expect("dup");
@@ -314,7 +329,6 @@ mod tests {
             .recv_timeout(Duration::from_secs(10))
             .expect("accept still blocked after the shutdown");
         assert!(accepted.is_err());
-        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

@@ -41,10 +41,15 @@ pub fn ignored_test_args(name: &str) -> [&str; 5] {
 }
 
 /// A child whose output a thread collects, so that waiting for it has a
-/// deadline.
+/// deadline. Dropped before its output was taken (a test that failed
+/// first), it kills the child, which the collecting thread then reaps.
 pub struct Collected {
     pid: u32,
+    /// Signals go through a pidfd: once the thread has reaped the child,
+    /// its pid may name another process, the pidfd never.
+    pidfd: Option<std::os::fd::OwnedFd>,
     output: Receiver<io::Result<Output>>,
+    collected: bool,
 }
 
 impl Collected {
@@ -52,9 +57,18 @@ impl Collected {
     /// piped).
     pub fn new(child: Child) -> Self {
         let pid = child.id();
+        // Opened before the thread can reap the child: the pid is still its.
+        let pidfd = rustix::process::Pid::from_raw(pid as i32).and_then(|pid| {
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+        });
         let (tx, output) = mpsc::channel();
         thread::spawn(move || tx.send(child.wait_with_output()));
-        Collected { pid, output }
+        Collected {
+            pid,
+            pidfd,
+            output,
+            collected: false,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -63,17 +77,19 @@ impl Collected {
 
     /// SIGKILLs the child (best effort: it may have exited).
     pub fn kill(&self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        if let Some(pidfd) = &self.pidfd {
+            let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+        }
     }
 
     /// Its output once it exits within `limit`; killed, and the test
     /// failed naming `what`, otherwise.
-    pub fn output_within(self, limit: Duration, what: &str) -> Output {
+    pub fn output_within(mut self, limit: Duration, what: &str) -> Output {
         match self.output.recv_timeout(limit) {
-            Ok(output) => output.expect("child output"),
+            Ok(output) => {
+                self.collected = true;
+                output.expect("child output")
+            }
             Err(_) => {
                 self.kill();
                 panic!("{what} did not finish within {limit:?}");
@@ -92,5 +108,13 @@ impl Collected {
             String::from_utf8_lossy(&output.stderr)
         );
         stdout
+    }
+}
+
+impl Drop for Collected {
+    fn drop(&mut self) {
+        if !self.collected {
+            self.kill();
+        }
     }
 }

@@ -41,7 +41,14 @@ pub fn spawn(entry: &str, role: &str, arg: &str) -> Peer {
     ours.set_read_timeout(Some(MESSAGE_TIMEOUT)).unwrap();
     let exe = std::env::current_exe().expect("current_exe");
     let child = Command::new(exe)
-        .args(["--exact", entry, "--nocapture", "--test-threads=1", "-q"])
+        .args([
+            "--exact",
+            entry,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
         .env(ROLE_VAR, role)
         .env(ARG_VAR, arg)
         .stdin(Stdio::from(OwnedFd::from(theirs)))
@@ -77,11 +84,24 @@ impl Peer {
     }
 }
 
-/// In a child: the role and argument it was started with; `None` in the
-/// test run proper, where the `child` entry point does nothing.
-pub fn role() -> Option<(String, String)> {
-    let role = std::env::var(ROLE_VAR).ok()?;
-    Some((role, std::env::var(ARG_VAR).unwrap_or_default()))
+/// A child still running when its `Peer` goes (a test that failed before
+/// waiting for it) is killed and reaped, so it does not outlive the test.
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// In a child: the role and argument it was started with. Fails the test
+/// when run by hand (say with `--include-ignored`): the `child` entry
+/// points only make sense spawned by [`spawn`].
+pub fn role() -> (String, String) {
+    let role = std::env::var(ROLE_VAR)
+        .unwrap_or_else(|_| panic!("{ROLE_VAR} unset: this entry point is run by spawn()"));
+    (role, std::env::var(ARG_VAR).unwrap_or_default())
 }
 
 /// In a child: the socket to the parent (its stdin).

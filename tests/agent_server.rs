@@ -1,0 +1,264 @@
+//! The agent library against an in-process server (real sockets, rings,
+//! /proc): the server's configuration checks and stall timeout, and the
+//! agent's options, timeouts and streams.
+
+mod child_support;
+mod collector_support;
+mod server_support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use collector_support::{Running, TempDir};
+use daemoneye_lib::client::{Agent, ClientError, ClientOptions, MonitorEvent};
+use daemoneye_lib::proto::{ProtoProcessFilter, ProtoProcessRecord};
+use daemoneye_lib::ring::{RingError, WaitStrategy};
+use daemoneye_lib::server::{Server, ServerConfig, ServerError};
+use server_support::Serving;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The tests of this file run one at a time: the stall test counts the
+/// ring mappings of this whole process.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn soon(after: Duration) -> Instant {
+    Instant::now().checked_add(after).unwrap()
+}
+
+fn only(pid: u32) -> Option<ProtoProcessFilter> {
+    Some(ProtoProcessFilter {
+        process_names: vec![],
+        pids: vec![pid],
+        executable_pattern: None,
+    })
+}
+
+/// This process's record, as `agent` lists it (a full round trip).
+fn this_process(agent: &mut Agent) -> Vec<ProtoProcessRecord> {
+    agent
+        .enumerate(only(std::process::id()), false)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+/// Mappings of ring memfds in this process.
+fn ring_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains("memfd:daemoneye-ring"))
+        .count()
+}
+
+/// A sleeping child to filter on: it starts and ends nothing by itself.
+fn sleeper() -> Running {
+    Running::spawn(Command::new("/usr/bin/sleep").arg("1000"))
+}
+
+#[test]
+fn bind_refuses_zero_clients_and_a_bad_ring_without_creating_the_socket() {
+    let _serial = serial();
+    let dir = TempDir::new("bind");
+    let socket = dir.join("procmond.sock");
+    let mut config = ServerConfig::new(&socket);
+    config.max_clients = 0;
+    let err = Server::bind(config).unwrap_err();
+    assert!(matches!(err, ServerError::NoClients), "{err}");
+    assert_eq!(err.to_string(), "max_clients must be at least 1");
+
+    for (ring_bytes, max_frame_bytes, field) in [
+        (1000, 512, "capacity"),
+        (64 << 10, 0, "max_frame"),
+        (64 << 10, 64 << 10, "max_frame"),
+    ] {
+        let mut config = ServerConfig::new(&socket);
+        config.ring_bytes = ring_bytes;
+        config.max_frame_bytes = max_frame_bytes;
+        let err = Server::bind(config).unwrap_err();
+        assert!(
+            matches!(&err, ServerError::Ring(RingError::InvalidConfig { field: f, .. }) if f.contains(field)),
+            "{ring_bytes}/{max_frame_bytes}: {err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("invalid ring configuration"),
+            "{err}"
+        );
+    }
+    assert!(
+        !Path::new(&socket).exists(),
+        "a refused config bound a socket"
+    );
+}
+
+#[test]
+fn an_agent_that_stops_reading_is_cut_off_after_the_stall_timeout_and_others_are_served() {
+    let _serial = serial();
+    let dir = TempDir::new("stall");
+    let mut config = ServerConfig::new(dir.join("procmond.sock"));
+    // The smallest ring, so a full listing of many long command lines
+    // cannot fit, and a short stall timeout.
+    config.ring_bytes = 64 << 10;
+    config.max_frame_bytes = 16 << 10;
+    config.stall_timeout = Duration::from_millis(300);
+    let serving = Serving::start(Server::bind(config).unwrap());
+    let socket = serving.server.socket_path().to_owned();
+    // 64 children with 4 KiB command lines: some 256 KiB of records.
+    // (sleep adds up its arguments: 1000 s plus a long-written zero.)
+    let long = format!("0.{}", "0".repeat(4094));
+    let children: Vec<_> = (0..64)
+        .map(|_| Running::spawn(Command::new("/usr/bin/sleep").args(["1000", &long])))
+        .collect();
+
+    let baseline = ring_mappings();
+    let mut stalled = Agent::connect(&socket).unwrap();
+    let mut records = stalled
+        .enumerate(None, false)
+        .unwrap()
+        .with_deadline(soon(WAIT));
+    records
+        .next()
+        .expect("a first record")
+        .expect("a first record");
+    // This agent now reads nothing while procmond waits for room. Another
+    // is served meanwhile, and after.
+    let mut other = Agent::connect(&socket).unwrap();
+    let mine = this_process(&mut other);
+    assert_eq!(mine.len(), 1);
+    // procmond gives the stalled connection up after its stall timeout and
+    // unmaps that ring: in this process (server and agents both), the two
+    // rings' four regions are mapped twice, then the stalled ring's two
+    // only once. (Polled: nothing else tells this process when.)
+    let before = ring_mappings();
+    assert_eq!(before - baseline, 8, "two rings, each mapped by both sides");
+    let deadline = soon(WAIT);
+    while ring_mappings() > baseline + 6 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled connection was never cut off ({} mappings, {baseline} before)",
+            ring_mappings()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The stalled agent reads on: what procmond wrote before it gave up,
+    // then the reason it gave up. (The deadline is far: procmond's stall
+    // timeout, not this one, must end the stream.)
+    let err = loop {
+        match records.next() {
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => break err,
+            None => panic!("the whole listing fit: the stall was never reached"),
+        }
+    };
+    assert!(
+        matches!(&err, ClientError::Ended { reason } if reason.contains("stopped this connection's results")),
+        "{err:?}"
+    );
+    drop(records);
+    let mine = this_process(&mut other);
+    assert_eq!(mine.len(), 1, "the other agent is still served");
+    drop((stalled, other, children));
+    serving.stop();
+}
+
+#[test]
+fn connect_with_options_and_the_timeouts_they_set() {
+    let _serial = serial();
+    let dir = TempDir::new("options");
+    let serving =
+        Serving::start(Server::bind(ServerConfig::new(dir.join("procmond.sock"))).unwrap());
+    let socket = serving.server.socket_path().to_owned();
+    let options = ClientOptions {
+        timeout: Duration::from_secs(7),
+        connect_timeout: Duration::from_secs(3),
+        wait: WaitStrategy::Park {
+            timeout: Duration::from_millis(50),
+        },
+        client_name: "options-test".into(),
+    };
+    let mut agent = Agent::connect_with(&socket, options).unwrap();
+    assert_eq!(
+        agent.server_pid(),
+        std::process::id(),
+        "the server runs in this process"
+    );
+    let me = this_process(&mut agent);
+    assert_eq!(me[0].pid, std::process::id());
+
+    // A deadline already passed: the first frame cannot have come (procmond
+    // has yet to read the task and walk /proc), so the read times out.
+    let err = agent
+        .enumerate(None, false)
+        .unwrap()
+        .with_deadline(Instant::now())
+        .next()
+        .expect("an item")
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
+    // The same through set_timeout.
+    agent.set_timeout(Duration::ZERO);
+    let err = agent
+        .enumerate(None, false)
+        .unwrap()
+        .next()
+        .expect("an item")
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
+    // And the agent is usable after both (their streams are skipped).
+    agent.set_timeout(WAIT);
+    let me = this_process(&mut agent);
+    assert_eq!(me.len(), 1);
+    drop(agent);
+    serving.stop();
+}
+
+#[test]
+fn next_event_times_out_and_the_stream_goes_on_and_a_dropped_stream_frees_the_agent() {
+    let _serial = serial();
+    let dir = TempDir::new("monitor");
+    let serving =
+        Serving::start(Server::bind(ServerConfig::new(dir.join("procmond.sock"))).unwrap());
+    let mut agent = Agent::connect(serving.server.socket_path()).unwrap();
+    let mut child = sleeper();
+    let pid = child.pid;
+    {
+        let mut stream = agent.monitor(&[pid], Duration::from_millis(20)).unwrap();
+        let first = stream.next_event(soon(WAIT)).unwrap();
+        assert!(
+            matches!(&first, Some(MonitorEvent::Snapshot(r)) if r.pid == pid),
+            "{first:?}"
+        );
+        // A sleeping process with no children: nothing happens.
+        let err = stream
+            .next_event(soon(Duration::from_millis(200)))
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
+        // The stream is still usable: the exit arrives.
+        child.child().kill().unwrap();
+        child.child().wait().unwrap();
+        let exited = loop {
+            match stream.next_event(soon(WAIT)).unwrap() {
+                Some(MonitorEvent::Exited(r)) => break r,
+                Some(_) => {}
+                None => panic!("the stream ended"),
+            }
+        };
+        assert_eq!(exited.pid, pid);
+    } // dropped live, without cancel
+    let me = this_process(&mut agent);
+    assert_eq!(
+        me.len(),
+        1,
+        "the agent is usable after dropping a live stream"
+    );
+    drop(agent);
+    serving.stop();
+}
