@@ -89,6 +89,7 @@ pub enum StopError {
 ///     Event::Process(p) => println!("{:?}", p.event),
 ///     Event::Lost { reason } => println!("lost events ({reason:?}): rescan /proc"),
 ///     Event::Failed { error } => println!("event source ended: {error}"),
+///     Event::Subscribed | Event::Tick => {}
 /// });
 /// match source {
 ///     Ok(source) => {
