@@ -80,7 +80,7 @@ pub enum StopError {
 }
 
 /// Process events from the kernel, delivered to a handler on a thread of
-/// their own; see the [module documentation](self).
+/// their own; see the module documentation.
 ///
 /// ```no_run
 /// use daemoneye_lib::collector::{Event, EventSource, EventSourceConfig};

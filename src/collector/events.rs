@@ -478,7 +478,7 @@ fn process_event(body: Body) -> (Option<ProcEvent>, bool) {
 }
 
 /// Turns datagrams into [`Event`]s and keeps the counters; see the
-/// [module documentation](self). Owned by the receiving thread.
+/// module documentation. Owned by the receiving thread.
 #[derive(Debug)]
 pub struct Decoder {
     counters: Arc<Counters>,
