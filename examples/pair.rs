@@ -75,7 +75,8 @@ fn agent() -> Result<()> {
         .spawn()?;
     let outcome = run_agent(&mut child, &socket);
     let stopped = stop(child);
-    let _ = std::fs::remove_dir(&dir);
+    // The directory is ours alone; procmond leaves its socket lock file in it.
+    let _ = std::fs::remove_dir_all(&dir);
     outcome?;
     stopped
 }
