@@ -93,11 +93,7 @@ pub(crate) fn read_details(root: &ProcRoot, pid: u32) -> Option<Details> {
         ExeLink::Path { path, deleted } => (Some(path.clone()), *deleted),
         ExeLink::Denied | ExeLink::Missing => (None, false),
     };
-    let exe_text = exe.as_ref().map(|path| {
-        let mut text = path.to_string_lossy().into_owned();
-        bounds::truncate(&mut text, MAX_PATH_BYTES);
-        text
-    });
+    let exe_text = exe.as_deref().map(exe_text);
     Some(Details {
         name,
         exe,
@@ -107,6 +103,13 @@ pub(crate) fn read_details(root: &ProcRoot, pid: u32) -> Option<Details> {
         euid,
         inaccessible: link == ExeLink::Denied || cmd_denied,
     })
+}
+
+/// An image path as record text, cut to [`MAX_PATH_BYTES`].
+pub(crate) fn exe_text(path: &Path) -> String {
+    let mut text = path.to_string_lossy().into_owned();
+    bounds::truncate(&mut text, MAX_PATH_BYTES);
+    text
 }
 
 /// Reads `/proc/<pid>/exe`: the image path and whether it was deleted.

@@ -354,6 +354,9 @@ impl Collector {
 fn add_image_hash(hasher: &mut hash::Hasher, record: &mut ProtoProcessRecord, exe: Option<&Path>) {
     let image = verify::check_image(record.pid, exe, hasher);
     record.file_exists = image.file_exists;
+    if let Some(newer) = image.newer_exe {
+        record.executable_path = Some(details::exe_text(&newer));
+    }
     match image.digest {
         Ok(digest) => {
             record.executable_hash = Some(hash::to_hex(&digest));

@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::cache::Digest;
-use super::details::in_root_of;
+use super::details::{ExeLink, in_root_of, read_exe_link};
 use super::hash::{self, HashError, Hasher};
 
 /// The running image of one process, checked against its path on disk.
@@ -19,12 +19,24 @@ pub(crate) struct ImageCheck {
     pub(crate) digest: Result<Digest, HashError>,
     /// The path on disk holds the running image (same device and inode).
     pub(crate) file_exists: bool,
+    /// The image's path as the kernel reports it now, when it differs from
+    /// the one the caller knew: the process exec'd after the table last
+    /// read it (its exec event may still be on its way).
+    pub(crate) newer_exe: Option<PathBuf>,
 }
 
-/// Hashes the image of `pid` and compares it with `exe`, its path on disk as
-/// the kernel reports it (without the " (deleted)" mark), in the process's
-/// own root.
-pub(crate) fn check_image(pid: u32, exe: Option<&Path>, hasher: &mut Hasher) -> ImageCheck {
+/// Hashes the image of `pid` and compares it with its path on disk as the
+/// kernel reports it (without the " (deleted)" mark), in the process's own
+/// root. `known` is the path the caller last saw; the link is read again
+/// here, so a process that exec'd a moment ago is judged by its new image,
+/// not by its parent's path.
+pub(crate) fn check_image(pid: u32, known: Option<&Path>, hasher: &mut Hasher) -> ImageCheck {
+    let now = match read_exe_link(pid) {
+        ExeLink::Path { path, .. } => Some(path),
+        ExeLink::Denied | ExeLink::Missing => None,
+    };
+    let newer_exe = now.clone().filter(|now| Some(now.as_path()) != known);
+    let exe = now.as_deref().or(known);
     let link = PathBuf::from(format!("/proc/{pid}/exe"));
     let file = match hash::open_nonblocking(&link) {
         Ok(file) => file,
@@ -32,6 +44,7 @@ pub(crate) fn check_image(pid: u32, exe: Option<&Path>, hasher: &mut Hasher) -> 
             return ImageCheck {
                 digest: Err(e),
                 file_exists: false,
+                newer_exe,
             };
         }
     };
@@ -44,5 +57,6 @@ pub(crate) fn check_image(pid: u32, exe: Option<&Path>, hasher: &mut Hasher) -> 
     ImageCheck {
         digest: hasher.hash_file(file, &link),
         file_exists,
+        newer_exe,
     }
 }
