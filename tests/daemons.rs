@@ -21,7 +21,7 @@ use child_support::{Collected, spawn_retrying};
 use daemoneye_lib::client::{Agent, ClientError, MonitorEvent};
 use daemoneye_lib::control::frame::{read_message, write_message};
 use daemoneye_lib::control::{ClientFrame, RefusalCode, ServerFrame, client_frame, server_frame};
-use daemoneye_lib::control::{Connector, ControlError, PROTOCOL_VERSION};
+use daemoneye_lib::control::{Connector, ControlError, EventSource, PROTOCOL_VERSION};
 use daemoneye_lib::proto::DetectionTask;
 use daemoneye_lib::proto::control::{ClientHello, TaskRequest};
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
@@ -94,9 +94,25 @@ struct Procmond {
 
 impl Procmond {
     fn start(args: &[&str]) -> Procmond {
+        Self::start_under(&[], args)
+    }
+
+    /// procmond run by `wrapper` (a command and its arguments that runs
+    /// the rest of its command line, such as `unshare --user`).
+    fn start_under(wrapper: &[&str], args: &[&str]) -> Procmond {
         let dir = TempDir::new("procmond");
         let socket = dir.0.join("run/procmond.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_procmond"))
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command
+                    .args(wrapper_args)
+                    .arg(env!("CARGO_BIN_EXE_procmond"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_procmond")),
+        };
+        let mut child = command
             .arg("--socket")
             .arg(&socket)
             .args(args)
@@ -911,6 +927,110 @@ fn garbage_oversize_and_wrong_version_frames_get_clear_errors() {
     assert!(!collect(&mut agent, None).is_empty());
     drop(agent);
     procmond.stop();
+}
+
+/// Serves enumerate, verify, a hash check and a monitor, each asserted on a
+/// child of this test. `sees_images`: the kernel lets this procmond read
+/// other processes' `exe` links (not from inside a user namespace: it holds
+/// no capability over processes outside it).
+fn serves_every_task(procmond: &Procmond, sees_images: bool) {
+    let mut agent = procmond.agent();
+    let sleeper = Sleeper::spawn(Path::new("/usr/bin/sleep"));
+    let found = collect(&mut agent, filter(&[], &[sleeper.pid()], None));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].command_line[2], sleeper.arg);
+    let verified = agent
+        .verify(filter(&[], &[sleeper.pid()], None))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let want = sha256sum(Path::new("/usr/bin/sleep"));
+    if sees_images {
+        assert_eq!(found[0].executable_path.as_deref(), Some("/usr/bin/sleep"));
+        assert_eq!(verified[0].executable_hash.as_deref(), Some(want.as_str()));
+        assert!(verified[0].file_exists);
+    } else {
+        assert_eq!(found[0].executable_path, None);
+        assert!(!found[0].accessible, "{:?}", found[0]);
+        assert_eq!(verified[0].executable_hash, None);
+    }
+    let check = agent
+        .hash_check(ProtoHashCheck {
+            expected_hash: want.clone(),
+            hash_algorithm: "sha256".into(),
+            executable_path: "/usr/bin/sleep".into(),
+        })
+        .unwrap();
+    assert_eq!(check.matched, Some(true));
+
+    let me = std::process::id();
+    let deadline = Instant::now() + WAIT;
+    let mut stream = agent.monitor(&[me], Duration::from_millis(10)).unwrap();
+    // The snapshot comes first: a child spawned after it is news.
+    while !matches!(stream.next_event(deadline).unwrap(), Some(MonitorEvent::Snapshot(r)) if r.pid == me)
+    {
+    }
+    let mut child = Command::new("cat").stdin(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let mut seen = Vec::new();
+    let mut stdin = child.stdin.take();
+    loop {
+        match stream.next_event(deadline).unwrap() {
+            Some(MonitorEvent::Started(r)) if r.pid == pid => {
+                seen.push("started");
+                drop(stdin.take()); // cat exits
+            }
+            Some(MonitorEvent::Exited(r)) if r.pid == pid => {
+                seen.push("exited");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("stream ended"),
+        }
+    }
+    child.wait().unwrap();
+    assert_eq!(seen, ["started", "exited"]);
+    stream.cancel().unwrap();
+}
+
+#[test]
+fn procmond_says_it_uses_the_kernels_process_events_and_serves_from_them() {
+    let procmond = Procmond::start(&[]);
+    assert_eq!(procmond.agent().event_source(), EventSource::Connector);
+    serves_every_task(&procmond, true);
+    procmond.stop();
+}
+
+#[test]
+fn where_process_events_are_refused_procmond_polls_says_so_and_serves_every_task() {
+    // Inside a new user namespace the kernel refuses the connector (it
+    // wants CAP_NET_ADMIN in the initial one); the switch asks for polling.
+    for (wrapper, args, why, sees_images) in [
+        (
+            &["unshare", "--user", "--map-root-user"][..],
+            &[][..],
+            "no process events from the kernel; polling /proc instead",
+            false,
+        ),
+        (
+            &[][..],
+            &["--no-process-events"][..],
+            "process events not asked for; polling /proc",
+            true,
+        ),
+    ] {
+        let procmond = Procmond::start_under(wrapper, args);
+        // Logged once, before procmond listens.
+        let log = procmond.log.lock().unwrap().clone();
+        assert_eq!(log.matches(why).count(), 1, "{log}");
+        assert_eq!(
+            procmond.agent().event_source(),
+            EventSource::Polling,
+            "{wrapper:?} {args:?}"
+        );
+        serves_every_task(&procmond, sees_images);
+        procmond.stop();
+    }
 }
 
 #[test]

@@ -181,9 +181,10 @@ fn every_one_of_a_thousand_short_lived_execs_is_reported_with_its_image() {
         "{} of {N} reported with /bin/true's image and command line",
         with_image.len()
     );
-    // The target is 99 %; on this 2-core machine a debug build reads the
-    // new image before /bin/true exits for 88-92 % (issue 10 stays open).
-    assert!(share >= 0.80, "only {share:.3} carried the new image");
+    // The event thread runs real-time (SCHED_FIFO 1) and reads each burst's
+    // new images first: 1000 of 1000 on this 2-core machine in a debug
+    // build, busy or not; at nice -10 it was 88-92 %.
+    assert!(share >= 0.99, "only {share:.3} carried the new image");
 }
 
 #[test]
@@ -412,7 +413,32 @@ fn lost_events_are_counted_and_a_resync_makes_the_table_match_proc() {
     };
     let mut collector = collector(&table);
     let before = table.stats();
-    let storm = Running::spawn(Command::new("/bin/sh").arg("-c").arg(
+    // The event thread (real-time, so it keeps up) demoted to SCHED_IDLE
+    // and put on the storm's CPU: it runs only when the storm leaves that
+    // CPU idle, so the kernel must drop events.
+    let events_thread = std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(Result::ok)
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.trim() == "procmond-events")
+        })
+        .expect("the event thread")
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    for (tool, args) in [
+        ("chrt", &["--idle", "-p", "0", &events_thread][..]),
+        ("taskset", &["-p", "-c", "0", &events_thread][..]),
+    ] {
+        let status = Command::new(tool)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .expect(tool);
+        assert!(status.success(), "{tool} {args:?}");
+    }
+    let storm = Running::spawn(Command::new("taskset").args(["-c", "0", "/bin/sh", "-c"]).arg(
         "i=0; while [ $i -lt 300 ]; do /bin/true & /bin/true & /bin/true & i=$((i+1)); done; wait",
     ));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -427,15 +453,43 @@ fn lost_events_are_counted_and_a_resync_makes_the_table_match_proc() {
     assert!(storm.wait().success());
     let events = table.event_stats().expect("an event source");
     assert!(events.overruns + events.sequence_gaps > 0, "{events:?}");
-    // After the resync the table holds the processes alive throughout.
+    // After the resync the table equals /proc: every process alive before
+    // and after the table's answer is in it, and it holds nothing that was
+    // in neither listing (an exited process kept by mistake).
     let (shell, _) = shell_saying("after");
+    let before = proc_pids();
+    let table_pids: HashSet<u32> = collector
+        .enumerate(None, false)
+        .expect("enumerate")
+        .iter()
+        .map(|r| r.pid)
+        .collect();
+    let after = proc_pids();
+    let missing: Vec<_> = before
+        .intersection(&after)
+        .filter(|pid| !table_pids.contains(pid))
+        .collect();
     assert!(
-        collector
-            .enumerate(None, false)
-            .expect("enumerate")
-            .iter()
-            .any(|r| r.pid == shell.pid && r.name == "sh")
+        missing.is_empty(),
+        "alive but not in the table: {missing:?}"
     );
+    let lingering: Vec<_> = table_pids
+        .iter()
+        .filter(|pid| !before.contains(pid) && !after.contains(pid))
+        .collect();
+    assert!(
+        lingering.is_empty(),
+        "in the table, not in /proc: {lingering:?}"
+    );
+    assert!(table_pids.contains(&shell.pid));
+}
+
+/// The pids listed in `/proc` now.
+fn proc_pids() -> HashSet<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 #[test]

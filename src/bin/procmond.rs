@@ -38,6 +38,17 @@ struct Args {
     /// Clients served at once; more are refused
     #[arg(long, default_value_t = 8)]
     max_clients: usize,
+    /// Seconds between the full /proc scans that check the event-fed
+    /// process table (1 to 3600)
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    scan_interval_s: u64,
+    /// Do not subscribe to the kernel's process events; poll /proc
+    #[arg(long)]
+    no_process_events: bool,
+    /// Run the process event thread at nice -10 instead of real-time
+    /// (SCHED_FIFO 1); more short-lived images are then missed
+    #[arg(long)]
+    no_realtime_events: bool,
 }
 
 /// The smallest `--max-frame-bytes`: room for a few records beside the
@@ -100,6 +111,9 @@ fn run(args: Args) -> Result<()> {
         .fold(AllowList::new(), |allow, &uid| allow.allow_uid(uid));
     config.group = group;
     config.max_clients = args.max_clients;
+    config.table.scan_interval = std::time::Duration::from_secs(args.scan_interval_s);
+    config.table.use_connector = !args.no_process_events;
+    config.table.realtime_events = !args.no_realtime_events;
 
     let server = Server::bind(config)?;
     let shutdown = server.shutdown_handle();

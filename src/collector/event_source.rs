@@ -30,6 +30,32 @@ use crate::sys::cn_proc::{self, CnProcSocket, Received, SubscribeError, Waker};
 /// is 76 bytes; a larger one is counted as malformed (truncated).
 const DATAGRAM_BUFFER: usize = 8192;
 
+/// The most events received in one burst before they are handed on: enough
+/// to look ahead over a fork storm's queue, small enough that the first of
+/// them waits little.
+const BURST_MAX: usize = 64;
+
+/// What an [`EventSource`] hands its events to, on its thread. Any
+/// `FnMut(Event)` is one.
+pub trait EventHandler: Send + 'static {
+    /// Each event, in the order the kernel sent them.
+    fn event(&mut self, event: Event);
+
+    /// Called with every burst of events received together (up to 64),
+    /// before [`event`](Self::event) gets them one by one: a chance to act
+    /// on an event ahead of the ones before it. procmond reads a new
+    /// image's details here, before the process can exit. Default: nothing.
+    fn ahead(&mut self, burst: &[Event]) {
+        let _ = burst;
+    }
+}
+
+impl<F: FnMut(Event) + Send + 'static> EventHandler for F {
+    fn event(&mut self, event: Event) {
+        self(event);
+    }
+}
+
 /// Settings of an [`EventSource`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventSourceConfig {
@@ -126,10 +152,10 @@ impl EventSource {
     /// calls `handler` for each. Fails with [`SubscribeError::Disabled`]
     /// when [`cn_proc::disabled_by_env`] says so, and with the kernel's
     /// refusal otherwise (see [`CnProcSocket::subscribe`]).
-    pub fn start<H>(config: EventSourceConfig, handler: H) -> Result<EventSource, SubscribeError>
-    where
-        H: FnMut(Event) + Send + 'static,
-    {
+    pub fn start<H: EventHandler>(
+        config: EventSourceConfig,
+        handler: H,
+    ) -> Result<EventSource, SubscribeError> {
         if cn_proc::disabled_by_env() {
             return Err(SubscribeError::Disabled);
         }
@@ -256,7 +282,7 @@ impl Drop for EventSource {
 }
 
 /// The thread: receive, decode, hand on, until stopped or the socket fails.
-fn run<H: FnMut(Event)>(
+fn run<H: EventHandler>(
     socket: &CnProcSocket,
     mut decoder: Decoder,
     stop: &AtomicBool,
@@ -265,59 +291,102 @@ fn run<H: FnMut(Event)>(
     mut handler: H,
 ) {
     let mut buf = vec![0u8; DATAGRAM_BUFFER];
-    handler(Event::Subscribed);
+    let mut burst = Vec::with_capacity(BURST_MAX);
+    handler.event(Event::Subscribed);
     let mut next_tick = tick.and_then(|t| Instant::now().checked_add(t));
-    // Acquire pairs with `shutdown`'s Release store.
     while !stop.load(Ordering::Acquire) {
         let timeout = next_tick.map(|at| at.saturating_duration_since(Instant::now()));
-        match socket.recv(&mut buf, timeout) {
-            Ok(Received::Datagram {
-                len,
-                sender_port,
-                truncated,
-            }) => {
-                let datagram = buf.get(..len).unwrap_or_default();
-                decoder.decode(datagram, sender_port, truncated, &mut handler);
+        let outcome = match socket.recv(&mut buf, timeout) {
+            Ok(Received::Woken) => catch_up(
+                socket,
+                &mut decoder,
+                sync,
+                &mut buf,
+                &mut burst,
+                &mut handler,
+            ),
+            Ok(Received::TimedOut) => Ok(()),
+            Ok(received) => {
+                take(received, &buf, &mut decoder, &mut burst);
+                // What else came in the same burst, so the handler can
+                // look ahead over all of it.
+                drain(socket, &mut decoder, &mut buf, &mut burst)
+                    .map(|_| deliver(&mut burst, &mut handler))
             }
-            Ok(Received::Overrun) => decoder.overrun(&mut handler),
-            Ok(Received::Woken) => {
-                if let Err(error) = catch_up(socket, &mut decoder, sync, &mut buf, &mut handler) {
-                    tracing::error!(%error, "process connector receive failed; events end");
-                    handler(Event::Failed {
-                        error: error.kind(),
-                    });
-                    return;
-                }
-            }
-            Ok(Received::TimedOut) => {}
-            Err(error) => {
-                tracing::error!(%error, "process connector receive failed; events end");
-                handler(Event::Failed {
-                    error: error.kind(),
-                });
-                return;
-            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = outcome {
+            deliver(&mut burst, &mut handler);
+            tracing::error!(%error, "process connector receive failed; events end");
+            handler.event(Event::Failed {
+                error: error.kind(),
+            });
+            return;
         }
         if let (Some(at), Some(every)) = (next_tick, tick)
             && Instant::now() >= at
         {
-            handler(Event::Tick);
+            handler.event(Event::Tick);
             next_tick = Instant::now().checked_add(every);
         }
     }
 }
 
-/// Answers the sync requests made so far: hands on every datagram queued
-/// now, then marks them answered.
-fn catch_up<H: FnMut(Event)>(
+/// Decodes what one receive got into `burst`.
+fn take(received: Received, buf: &[u8], decoder: &mut Decoder, burst: &mut Vec<Event>) {
+    let mut push = |event| burst.push(event);
+    match received {
+        Received::Datagram {
+            len,
+            sender_port,
+            truncated,
+        } => {
+            let datagram = buf.get(..len).unwrap_or_default();
+            decoder.decode(datagram, sender_port, truncated, &mut push);
+        }
+        Received::Overrun => decoder.overrun(&mut push),
+        Received::Woken | Received::TimedOut => {}
+    }
+}
+
+/// Receives what is already queued into `burst`, up to [`BURST_MAX`]
+/// events; false when the socket is empty.
+fn drain(
+    socket: &CnProcSocket,
+    decoder: &mut Decoder,
+    buf: &mut [u8],
+    burst: &mut Vec<Event>,
+) -> std::io::Result<bool> {
+    while burst.len() < BURST_MAX {
+        match socket.try_recv(buf)? {
+            Some(received) => take(received, buf, decoder, burst),
+            None => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// Hands `burst` to the handler: first whole, then event by event.
+fn deliver<H: EventHandler>(burst: &mut Vec<Event>, handler: &mut H) {
+    if burst.is_empty() {
+        return;
+    }
+    handler.ahead(burst);
+    for event in burst.drain(..) {
+        handler.event(event);
+    }
+}
+
+/// Answers [`EventSource::sync`] requests: hands on every datagram queued
+/// now, and repeats while requests arrive meanwhile.
+fn catch_up<H: EventHandler>(
     socket: &CnProcSocket,
     decoder: &mut Decoder,
     sync: &SyncState,
     buf: &mut [u8],
+    burst: &mut Vec<Event>,
     handler: &mut H,
 ) -> std::io::Result<()> {
-    // Requests made while draining are answered by another round: their
-    // wakes may have been read (and dropped) by the drain below.
     loop {
         let asked = {
             let counts = lock(&sync.counts);
@@ -326,21 +395,10 @@ fn catch_up<H: FnMut(Event)>(
             }
             counts.0
         };
-        loop {
-            match socket.recv(buf, Some(Duration::ZERO))? {
-                Received::Datagram {
-                    len,
-                    sender_port,
-                    truncated,
-                } => {
-                    let datagram = buf.get(..len).unwrap_or_default();
-                    decoder.decode(datagram, sender_port, truncated, handler);
-                }
-                Received::Overrun => decoder.overrun(handler),
-                Received::Woken => {}
-                Received::TimedOut => break,
-            }
+        while drain(socket, decoder, buf, burst)? {
+            deliver(burst, handler);
         }
+        deliver(burst, handler);
         // Every datagram queued when request `asked` was made has been
         // handed on: the queue was empty after it.
         let mut counts = lock(&sync.counts);

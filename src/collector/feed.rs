@@ -8,12 +8,13 @@
 //! subscription is in place, a resync after lost events, and the safety
 //! net every `scan_interval`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::event_source::{EventSource, EventSourceConfig};
-use super::events::{Event, ProcEvent, comm_name};
-use super::table::{ProcessTable, ScanKind, SourceKind, TableConfig};
+use super::details::Details;
+use super::event_source::{EventHandler, EventSource, EventSourceConfig};
+use super::events::{Event, ProcEvent, ProcessEvent, comm_name};
+use super::table::{ProcessTable, ScanKind, Shared, SourceKind, TableConfig};
 use crate::sys::cn_proc::SubscribeError;
 
 /// How long [`ProcessTable::start`] waits for the first scan, and a poll
@@ -23,6 +24,9 @@ pub(crate) const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 /// The event thread's nice value: it must read a new image's details
 /// before a short-lived process exits, ahead of ordinary work.
 const EVENT_THREAD_NICE: i32 = -10;
+
+/// The event thread's real-time priority, the lowest.
+const EVENT_THREAD_FIFO: i32 = 1;
 
 /// The table's event source, kept so polls can wait for it to catch up and
 /// status can report its counters.
@@ -52,9 +56,6 @@ pub(crate) fn start(
     table: &ProcessTable,
     config: &TableConfig,
 ) -> Result<Arc<Feed>, SubscribeError> {
-    // Weak: the table owns the source, so a strong handle here would keep
-    // both alive for ever.
-    let handler_table = table.downgrade();
     let source = EventSource::start(
         EventSourceConfig {
             recv_buffer_bytes: config.receive_buffer_bytes,
@@ -62,10 +63,12 @@ pub(crate) fn start(
             thread_name: "procmond-events".into(),
             ..EventSourceConfig::default()
         },
-        move |event| {
-            if let Some(table) = ProcessTable::upgrade(&handler_table) {
-                apply(&table, event);
-            }
+        Applier {
+            // Weak: the table owns the source, so a strong handle here
+            // would keep both alive for ever.
+            table: table.downgrade(),
+            read_ahead: Vec::new(),
+            realtime: config.realtime_events,
         },
     )?;
     // The first scan runs on the event thread before any event; wait for it.
@@ -77,14 +80,80 @@ pub(crate) fn start(
     }))
 }
 
-fn apply(table: &ProcessTable, event: Event) {
+/// Applies events to the table, on the event thread.
+struct Applier {
+    table: Weak<Shared>,
+    /// Details read ahead for the exec events of the burst being applied:
+    /// (pid, what was read), taken by the exec event they are for.
+    read_ahead: Vec<(u32, Option<Details>)>,
+    /// [`TableConfig::realtime_events`].
+    realtime: bool,
+}
+
+impl EventHandler for Applier {
+    /// Reads the new image of every process that exec'd in this burst and
+    /// has not exited in it, before the events ahead of its exec are
+    /// applied: the image and command line go with the process's memory
+    /// at exit, and a short-lived one such as `/bin/true` exits within a
+    /// millisecond. (For one that exited in the burst they are gone
+    /// already; its exec reads what is left in its turn.)
+    fn ahead(&mut self, burst: &[Event]) {
+        self.read_ahead.clear();
+        let Some(table) = ProcessTable::upgrade(&self.table) else {
+            return;
+        };
+        for (at, event) in burst.iter().enumerate() {
+            let Some(pid) = exec_of(event) else { continue };
+            let exits_later = burst
+                .get(at + 1..)
+                .unwrap_or_default()
+                .iter()
+                .any(|later| exit_of(later) == Some(pid));
+            if !exits_later && !self.read_ahead.iter().any(|(read, _)| *read == pid) {
+                self.read_ahead.push((pid, table.read_details(pid)));
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        if let Some(table) = ProcessTable::upgrade(&self.table) {
+            let read_ahead = exec_of(&event).and_then(|pid| {
+                let at = self.read_ahead.iter().position(|(read, _)| *read == pid)?;
+                Some(self.read_ahead.swap_remove(at).1)
+            });
+            apply(&table, event, read_ahead, self.realtime);
+        }
+    }
+}
+
+fn exec_of(event: &Event) -> Option<u32> {
+    match event {
+        Event::Process(ProcessEvent {
+            event: ProcEvent::Exec { tgid },
+            ..
+        }) => Some(*tgid),
+        _ => None,
+    }
+}
+
+fn exit_of(event: &Event) -> Option<u32> {
+    match event {
+        Event::Process(ProcessEvent {
+            event: ProcEvent::Exit { tgid, .. },
+            ..
+        }) => Some(*tgid),
+        _ => None,
+    }
+}
+
+fn apply(table: &ProcessTable, event: Event, read_ahead: Option<Option<Details>>, realtime: bool) {
     match event {
         Event::Process(process) => match process.event {
             ProcEvent::Fork {
                 parent_tgid,
                 child_tgid,
             } => table.on_fork(parent_tgid, child_tgid, process.timestamp_ns),
-            ProcEvent::Exec { tgid } => table.on_exec(tgid),
+            ProcEvent::Exec { tgid } => table.on_exec(tgid, read_ahead),
             ProcEvent::Exit { tgid, .. } => table.on_exit(tgid),
             ProcEvent::Uid { tgid, euid, .. } => table.on_uid(tgid, euid),
             ProcEvent::Comm { tgid, comm } => {
@@ -93,9 +162,7 @@ fn apply(table: &ProcessTable, event: Event) {
             ProcEvent::Gid { .. } => {}
         },
         Event::Subscribed => {
-            if let Err(error) = crate::sys::thread::set_current_thread_nice(EVENT_THREAD_NICE) {
-                tracing::debug!(%error, "the event thread keeps its priority");
-            }
+            raise_priority(realtime);
             scan(table, ScanKind::Poll);
         }
         Event::Tick => scan(table, ScanKind::SafetyNet),
@@ -107,6 +174,23 @@ fn apply(table: &ProcessTable, event: Event) {
             tracing::error!(?error, "process events ended; polling /proc from now on");
             table.set_source(SourceKind::Polling);
         }
+    }
+}
+
+/// Makes the event thread run as soon as an event comes: real-time
+/// (`SCHED_FIFO` 1) when `realtime` and allowed, else nice -10, else as it
+/// is (logged, not an error: the table still works, it only misses more
+/// of the images of processes that exit within a millisecond).
+fn raise_priority(realtime: bool) {
+    use crate::sys::thread;
+    if realtime {
+        match thread::set_current_thread_fifo(EVENT_THREAD_FIFO) {
+            Ok(()) => return,
+            Err(error) => tracing::info!(%error, "the process event thread is not real-time"),
+        }
+    }
+    if let Err(error) = thread::set_current_thread_nice(EVENT_THREAD_NICE) {
+        tracing::info!(%error, "the process event thread keeps its priority");
     }
 }
 

@@ -51,7 +51,7 @@ use std::sync::atomic::AtomicBool;
 
 pub use crate::sys::cn_proc::SubscribeError;
 pub use cache::{CacheStats, SharedHashCache};
-pub use event_source::{EventSource, EventSourceConfig, StopError};
+pub use event_source::{EventHandler, EventSource, EventSourceConfig, StopError};
 pub use events::{
     Decoder, Event, EventStats, LossReason, Malformed, ProcEvent, ProcessEvent, comm_name,
 };

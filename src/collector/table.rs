@@ -256,6 +256,10 @@ pub struct TableConfig {
     /// The connector socket's receive buffer: room for bursts of events
     /// while the event thread is busy. Default 8 MiB.
     pub receive_buffer_bytes: usize,
+    /// Run the event thread real-time (`SCHED_FIFO` 1) where allowed, so it
+    /// reads a new image before even a `/bin/true` exits; else (or when
+    /// not allowed) at nice -10. Default true.
+    pub realtime_events: bool,
 }
 
 impl Default for TableConfig {
@@ -264,6 +268,7 @@ impl Default for TableConfig {
             use_connector: true,
             scan_interval: std::time::Duration::from_secs(10),
             receive_buffer_bytes: 8 << 20,
+            realtime_events: true,
         }
     }
 }
@@ -299,6 +304,8 @@ impl ProcessTable {
                     tracing::warn!(%error, "no process events from the kernel; polling /proc instead");
                 }
             }
+        } else {
+            tracing::info!("process events not asked for; polling /proc");
         }
         if let Err(error) = table.scan(ScanKind::Poll) {
             tracing::warn!(%error, "cannot read the process table");
@@ -587,9 +594,9 @@ impl ProcessTable {
     }
 
     /// Process `pid` replaced its image: its details are read at once.
-    pub(crate) fn on_exec(&self, pid: u32) {
+    pub(crate) fn on_exec(&self, pid: u32, read_ahead: Option<Option<Details>>) {
         let Ok(root) = self.root() else { return };
-        let fresh = details::read_details(root, pid);
+        let fresh = read_ahead.unwrap_or_else(|| details::read_details(root, pid));
         let entry = lock(&self.shared.map).procs.get(&pid).cloned();
         let entry = match entry {
             Some(entry) => entry,
@@ -632,6 +639,12 @@ impl ProcessTable {
     }
 
     /// Process `pid` exited.
+    /// Reads the details of `pid` now (image, command line, name, uid), for
+    /// an exec event that is to be applied a moment later.
+    pub(crate) fn read_details(&self, pid: u32) -> Option<Details> {
+        details::read_details(self.root().ok()?, pid)
+    }
+
     pub(crate) fn on_exit(&self, pid: u32) {
         let mut map = lock(&self.shared.map);
         if let Some(entry) = map.procs.get(&pid).cloned() {

@@ -103,6 +103,10 @@ impl Server {
                 source,
             })?;
         let shutdown = ShutdownHandle::new(wake);
+        let hash_cache = SharedHashCache::new(config.collector.hash_cache_entries);
+        // Filled before "listening" is said: the first agent gets a whole
+        // table (connections are accepted only once `run` is called).
+        let table = ProcessTable::start(&config.table);
         tracing::info!(
             socket = %listener.path().display(),
             ring_bytes = config.ring_bytes,
@@ -111,8 +115,6 @@ impl Server {
             allow_uids = ?config.allow.uids().collect::<Vec<_>>(),
             "procmond listening"
         );
-        let hash_cache = SharedHashCache::new(config.collector.hash_cache_entries);
-        let table = ProcessTable::start(&config.table);
         Ok(Server {
             listener,
             config: Arc::new(config),

@@ -496,22 +496,38 @@ impl CnProcSocket {
                 }
                 continue;
             }
-            match rustix::net::recvfrom(&self.fd, &mut *buf, RecvFlags::DONTWAIT | RecvFlags::TRUNC)
-            {
+            match self.try_recv(buf)? {
+                Some(received) => return Ok(received),
+                None => continue,
+            }
+        }
+    }
+
+    /// Receives a datagram (or an overrun) already queued, without waiting
+    /// and without looking at the waker; `None` when nothing is queued.
+    /// One system call: how a reader drains what came in a burst.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<Received>> {
+        loop {
+            return match rustix::net::recvfrom(
+                &self.fd,
+                &mut *buf,
+                RecvFlags::DONTWAIT | RecvFlags::TRUNC,
+            ) {
                 Ok((len, full_len, addr)) => {
                     let sender_port = addr
                         .and_then(|addr| SocketAddrNetlink::try_from(addr).ok())
                         .map(|addr| addr.pid());
-                    return Ok(Received::Datagram {
+                    Ok(Some(Received::Datagram {
                         len,
                         sender_port,
                         truncated: full_len > len,
-                    });
+                    }))
                 }
-                Err(Errno::NOBUFS) => return Ok(Received::Overrun),
-                Err(Errno::AGAIN | Errno::INTR) => continue,
-                Err(err) => return Err(err.into()),
-            }
+                Err(Errno::NOBUFS) => Ok(Some(Received::Overrun)),
+                Err(Errno::AGAIN) => Ok(None),
+                Err(Errno::INTR) => continue,
+                Err(err) => Err(err.into()),
+            };
         }
     }
 

@@ -13,3 +13,23 @@ pub fn set_current_thread_nice(nice: i32) -> io::Result<()> {
     rustix::process::setpriority_process(Some(tid), nice)?;
     Ok(())
 }
+
+/// Puts the calling thread in the real-time class `SCHED_FIFO` at
+/// `priority` (1 is the lowest), so it runs as soon as it is woken, ahead
+/// of every ordinary thread. Needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` of
+/// at least `priority` (systemd's `LimitRTPRIO=`); the kernel's real-time
+/// throttling (`sched_rt_runtime_us`, 95 % by default) still bounds it.
+pub fn set_current_thread_fifo(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `sched_setscheduler` reads the one `sched_param` passed by
+    // reference, which lives across the call; on Linux pid 0 is the
+    // calling thread. No memory is written.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
