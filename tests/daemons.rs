@@ -1133,3 +1133,85 @@ fn an_agent_that_reconnects_gets_hashes_from_the_cache_its_first_connection_fill
     }
     serving.stop();
 }
+
+/// A shell running chrooted in a private directory that holds a copy of
+/// `/bin/sh` and the libraries `ldd` names for it; it says `ready` once it
+/// runs there and waits on its stdin. Killed (by [`Collected`]) and removed
+/// on drop.
+struct Chrooted {
+    child: Collected,
+    /// Kept open: the shell exits when its stdin closes.
+    _stdin: std::process::ChildStdin,
+    image: PathBuf,
+    _dir: TempDir,
+}
+
+impl Chrooted {
+    fn spawn() -> Chrooted {
+        let dir = TempDir::new("chroot");
+        let copy_in = |from: &Path| {
+            let to = dir.0.join(from.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {from:?}: {e}"));
+        };
+        let ldd = output_within(Command::new("ldd").arg("/bin/sh"), "ldd");
+        assert!(ldd.status.success(), "{}", text(&ldd.stderr));
+        for library in text(&ldd.stdout)
+            .split_whitespace()
+            .filter(|word| word.starts_with('/'))
+        {
+            copy_in(Path::new(library));
+        }
+        let image = dir.0.join("sh");
+        std::fs::copy("/bin/sh", &image).unwrap();
+        let mut command = Command::new("chroot");
+        command
+            .arg(&dir.0)
+            .args(["/sh", "-c", "echo ready; read line"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = spawn_retrying(&mut command).expect("spawn chroot");
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let child = Collected::new(child);
+        let lines = line_channel(stdout);
+        assert_eq!(next_line(&lines, "ready from the chrooted shell"), "ready");
+        Chrooted {
+            child,
+            _stdin: stdin,
+            image,
+            _dir: dir,
+        }
+    }
+}
+
+#[test]
+fn verify_finds_the_image_of_a_chrooted_process_on_disk() {
+    if !skip_support::is_root_or_skip("chroot") {
+        return;
+    }
+    let procmond = Procmond::start(&[]);
+    let chrooted = Chrooted::spawn();
+    let pid = chrooted.child.pid();
+    let mut agent = procmond.agent();
+    let records = agent
+        .verify(filter(&[], &[pid], None))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    // The kernel writes the exe link relative to procmond's root, where
+    // the copy is found, not below the process's own root.
+    assert_eq!(
+        records[0].executable_path.as_deref(),
+        chrooted.image.to_str()
+    );
+    assert_eq!(
+        records[0].executable_hash.as_deref(),
+        Some(sha256sum(&chrooted.image).as_str())
+    );
+    assert!(records[0].file_exists, "{:?}", records[0]);
+    drop(agent);
+    procmond.stop();
+}

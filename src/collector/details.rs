@@ -136,9 +136,7 @@ pub(crate) fn read_exe_link(pid: u32) -> ExeLink {
     };
     let stripped = PathBuf::from(OsStr::from_bytes(kept));
     let literal_is_the_image = std::fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|image| {
-        image.nlink() > 0
-            && std::fs::metadata(in_root_of(pid, &path))
-                .is_ok_and(|m| (m.dev(), m.ino()) == (image.dev(), image.ino()))
+        image.nlink() > 0 && holds_image(pid, &path, (image.dev(), image.ino()))
     });
     if literal_is_the_image {
         ExeLink::Path {
@@ -153,10 +151,23 @@ pub(crate) fn read_exe_link(pid: u32) -> ExeLink {
     }
 }
 
+/// Whether `path`, as the exe link of `pid` names it, holds the file
+/// `image` (device, inode). Two places may: the path below the process's
+/// own root (a container in another mount namespace, whose files at that
+/// path are not the host's), and the path from procmond's root, since the
+/// kernel writes the link relative to the reader's root, so a chrooted
+/// process (sshd's pre-auth child, postfix) has a link into procmond's tree.
+/// A device-and-inode match in either is the same file.
+pub(crate) fn holds_image(pid: u32, path: &Path, image: (u64, u64)) -> bool {
+    [in_root_of(pid, path).as_path(), path]
+        .into_iter()
+        .any(|candidate| std::fs::metadata(candidate).is_ok_and(|m| (m.dev(), m.ino()) == image))
+}
+
 /// `path` as the process `pid` sees it: below `/proc/<pid>/root`, so a
 /// process in another mount namespace (a container) or chroot has its own
 /// files looked up, not the host's at the same path.
-pub(crate) fn in_root_of(pid: u32, path: &Path) -> PathBuf {
+fn in_root_of(pid: u32, path: &Path) -> PathBuf {
     let relative = path.strip_prefix("/").unwrap_or(path);
     PathBuf::from(format!("/proc/{pid}/root")).join(relative)
 }

@@ -4,13 +4,14 @@
 //! image by comparing (device, inode), as osquery's `on_disk` does. The path
 //! is looked up below `/proc/<pid>/root`, as the process sees it, so a
 //! containerised process (another mount namespace) is judged by its own
-//! files.
+//! files, and from procmond's root, where the kernel's link text points for
+//! a chrooted process.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::cache::Digest;
-use super::details::{ExeLink, in_root_of, read_exe_link};
+use super::details::{ExeLink, holds_image, read_exe_link};
 use super::hash::{self, HashError, Hasher};
 
 /// The running image of one process, checked against its path on disk.
@@ -27,7 +28,7 @@ pub(crate) struct ImageCheck {
 
 /// Hashes the image of `pid` and compares it with its path on disk as the
 /// kernel reports it (without the " (deleted)" mark), in the process's own
-/// root. `known` is the path the caller last saw; the link is read again
+/// root or in procmond's. `known` is the path the caller last saw; the link is read again
 /// here, so a process that exec'd a moment ago is judged by its new image,
 /// not by its parent's path.
 pub(crate) fn check_image(pid: u32, known: Option<&Path>, hasher: &mut Hasher) -> ImageCheck {
@@ -50,8 +51,7 @@ pub(crate) fn check_image(pid: u32, known: Option<&Path>, hasher: &mut Hasher) -
     };
     let running = file.metadata().map(|m| (m.dev(), m.ino()));
     let file_exists = match (&running, exe) {
-        (Ok(running), Some(path)) => std::fs::metadata(in_root_of(pid, path))
-            .is_ok_and(|on_disk| (on_disk.dev(), on_disk.ino()) == *running),
+        (Ok(running), Some(path)) => holds_image(pid, path, *running),
         _ => false,
     };
     ImageCheck {
