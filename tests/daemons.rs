@@ -1215,3 +1215,131 @@ fn verify_finds_the_image_of_a_chrooted_process_on_disk() {
     drop(agent);
     procmond.stop();
 }
+
+/// Runs `work` on a fresh thread whose effective uid and gid are `uid`
+/// (Linux credentials are per thread; the raw calls change this thread's
+/// only), so sockets it connects carry that uid in `SO_PEERCRED`.
+fn on_thread_as<T: Send + 'static>(uid: u32, work: impl FnOnce() -> T + Send + 'static) -> T {
+    thread::spawn(move || {
+        use rustix::process::{Gid, Uid};
+        rustix::thread::set_thread_res_gid(None, Gid::from_raw(uid), None).unwrap();
+        rustix::thread::set_thread_res_uid(None, Uid::from_raw(uid), None).unwrap();
+        work()
+    })
+    .join()
+    .unwrap()
+}
+
+/// `count` connects to `socket` as `uid` that send nothing.
+fn idle_connects_as(uid: u32, socket: &Path, count: usize) -> Vec<UnixStream> {
+    let socket = socket.to_owned();
+    on_thread_as(uid, move || {
+        (0..count)
+            .map(|_| UnixStream::connect(&socket).unwrap())
+            .collect()
+    })
+}
+
+/// The refusal procmond sends `stream` before any hello.
+fn refusal_of(stream: &UnixStream) -> (RefusalCode, String) {
+    let deadline = Some(Instant::now() + WAIT);
+    let (frame, _) = read_message::<ServerFrame>(stream, 0, deadline, "a refusal").unwrap();
+    refusal(frame)
+}
+
+/// procmond as root that also serves uid nobody, with `args`; its
+/// directory is opened for nobody.
+fn procmond_for_nobody(args: &[&str]) -> Option<Procmond> {
+    if !skip_support::is_root_or_skip(&format!("running an agent as uid {NOBODY}")) {
+        return None;
+    }
+    let group = skip_support::group_name_or_skip(NOBODY)?;
+    let mut all = vec!["--group", &group, "--allow-uid", "65534"];
+    all.extend_from_slice(args);
+    let procmond = Procmond::start(&all);
+    use std::os::unix::fs::PermissionsExt;
+    let dir = procmond.socket.parent().unwrap().parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(procmond)
+}
+
+/// An agent run by uid nobody that watches `pid` until killed (on drop),
+/// holding a client slot once procmond logs it accepted.
+fn nobody_monitor(procmond: &mut Procmond, nobody: &PublicAgent, pid: u32) -> Collected {
+    let mut command = Command::new(&nobody.path);
+    command
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .arg("--socket")
+        .arg(&procmond.socket)
+        .args(["monitor", "--pid", &pid.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let monitor = Collected::new(spawn_retrying(&mut command).unwrap());
+    procmond.wait_log(&format!("connection accepted uid={NOBODY}"));
+    monitor
+}
+
+#[test]
+fn one_uid_holds_at_most_its_share_of_the_slots_and_root_still_connects() {
+    // Four clients: nobody may hold two connections, in any stage.
+    let Some(mut procmond) = procmond_for_nobody(&["--max-clients", "4"]) else {
+        return;
+    };
+    let nobody = PublicAgent::new();
+    let sleeper = Sleeper::spawn(Path::new("/usr/bin/sleep"));
+    let _monitors: Vec<Collected> = (0..2)
+        .map(|_| nobody_monitor(&mut procmond, &nobody, sleeper.pid()))
+        .collect();
+    let out = agent_cli(&procmond.socket, &["enumerate"], Some(&nobody));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("TOO_MANY_CLIENTS"), "{stderr}");
+    assert!(
+        stderr.contains("uid 65534 already holds 2") && stderr.contains("per uid"),
+        "{stderr}"
+    );
+    // Idle connects cannot take the handshake places instead: each is
+    // refused at once, before its hello.
+    for stream in idle_connects_as(NOBODY, &procmond.socket, 8) {
+        let (code, reason) = refusal_of(&stream);
+        assert_eq!(code, RefusalCode::TooManyClients, "{reason}");
+        assert!(reason.contains("per uid"), "{reason}");
+    }
+    let mut agent = procmond.agent();
+    assert!(!collect(&mut agent, None).is_empty());
+    drop(agent);
+    procmond.stop();
+}
+
+#[test]
+fn the_last_client_slot_and_handshake_place_are_kept_for_root() {
+    // Two clients and six handshake places; nobody is not capped per uid
+    // here, so only the reserve stands between it and root's places.
+    let Some(mut procmond) =
+        procmond_for_nobody(&["--max-clients", "2", "--max-clients-per-uid", "10"])
+    else {
+        return;
+    };
+    let nobody = PublicAgent::new();
+    let sleeper = Sleeper::spawn(Path::new("/usr/bin/sleep"));
+    let _monitor = nobody_monitor(&mut procmond, &nobody, sleeper.pid());
+    let out = agent_cli(&procmond.socket, &["enumerate"], Some(&nobody));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("last place for root"), "{stderr}");
+    // Five idle connects hold every handshake place but root's...
+    let _idle = idle_connects_as(NOBODY, &procmond.socket, 5);
+    let extra = idle_connects_as(NOBODY, &procmond.socket, 1);
+    let (code, reason) = refusal_of(&extra[0]);
+    assert_eq!(code, RefusalCode::TooManyClients, "{reason}");
+    assert!(
+        reason.contains("handshake") && reason.contains("last place for root"),
+        "{reason}"
+    );
+    // ...which root's agent takes, and then the last client slot.
+    let mut agent = procmond.agent();
+    assert!(!collect(&mut agent, None).is_empty());
+    drop(agent);
+    procmond.stop();
+}

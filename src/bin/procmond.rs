@@ -35,9 +35,14 @@ struct Args {
     /// Let this group reach the socket (0660 instead of 0600)
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
-    /// Clients served at once; more are refused
+    /// Clients served at once; more are refused. With two or more, the
+    /// last is kept for root (and procmond's own uid)
     #[arg(long, default_value_t = 8)]
     max_clients: usize,
+    /// Connections one other uid may hold at once [default: half of
+    /// --max-clients, at least 1]
+    #[arg(long, value_name = "N")]
+    max_clients_per_uid: Option<usize>,
     /// Seconds between the full /proc scans that check the event-fed
     /// process table (1 to 3600)
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -111,6 +116,7 @@ fn run(args: Args) -> Result<()> {
         .fold(AllowList::new(), |allow, &uid| allow.allow_uid(uid));
     config.group = group;
     config.max_clients = args.max_clients;
+    config.max_clients_per_uid = args.max_clients_per_uid;
     config.table.scan_interval = std::time::Duration::from_secs(args.scan_interval_s);
     config.table.use_connector = !args.no_process_events;
     config.table.realtime_events = !args.no_realtime_events;

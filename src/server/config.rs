@@ -22,8 +22,12 @@ pub struct ServerConfig {
     pub allow: AllowList,
     /// A group whose members may reach the socket (0660); `None`: 0600.
     pub group: Option<u32>,
-    /// Clients served at once; the next is refused. Default 8.
+    /// Clients served at once; the next is refused. Default 8. When there
+    /// are two or more, the last is kept for root.
     pub max_clients: usize,
+    /// Connections one peer uid may hold at once, in their handshake or
+    /// served; `None`: half of `max_clients`, at least 1.
+    pub max_clients_per_uid: Option<usize>,
     /// How the producer waits for room in a ring.
     pub wait: WaitStrategy,
     /// Each connection's collector.
@@ -48,12 +52,20 @@ impl ServerConfig {
             allow: AllowList::new(),
             group: None,
             max_clients: 8,
+            max_clients_per_uid: None,
             wait: WaitStrategy::default(),
             collector: CollectorConfig::default(),
             table: TableConfig::default(),
             handshake_timeout: HANDSHAKE_TIMEOUT,
             stall_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// Connections one uid may hold: `max_clients_per_uid`, or half of
+    /// `max_clients` (at least 1).
+    pub fn per_uid_limit(&self) -> usize {
+        self.max_clients_per_uid
+            .unwrap_or((self.max_clients / 2).max(1))
     }
 
     /// The ring each client gets.

@@ -3,12 +3,12 @@
 use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 
 use super::config::ServerConfig;
+use super::slots::Held;
 use super::tasks::{self, TaskSignals};
 use super::worker;
 use crate::collector::{Collector, ProcessTable, Requester, SharedHashCache, SourceKind};
@@ -23,79 +23,37 @@ use crate::sys::pidfd::PidFd;
 /// Tasks a client may have waiting behind the running one.
 const MAX_QUEUED_TASKS: usize = 8;
 
-/// A reserved client slot, given back when dropped.
-struct Slot<'a>(&'a AtomicUsize);
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        // Relaxed: a counter; nothing is published through it.
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A connection counted as in its handshake, uncounted when dropped.
-pub(super) struct HandshakeSlot(Arc<AtomicUsize>);
-
-impl HandshakeSlot {
-    /// Counts one more connection in `handshaking` unless `max` already are.
-    pub(super) fn take(handshaking: &Arc<AtomicUsize>, max: usize) -> Option<HandshakeSlot> {
-        // Relaxed: a counter; the slot it reserves guards no other memory.
-        handshaking
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| HandshakeSlot(Arc::clone(handshaking)))
-    }
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        // Relaxed: a counter; nothing is published through it.
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// What every connection shares.
 pub(super) struct Shared {
     pub(super) hash_cache: SharedHashCache,
     pub(super) table: ProcessTable,
 }
 
-/// Serves one connection to its end; logs what happened. `handshake` is
-/// given back once the client is welcomed or refused.
-pub(super) fn serve(
-    stream: UnixStream,
-    config: &ServerConfig,
-    active: &AtomicUsize,
-    handshake: HandshakeSlot,
-    shared: Shared,
-) {
+/// Serves one connection to its end; logs what happened. `slot`, its
+/// handshake place, becomes a client slot once the handshake is done, and
+/// is given back when the connection ends.
+pub(super) fn serve(stream: UnixStream, config: &ServerConfig, mut slot: Held, shared: Shared) {
     let pending = match accept_client(stream, &config.allow, config.handshake_timeout) {
         Ok(pending) => pending,
         Err(error @ ControlError::NotAllowed { uid, pid }) => {
-            drop(handshake);
+            drop(slot);
             tracing::warn!(uid, pid, %error, "connection refused");
             return;
         }
         Err(error) => {
             // Given back before the log line, which tests wait for.
-            drop(handshake);
+            drop(slot);
             tracing::warn!(%error, "handshake failed");
             return;
         }
     };
     let peer = pending.peer();
-    // Relaxed: a counter; the slot it reserves guards no other memory.
-    let reserved = active.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-        (n < config.max_clients).then_some(n + 1)
-    });
-    if reserved.is_err() {
-        let error = pending.refuse_busy(config.max_clients);
-        tracing::warn!(uid = peer.uid, pid = peer.pid, %error, "connection refused");
+    if let Err(reason) = slot.serve() {
+        pending.refuse(RefusalCode::TooManyClients, reason.clone());
+        drop(slot);
+        tracing::warn!(uid = peer.uid, pid = peer.pid, %reason, "connection refused");
         return;
     }
-    let slot = Slot(active);
 
     let (mut producer, fds) = match Producer::create(&config.ring_config()) {
         Ok(ring) => ring,
@@ -127,7 +85,6 @@ pub(super) fn serve(
     };
     // The client has its copies; ours would keep nothing alive but memory.
     drop(fds);
-    drop(handshake);
     tracing::info!(uid = peer.uid, pid = peer.pid, client = %client_name, "connection accepted");
     match PidFd::open(peer.pid) {
         Ok(pidfd) => producer.watch_peer(pidfd),
@@ -147,7 +104,7 @@ fn run(
     config: &ServerConfig,
     requester: Requester,
     shared: Shared,
-    slot: Slot<'_>,
+    slot: Held,
 ) -> String {
     let closer = producer.closer();
     let signals = Arc::new(TaskSignals::default());

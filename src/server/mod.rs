@@ -26,6 +26,7 @@
 mod config;
 mod connection;
 mod shutdown;
+mod slots;
 mod tasks;
 mod worker;
 
@@ -33,7 +34,6 @@ use std::net::Shutdown as SocketShutdown;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ use crate::control::{
     ControlError, ControlListener, RefusalCode, SocketOptions, refuse_unread, screen_peer,
 };
 use crate::ring::RingError;
-use connection::HandshakeSlot;
+use slots::{Limits, Slots};
 
 /// Connections in their handshake beyond `max_clients` (see
 /// [`Server::max_handshakes`]).
@@ -60,6 +60,9 @@ pub enum ServerError {
     /// `max_clients` is zero.
     #[error("max_clients must be at least 1")]
     NoClients,
+    /// `max_clients_per_uid` is zero.
+    #[error("max_clients_per_uid must be at least 1")]
+    NoClientsPerUid,
     /// The control socket could not be set up.
     #[error("{0}")]
     Control(#[from] ControlError),
@@ -91,6 +94,9 @@ impl Server {
         if config.max_clients == 0 {
             return Err(ServerError::NoClients);
         }
+        if config.per_uid_limit() == 0 {
+            return Err(ServerError::NoClientsPerUid);
+        }
         let options = SocketOptions {
             group: config.group,
         };
@@ -112,6 +118,7 @@ impl Server {
             ring_bytes = config.ring_bytes,
             max_frame_bytes = config.max_frame_bytes,
             max_clients = config.max_clients,
+            max_clients_per_uid = config.per_uid_limit(),
             allow_uids = ?config.allow.uids().collect::<Vec<_>>(),
             "procmond listening"
         );
@@ -155,8 +162,12 @@ impl Server {
     /// connection (their rings are closed and freed) and returns. The socket
     /// file is removed when the server is dropped.
     pub fn run_until(&self, shutdown: &ShutdownHandle) {
-        let active = Arc::new(AtomicUsize::new(0));
-        let handshaking = Arc::new(AtomicUsize::new(0));
+        let slots = Slots::new(Limits {
+            clients: self.config.max_clients,
+            handshakes: self.max_handshakes(),
+            per_uid: self.config.per_uid_limit(),
+            owner: rustix::process::geteuid().as_raw(),
+        });
         let mut connections: Vec<Connection> = Vec::new();
         while !shutdown.is_triggered() {
             let stream = match self.listener.accept() {
@@ -177,21 +188,20 @@ impl Server {
             connections.retain(|c| !c.thread.is_finished());
             // Cheap checks before a thread is spent on the connection: a
             // flood of connects costs no more than this loop.
-            if let Err(error) = screen_peer(&stream, &self.config.allow) {
-                tracing::warn!(%error, "connection refused");
-                continue;
-            }
-            let Some(handshake) = HandshakeSlot::take(&handshaking, self.max_handshakes()) else {
-                let max = self.max_handshakes();
-                tracing::warn!(max, "connection refused: too many connections handshaking");
-                refuse_unread(
-                    stream,
-                    RefusalCode::TooManyClients,
-                    format!(
-                        "procmond already has {max} connections in their handshake; try again later"
-                    ),
-                );
-                continue;
+            let peer = match screen_peer(&stream, &self.config.allow) {
+                Ok(peer) => peer,
+                Err(error) => {
+                    tracing::warn!(%error, "connection refused");
+                    continue;
+                }
+            };
+            let held = match slots.admit(peer.uid) {
+                Ok(held) => held,
+                Err(reason) => {
+                    tracing::warn!(uid = peer.uid, pid = peer.pid, %reason, "connection refused");
+                    refuse_unread(stream, RefusalCode::TooManyClients, reason);
+                    continue;
+                }
             };
             let socket = match stream.try_clone() {
                 Ok(socket) => socket,
@@ -201,14 +211,13 @@ impl Server {
                 }
             };
             let config = Arc::clone(&self.config);
-            let active = Arc::clone(&active);
             let shared = connection::Shared {
                 hash_cache: self.hash_cache.clone(),
                 table: self.table.clone(),
             };
             let spawned = thread::Builder::new()
                 .name("procmond-conn".into())
-                .spawn(move || connection::serve(stream, &config, &active, handshake, shared));
+                .spawn(move || connection::serve(stream, &config, held, shared));
             match spawned {
                 Ok(thread) => connections.push(Connection { thread, socket }),
                 Err(error) => tracing::error!(%error, "cannot start a connection thread"),
