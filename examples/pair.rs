@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use daemoneye_lib::client::Agent;
 use daemoneye_lib::server::{Server, ServerConfig};
 use daemoneye_lib::sys::pidfd::PidFd;
+use daemoneye_lib::text::escape_controls;
 use nix::sys::signal::{self, SigSet, Signal};
 use nix::unistd::Pid;
 
@@ -113,12 +114,16 @@ fn run_agent(child: &mut Child, socket: &PathBuf) -> Result<()> {
         "PID", "PPID", "NAME", "RSS_KIB"
     );
     for r in shown {
-        let command = r.command_line.join(" ");
+        // A process chose these: escaped, so it cannot rewrite the table.
+        let command = escape_controls(&r.command_line.join(" ")).into_owned();
         println!(
             "{:>7} {:>7} {:<16} {:>9}  {}",
             r.pid,
             r.ppid.map_or("-".into(), |p| p.to_string()),
-            r.name.chars().take(16).collect::<String>(),
+            escape_controls(&r.name)
+                .chars()
+                .take(16)
+                .collect::<String>(),
             r.memory_usage
                 .map_or("-".into(), |m| (m / 1024).to_string()),
             command.chars().take(60).collect::<String>()

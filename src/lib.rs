@@ -12,3 +12,4 @@ pub mod ring;
 pub mod server;
 pub mod session;
 pub mod sys;
+pub mod text;

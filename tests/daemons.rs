@@ -1134,14 +1134,45 @@ fn an_agent_that_reconnects_gets_hashes_from_the_cache_its_first_connection_fill
     serving.stop();
 }
 
-/// A shell running chrooted in a private directory that holds a copy of
-/// `/bin/sh` and the libraries `ldd` names for it; it says `ready` once it
-/// runs there and waits on its stdin. Killed (by [`Collected`]) and removed
-/// on drop.
-struct Chrooted {
+/// A shell started by `command` (whose last arguments must be
+/// [`READY_SCRIPT`]) once it has said `ready`; it then waits on its stdin,
+/// which this keeps open. Killed (by [`Collected`]) on drop.
+struct ReadyShell {
     child: Collected,
-    /// Kept open: the shell exits when its stdin closes.
     _stdin: std::process::ChildStdin,
+}
+
+/// The shell script of a [`ReadyShell`]: says so, then waits for its stdin
+/// to close.
+const READY_SCRIPT: [&str; 2] = ["-c", "echo ready; read line"];
+
+impl ReadyShell {
+    fn spawn(command: &mut Command) -> ReadyShell {
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = spawn_retrying(command).expect("spawn a shell");
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let child = Collected::new(child);
+        let lines = line_channel(stdout);
+        assert_eq!(next_line(&lines, "ready from the shell"), "ready");
+        ReadyShell {
+            child,
+            _stdin: stdin,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+}
+
+/// A [`ReadyShell`] running chrooted in a private directory that holds a
+/// copy of `/bin/sh` and the libraries `ldd` names for it. Removed on drop.
+struct Chrooted {
+    shell: ReadyShell,
     image: PathBuf,
     _dir: TempDir,
 }
@@ -1164,22 +1195,14 @@ impl Chrooted {
         }
         let image = dir.0.join("sh");
         std::fs::copy("/bin/sh", &image).unwrap();
-        let mut command = Command::new("chroot");
-        command
-            .arg(&dir.0)
-            .args(["/sh", "-c", "echo ready; read line"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = spawn_retrying(&mut command).expect("spawn chroot");
-        let stdout = child.stdout.take().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let child = Collected::new(child);
-        let lines = line_channel(stdout);
-        assert_eq!(next_line(&lines, "ready from the chrooted shell"), "ready");
+        let shell = ReadyShell::spawn(
+            Command::new("chroot")
+                .arg(&dir.0)
+                .arg("/sh")
+                .args(READY_SCRIPT),
+        );
         Chrooted {
-            child,
-            _stdin: stdin,
+            shell,
             image,
             _dir: dir,
         }
@@ -1193,7 +1216,7 @@ fn verify_finds_the_image_of_a_chrooted_process_on_disk() {
     }
     let procmond = Procmond::start(&[]);
     let chrooted = Chrooted::spawn();
-    let pid = chrooted.child.pid();
+    let pid = chrooted.shell.pid();
     let mut agent = procmond.agent();
     let records = agent
         .verify(filter(&[], &[pid], None))
@@ -1341,5 +1364,90 @@ fn the_last_client_slot_and_handshake_place_are_kept_for_root() {
     let mut agent = procmond.agent();
     assert!(!collect(&mut agent, None).is_empty());
     drop(agent);
+    procmond.stop();
+}
+
+/// No byte in `out` that a terminal takes as a control: C0 but the line
+/// ends, DEL, and C1 (U+0080 to U+009F, in UTF-8 `C2 80` to `C2 9F`).
+fn assert_no_raw_controls(out: &[u8], what: &str) {
+    let shown = String::from_utf8_lossy(out);
+    for (at, c) in shown.char_indices() {
+        assert!(
+            c == '\n' || !c.is_control(),
+            "{what}: raw {c:?} at byte {at} of {shown:?}"
+        );
+    }
+}
+
+#[test]
+fn table_output_escapes_control_characters_in_names_and_command_lines() {
+    let procmond = Procmond::start(&[]);
+    // comm is the image's file name: one with ESC and a newline in it, run
+    // with arguments that would clear the screen, retitle the terminal,
+    // start a C1 sequence, and reverse the text.
+    let dir = TempDir::new("escapes");
+    let image = dir.0.join("de\x1b[2J\nx");
+    std::fs::copy("/bin/sh", &image).unwrap();
+    let shell = ReadyShell::spawn(Command::new(&image).args(READY_SCRIPT).args([
+        "\x1b]0;pwned\x07",
+        "two\nlines",
+        "\u{9b}31m",
+        "\u{202e}txt",
+    ]));
+    let pid = shell.pid().to_string();
+    for args in [
+        &["enumerate", "--pid", &pid][..],
+        &["verify", "--pid", &pid],
+        &["monitor", "--pid", &pid, "--duration-s", "1"],
+    ] {
+        let out = agent_cli(&procmond.socket, args, None);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert_no_raw_controls(&out.stdout, &format!("{args:?}"));
+        let shown = text(&out.stdout);
+        let row = shown
+            .lines()
+            .find(|line| line.contains(&pid))
+            .unwrap_or_else(|| panic!("{args:?}: no row for {pid}: {shown}"));
+        for escaped in [
+            "de\\x1b[2J\\nx",
+            "\\x1b]0;pwned\\x07",
+            "two\\nlines",
+            "\\x9b31m",
+            "\\u{202e}txt",
+        ] {
+            assert!(row.contains(escaped), "{args:?}: no {escaped} in {row}");
+        }
+    }
+    // An error quoting what was asked for is escaped too.
+    let missing = dir.0.join("no\x1b[31mfile");
+    let out = agent_cli(
+        &procmond.socket,
+        &["hash-check", missing.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_no_raw_controls(&out.stderr, "hash-check's error");
+    assert!(text(&out.stderr).contains("no\\x1b[31mfile"));
+    drop(shell);
+    procmond.stop();
+}
+
+#[test]
+fn a_clients_name_is_logged_escaped_and_cut() {
+    let mut procmond = Procmond::start(&[]);
+    // A name that would forge a second log line and clear the screen.
+    let forged = format!(
+        "de-agent\x1b[2J\n2026-01-01T00:00:00Z  INFO forged: connection accepted uid=0 {}",
+        "x".repeat(2000)
+    );
+    let (channel, _welcome) = Connector::new(forged).connect(&procmond.socket).unwrap();
+    let line = procmond.wait_log("client=de-agent");
+    assert!(
+        line.contains("client=de-agent\\x1b[2J\\n2026-01-01"),
+        "{line}"
+    );
+    assert!(line.len() < 400, "the name is cut: {line}");
+    assert_no_raw_controls(line.as_bytes(), "procmond's log line");
+    drop(channel);
     procmond.stop();
 }

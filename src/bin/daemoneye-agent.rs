@@ -1,5 +1,9 @@
 //! daemoneye-agent: sends tasks to procmond and prints their results.
 //!
+//! Table output and error messages show names, command lines and paths with
+//! their control characters escaped ([`daemoneye_lib::text`]), so a process
+//! cannot rewrite its own row; JSON output is escaped as JSON.
+//!
 //! Exit status: 0 on success (hash-check: a match, or nothing expected),
 //! 1 on a hash mismatch, 2 on any error (procmond not running, refused,
 //! gone, a failed task).
@@ -16,6 +20,7 @@ use tracing_subscriber::EnvFilter;
 
 use daemoneye_lib::client::{Agent, ClientError, MonitorEvent, find_socket};
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
+use daemoneye_lib::text::escape_controls;
 
 /// daemoneye-agent: asks procmond about processes.
 #[derive(Parser, Debug)]
@@ -105,7 +110,7 @@ fn main() -> ExitCode {
         // The reader of our output went away (`| head`): nothing to report.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("daemoneye-agent: {}", message(&error));
+            eprintln!("daemoneye-agent: {}", escape_controls(&message(&error)));
             ExitCode::from(2)
         }
     }
@@ -183,7 +188,8 @@ fn run(args: Args) -> Result<ExitCode> {
                     writeln!(
                         out,
                         "{}  {}  {verdict}",
-                        report.result.hash_value, report.result.file_path
+                        escape_controls(&report.result.hash_value),
+                        escape_controls(&report.result.file_path)
                     )?;
                 }
             }
@@ -260,21 +266,33 @@ fn print_records(
                 "{:>8} {:>8} {:<20} {:>10} {:>6} {:<5} {:<12} {}",
                 record.pid,
                 record.ppid.map_or("-".into(), |p| p.to_string()),
-                record.name,
+                escape_controls(&record.name),
                 record
                     .memory_usage
                     .map_or("-".into(), |m| (m / 1024).to_string()),
                 record.cpu_usage.map_or("-".into(), |c| format!("{c:.1}")),
                 if record.file_exists { "yes" } else { "NO" },
-                record
-                    .executable_hash
-                    .as_deref()
-                    .map_or("-", |h| &h[..h.len().min(12)]),
-                record.command_line.join(" "),
+                escape_controls(
+                    record
+                        .executable_hash
+                        .as_deref()
+                        .map_or("-", |h| h.get(..12).unwrap_or(h))
+                ),
+                command_text(&record),
             )?,
         }
     }
     Ok(())
+}
+
+/// The command line for a table: each argument escaped, joined by spaces.
+fn command_text(record: &ProtoProcessRecord) -> String {
+    record
+        .command_line
+        .iter()
+        .map(|arg| escape_controls(arg))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn print_event(out: &mut impl Write, event: &MonitorEvent, format: Format) -> Result<()> {
@@ -297,8 +315,8 @@ fn print_event(out: &mut impl Write, event: &MonitorEvent, format: Format) -> Re
             "{kind:<9} {:>8} {:>8}  {:<20} {}",
             record.pid,
             record.ppid.map_or("-".into(), |p| p.to_string()),
-            record.name,
-            record.command_line.join(" ")
+            escape_controls(&record.name),
+            command_text(record)
         )?,
     }
     Ok(())

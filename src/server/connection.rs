@@ -19,9 +19,13 @@ use crate::control::{
 use crate::proto::control::Error as ErrorFrame;
 use crate::ring::Producer;
 use crate::sys::pidfd::PidFd;
+use crate::text;
 
 /// Tasks a client may have waiting behind the running one.
 const MAX_QUEUED_TASKS: usize = 8;
+
+/// Bytes of a client's free text (its name, its goodbye) kept in a log line.
+const LOGGED_TEXT_BYTES: usize = 64;
 
 /// What every connection shares.
 pub(super) struct Shared {
@@ -75,7 +79,8 @@ pub(super) fn serve(stream: UnixStream, config: &ServerConfig, mut slot: Held, s
             SourceKind::Polling => EventSource::Polling,
         },
     };
-    let client_name = pending.client_name().to_owned();
+    // The client chose it: escaped and cut, it cannot forge or flood a log.
+    let client_name = text::for_log(pending.client_name(), LOGGED_TEXT_BYTES);
     let channel = match pending.welcome(&offer) {
         Ok(channel) => channel,
         Err(error) => {
@@ -160,7 +165,8 @@ fn run(
             },
             Ok(client_frame::Body::Cancel(cancel)) => signals.cancel(cancel.task_id),
             Ok(client_frame::Body::Goodbye(goodbye)) => {
-                break format!("client said goodbye: {}", goodbye.reason);
+                let reason = text::for_log(&goodbye.reason, LOGGED_TEXT_BYTES);
+                break format!("client said goodbye: {reason}");
             }
             Ok(client_frame::Body::Hello(_)) => break "a second hello".into(),
             Err(ControlError::PeerGone) => break "client gone (socket closed)".into(),
