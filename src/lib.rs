@@ -6,6 +6,7 @@ pub mod client;
 pub mod codec;
 pub mod collector;
 pub mod control;
+pub mod deadline;
 pub mod models;
 pub mod proto;
 pub mod ring;

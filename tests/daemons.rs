@@ -30,7 +30,7 @@ use daemoneye_lib::server::{Server, ServerConfig};
 use daemoneye_lib::sys::pidfd::PidFd;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use server_support::Serving;
+use server_support::{Raw, Serving};
 
 const WAIT: Duration = Duration::from_secs(20);
 const NOBODY: u32 = 65534;
@@ -1449,5 +1449,56 @@ fn a_clients_name_is_logged_escaped_and_cut() {
     assert!(line.len() < 400, "the name is cut: {line}");
     assert_no_raw_controls(line.as_bytes(), "procmond's log line");
     drop(channel);
+    procmond.stop();
+}
+
+#[test]
+fn a_running_enumerate_or_verify_stops_at_a_cancel() {
+    // A 64 KiB ring holds four 16 KiB frames; forty shells with 14 KB
+    // command lines (a frame each) are ten times that, so the task waits
+    // for room until the client reads on.
+    let mut procmond = Procmond::start(&["--ring-bytes", "65536", "--max-frame-bytes", "16384"]);
+    let arg = "a".repeat(1000);
+    let shells: Vec<ReadyShell> = (0..40)
+        .map(|_| {
+            ReadyShell::spawn(
+                Command::new("/bin/sh")
+                    .args(READY_SCRIPT)
+                    .arg("sh")
+                    .args(std::iter::repeat_n(&arg, 14)),
+            )
+        })
+        .collect();
+    let pids: Vec<u32> = shells.iter().map(ReadyShell::pid).collect();
+    let mut raw = Raw::connect(&procmond.socket);
+    for (id, task) in [
+        (
+            "e",
+            DetectionTask::new_enumerate_processes("e", filter(&[], &pids, None)),
+        ),
+        (
+            "v",
+            DetectionTask::new_verify_executable("v", filter(&[], &pids, None)),
+        ),
+    ] {
+        raw.task(task, None);
+        let first = raw.chunk();
+        assert_eq!(
+            (first.result.task_id.as_str(), first.marker.end),
+            (id, false)
+        );
+        raw.cancel(id);
+        // Read on only once procmond has the cancel: it comes to the
+        // running task, not to one that ran to its end meanwhile.
+        let line = procmond.wait_log("task cancel received");
+        assert!(line.contains("Running"), "{line}");
+        let rest = raw.read_to_end(id);
+        let end = rest.last().unwrap();
+        assert!(end.marker.cancelled, "{id}: {:?}", end.result.error_message);
+        let records: usize = rest.iter().map(|c| c.result.processes.len()).sum();
+        assert!(records + 1 < pids.len(), "{id}: {records} more records");
+    }
+    drop(raw);
+    drop(shells);
     procmond.stop();
 }

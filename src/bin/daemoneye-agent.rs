@@ -12,13 +12,14 @@ use std::io::IsTerminal;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use daemoneye_lib::client::{Agent, ClientError, MonitorEvent, find_socket};
+use daemoneye_lib::deadline;
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
 use daemoneye_lib::text::escape_controls;
 
@@ -203,7 +204,7 @@ fn run(args: Args) -> Result<ExitCode> {
             duration_s,
             format,
         } => {
-            let until = duration_s.map(|s| Instant::now() + Duration::from_secs(s));
+            let until = duration_s.map(|s| deadline::after(Duration::from_secs(s)));
             let mut stream = agent.monitor(&pids, Duration::from_millis(interval_ms))?;
             if let Format::Table = format {
                 writeln!(
@@ -214,7 +215,7 @@ fn run(args: Args) -> Result<ExitCode> {
             }
             loop {
                 // Without a duration, wake up hourly just to wait again.
-                let deadline = until.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                let deadline = until.unwrap_or_else(|| deadline::after(Duration::from_secs(3600)));
                 match stream.next_event(deadline) {
                     Ok(Some(event)) => print_event(&mut out, &event, format)?,
                     Ok(None) => break,

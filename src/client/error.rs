@@ -72,6 +72,12 @@ pub enum ClientError {
         /// procmond's message, naming what failed.
         message: String,
     },
+    /// procmond stopped the task because this client cancelled it.
+    #[error("task {task_id} was cancelled")]
+    Cancelled {
+        /// The task.
+        task_id: String,
+    },
     /// procmond's handshake was not what this agent can use.
     #[error("unusable handshake from procmond: {problem}")]
     Protocol {

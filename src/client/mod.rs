@@ -44,7 +44,7 @@ use crate::proto::{DetectionTask, ProtoHashCheck, ProtoHashResult, ProtoProcessF
 use crate::ring::{Consumer, ConsumerFds, RingError, WaitStrategy};
 use crate::session::{Chunk, SessionError, read_chunk};
 use crate::sys::pidfd::PidFd;
-use crate::sys::socket::peer_credentials;
+use crate::sys::socket::{connect_before, peer_credentials};
 use watcher::{Gone, GoneReason};
 
 /// procmond's socket at its default place: the first of
@@ -125,22 +125,26 @@ impl Agent {
     /// Connects to procmond at `path`: handshake, attach the ring it passes,
     /// watch its process and socket.
     ///
-    /// The handshake is bounded by `options.connect_timeout`; the `connect`
-    /// call before it is not: a Unix-socket connect on Linux waits while the
-    /// listener's backlog is full, and made non-blocking it fails with
-    /// `EAGAIN` instead of completing later, so there is nothing to poll for.
-    /// procmond keeps its backlog short (its accept loop refuses excess
-    /// connections at once, without a thread), so the wait is brief.
+    /// `options.connect_timeout` bounds the whole: the `connect` (which on
+    /// Linux waits while the listener's backlog is full; bounded through
+    /// `SO_SNDTIMEO`, see [`connect_before`]) and the handshake after it.
     pub fn connect_with(
         path: impl AsRef<Path>,
         options: ClientOptions,
     ) -> Result<Agent, ClientError> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path).map_err(|source| {
-            ClientError::from_control(crate::control::ControlError::Connect {
-                path: path.to_owned(),
-                source,
-            })
+        let deadline = crate::deadline::after(options.connect_timeout);
+        let stream = connect_before(path, deadline).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::TimedOut {
+                ClientError::Timeout {
+                    waiting_for: "procmond to accept the connection (its backlog stayed full)",
+                }
+            } else {
+                ClientError::from_control(crate::control::ControlError::Connect {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
         })?;
         let io = |context| move |source| ClientError::Io { context, source };
         let server = peer_credentials(&stream).map_err(io("reading procmond's credentials"))?;
@@ -148,7 +152,7 @@ impl Agent {
             .try_clone()
             .map_err(io("cloning the control socket"))?;
         let (channel, welcome) = Connector::new(options.client_name.clone())
-            .timeout(options.connect_timeout)
+            .timeout(deadline.saturating_duration_since(Instant::now()))
             .handshake(stream)
             .map_err(ClientError::from_control)?;
         let event_source = welcome.event_source;
@@ -239,7 +243,7 @@ impl Agent {
         let expected = check.expected_hash.trim().to_owned();
         let task = DetectionTask::new_hash_check(task_id.clone(), check);
         self.send_task(task, false, None)?;
-        let deadline = Instant::now() + self.options.timeout;
+        let deadline = crate::deadline::after(self.options.timeout);
         let mut hash = None;
         let mut failure = None;
         loop {
@@ -250,6 +254,9 @@ impl Agent {
                     return Err(error);
                 }
             };
+            if chunk.marker.cancelled {
+                return Err(ClientError::Cancelled { task_id });
+            }
             if !chunk.result.success {
                 failure = chunk.result.error_message;
             } else if let Some(result) = chunk.result.hash_result {

@@ -13,8 +13,10 @@ use crate::session::RecordKind;
 ///
 /// It holds one decoded frame at a time. It ends after the stream's last
 /// frame, or after the first error (a failed task is
-/// [`ClientError::TaskFailed`]). Dropped before the end, the rest of the
-/// stream is skipped by the agent's next call.
+/// [`ClientError::TaskFailed`]; one stopped by a cancel is
+/// [`ClientError::Cancelled`]). Dropped before the end, the rest of the
+/// stream is skipped by the agent's next call; [`cancel`](Self::cancel)
+/// also stops procmond's work on it.
 #[derive(Debug)]
 pub struct Records<'a> {
     agent: &'a mut Agent,
@@ -29,7 +31,7 @@ pub struct Records<'a> {
 
 impl<'a> Records<'a> {
     pub(super) fn new(agent: &'a mut Agent, task_id: String) -> Self {
-        let deadline = Instant::now() + agent.options.timeout;
+        let deadline = crate::deadline::after(agent.options.timeout);
         Self {
             agent,
             task_id,
@@ -50,6 +52,25 @@ impl<'a> Records<'a> {
     /// The task's id.
     pub fn task_id(&self) -> &str {
         &self.task_id
+    }
+
+    /// Stops the task and reads its stream to the end (within the agent's
+    /// timeout); records not read yet are dropped. True when procmond
+    /// stopped it, false when it had finished first.
+    pub fn cancel(mut self) -> Result<bool, ClientError> {
+        if self.ended {
+            return Ok(false);
+        }
+        self.done = true;
+        self.agent.send_cancel(&self.task_id)?;
+        let deadline = crate::deadline::after(self.agent.options.timeout);
+        loop {
+            let chunk = self.agent.chunk_for(&self.task_id, deadline)?;
+            if chunk.marker.end {
+                self.ended = true;
+                return Ok(chunk.marker.cancelled);
+            }
+        }
     }
 }
 
@@ -74,6 +95,11 @@ impl Iterator for Records<'_> {
             if chunk.marker.end {
                 self.ended = true;
                 self.done = true;
+            }
+            if chunk.marker.cancelled {
+                return Some(Err(ClientError::Cancelled {
+                    task_id: self.task_id.clone(),
+                }));
             }
             if !chunk.result.success {
                 self.done = true;
@@ -189,7 +215,7 @@ impl<'a> MonitorStream<'a> {
             return Ok(());
         }
         self.agent.send_cancel(&self.task_id)?;
-        let deadline = Instant::now() + self.agent.options.timeout;
+        let deadline = crate::deadline::after(self.agent.options.timeout);
         while !self.ended {
             let chunk = self.agent.chunk_for(&self.task_id, deadline)?;
             self.ended = chunk.marker.end;

@@ -51,7 +51,7 @@ pub fn accept_client(
     allow: &AllowList,
     timeout: Duration,
 ) -> Result<PendingClient, ControlError> {
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::deadline::after(timeout);
     let peer = screen_peer(&stream, allow)?;
 
     let hello = read_message::<ClientFrame>(&stream, 0, Some(deadline), "the client hello")
@@ -187,7 +187,7 @@ impl PendingClient {
             &self.stream,
             &hello,
             ring.fds,
-            Some(Instant::now() + self.timeout),
+            Some(crate::deadline::after(self.timeout)),
         )?;
         Ok(ServerChannel::new(self.stream, self.peer, self.client_name))
     }
@@ -299,7 +299,7 @@ impl Connector {
     /// or [`ControlError::Refused`] with the server's reason.
     pub fn handshake(&self, stream: UnixStream) -> Result<(ClientChannel, Welcome), ControlError> {
         self.check_server(&stream)?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = crate::deadline::after(self.timeout);
         let hello = ClientFrame {
             body: Some(client_frame::Body::Hello(ClientHello {
                 protocol_version: self.protocol_version,

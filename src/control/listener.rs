@@ -188,7 +188,7 @@ impl ControlListener {
     /// Waits up to `timeout` for the next connection; `Ok(None)` when none
     /// came. Lets a server loop check for shutdown between waits.
     pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<UnixStream>, ControlError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(timeout);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -147,23 +147,30 @@ fn run(
     let reason = loop {
         match channel.recv(None) {
             Ok(client_frame::Body::Task(request)) => match tasks::check(request) {
-                Ok(job) => match work.try_send(job) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => {
-                        let message = format!(
-                            "more than {MAX_QUEUED_TASKS} tasks queued behind a running one"
-                        );
-                        tell(&mut channel, &message);
-                        break message;
+                Ok(job) => {
+                    signals.queued(job.task_id());
+                    match work.try_send(job) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => {
+                            let message = format!(
+                                "more than {MAX_QUEUED_TASKS} tasks queued behind a running one"
+                            );
+                            tell(&mut channel, &message);
+                            break message;
+                        }
+                        Err(TrySendError::Disconnected(_)) => break "the worker stopped".into(),
                     }
-                    Err(TrySendError::Disconnected(_)) => break "the worker stopped".into(),
-                },
+                }
                 Err(tasks::BadRequest(message)) => {
                     tell(&mut channel, &message);
                     break message;
                 }
             },
-            Ok(client_frame::Body::Cancel(cancel)) => signals.cancel(cancel.task_id),
+            Ok(client_frame::Body::Cancel(cancel)) => {
+                let task_id = text::for_log(&cancel.task_id, LOGGED_TEXT_BYTES);
+                let applied = signals.cancel(cancel.task_id);
+                tracing::info!(%task_id, ?applied, "task cancel received");
+            }
             Ok(client_frame::Body::Goodbye(goodbye)) => {
                 let reason = text::for_log(&goodbye.reason, LOGGED_TEXT_BYTES);
                 break format!("client said goodbye: {reason}");

@@ -30,20 +30,28 @@ pub(super) fn run(
         if signals.is_gone() {
             break;
         }
-        let outcome = match work {
-            Work::Reject { task_id, message } => {
-                tracing::info!(%task_id, %message, "task rejected");
-                ResultWriter::new(&mut producer, task_id, stall).fail(&message)
+        let task_id = work.task_id().to_owned();
+        let outcome = if signals.start(&task_id) {
+            // Cancelled while it waited its turn.
+            ResultWriter::new(&mut producer, task_id.as_str(), stall)
+                .cancelled("cancelled by the client before it ran")
+        } else {
+            match work {
+                Work::Reject { task_id, message } => {
+                    tracing::info!(%task_id, %message, "task rejected");
+                    ResultWriter::new(&mut producer, task_id, stall).fail(&message)
+                }
+                Work::Run(job) => run_job(
+                    &mut producer,
+                    &mut collector,
+                    signals,
+                    &job,
+                    requester,
+                    stall,
+                ),
             }
-            Work::Run(job) => run_job(
-                &mut producer,
-                &mut collector,
-                signals,
-                &job,
-                requester,
-                stall,
-            ),
         };
+        signals.finished(&task_id);
         if let Err(error) = outcome {
             if signals.is_gone() {
                 break;
@@ -84,7 +92,7 @@ fn run_job(
         ProtoTaskType::VerifyExecutable => {
             collect(stream, collector, signals, job, true, "VERIFY_EXECUTABLE")
         }
-        ProtoTaskType::CheckProcessHash => hash_check(stream, collector, job, requester),
+        ProtoTaskType::CheckProcessHash => hash_check(stream, collector, signals, job, requester),
         ProtoTaskType::MonitorProcessTree => monitor(stream, collector, signals, job),
     }?;
     // Debug: a monitor polled every 10 ms would flood the log at info.
@@ -111,9 +119,15 @@ fn collect(
     what: &str,
 ) -> Result<StreamStats, SessionError> {
     let mut write_error = None;
+    let mut halted = false;
     let sink = |record| {
-        // A departed client's work stops at once, not when a frame fills.
-        if signals.is_gone() || stream.is_closed() {
+        // A departed client's or a cancelled task's work stops at once, not
+        // when a frame fills.
+        if signals.halted() {
+            halted = true;
+            return ControlFlow::Break(());
+        }
+        if stream.is_closed() {
             write_error = Some(SessionError::Ring(RingError::Closed));
             return ControlFlow::Break(());
         }
@@ -126,6 +140,9 @@ fn collect(
         }
     };
     let walked = collector.for_each(job.task.process_filter.as_ref(), with_hashes, sink);
+    if halted || signals.halted() {
+        return end_halted(stream, signals, what);
+    }
     match (walked, write_error) {
         (_, Some(error @ SessionError::RecordTooLarge { .. })) => {
             stream.fail(&format!("{what} failed: {error}"))
@@ -141,6 +158,7 @@ fn collect(
 fn hash_check(
     stream: ResultWriter<'_>,
     collector: &mut Collector,
+    signals: &TaskSignals,
     job: &Job,
     requester: &Requester,
 ) -> Result<StreamStats, SessionError> {
@@ -149,6 +167,10 @@ fn hash_check(
         return stream.fail("CHECK_PROCESS_HASH failed: the task carries no hash_check");
     };
     let mut outcome = collector.check_hash_for(check, requester).result;
+    if signals.halted() {
+        // The hash stopped part-way (or would be thrown away).
+        return end_halted(stream, signals, "CHECK_PROCESS_HASH");
+    }
     if let Some(message) = outcome.error_message.as_mut() {
         cut(message, MAX_ERROR_MESSAGE_BYTES);
     }
@@ -169,9 +191,24 @@ fn hash_check(
     stream.finish_with(result)
 }
 
+/// Ends the stream of a task told to stop: marked cancelled when the client
+/// cancelled it; when the client is gone, nothing is written.
+fn end_halted(
+    stream: ResultWriter<'_>,
+    signals: &TaskSignals,
+    what: &str,
+) -> Result<StreamStats, SessionError> {
+    if signals.is_cancelled(stream.task_id()) {
+        stream.cancelled(&format!("{what} cancelled by the client"))
+    } else {
+        Err(SessionError::Ring(RingError::Closed))
+    }
+}
+
 /// MONITOR_PROCESS_TREE: the tree under the filter's pids (every process
 /// when none; names and the pattern do not apply), then each interval the
-/// processes that started and exited, until cancelled or the client goes.
+/// processes that started and exited, until cancelled (its normal end: a
+/// plain END, not marked cancelled) or the client goes.
 fn monitor(
     mut stream: ResultWriter<'_>,
     collector: &mut Collector,
@@ -218,7 +255,7 @@ fn stream_events(
     signals: &TaskSignals,
     interval: Duration,
 ) -> Result<(), MonitorFailure> {
-    while !signals.should_stop(stream.task_id()) {
+    while !signals.halted() {
         // The waker ends the wait early; the bound is only a backstop.
         let until = Instant::now()
             .checked_add(MONITOR_BACKSTOP)

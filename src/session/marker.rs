@@ -1,18 +1,20 @@
 //! The stream marker carried in a ring frame's user flags.
 //!
 //! ```text
-//!  bit  15 ............ 4   3   2   1   0
-//!       reserved (zero)   │   kind    │ END
+//!  bit  15 ........ 5    4       3   2   1   0
+//!       reserved (zero)  CANCELLED │   kind    │ END
 //! ```
 //!
 //! END (bit 0) marks the last frame of a task's stream; without it more
 //! frames of the same task follow. The kind (bits 1–3) says what the
-//! records are. Reserved bits, and kind codes not listed, must be zero: a
-//! frame with any set is refused.
+//! records are. CANCELLED (bit 4, only with END) says the stream ended
+//! because the client cancelled the task. Reserved bits, and kind codes not
+//! listed, must be zero: a frame with any set is refused.
 
 use super::error::SessionError;
 
 const END: u16 = 0x0001;
+const CANCELLED: u16 = 0x0010;
 const KIND_SHIFT: u16 = 1;
 const KIND_MASK: u16 = 0b111 << KIND_SHIFT;
 
@@ -52,18 +54,24 @@ pub struct Marker {
     pub end: bool,
     /// What the records are.
     pub kind: RecordKind,
+    /// The stream ended because the client cancelled the task (only with
+    /// `end`).
+    pub cancelled: bool,
 }
 
 impl Marker {
     /// The ring frame flags for this marker.
     pub const fn to_flags(self) -> u16 {
-        self.kind.bits() | if self.end { END } else { 0 }
+        self.kind.bits()
+            | if self.end { END } else { 0 }
+            | if self.cancelled { CANCELLED } else { 0 }
     }
 
     /// Reads ring frame flags; reserved bits set is
     /// [`SessionError::BadFlags`].
     pub const fn from_flags(flags: u16) -> Result<Marker, SessionError> {
-        if flags & !(END | KIND_MASK) != 0 {
+        let cancelled = flags & CANCELLED != 0;
+        if flags & !(END | KIND_MASK | CANCELLED) != 0 || (cancelled && flags & END == 0) {
             return Err(SessionError::BadFlags { flags });
         }
         let kind = match (flags & KIND_MASK) >> KIND_SHIFT {
@@ -77,6 +85,7 @@ impl Marker {
         Ok(Marker {
             end: flags & END != 0,
             kind,
+            cancelled,
         })
     }
 }
@@ -94,8 +103,12 @@ mod tests {
             RecordKind::Exited,
             RecordKind::Exec,
         ] {
-            for end in [false, true] {
-                let marker = Marker { end, kind };
+            for (end, cancelled) in [(false, false), (true, false), (true, true)] {
+                let marker = Marker {
+                    end,
+                    kind,
+                    cancelled,
+                };
                 assert_eq!(Marker::from_flags(marker.to_flags()).unwrap(), marker);
             }
         }
@@ -109,7 +122,9 @@ mod tests {
                 Err(SessionError::BadFlags { flags: f }) if f == flags
             ));
         }
-        for bit in 4..16 {
+        // CANCELLED without END, and every reserved bit.
+        assert!(Marker::from_flags(CANCELLED).is_err());
+        for bit in 5..16 {
             let flags = 1u16 << bit;
             assert!(matches!(
                 Marker::from_flags(flags),

@@ -1,7 +1,7 @@
 //! procmond's side of a result stream: packs records into frames and encodes
 //! each straight into the ring.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prost::Message;
 use prost::encoding::message as field;
@@ -55,6 +55,8 @@ pub struct ResultWriter<'p> {
     len: usize,
     stall: Duration,
     stats: StreamStats,
+    /// The stream ends as cancelled.
+    cancelled: bool,
 }
 
 impl<'p> ResultWriter<'p> {
@@ -70,6 +72,7 @@ impl<'p> ResultWriter<'p> {
             len: base_len,
             stall,
             stats: StreamStats::default(),
+            cancelled: false,
         }
     }
 
@@ -137,6 +140,14 @@ impl<'p> ResultWriter<'p> {
         Ok(self.stats)
     }
 
+    /// Ends the stream because the client cancelled the task: a failure
+    /// saying `message`, marked END and CANCELLED; records not yet written
+    /// are dropped.
+    pub fn cancelled(mut self, message: &str) -> Result<StreamStats, SessionError> {
+        self.cancelled = true;
+        self.fail(message)
+    }
+
     /// Ends the stream with `result` (say, one carrying a hash result) as its
     /// single END frame; records not yet written are dropped. `result`
     /// should carry this stream's task id.
@@ -179,12 +190,13 @@ impl<'p> ResultWriter<'p> {
         let flags = Marker {
             end,
             kind: self.kind,
+            cancelled: end && self.cancelled,
         }
         .to_flags();
         debug_assert!(!self.result.success || self.len == self.result.encoded_len());
         debug_assert!(self.len <= self.producer.max_frame() || !self.result.success);
         self.producer
-            .encode(&self.result, flags, Instant::now() + self.stall)?;
+            .encode(&self.result, flags, crate::deadline::after(self.stall))?;
         self.stats.frames += 1;
         self.result.processes.clear();
         self.len = self.base_len;

@@ -17,7 +17,8 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use rustix::net::{
@@ -181,6 +182,44 @@ pub fn set_accept_timeout(listener: &UnixListener, timeout: Option<Duration>) ->
         timeout,
     )?;
     Ok(())
+}
+
+/// Connects to the Unix stream socket at `path`, waiting no later than
+/// `deadline` while the listener's backlog is full: Linux applies a
+/// socket's `SO_SNDTIMEO` to a Unix-socket `connect`, which then fails with
+/// `EAGAIN`, returned as [`io::ErrorKind::TimedOut`]. The send timeout is
+/// cleared once connected.
+pub fn connect_before(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
+    use rustix::net::sockopt::{Timeout, set_socket_timeout};
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let addr = SocketAddrUnix::new(path)?;
+    loop {
+        // Zero means "no bound" to the kernel: the shortest real one is 1 µs.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_micros(1));
+        set_socket_timeout(&fd, Timeout::Send, Some(left))?;
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) => break,
+            // Interrupted while waiting, before anything changed: again.
+            Err(rustix::io::Errno::INTR) if Instant::now() < deadline => {}
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the listener's backlog stayed full until the deadline",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    set_socket_timeout(&fd, Timeout::Send, None)?;
+    Ok(UnixStream::from(fd))
 }
 
 /// Shuts down the receiving side of `listener` (`shutdown(SHUT_RD)`): on
