@@ -32,6 +32,15 @@ fn pids(pids: Vec<u32>) -> Option<ProtoProcessFilter> {
     })
 }
 
+/// This process's record, as `agent` lists it (a full round trip).
+fn this_process(agent: &mut Agent) -> Vec<daemoneye_lib::proto::ProtoProcessRecord> {
+    agent
+        .enumerate(pids(vec![std::process::id()]), false)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
 fn true_check() -> ProtoHashCheck {
     ProtoHashCheck {
         expected_hash: String::new(),
@@ -50,12 +59,7 @@ fn duration_max_timeouts_are_no_deadline_not_a_panic() {
         ..ClientOptions::default()
     };
     let mut agent = Agent::connect_with(serving.server.socket_path(), options).unwrap();
-    let me = agent
-        .enumerate(pids(vec![std::process::id()]), false)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    assert_eq!(me.len(), 1);
+    assert_eq!(this_process(&mut agent).len(), 1);
     assert_eq!(
         agent.hash_check(true_check()).unwrap().result.file_path,
         "/usr/bin/true"
@@ -209,12 +213,7 @@ fn records_cancel_ends_the_stream_and_the_agent_goes_on() {
     records.next().unwrap().unwrap();
     // Stopped by procmond or finished first: either way the stream ends.
     records.cancel().unwrap();
-    let me = agent
-        .enumerate(pids(vec![std::process::id()]), false)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    assert_eq!(me.len(), 1);
+    assert_eq!(this_process(&mut agent).len(), 1);
     drop(agent);
     serving.stop();
 }
