@@ -283,6 +283,15 @@ fn collect(agent: &mut Agent, filter: Option<ProtoProcessFilter>) -> Vec<ProtoPr
         .unwrap()
 }
 
+/// VERIFY_EXECUTABLE of one pid, collected.
+fn verified(agent: &mut Agent, pid: u32) -> Vec<ProtoProcessRecord> {
+    agent
+        .verify(filter(&[], &[pid], None))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
 #[test]
 fn enumerate_finds_a_child_and_filters_select_exactly() {
     let procmond = Procmond::start(&[]);
@@ -414,21 +423,13 @@ fn hash_check_and_verify_agree_with_sha256sum_and_flag_a_deleted_binary() {
 
     // A running copy whose file is then deleted: hashed as it runs, flagged.
     let sleeper = Sleeper::spawn(&copy);
-    let records = agent
-        .verify(filter(&[], &[sleeper.pid()], None))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let records = verified(&mut agent, sleeper.pid());
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].executable_hash.as_deref(), Some(want.as_str()));
     assert_eq!(records[0].hash_algorithm.as_deref(), Some("sha256"));
     assert!(records[0].file_exists);
     std::fs::remove_file(&copy).unwrap();
-    let records = agent
-        .verify(filter(&[], &[sleeper.pid()], None))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let records = verified(&mut agent, sleeper.pid());
     assert_eq!(records[0].executable_hash.as_deref(), Some(want.as_str()));
     assert!(!records[0].file_exists, "a deleted image must be flagged");
     let pid = sleeper.pid().to_string();
@@ -939,11 +940,7 @@ fn serves_every_task(procmond: &Procmond, sees_images: bool) {
     let found = collect(&mut agent, filter(&[], &[sleeper.pid()], None));
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].command_line[2], sleeper.arg);
-    let verified = agent
-        .verify(filter(&[], &[sleeper.pid()], None))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let verified = verified(&mut agent, sleeper.pid());
     let want = sha256sum(Path::new("/usr/bin/sleep"));
     if sees_images {
         assert_eq!(found[0].executable_path.as_deref(), Some("/usr/bin/sleep"));
@@ -1218,11 +1215,7 @@ fn verify_finds_the_image_of_a_chrooted_process_on_disk() {
     let chrooted = Chrooted::spawn();
     let pid = chrooted.shell.pid();
     let mut agent = procmond.agent();
-    let records = agent
-        .verify(filter(&[], &[pid], None))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let records = verified(&mut agent, pid);
     assert_eq!(records.len(), 1, "{records:?}");
     // The kernel writes the exe link relative to procmond's root, where
     // the copy is found, not below the process's own root.

@@ -294,6 +294,7 @@ fn run<H: EventHandler>(
     let mut burst = Vec::with_capacity(BURST_MAX);
     handler.event(Event::Subscribed);
     let mut next_tick = tick.and_then(|t| Instant::now().checked_add(t));
+    // Acquire pairs with `shutdown`'s Release store.
     while !stop.load(Ordering::Acquire) {
         let timeout = next_tick.map(|at| at.saturating_duration_since(Instant::now()));
         let outcome = match socket.recv(&mut buf, timeout) {
@@ -387,6 +388,8 @@ fn catch_up<H: EventHandler>(
     burst: &mut Vec<Event>,
     handler: &mut H,
 ) -> std::io::Result<()> {
+    // Requests made while draining are answered by another round: their
+    // wakes may have been read (and dropped) by a receive meanwhile.
     loop {
         let asked = {
             let counts = lock(&sync.counts);

@@ -121,7 +121,10 @@ impl EventHandler for Applier {
                 let at = self.read_ahead.iter().position(|(read, _)| *read == pid)?;
                 Some(self.read_ahead.swap_remove(at).1)
             });
-            apply(&table, event, read_ahead, self.realtime);
+            if matches!(event, Event::Subscribed) {
+                raise_priority(self.realtime);
+            }
+            apply(&table, event, read_ahead);
         }
     }
 }
@@ -146,7 +149,7 @@ fn exit_of(event: &Event) -> Option<u32> {
     }
 }
 
-fn apply(table: &ProcessTable, event: Event, read_ahead: Option<Option<Details>>, realtime: bool) {
+fn apply(table: &ProcessTable, event: Event, read_ahead: Option<Option<Details>>) {
     match event {
         Event::Process(process) => match process.event {
             ProcEvent::Fork {
@@ -161,10 +164,7 @@ fn apply(table: &ProcessTable, event: Event, read_ahead: Option<Option<Details>>
             }
             ProcEvent::Gid { .. } => {}
         },
-        Event::Subscribed => {
-            raise_priority(realtime);
-            scan(table, ScanKind::Poll);
-        }
+        Event::Subscribed => scan(table, ScanKind::Poll),
         Event::Tick => scan(table, ScanKind::SafetyNet),
         Event::Lost { reason } => {
             tracing::info!(?reason, "process events lost; rescanning /proc");

@@ -638,13 +638,13 @@ impl ProcessTable {
         });
     }
 
-    /// Process `pid` exited.
     /// Reads the details of `pid` now (image, command line, name, uid), for
     /// an exec event that is to be applied a moment later.
     pub(crate) fn read_details(&self, pid: u32) -> Option<Details> {
         details::read_details(self.root().ok()?, pid)
     }
 
+    /// Process `pid` exited.
     pub(crate) fn on_exit(&self, pid: u32) {
         let mut map = lock(&self.shared.map);
         if let Some(entry) = map.procs.get(&pid).cloned() {
