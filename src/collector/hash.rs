@@ -1,20 +1,21 @@
 //! SHA-256 of a file: streamed in large blocks, capped in size, refusing
 //! anything that is not a regular file, and cached by file version.
 //!
-//! Files are opened with `O_NONBLOCK | O_NOCTTY | O_CLOEXEC`, after a `stat`
-//! that refuses non-regular paths without opening them, so neither a FIFO
-//! without a writer nor a device such as `/dev/zero` can hang or endlessly
-//! feed the hasher. Every decision is then made on the `fstat` and `fstatfs`
-//! of the opened descriptor (no window between check and use): it must be a
-//! regular file, not on a pseudo file system (`/proc/kmsg` claims to be a
-//! regular file, and reading it drains the kernel log), and readable by the
-//! [`Requester`] by its mode bits. Paths through `/proc`'s magic links
+//! A path is opened by [`open_regular`]: resolved once without opening
+//! anything, refused unless that is a regular file, and only then that same
+//! inode opened for reading, so no device or FIFO is ever opened, whatever
+//! is renamed in between. Paths through `/proc`'s magic links
 //! (`/proc/self/fd/N` would reach procmond's own descriptors) are refused.
+//! Every later decision is made on the `fstat` and `fstatfs` of the opened
+//! descriptor: it must be a regular file, not on a pseudo file system
+//! (`/proc/kmsg` claims to be a regular file, and reading it drains the
+//! kernel log), and readable by the [`Requester`] by its mode bits. Reads
+//! are positioned (`pread`), never through the descriptor's shared offset.
 
 use std::fs::{File, Metadata, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +26,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::cache::{CacheStats, Digest, FileKey, SharedHashCache};
 use super::requester::Requester;
-use crate::sys::fs::{open_read_no_magiclinks, pseudo_file_system};
+use crate::sys::fs::{OpenRegularError, non_regular_kind, open_regular, pseudo_file_system};
 
 /// Longest part of a path quoted in an error message, in bytes: results
 /// carrying the message stay within
@@ -154,6 +155,20 @@ impl HashError {
             _ => Self::Io { path, source },
         }
     }
+
+    fn from_open(path: &Path, error: OpenRegularError) -> Self {
+        match error {
+            OpenRegularError::NotRegular { kind } => Self::NotRegularFile {
+                path: path.to_path_buf(),
+                kind,
+            },
+            OpenRegularError::Replaced => Self::Io {
+                path: path.to_path_buf(),
+                source: io::Error::other(OpenRegularError::Replaced.to_string()),
+            },
+            OpenRegularError::Io(source) => Self::from_io(path, source),
+        }
+    }
 }
 
 /// The hashing limits, the reusable read buffer and the cache.
@@ -210,11 +225,9 @@ impl Hasher {
         if !may_search_ancestors(path, requester) {
             return Err(denied());
         }
-        // Refuse a non-regular path before opening it: opening some devices
-        // has side effects (a tape rewinds, a terminal becomes controlling).
-        let meta = std::fs::metadata(path).map_err(|e| HashError::from_io(path, e))?;
-        check_regular(path, &meta)?;
-        let file = open_refusing_magic_links(path)?;
+        // Never a device: opening some has side effects (a watchdog starts,
+        // a tape rewinds, a terminal becomes controlling).
+        let file = open_regular(path).map_err(|e| HashError::from_open(path, e))?;
         // From here on, decide on the opened file itself.
         let meta = file.metadata().map_err(|e| HashError::from_io(path, e))?;
         check_regular(path, &meta)?;
@@ -238,7 +251,7 @@ impl Hasher {
     }
 
     /// Hashes an already opened file; `path` only names it in errors.
-    pub(crate) fn hash_file(&mut self, mut file: File, path: &Path) -> Result<Digest, HashError> {
+    pub(crate) fn hash_file(&mut self, file: File, path: &Path) -> Result<Digest, HashError> {
         let started = SystemTime::now();
         let meta = file.metadata().map_err(|e| HashError::from_io(path, e))?;
         check_regular(path, &meta)?;
@@ -253,7 +266,7 @@ impl Hasher {
         if let Some(digest) = self.cache.get(&key) {
             return Ok(digest);
         }
-        let digest = self.stream(&mut file, path)?;
+        let digest = self.stream(&file, path)?;
         // Cache only if the file did not change while it was read (else the
         // key would name other contents than those hashed), and had settled
         // before (else a change in the same clock tick could keep the key).
@@ -264,7 +277,7 @@ impl Hasher {
         Ok(digest)
     }
 
-    fn stream(&mut self, file: &mut File, path: &Path) -> Result<Digest, HashError> {
+    fn stream(&mut self, file: &File, path: &Path) -> Result<Digest, HashError> {
         if self.block.len() != self.block_bytes {
             self.block = vec![0; self.block_bytes];
         }
@@ -276,7 +289,8 @@ impl Hasher {
                     path: path.to_path_buf(),
                 });
             }
-            let n = match file.read(&mut self.block) {
+            // Positioned: the offset may be shared with another process.
+            let n = match file.read_at(&mut self.block, total) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -306,27 +320,6 @@ pub(crate) fn open_nonblocking(path: &Path) -> Result<File, HashError> {
         .map_err(|e| HashError::from_io(path, e))
 }
 
-/// Opens `path` like [`open_nonblocking`] but refusing `/proc`'s magic
-/// links. Without `openat2` (Linux before 5.6), the path is opened and must
-/// name the same file once its links are resolved as text, which a magic
-/// link's target (`/memfd:ring (deleted)`, `pipe:[123]`) does not.
-fn open_refusing_magic_links(path: &Path) -> Result<File, HashError> {
-    if let Some(fd) = open_read_no_magiclinks(path).map_err(|e| HashError::from_io(path, e))? {
-        return Ok(File::from(fd));
-    }
-    let file = open_nonblocking(path)?;
-    let opened = file.metadata().map_err(|e| HashError::from_io(path, e))?;
-    let same = std::fs::canonicalize(path)
-        .and_then(std::fs::metadata)
-        .is_ok_and(|m| (m.dev(), m.ino()) == (opened.dev(), opened.ino()));
-    if !same {
-        return Err(HashError::LinkRefused {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(file)
-}
-
 /// Where the kernel says an open file is, if it is still linked there.
 fn opened_path(file: &File) -> Option<PathBuf> {
     let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
@@ -347,26 +340,13 @@ fn may_search_ancestors(path: &Path, requester: &Requester) -> bool {
 }
 
 fn check_regular(path: &Path, meta: &Metadata) -> Result<(), HashError> {
-    let kind = meta.file_type();
-    let what = if kind.is_file() {
-        return Ok(());
-    } else if kind.is_dir() {
-        "directory"
-    } else if kind.is_fifo() {
-        "FIFO"
-    } else if kind.is_socket() {
-        "socket"
-    } else if kind.is_char_device() {
-        "character device"
-    } else if kind.is_block_device() {
-        "block device"
-    } else {
-        "special file"
-    };
-    Err(HashError::NotRegularFile {
-        path: path.to_path_buf(),
-        kind: what,
-    })
+    match non_regular_kind(meta.mode()) {
+        None => Ok(()),
+        Some(kind) => Err(HashError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind,
+        }),
+    }
 }
 
 /// Lower-case hex of a digest.

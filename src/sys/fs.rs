@@ -1,17 +1,20 @@
-//! File-system facts about open files, and opening a path without following
-//! `/proc`'s magic links.
+//! File-system facts about open files, and opening a path as a regular file
+//! only, without following `/proc`'s magic links.
 //!
 //! procmond runs as root and opens paths that a peer names: these calls let
 //! the collector refuse files on pseudo file systems (`/proc/kmsg` reports
-//! itself as a regular file, yet reading it drains the kernel log) and paths
+//! itself as a regular file, yet reading it drains the kernel log), paths
 //! through magic links such as `/proc/self/fd/N` (which would reach
-//! procmond's own descriptors, e.g. another client's ring).
+//! procmond's own descriptors, e.g. another client's ring), and anything
+//! but a regular file before it is opened (opening a watchdog device starts
+//! its timer, a tape rewinds).
 
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 
 /// Pseudo file systems by `statfs` magic (`linux/magic.h`): kernel
 /// interfaces, not stored files.
@@ -52,27 +55,93 @@ pub fn pseudo_file_system(fd: impl AsFd) -> io::Result<Option<&'static str>> {
         .map(|(_, name)| *name))
 }
 
-/// Opens `path` read-only, non-blocking, without claiming a terminal and
-/// close-on-exec, refusing to traverse magic links (`/proc/<pid>/fd/N`,
-/// `/proc/<pid>/exe`, `/proc/<pid>/root`, ...): `openat2` with
-/// `RESOLVE_NO_MAGICLINKS`, which fails with `ELOOP` on one. Ordinary
-/// symbolic links are followed.
+/// Why [`open_regular`] opened nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenRegularError {
+    /// The path resolves to a directory, FIFO, socket or device, which was
+    /// not opened.
+    #[error("not a regular file (a {kind})")]
+    NotRegular {
+        /// What it is, e.g. "FIFO" or "character device".
+        kind: &'static str,
+    },
+    /// Reopening the resolved file for reading gave another file (cannot
+    /// happen unless `/proc` is not what it should be).
+    #[error("the file opened is not the one resolved")]
+    Replaced,
+    /// Resolving or opening failed (`ELOOP` for a magic link).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// What a file of mode `mode` is when it is not a regular file, e.g.
+/// `"FIFO"`; `None` for a regular file.
+pub fn non_regular_kind(mode: u32) -> Option<&'static str> {
+    match FileType::from_raw_mode(mode) {
+        FileType::RegularFile => None,
+        FileType::Directory => Some("directory"),
+        FileType::Fifo => Some("FIFO"),
+        FileType::Socket => Some("socket"),
+        FileType::CharacterDevice => Some("character device"),
+        FileType::BlockDevice => Some("block device"),
+        FileType::Symlink => Some("symbolic link"),
+        FileType::Unknown => Some("special file"),
+    }
+}
+
+/// Opens the regular file at `path` read-only (non-blocking, no controlling
+/// terminal, close-on-exec), resolving the path once and opening nothing
+/// else.
 ///
-/// `Ok(None)` when the kernel lacks `openat2` (before Linux 5.6); the caller
-/// then needs another guard.
-pub fn open_read_no_magiclinks(path: &Path) -> io::Result<Option<OwnedFd>> {
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-    match rustix::fs::openat2(
+/// The path is resolved with `openat2(O_PATH, RESOLVE_NO_MAGICLINKS)`,
+/// which opens no file (no driver's `open` runs, a FIFO gets no reader);
+/// that descriptor is `fstat`ed and must be a regular file; only then is
+/// that same inode opened for reading through `/proc/self/fd/N`, and the
+/// result must be the inode that was checked (device and inode). A rename
+/// between the steps cannot substitute another file. Ordinary symbolic
+/// links are followed. Without `openat2` (before Linux 5.6) the path is
+/// resolved by `open(O_PATH)`, and must name the same file once its links
+/// are resolved as text, which a magic link's target (`/memfd:ring
+/// (deleted)`, `pipe:[123]`) does not (`ELOOP` otherwise).
+pub fn open_regular(path: &Path) -> Result<File, OpenRegularError> {
+    let flags = OFlags::PATH | OFlags::CLOEXEC;
+    let resolved = match rustix::fs::openat2(
         rustix::fs::CWD,
         path,
         flags,
         Mode::empty(),
         ResolveFlags::NO_MAGICLINKS,
     ) {
-        Ok(fd) => Ok(Some(fd)),
-        Err(rustix::io::Errno::NOSYS) => Ok(None),
-        Err(e) => Err(e.into()),
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOSYS) => {
+            let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(io::Error::from)?;
+            let checked = rustix::fs::fstat(&fd).map_err(io::Error::from)?;
+            let same = std::fs::canonicalize(path)
+                .and_then(|real| rustix::fs::stat(real).map_err(io::Error::from))
+                .is_ok_and(|by_name| {
+                    (by_name.st_dev, by_name.st_ino) == (checked.st_dev, checked.st_ino)
+                });
+            if !same {
+                return Err(io::Error::from(rustix::io::Errno::LOOP).into());
+            }
+            fd
+        }
+        Err(e) => return Err(io::Error::from(e).into()),
+    };
+    let checked = rustix::fs::fstat(&resolved).map_err(io::Error::from)?;
+    if let Some(kind) = non_regular_kind(checked.st_mode) {
+        return Err(OpenRegularError::NotRegular { kind });
     }
+    let reopen = format!("/proc/self/fd/{}", resolved.as_raw_fd());
+    let read = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let file = rustix::fs::open(reopen.as_str(), read, Mode::empty()).map_err(io::Error::from)?;
+    let opened = rustix::fs::fstat(&file).map_err(io::Error::from)?;
+    if (opened.st_dev, opened.st_ino) != (checked.st_dev, checked.st_ino)
+        || non_regular_kind(opened.st_mode).is_some()
+    {
+        return Err(OpenRegularError::Replaced);
+    }
+    Ok(File::from(file))
 }
 
 #[cfg(test)]
@@ -90,23 +159,45 @@ mod tests {
     #[test]
     fn magic_links_are_refused() {
         let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
-        use std::os::fd::AsRawFd;
         let via_proc = format!("/proc/self/fd/{}", file.as_raw_fd());
-        match open_read_no_magiclinks(Path::new(&via_proc)) {
-            // No openat2 on this kernel: skipped, except under CI, whose
-            // kernel has it (a skip there would prove nothing).
-            Ok(None) => assert!(
-                std::env::var("CI").map_or(true, |ci| ci != "true"),
-                "CI=true, so this test may not skip: no openat2 on this kernel"
-            ),
-            Ok(Some(_)) => panic!("{via_proc} was opened through a magic link"),
-            Err(e) => assert_eq!(
+        match open_regular(Path::new(&via_proc)) {
+            Err(OpenRegularError::Io(e)) => assert_eq!(
                 e.raw_os_error(),
                 Some(rustix::io::Errno::LOOP.raw_os_error())
             ),
+            other => panic!("{via_proc} through a magic link: {other:?}"),
         }
         // An ordinary path still opens.
         let exe = std::env::current_exe().unwrap();
-        assert!(open_read_no_magiclinks(&exe).is_ok());
+        assert!(open_regular(&exe).is_ok());
+    }
+
+    #[test]
+    fn devices_and_fifos_are_refused_without_being_opened() {
+        match open_regular(Path::new("/dev/null")) {
+            Err(OpenRegularError::NotRegular { kind }) => assert_eq!(kind, "character device"),
+            other => panic!("/dev/null: {other:?}"),
+        }
+        let dir = std::env::temp_dir().join(format!("de-fs-fifo-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let refused = open_regular(&fifo);
+        // A writer opening without blocking fails (ENXIO) while the FIFO
+        // has no reader: resolving it opened nothing.
+        let writer = rustix::fs::open(&fifo, OFlags::WRONLY | OFlags::NONBLOCK, Mode::empty());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            matches!(refused, Err(OpenRegularError::NotRegular { kind: "FIFO" })),
+            "{refused:?}"
+        );
+        assert_eq!(writer.err(), Some(rustix::io::Errno::NXIO));
     }
 }

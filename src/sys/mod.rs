@@ -9,7 +9,7 @@
 //!   passing (`SCM_RIGHTS`).
 //! - [`cn_proc`]: the kernel's process connector (netlink process events).
 //! - [`fs`]: file-system facts about an open file (pseudo file systems) and
-//!   opening without following magic links.
+//!   opening a path as a regular file only (`openat2`, no magic links).
 //! - [`procfs`]: `/proc` through kept descriptors (`openat`, `pread`), and
 //!   the open-file limit.
 //! - [`thread`]: the scheduling priority of procmond's own threads.
