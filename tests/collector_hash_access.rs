@@ -1,6 +1,7 @@
-//! CHECK_PROCESS_HASH on behalf of a peer: procmond (root) must not read for
-//! a requester what the requester could not read, nor kernel interfaces
-//! dressed as regular files, nor its own descriptors through /proc.
+//! CHECK_PROCESS_HASH on behalf of a peer: procmond (root) opens no path for
+//! a peer but root (the peer attaches the file it opened), and reads no
+//! kernel interface dressed as a regular file, nor its own descriptors
+//! through /proc.
 
 mod child_support;
 mod collector_support;
@@ -8,10 +9,10 @@ mod skip_support;
 
 use std::fs;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use collector_support::{Running, TempDir, sha256sum};
+use collector_support::{TempDir, sha256sum};
 use daemoneye_lib::collector::{Collector, CollectorConfig, HashError, Requester};
 use daemoneye_lib::proto::{DetectionResult, ProtoHashCheck};
 
@@ -27,15 +28,9 @@ fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
-/// A requester that is neither the owner of files this test creates nor in
-/// their group.
+/// A requester other than root.
 fn stranger() -> Requester {
-    let me = nix::unistd::getuid().as_raw();
-    let uid = if me == 65534 { 65533 } else { 65534 };
-    Requester {
-        uid,
-        gids: vec![uid],
-    }
+    Requester { uid: 65534 }
 }
 
 /// The failure result procmond would send for `outcome` must itself be valid.
@@ -51,110 +46,96 @@ fn assert_failure_result_is_valid(outcome: &daemoneye_lib::collector::HashOutcom
 }
 
 #[test]
-fn a_requester_is_held_to_the_mode_bits() {
+fn a_path_from_anyone_but_root_is_refused_without_being_opened() {
     let dir = TempDir::new("access");
-    let secret = dir.join("secret");
-    fs::write(&secret, b"not for strangers").unwrap();
-    chmod(&secret, 0o600);
-    if nix::unistd::geteuid().is_root() {
-        // Root passes any mode check: give the file an ordinary owner.
-        std::os::unix::fs::chown(&secret, Some(4242), Some(4343)).unwrap();
-    }
-    let path = secret.to_str().unwrap();
+    let open = dir.join("open");
+    fs::write(&open, b"world-readable").unwrap();
+    chmod(&open, 0o644);
     let mut collector = Collector::new(CollectorConfig::default());
-
-    let refused = collector.check_hash_for(&ask(path), &stranger());
-    assert!(
-        matches!(refused.error, Some(HashError::NotPermittedFor { uid, .. }) if uid == stranger().uid),
-        "{:?}",
-        refused.error
-    );
-    assert!(!refused.result.success && refused.result.hash_value.is_empty());
-    assert_failure_result_is_valid(&refused);
-
-    // The file's owner may, as may root.
-    let owner = Requester {
-        uid: fs::metadata(&secret).unwrap().uid(),
-        gids: vec![],
-    };
-    let reference = sha256sum(&secret);
-    for who in [owner, Requester::root()] {
-        let outcome = collector.check_hash_for(&ask(path), &who);
-        assert_eq!(outcome.result.hash_value, reference, "{who:?}");
+    // A readable file and a missing one get the same answer: procmond
+    // looked at neither.
+    for path in [open.clone(), dir.join("missing")] {
+        let refused = collector.check_hash_for(&ask(path.to_str().unwrap()), stranger());
+        assert!(
+            matches!(refused.error, Some(HashError::PathNotAllowed { uid, .. }) if uid == stranger().uid),
+            "{:?}",
+            refused.error
+        );
+        assert!(!refused.result.success && refused.result.hash_value.is_empty());
+        assert!(
+            refused
+                .result
+                .error_message
+                .as_deref()
+                .is_some_and(|m| m.contains("attach its descriptor")),
+            "{:?}",
+            refused.result.error_message
+        );
+        assert_failure_result_is_valid(&refused);
     }
-
-    // Group bits count for a member of the file's group, other bits for
-    // anyone else, and the owner is held to the owner bits alone.
-    chmod(&secret, 0o640);
-    let gid = fs::metadata(&secret).unwrap().gid();
-    let member = Requester {
-        gids: vec![gid],
-        ..stranger()
-    };
-    assert!(collector.check_hash_for(&ask(path), &member).result.success);
-    assert!(
-        !collector
-            .check_hash_for(&ask(path), &stranger())
-            .result
-            .success
-    );
-    chmod(&secret, 0o044);
-    let owner = Requester {
-        uid: fs::metadata(&secret).unwrap().uid(),
-        gids: vec![],
-    };
-    assert!(matches!(
-        collector.check_hash_for(&ask(path), &owner).error,
-        Some(HashError::NotPermittedFor { .. })
-    ));
-    assert!(
-        collector
-            .check_hash_for(&ask(path), &stranger())
-            .result
-            .success
-    );
+    // Root may name it.
+    let outcome = collector.check_hash_for(&ask(open.to_str().unwrap()), Requester::root());
+    assert_eq!(outcome.result.hash_value, sha256sum(&open));
 }
 
 #[test]
-fn a_requester_must_be_able_to_reach_the_file() {
-    let dir = TempDir::new("reach");
-    let private = dir.join("private");
-    fs::create_dir(&private).unwrap();
-    let file = private.join("open.txt");
-    fs::write(&file, b"world-readable, in a closed directory").unwrap();
-    chmod(&file, 0o644);
-    chmod(&private, 0o700);
-    let mut collector = Collector::new(CollectorConfig::default());
-    let direct = collector.check_hash_for(&ask(file.to_str().unwrap()), &stranger());
-    assert!(
-        matches!(direct.error, Some(HashError::NotPermittedFor { .. })),
+fn an_attached_descriptor_is_hashed_whole_and_must_be_a_regular_file() {
+    use std::io::{Seek, SeekFrom};
+    let dir = TempDir::new("attached");
+    let data = dir.join("data");
+    fs::write(&data, vec![7u8; 3 << 20]).unwrap();
+    let mut collector = Collector::new(CollectorConfig {
+        hash_block_bytes: 1 << 20,
+        ..CollectorConfig::default()
+    });
+    // The peer's offset (shared with procmond's copy) is at the end: reads
+    // are positioned, so the whole file is still hashed.
+    let mut file = fs::File::open(&data).unwrap();
+    file.seek(SeekFrom::End(0)).unwrap();
+    let outcome = collector.check_hash_of(&ask("/named/by/the/peer"), file);
+    assert_eq!(
+        outcome.result.hash_value,
+        sha256sum(&data),
         "{:?}",
-        direct.error
+        outcome.error
     );
-    // Whether a file exists in a closed directory is not told either.
-    let missing =
-        collector.check_hash_for(&ask(private.join("nothing").to_str().unwrap()), &stranger());
-    assert!(matches!(
-        missing.error,
-        Some(HashError::NotPermittedFor { .. })
-    ));
+    assert_eq!(outcome.result.file_path, "/named/by/the/peer");
 
-    // A symbolic link in an open directory does not open the way.
-    let link = dir.join("link");
-    std::os::unix::fs::symlink(&file, &link).unwrap();
-    let via_link = collector.check_hash_for(&ask(link.to_str().unwrap()), &stranger());
+    let fifo = dir.join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let reader = rustix::fs::open(
+        &fifo,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    let outcome = collector.check_hash_of(&ask("/fifo"), fs::File::from(reader));
     assert!(
-        matches!(via_link.error, Some(HashError::NotPermittedFor { .. })),
+        matches!(
+            outcome.error,
+            Some(HashError::NotRegularFile { kind: "FIFO", .. })
+        ),
         "{:?}",
-        via_link.error
+        outcome.error
     );
-    chmod(&private, 0o711);
+    let proc_file = fs::File::open("/proc/self/status").unwrap();
+    let outcome = collector.check_hash_of(&ask("/proc/self/status"), proc_file);
     assert!(
-        collector
-            .check_hash_for(&ask(link.to_str().unwrap()), &stranger())
-            .result
-            .success
+        matches!(
+            outcome.error,
+            Some(HashError::PseudoFileSystem { fs: "proc", .. })
+        ),
+        "{:?}",
+        outcome.error
     );
+    assert_failure_result_is_valid(&outcome);
 }
 
 #[test]
@@ -181,7 +162,7 @@ fn pseudo_file_systems_are_refused_even_for_root() {
             "{path}: {:?}",
             outcome.error
         );
-        let outcome = collector.check_hash_for(&ask(path), &Requester::root());
+        let outcome = collector.check_hash_for(&ask(path), Requester::root());
         assert!(!outcome.result.success, "{path}");
         assert_failure_result_is_valid(&outcome);
     }
@@ -210,26 +191,6 @@ fn own_descriptors_are_not_reachable_through_proc() {
 }
 
 #[test]
-fn requester_from_pid_reads_a_childs_groups() {
-    let child = Running::spawn(std::process::Command::new("/bin/sleep").arg("30"));
-    let uid = nix::unistd::getuid().as_raw();
-    let gid = nix::unistd::getgid().as_raw();
-    let requester = Requester::from_pid(child.pid, uid, gid);
-    let mut expected: Vec<u32> = nix::unistd::getgroups()
-        .unwrap()
-        .into_iter()
-        .map(|g| g.as_raw())
-        .chain([gid])
-        .collect();
-    expected.sort_unstable();
-    expected.dedup();
-    assert_eq!(requester.gids, expected);
-    // Credentials that do not match the process keep only the primary group.
-    let other = Requester::from_pid(child.pid, uid + 1, 4242);
-    assert_eq!(other.gids, vec![4242]);
-}
-
-#[test]
 fn procmonds_own_failure_results_validate_whatever_the_peer_sent() {
     let mut collector = Collector::new(CollectorConfig::default());
     let long_path = format!("/{}", "é".repeat(2047)); // 4095 bytes, no such file
@@ -250,7 +211,7 @@ fn procmonds_own_failure_results_validate_whatever_the_peer_sent() {
     ];
     for check in cases {
         for who in [Requester::root(), stranger()] {
-            let outcome = collector.check_hash_for(&check, &who);
+            let outcome = collector.check_hash_for(&check, who);
             assert!(!outcome.result.success);
             assert_failure_result_is_valid(&outcome);
         }

@@ -358,7 +358,7 @@ fn tasks_and_replies_cross_and_eof_means_peer_gone() {
     let server = thread::spawn(move || -> Result<(), ControlError> {
         let mut channel = serve_one(&listener)?;
         loop {
-            let frame = channel.recv(deadline());
+            let frame = channel.recv(deadline()).map(|(body, _)| body);
             let done = frame.is_err();
             if let Ok(client_frame::Body::Task(request)) = &frame {
                 let task_id = request
@@ -387,6 +387,7 @@ fn tasks_and_replies_cross_and_eof_means_peer_gone() {
         task: Some(task.clone()),
         with_hashes: true,
         interval_ms: Some(25),
+        hash_file_attached: false,
     };
     channel
         .send(&ClientFrame {
@@ -439,7 +440,8 @@ fn bad_frames_end_one_connection_and_the_server_keeps_serving() {
     let server = thread::spawn(move || {
         let mut outcomes = Vec::new();
         for _ in 0..CLIENTS {
-            let outcome = serve_one(&listener).and_then(|mut channel| channel.recv(deadline()));
+            let outcome = serve_one(&listener)
+                .and_then(|mut channel| channel.recv(deadline()).map(|(body, _)| body));
             outcomes.push(outcome);
         }
         outcomes

@@ -476,47 +476,71 @@ fn a_peer_outside_the_allow_list_is_refused_and_procmond_keeps_serving() {
     procmond.stop();
 }
 
-#[test]
-fn an_allowed_peer_hashes_only_files_it_could_read_itself() {
-    if !skip_support::is_root_or_skip(&format!("running an agent as uid {NOBODY}")) {
-        return;
+/// Writes `contents` to `path` with `mode`.
+fn file_with_mode(path: &Path, contents: &[u8], mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `daemoneye-agent hash-check PATH` as nobody: hashed (the digest), or
+/// the agent's error message.
+fn hash_as_nobody(
+    procmond: &Procmond,
+    nobody: &PublicAgent,
+    path: &Path,
+) -> Result<String, String> {
+    let out = agent_cli(
+        &procmond.socket,
+        &["hash-check", path.to_str().unwrap()],
+        Some(nobody),
+    );
+    match out.status.code() {
+        Some(0) => Ok(text(&out.stdout)[..64].to_owned()),
+        Some(2) => Err(text(&out.stderr)),
+        other => panic!("exit {other:?}: {}", text(&out.stderr)),
     }
-    let Some(group) = skip_support::group_name_or_skip(NOBODY) else {
+}
+
+#[test]
+fn an_unprivileged_agent_hashes_what_the_kernel_lets_it_open() {
+    let Some(mut procmond) = procmond_for_nobody(&[]) else {
         return;
     };
-    let secret = TempDir::new("secret");
-    let secret_file = secret.0.join("secret");
-    std::fs::write(&secret_file, b"root only").unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&secret.0, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let public_file = secret.0.join("public");
-    std::fs::write(&public_file, b"anyone may read this").unwrap();
-    std::fs::set_permissions(&public_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let files = TempDir::new("access");
+    std::fs::set_permissions(&files.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = files.0.join("secret");
+    file_with_mode(&secret, b"root only", 0o600);
+    let public = files.0.join("public");
+    file_with_mode(&public, b"anyone may read this", 0o644);
+    let closed = files.0.join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let hidden = closed.join("readable");
+    file_with_mode(&hidden, b"readable, in a root-only directory", 0o644);
 
-    let mut procmond = Procmond::start(&["--group", &group, "--allow-uid", "65534"]);
-    let dir = procmond.socket.parent().unwrap().parent().unwrap();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-
-    // procmond runs as root, but hashes for nobody only what nobody may read.
     let nobody = PublicAgent::new();
-    let secret_arg = secret_file.to_str().unwrap();
-    let out = agent_cli(&procmond.socket, &["hash-check", secret_arg], Some(&nobody));
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("uid 65534"), "{stderr}");
-    assert!(!text(&out.stdout).contains(&sha256sum(&secret_file)));
-
-    let public_arg = public_file.to_str().unwrap();
-    let out = agent_cli(&procmond.socket, &["hash-check", public_arg], Some(&nobody));
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains(&sha256sum(&public_file)));
+    assert_eq!(
+        hash_as_nobody(&procmond, &nobody, &public),
+        Ok(sha256sum(&public))
+    );
+    // The agent's own open fails: the kernel said no, procmond was not asked.
+    for denied in [&secret, &hidden] {
+        let err = hash_as_nobody(&procmond, &nobody, denied).unwrap_err();
+        assert!(
+            err.contains("permission denied"),
+            "{}: {err}",
+            denied.display()
+        );
+        assert!(!err.contains(&sha256sum(denied)), "{err}");
+    }
 
     // Another client's ring, as procmond holds it: mapped, through no
     // descriptor (see kill_9_of_an_agent_frees_its_ring...), so reachable
     // only through procmond's /proc/PID/map_files, a magic link. Nobody may
-    // not read that directory (the kernel says so); even root, allowed by
-    // default, is refused, as procmond opens no magic link.
+    // not open it (the kernel says so); root, allowed by default, is
+    // refused too, as procmond follows no magic link.
     let other = procmond.agent();
     let pid = procmond.pid();
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
@@ -526,23 +550,166 @@ fn an_allowed_peer_hashes_only_files_it_could_read_itself() {
         .and_then(|line| line.split(' ').next())
         .expect("procmond maps the other client's ring")
         .to_owned();
-    let ring = format!("/proc/{pid}/map_files/{range}");
-    for (uid, reason) in [
-        (Some(&nobody), "uid 65534 may not read it"),
-        (None, "goes through a /proc magic link"),
-    ] {
-        let out = agent_cli(&procmond.socket, &["hash-check", &ring], uid);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{reason}: {stderr}");
-        assert!(stderr.contains(reason), "{stderr}");
-    }
+    let ring = PathBuf::from(format!("/proc/{pid}/map_files/{range}"));
+    let err = hash_as_nobody(&procmond, &nobody, &ring).unwrap_err();
+    assert!(err.contains("permission denied"), "{err}");
+    let out = agent_cli(
+        &procmond.socket,
+        &["hash-check", ring.to_str().unwrap()],
+        None,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("goes through a /proc magic link"),
+        "{stderr}"
+    );
     drop(other);
 
-    // Root, allowed by default, may hash the root-only file.
-    let out = agent_cli(&procmond.socket, &["hash-check", secret_arg], None);
+    // Root, allowed by default, names paths and may hash the root-only file.
+    let out = agent_cli(
+        &procmond.socket,
+        &["hash-check", secret.to_str().unwrap()],
+        None,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains(&sha256sum(&secret_file)));
+    assert!(text(&out.stdout).contains(&sha256sum(&secret)));
     procmond.wait_log("connection accepted");
+    procmond.stop();
+}
+
+/// Runs `setfacl ARGS`; `false` (skipped) where there is no setfacl.
+fn setfacl_or_skip(args: &[&str]) -> bool {
+    match Command::new("setfacl").args(args).output() {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "setfacl {args:?}: {}",
+                text(&out.stderr)
+            );
+            true
+        }
+        Err(e) => {
+            skip_support::skip(&format!("no setfacl ({e}): install the acl package"));
+            false
+        }
+    }
+}
+
+#[test]
+fn acls_decide_what_an_unprivileged_agent_may_hash() {
+    let Some(procmond) = procmond_for_nobody(&[]) else {
+        return;
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let files = TempDir::new("acl");
+    std::fs::set_permissions(&files.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The mode allows; an ACL entry denies nobody.
+    let denied = files.0.join("mode-allows-acl-denies");
+    file_with_mode(&denied, b"readable by mode, not by ACL", 0o644);
+    // The mode denies; an ACL entry allows nobody.
+    let allowed = files.0.join("mode-denies-acl-allows");
+    file_with_mode(&allowed, b"not readable by mode, readable by ACL", 0o600);
+    if !setfacl_or_skip(&["-m", "u:65534:---", denied.to_str().unwrap()])
+        || !setfacl_or_skip(&["-m", "u:65534:r", allowed.to_str().unwrap()])
+    {
+        return;
+    }
+    let nobody = PublicAgent::new();
+    let err = hash_as_nobody(&procmond, &nobody, &denied).unwrap_err();
+    assert!(err.contains("permission denied"), "{err}");
+    assert_eq!(
+        hash_as_nobody(&procmond, &nobody, &allowed),
+        Ok(sha256sum(&allowed))
+    );
+    procmond.stop();
+}
+
+/// A raw client connected as uid nobody: a `python3` child under nobody
+/// connects to `socket` and hands the connected socket back over its stdin
+/// (a socket pair), then waits until the test closes its end.
+struct NobodyConnection {
+    stream: UnixStream,
+    _child: Collected,
+    _back: UnixStream,
+}
+
+impl NobodyConnection {
+    fn open(socket: &Path) -> NobodyConnection {
+        const HANDOVER: &str = "import socket, sys\n\
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+            s.connect(sys.argv[1])\n\
+            back = socket.socket(fileno=0)\n\
+            socket.send_fds(back, [b'x'], [s.fileno()])\n\
+            back.recv(1)\n";
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let child = spawn_retrying(
+            Command::new("python3")
+                .args(["-c", HANDOVER])
+                .arg(socket)
+                .uid(NOBODY)
+                .gid(NOBODY)
+                .stdin(std::os::fd::OwnedFd::from(theirs))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .expect("spawn python3 as nobody");
+        let child = Collected::new(child);
+        ours.set_read_timeout(Some(WAIT)).unwrap();
+        let mut byte = [0u8; 1];
+        let (_, mut fds) = daemoneye_lib::sys::socket::recv_with_fds(&ours, &mut byte, 1)
+            .expect("the child hands its connection over");
+        let stream = UnixStream::from(fds.pop().expect("a connected socket"));
+        NobodyConnection {
+            stream,
+            _child: child,
+            _back: ours,
+        }
+    }
+}
+
+#[test]
+fn a_path_only_hash_check_from_a_non_root_peer_is_refused() {
+    let Some(procmond) = procmond_for_nobody(&[]) else {
+        return;
+    };
+    let nobody = NobodyConnection::open(&procmond.socket);
+    let (mut channel, welcome) = Connector::new("raw-nobody")
+        .handshake(nobody.stream.try_clone().unwrap())
+        .expect("nobody is allowed");
+    let Ok::<[_; 2], _>([data, control]) = welcome.fds.try_into() else {
+        panic!("two ring descriptors");
+    };
+    let mut consumer =
+        Consumer::attach(ConsumerFds { data, control }, WaitStrategy::default()).unwrap();
+    // A world-readable file: only the missing descriptor is wrong.
+    let check = ProtoHashCheck {
+        expected_hash: String::new(),
+        hash_algorithm: "sha256".into(),
+        executable_path: "/bin/sh".into(),
+    };
+    let task = ClientFrame {
+        body: Some(client_frame::Body::Task(TaskRequest {
+            task: Some(DetectionTask::new_hash_check("t-path", check)),
+            with_hashes: false,
+            interval_ms: None,
+            hash_file_attached: false,
+        })),
+    };
+    channel.send(&task).unwrap();
+    let deadline = Instant::now().checked_add(WAIT).unwrap();
+    let chunk = daemoneye_lib::session::read_chunk(&mut consumer, deadline).unwrap();
+    assert!(!chunk.result.success);
+    let message = chunk.result.error_message.unwrap_or_default();
+    assert!(
+        message.contains("uid 65534 may not have procmond open a path")
+            && message.contains("attach its descriptor"),
+        "{message}"
+    );
+    let hash = chunk.result.hash_result.expect("a hash result");
+    assert!(hash.hash_value.is_empty());
+    drop(channel);
+    drop(nobody);
     procmond.stop();
 }
 
@@ -642,6 +809,7 @@ fn when_procmond_stops_a_connections_results_the_client_is_told_why_and_the_slot
             task: Some(DetectionTask::new_enumerate_processes("t-1", None)),
             with_hashes: false,
             interval_ms: None,
+            hash_file_attached: false,
         })),
     };
     channel.send(&task).unwrap();

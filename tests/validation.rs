@@ -628,6 +628,7 @@ fn largest_valid_task_fits_a_control_frame() {
             task: Some(task.clone()),
             with_hashes: true,
             interval_ms: Some(u32::MAX),
+            hash_file_attached: true,
         })),
     };
     assert!(

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::control::ControlError;
 use crate::ring::RingError;
 use crate::session::SessionError;
+use crate::sys::fs::OpenRegularError;
 
 /// An agent-side failure.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +91,15 @@ pub enum ClientError {
     /// The ring procmond passed could not be attached.
     #[error("cannot attach the result ring: {0}")]
     Ring(#[source] RingError),
+    /// This agent could not open the file to hash with its own rights, or
+    /// it is not a regular file: nothing was sent.
+    #[error("{path}: {problem}")]
+    HashFile {
+        /// The path, control characters escaped.
+        path: String,
+        /// Why, e.g. "permission denied" or "not a regular file (a FIFO)".
+        problem: String,
+    },
     /// A local system call failed.
     #[error("{context}: {source}")]
     Io {
@@ -110,6 +120,28 @@ fn list(paths: &[PathBuf]) -> String {
 }
 
 impl ClientError {
+    /// The agent's own open of a file to hash failed.
+    pub(super) fn hash_file(path: &str, error: &OpenRegularError) -> ClientError {
+        let problem = match error {
+            OpenRegularError::Io(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                "permission denied".to_owned()
+            }
+            OpenRegularError::Io(e) if e.kind() == io::ErrorKind::NotFound => {
+                "no such file".to_owned()
+            }
+            OpenRegularError::Io(e)
+                if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) =>
+            {
+                "goes through a /proc magic link or a symbolic-link loop".to_owned()
+            }
+            other => other.to_string(),
+        };
+        ClientError::HashFile {
+            path: path.escape_debug().to_string(),
+            problem,
+        }
+    }
+
     /// A control error as the agent reports it.
     pub(super) fn from_control(error: ControlError) -> ClientError {
         match error {

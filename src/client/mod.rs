@@ -28,6 +28,7 @@ mod stream;
 mod watcher;
 
 use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -43,6 +44,7 @@ use crate::proto::control::{Cancel, Goodbye, TaskRequest};
 use crate::proto::{DetectionTask, ProtoHashCheck, ProtoHashResult, ProtoProcessFilter};
 use crate::ring::{Consumer, ConsumerFds, RingError, WaitStrategy};
 use crate::session::{Chunk, SessionError, read_chunk};
+use crate::sys::fs::open_regular;
 use crate::sys::pidfd::PidFd;
 use crate::sys::socket::{connect_before, peer_credentials};
 use watcher::{Gone, GoneReason};
@@ -238,11 +240,24 @@ impl Agent {
     /// CHECK_PROCESS_HASH: the SHA-256 of `check.executable_path`, compared
     /// with `check.expected_hash` when it is not empty. A hash that could not
     /// be computed is [`ClientError::TaskFailed`] naming why.
+    ///
+    /// Unless this process runs as root, it opens the file itself (with
+    /// `sys::fs::open_regular`: a regular file only, no device opened) and
+    /// attaches the descriptor to the task, so the kernel decides with this
+    /// process's rights (mode bits, ACLs, LSMs, its mount namespace) what it
+    /// may hash; a file it cannot open is [`ClientError::HashFile`] and
+    /// nothing is sent. procmond opens no path for a peer but root.
     pub fn hash_check(&mut self, check: ProtoHashCheck) -> Result<HashReport, ClientError> {
+        let file = if rustix::process::geteuid().is_root() {
+            None
+        } else {
+            let path = &check.executable_path;
+            Some(open_regular(Path::new(path)).map_err(|e| ClientError::hash_file(path, &e))?)
+        };
         let task_id = self.task_id();
         let expected = check.expected_hash.trim().to_owned();
         let task = DetectionTask::new_hash_check(task_id.clone(), check);
-        self.send_task(task, false, None)?;
+        self.send_task_with(task, false, None, file.as_ref().map(AsFd::as_fd))?;
         let deadline = crate::deadline::after(self.options.timeout);
         let mut hash = None;
         let mut failure = None;
@@ -312,6 +327,17 @@ impl Agent {
         with_hashes: bool,
         interval_ms: Option<u32>,
     ) -> Result<(), ClientError> {
+        self.send_task_with(task, with_hashes, interval_ms, None)
+    }
+
+    /// Sends a task, with the file to hash attached when `file` is given.
+    fn send_task_with(
+        &mut self,
+        task: DetectionTask,
+        with_hashes: bool,
+        interval_ms: Option<u32>,
+        file: Option<BorrowedFd<'_>>,
+    ) -> Result<(), ClientError> {
         let gone = self.gone.lock().map_or(true, |why| why.is_some());
         if gone || self.consumer.is_closed() {
             return Err(self.gone_error());
@@ -321,14 +347,16 @@ impl Agent {
                 task: Some(task),
                 with_hashes,
                 interval_ms,
+                hash_file_attached: file.is_some(),
             })),
         };
-        self.channel
-            .send(&frame)
-            .map_err(|error| match ClientError::from_control(error) {
+        let fds: Vec<BorrowedFd<'_>> = file.into_iter().collect();
+        self.channel.send_with_fds(&frame, &fds).map_err(
+            |error| match ClientError::from_control(error) {
                 ClientError::PeerGone { .. } => self.gone_error(),
                 other => other,
-            })?;
+            },
+        )?;
         self.awaiting_first_frame = true;
         Ok(())
     }

@@ -9,12 +9,12 @@
 //! Every later decision is made on the `fstat` and `fstatfs` of the opened
 //! descriptor: it must be a regular file, not on a pseudo file system
 //! (`/proc/kmsg` claims to be a regular file, and reading it drains the
-//! kernel log), and readable by the [`Requester`] by its mode bits. Reads
-//! are positioned (`pread`), never through the descriptor's shared offset.
+//! kernel log). A descriptor a peer attached is judged the same way. Reads
+//! are positioned (`pread`), never through the descriptor's offset, which a
+//! peer that handed the descriptor over shares and could move.
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +25,6 @@ use nix::fcntl::OFlag;
 use sha2::{Digest as _, Sha256};
 
 use super::cache::{CacheStats, Digest, FileKey, SharedHashCache};
-use super::requester::Requester;
 use crate::sys::fs::{OpenRegularError, non_regular_kind, open_regular, pseudo_file_system};
 
 /// Longest part of a path quoted in an error message, in bytes: results
@@ -119,10 +118,14 @@ pub enum HashError {
         /// The path asked for.
         path: PathBuf,
     },
-    /// The requester could not read the file (or reach it) by the mode bits,
-    /// so procmond does not read it on its behalf.
-    #[error("{}: uid {uid} may not read it", shown(path))]
-    NotPermittedFor {
+    /// A peer other than root named a path: procmond opens no path for it
+    /// (the peer opens the file and attaches the descriptor, so the kernel
+    /// decides what it may read).
+    #[error(
+        "{}: uid {uid} may not have procmond open a path; open the file and attach its descriptor",
+        shown(path)
+    )]
+    PathNotAllowed {
         /// The path asked for.
         path: PathBuf,
         /// The requester's uid.
@@ -209,26 +212,21 @@ impl Hasher {
         self.cache.stats()
     }
 
-    /// Hashes the regular file at `path` for `requester`: see the module
-    /// documentation for what is refused.
-    pub(crate) fn hash_path(
-        &mut self,
-        path: &Path,
-        requester: &Requester,
-    ) -> Result<Digest, HashError> {
-        let denied = || HashError::NotPermittedFor {
-            path: path.to_path_buf(),
-            uid: requester.uid,
-        };
-        // Directories the requester could not search hide what is below
-        // them: refuse before telling whether the file exists.
-        if !may_search_ancestors(path, requester) {
-            return Err(denied());
-        }
+    /// Hashes the regular file at `path` (opened by procmond: only for
+    /// root's tasks and procmond's own use): see the module documentation
+    /// for what is refused.
+    pub(crate) fn hash_path(&mut self, path: &Path) -> Result<Digest, HashError> {
         // Never a device: opening some has side effects (a watchdog starts,
         // a tape rewinds, a terminal becomes controlling).
         let file = open_regular(path).map_err(|e| HashError::from_open(path, e))?;
-        // From here on, decide on the opened file itself.
+        self.hash_file(file, path)
+    }
+
+    /// Hashes an already opened file (procmond's own, or a peer's attached
+    /// descriptor); `path` only names it in errors. It must be a regular
+    /// file, not on a pseudo file system.
+    pub(crate) fn hash_file(&mut self, file: File, path: &Path) -> Result<Digest, HashError> {
+        let started = SystemTime::now();
         let meta = file.metadata().map_err(|e| HashError::from_io(path, e))?;
         check_regular(path, &meta)?;
         if let Some(fs) = pseudo_file_system(&file).map_err(|e| HashError::from_io(path, e))? {
@@ -237,24 +235,6 @@ impl Hasher {
                 fs,
             });
         }
-        if !requester.may(&meta, 4) {
-            return Err(denied());
-        }
-        // The file may have been reached through symbolic links: its real
-        // directories must be searchable by the requester too.
-        if requester.uid != 0
-            && !may_search_ancestors(&opened_path(&file).ok_or_else(denied)?, requester)
-        {
-            return Err(denied());
-        }
-        self.hash_file(file, path)
-    }
-
-    /// Hashes an already opened file; `path` only names it in errors.
-    pub(crate) fn hash_file(&mut self, file: File, path: &Path) -> Result<Digest, HashError> {
-        let started = SystemTime::now();
-        let meta = file.metadata().map_err(|e| HashError::from_io(path, e))?;
-        check_regular(path, &meta)?;
         if meta.len() > self.max_bytes {
             return Err(HashError::TooLarge {
                 path: path.to_path_buf(),
@@ -320,25 +300,6 @@ pub(crate) fn open_nonblocking(path: &Path) -> Result<File, HashError> {
         .map_err(|e| HashError::from_io(path, e))
 }
 
-/// Where the kernel says an open file is, if it is still linked there.
-fn opened_path(file: &File) -> Option<PathBuf> {
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
-    link.is_absolute().then_some(link)
-}
-
-/// Whether `requester` may search (mode bit `x`) every directory above
-/// `path`, as written. Conservative: a directory that cannot be inspected
-/// counts as not searchable.
-fn may_search_ancestors(path: &Path, requester: &Requester) -> bool {
-    if requester.uid == 0 {
-        return true;
-    }
-    path.ancestors().skip(1).all(|dir| {
-        dir.as_os_str().is_empty()
-            || std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && requester.may(&m, 1))
-    })
-}
-
 fn check_regular(path: &Path, meta: &Metadata) -> Result<(), HashError> {
     match non_regular_kind(meta.mode()) {
         None => Ok(()),
@@ -386,7 +347,7 @@ mod tests {
     #[test]
     fn char_device_is_refused_without_reading() {
         let mut hasher = Hasher::new(1 << 20, 1 << 20, SharedHashCache::new(4));
-        match hasher.hash_path(Path::new("/dev/zero"), &Requester::root()) {
+        match hasher.hash_path(Path::new("/dev/zero")) {
             Err(HashError::NotRegularFile { kind, .. }) => assert_eq!(kind, "character device"),
             other => panic!("expected NotRegularFile, got {other:?}"),
         }

@@ -44,6 +44,7 @@ mod table;
 mod usage;
 mod verify;
 
+use std::fs::File;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
@@ -244,21 +245,23 @@ impl Collector {
     /// file at `check.executable_path`, compared with `check.expected_hash`
     /// when one is given. The algorithm must be "sha256" (any case) or empty.
     ///
-    /// Only regular files on ordinary file systems are read: a file on a
-    /// pseudo file system such as `/proc` or `/sys` is
-    /// [`HashError::PseudoFileSystem`], a path through a `/proc` magic link
-    /// [`HashError::LinkRefused`]. For a peer's task use
-    /// [`check_hash_for`](Self::check_hash_for).
+    /// Only regular files on ordinary file systems are read, and only a
+    /// regular file is ever opened (no device, whatever is renamed
+    /// meanwhile): a file on a pseudo file system such as `/proc` or `/sys`
+    /// is [`HashError::PseudoFileSystem`], a path through a `/proc` magic
+    /// link [`HashError::LinkRefused`]. For a peer's task use
+    /// [`check_hash_for`](Self::check_hash_for) or
+    /// [`check_hash_of`](Self::check_hash_of).
     pub fn check_hash(&mut self, check: &ProtoHashCheck) -> HashOutcome {
-        self.check_hash_for(check, &Requester::root())
+        self.check_hash_for(check, Requester::root())
     }
 
-    /// CHECK_PROCESS_HASH on behalf of `requester` (the peer that sent the
-    /// task): as [`check_hash`](Self::check_hash), and also refused with
-    /// [`HashError::NotPermittedFor`] unless the requester could read the
-    /// file itself by its mode bits, and search the directories above it.
-    /// Procmond runs as root; without this, any allowed peer could have it
-    /// hash `/etc/shadow`.
+    /// CHECK_PROCESS_HASH naming a path, on behalf of `requester` (the peer
+    /// that sent the task): as [`check_hash`](Self::check_hash) for root;
+    /// for anyone else [`HashError::PathNotAllowed`], as procmond opens no
+    /// path for a peer but root (the peer opens the file itself and attaches
+    /// it: [`check_hash_of`](Self::check_hash_of)). Procmond runs as root;
+    /// otherwise any allowed peer could have it hash `/etc/shadow`.
     ///
     /// ```
     /// use daemoneye_lib::collector::{Collector, CollectorConfig, HashError, Requester};
@@ -270,10 +273,24 @@ impl Collector {
     ///     hash_algorithm: "sha256".to_string(),
     ///     executable_path: "/proc/self/status".to_string(),
     /// };
-    /// let outcome = collector.check_hash_for(&check, &Requester::root());
+    /// let outcome = collector.check_hash_for(&check, Requester::root());
     /// assert!(matches!(outcome.error, Some(HashError::PseudoFileSystem { fs: "proc", .. })));
+    /// let outcome = collector.check_hash_for(&check, Requester { uid: 1000 });
+    /// assert!(matches!(outcome.error, Some(HashError::PathNotAllowed { uid: 1000, .. })));
     /// ```
-    pub fn check_hash_for(&mut self, check: &ProtoHashCheck, requester: &Requester) -> HashOutcome {
+    pub fn check_hash_for(&mut self, check: &ProtoHashCheck, requester: Requester) -> HashOutcome {
+        self.outcome(check, Source::Path(requester))
+    }
+
+    /// CHECK_PROCESS_HASH of a file the peer opened itself and attached to
+    /// the task: the kernel decided, when the peer opened it, that it may
+    /// read it. `check.executable_path` only names it. It must be a regular
+    /// file, not on a pseudo file system.
+    pub fn check_hash_of(&mut self, check: &ProtoHashCheck, file: File) -> HashOutcome {
+        self.outcome(check, Source::File(file))
+    }
+
+    fn outcome(&mut self, check: &ProtoHashCheck, source: Source) -> HashOutcome {
         let mut result = ProtoHashResult {
             hash_value: String::new(),
             algorithm: HASH_ALGORITHM.to_string(),
@@ -281,7 +298,7 @@ impl Collector {
             success: false,
             error_message: None,
         };
-        match self.hash_checked(check, requester) {
+        match self.hash_checked(check, source) {
             Ok((hex, matched)) => {
                 result.hash_value = hex;
                 result.success = true;
@@ -322,7 +339,7 @@ impl Collector {
     fn hash_checked(
         &mut self,
         check: &ProtoHashCheck,
-        requester: &Requester,
+        source: Source,
     ) -> Result<(String, Option<bool>), HashError> {
         let algorithm = check.hash_algorithm.trim();
         if !(algorithm.is_empty()
@@ -340,15 +357,32 @@ impl Collector {
             )));
         }
         let path = Path::new(&check.executable_path);
-        if !path.is_absolute() {
-            return Err(HashError::NotAbsolute {
-                path: path.to_path_buf(),
-            });
-        }
-        let hex = hash::to_hex(&self.hasher.hash_path(path, requester)?);
+        let digest = match source {
+            Source::File(file) => self.hasher.hash_file(file, path)?,
+            Source::Path(requester) if !requester.may_name_paths() => {
+                return Err(HashError::PathNotAllowed {
+                    path: path.to_path_buf(),
+                    uid: requester.uid,
+                });
+            }
+            Source::Path(_) if !path.is_absolute() => {
+                return Err(HashError::NotAbsolute {
+                    path: path.to_path_buf(),
+                });
+            }
+            Source::Path(_) => self.hasher.hash_path(path)?,
+        };
+        let hex = hash::to_hex(&digest);
         let matched = (!expected.is_empty()).then(|| expected.eq_ignore_ascii_case(&hex));
         Ok((hex, matched))
     }
+}
+
+/// What a hash check hashes: a path procmond opens for its requester, or a
+/// descriptor the peer attached.
+enum Source {
+    Path(Requester),
+    File(File),
 }
 
 fn add_image_hash(hasher: &mut hash::Hasher, record: &mut ProtoProcessRecord, exe: Option<&Path>) {

@@ -7,7 +7,7 @@
 //! on this channel (or a clone of it) sees [`ControlError::PeerGone`].
 
 use std::net::Shutdown;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -48,26 +48,47 @@ impl ServerChannel {
     }
 
     /// Waits for the client's next frame (until `deadline`, or as long as it
-    /// takes with `None`): a task, a cancel or a goodbye.
+    /// takes with `None`): a task, a cancel or a goodbye, and the one file
+    /// descriptor a task with `hash_file_attached` carries (the file to
+    /// hash, opened by the client).
     ///
     /// End of stream is [`ControlError::PeerGone`]: the client is gone and its
-    /// ring can be freed. A second hello or an empty frame is
+    /// ring can be freed. A second hello, an empty frame, a descriptor with
+    /// any other frame or a `hash_file_attached` task without one is
     /// [`ControlError::UnexpectedFrame`]; like a malformed or oversize frame,
     /// the client is sent an [`Error`] frame saying so and the connection is
     /// shut down.
-    pub fn recv(&mut self, deadline: Option<Instant>) -> Result<client_frame::Body, ControlError> {
+    pub fn recv(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<(client_frame::Body, Option<OwnedFd>), ControlError> {
         const EXPECTED: &str = "a task, cancel or goodbye";
-        let result = read_message::<ClientFrame>(&self.stream, 0, deadline, "a client frame")
-            .and_then(|(frame, _)| match frame.body {
-                Some(client_frame::Body::Hello(_)) => Err(ControlError::UnexpectedFrame {
-                    expected: EXPECTED,
-                    got: "a second client hello",
-                }),
-                Some(body) => Ok(body),
-                None => Err(ControlError::UnexpectedFrame {
-                    expected: EXPECTED,
-                    got: frame_name_client(None),
-                }),
+        const ATTACHED: &str = "one descriptor exactly with a hash check that says it is attached";
+        let result = read_message::<ClientFrame>(&self.stream, 1, deadline, "a client frame")
+            .and_then(|(frame, mut fds)| {
+                let attached = matches!(
+                    &frame.body,
+                    Some(client_frame::Body::Task(task)) if task.hash_file_attached
+                );
+                match (frame.body, fds.pop()) {
+                    (Some(client_frame::Body::Hello(_)), _) => Err(ControlError::UnexpectedFrame {
+                        expected: EXPECTED,
+                        got: "a second client hello",
+                    }),
+                    (None, _) => Err(ControlError::UnexpectedFrame {
+                        expected: EXPECTED,
+                        got: frame_name_client(None),
+                    }),
+                    (Some(body), fd) if attached == fd.is_some() => Ok((body, fd)),
+                    (Some(_), Some(_)) => Err(ControlError::UnexpectedFrame {
+                        expected: ATTACHED,
+                        got: "a descriptor with a frame that does not announce it",
+                    }),
+                    (Some(_), None) => Err(ControlError::UnexpectedFrame {
+                        expected: ATTACHED,
+                        got: "a hash check whose descriptor did not arrive",
+                    }),
+                }
             });
         result.inspect_err(|err| {
             if err.is_protocol_violation() {
@@ -125,10 +146,20 @@ impl ClientChannel {
 
     /// Sends a frame to the server.
     pub fn send(&mut self, frame: &ClientFrame) -> Result<(), ControlError> {
+        self.send_with_fds(frame, &[])
+    }
+
+    /// Sends a frame to the server with `fds` attached (`SCM_RIGHTS`): a
+    /// task with `hash_file_attached` carries the file to hash.
+    pub fn send_with_fds(
+        &mut self,
+        frame: &ClientFrame,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), ControlError> {
         write_message(
             &self.stream,
             frame,
-            &[],
+            fds,
             Some(Instant::now() + SEND_TIMEOUT),
         )
     }

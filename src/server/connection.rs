@@ -95,8 +95,8 @@ pub(super) fn serve(stream: UnixStream, config: &ServerConfig, mut slot: Held, s
         Ok(pidfd) => producer.watch_peer(pidfd),
         Err(error) => tracing::debug!(pid = peer.pid, %error, "cannot watch the client's process"),
     }
-    // Hash checks open files with what this peer may read, not with ours.
-    let requester = Requester::from_pid(peer.pid, peer.uid, peer.gid);
+    // Only root may have procmond open a path; anyone else attaches the file.
+    let requester = Requester { uid: peer.uid };
     let reason = run(channel, producer, config, requester, shared, slot);
     tracing::info!(uid = peer.uid, pid = peer.pid, %reason, "connection closed; ring freed");
 }
@@ -130,7 +130,7 @@ fn run(
             .name("procmond-work".into())
             .spawn(move || {
                 let (producer, why) =
-                    worker::run(producer, &queue, &signals, collector, &requester, stall);
+                    worker::run(producer, &queue, &signals, collector, requester, stall);
                 if let Some(why) = why {
                     let _ = ended.set(why);
                     // The socket thread's read returns end-of-stream.
@@ -146,36 +146,40 @@ fn run(
 
     let reason = loop {
         match channel.recv(None) {
-            Ok(client_frame::Body::Task(request)) => match tasks::check(request) {
-                Ok(job) => {
-                    signals.queued(job.task_id());
-                    match work.try_send(job) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(_)) => {
-                            let message = format!(
-                                "more than {MAX_QUEUED_TASKS} tasks queued behind a running one"
-                            );
-                            tell(&mut channel, &message);
-                            break message;
+            Ok((client_frame::Body::Task(request), attached)) => {
+                match tasks::check(request, attached) {
+                    Ok(job) => {
+                        signals.queued(job.task_id());
+                        match work.try_send(job) {
+                            Ok(()) => {}
+                            Err(TrySendError::Full(_)) => {
+                                let message = format!(
+                                    "more than {MAX_QUEUED_TASKS} tasks queued behind a running one"
+                                );
+                                tell(&mut channel, &message);
+                                break message;
+                            }
+                            Err(TrySendError::Disconnected(_)) => {
+                                break "the worker stopped".into();
+                            }
                         }
-                        Err(TrySendError::Disconnected(_)) => break "the worker stopped".into(),
+                    }
+                    Err(tasks::BadRequest(message)) => {
+                        tell(&mut channel, &message);
+                        break message;
                     }
                 }
-                Err(tasks::BadRequest(message)) => {
-                    tell(&mut channel, &message);
-                    break message;
-                }
-            },
-            Ok(client_frame::Body::Cancel(cancel)) => {
+            }
+            Ok((client_frame::Body::Cancel(cancel), _)) => {
                 let task_id = text::for_log(&cancel.task_id, LOGGED_TEXT_BYTES);
                 let applied = signals.cancel(cancel.task_id);
                 tracing::info!(%task_id, ?applied, "task cancel received");
             }
-            Ok(client_frame::Body::Goodbye(goodbye)) => {
+            Ok((client_frame::Body::Goodbye(goodbye), _)) => {
                 let reason = text::for_log(&goodbye.reason, LOGGED_TEXT_BYTES);
                 break format!("client said goodbye: {reason}");
             }
-            Ok(client_frame::Body::Hello(_)) => break "a second hello".into(),
+            Ok((client_frame::Body::Hello(_), _)) => break "a second hello".into(),
             Err(ControlError::PeerGone) => break "client gone (socket closed)".into(),
             Err(error) => break error.to_string(),
         }

@@ -2,6 +2,8 @@
 //! socket thread shares with its worker (cancels, the client leaving).
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -42,6 +44,8 @@ pub(super) struct Job {
     pub kind: ProtoTaskType,
     pub with_hashes: bool,
     pub interval: Duration,
+    /// CHECK_PROCESS_HASH: the file the client opened and attached.
+    pub file: Option<File>,
 }
 
 /// A request the connection cannot answer in the ring: the client is told in
@@ -49,9 +53,11 @@ pub(super) struct Job {
 #[derive(Debug)]
 pub(super) struct BadRequest(pub String);
 
-/// Checks a request: no task, or a task id that cannot be answered, is a
-/// [`BadRequest`]; any other broken rule is a [`Work::Reject`] naming it.
-pub(super) fn check(request: TaskRequest) -> Result<Work, BadRequest> {
+/// Checks a request and the descriptor attached to it (the channel let one
+/// through only with `hash_file_attached`): no task, or a task id that
+/// cannot be answered, is a [`BadRequest`]; any other broken rule is a
+/// [`Work::Reject`] naming it.
+pub(super) fn check(request: TaskRequest, attached: Option<OwnedFd>) -> Result<Work, BadRequest> {
     let Some(task) = request.task else {
         return Err(BadRequest("a task request without a task".into()));
     };
@@ -79,11 +85,21 @@ pub(super) fn check(request: TaskRequest) -> Result<Work, BadRequest> {
             ),
         });
     }
+    if attached.is_some() && kind != ProtoTaskType::CheckProcessHash {
+        return Ok(Work::Reject {
+            task_id: task.task_id,
+            message: format!(
+                "invalid task: a file is attached to a {} task; only a hash check takes one",
+                kind.as_str_name()
+            ),
+        });
+    }
     Ok(Work::Run(Job {
         task,
         kind,
         with_hashes: request.with_hashes,
         interval,
+        file: attached.map(File::from),
     }))
 }
 

@@ -22,7 +22,7 @@ pub(super) fn run(
     queue: &Receiver<Work>,
     signals: &TaskSignals,
     mut collector: Collector,
-    requester: &Requester,
+    requester: Requester,
     stall: Duration,
 ) -> (Producer, Option<String>) {
     collector.stop_hashing_when(signals.stop_flag());
@@ -45,7 +45,7 @@ pub(super) fn run(
                     &mut producer,
                     &mut collector,
                     signals,
-                    &job,
+                    job,
                     requester,
                     stall,
                 ),
@@ -72,10 +72,11 @@ fn run_job(
     producer: &mut Producer,
     collector: &mut Collector,
     signals: &TaskSignals,
-    job: &Job,
-    requester: &Requester,
+    mut job: Job,
+    requester: Requester,
     stall: Duration,
 ) -> Result<StreamStats, SessionError> {
+    let file = job.file.take();
     let task_id = job.task.task_id.as_str();
     let started = Instant::now();
     tracing::debug!(task_id, kind = job.kind.as_str_name(), "task started");
@@ -85,15 +86,17 @@ fn run_job(
             stream,
             collector,
             signals,
-            job,
+            &job,
             job.with_hashes,
             "ENUMERATE_PROCESSES",
         ),
         ProtoTaskType::VerifyExecutable => {
-            collect(stream, collector, signals, job, true, "VERIFY_EXECUTABLE")
+            collect(stream, collector, signals, &job, true, "VERIFY_EXECUTABLE")
         }
-        ProtoTaskType::CheckProcessHash => hash_check(stream, collector, signals, job, requester),
-        ProtoTaskType::MonitorProcessTree => monitor(stream, collector, signals, job),
+        ProtoTaskType::CheckProcessHash => {
+            hash_check(stream, collector, signals, &job, file, requester)
+        }
+        ProtoTaskType::MonitorProcessTree => monitor(stream, collector, signals, &job),
     }?;
     // Debug: a monitor polled every 10 ms would flood the log at info.
     tracing::debug!(
@@ -154,19 +157,25 @@ fn collect(
 }
 
 /// CHECK_PROCESS_HASH: one END frame carrying the hash result; a hash that
-/// could not be computed is a failed result saying why.
+/// could not be computed is a failed result saying why. The file is the one
+/// the client attached, or else the path, opened only for root.
 fn hash_check(
     stream: ResultWriter<'_>,
     collector: &mut Collector,
     signals: &TaskSignals,
     job: &Job,
-    requester: &Requester,
+    file: Option<std::fs::File>,
+    requester: Requester,
 ) -> Result<StreamStats, SessionError> {
     let Some(check) = job.task.hash_check.as_ref() else {
         // Validation requires it; answer rather than trust that.
         return stream.fail("CHECK_PROCESS_HASH failed: the task carries no hash_check");
     };
-    let mut outcome = collector.check_hash_for(check, requester).result;
+    let mut outcome = match file {
+        Some(file) => collector.check_hash_of(check, file),
+        None => collector.check_hash_for(check, requester),
+    }
+    .result;
     if signals.halted() {
         // The hash stopped part-way (or would be thrown away).
         return end_halted(stream, signals, "CHECK_PROCESS_HASH");
@@ -312,6 +321,7 @@ mod tests {
             kind: ProtoTaskType::EnumerateProcesses,
             with_hashes: true,
             interval: DEFAULT_MONITOR_INTERVAL,
+            file: None,
         };
         let mut collector = Collector::new(CollectorConfig::default());
         collector.stop_hashing_when(signals.stop_flag());
@@ -319,8 +329,8 @@ mod tests {
             &mut producer,
             &mut collector,
             &signals,
-            &job,
-            &Requester::root(),
+            job,
+            Requester::root(),
             Duration::from_secs(5),
         );
         assert!(

@@ -92,6 +92,7 @@ impl Raw {
                 task: Some(task),
                 with_hashes: false,
                 interval_ms,
+                hash_file_attached: false,
             })),
         };
         self.channel.send(&frame).unwrap();
