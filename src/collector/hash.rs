@@ -24,8 +24,8 @@ use std::time::SystemTime;
 use nix::fcntl::OFlag;
 use sha2::{Digest as _, Sha256};
 
-use super::cache::{CacheStats, Digest, FileKey, SharedHashCache};
-use crate::sys::fs::{OpenRegularError, non_regular_kind, open_regular, pseudo_file_system};
+use super::cache::{CacheStats, Digest, FileKey, SharedHashCache, only_root_writes};
+use crate::sys::fs::{OpenRegularError, file_system, non_regular_kind, open_regular};
 
 /// Longest part of a path quoted in an error message, in bytes: results
 /// carrying the message stay within
@@ -229,7 +229,8 @@ impl Hasher {
         let started = SystemTime::now();
         let meta = file.metadata().map_err(|e| HashError::from_io(path, e))?;
         check_regular(path, &meta)?;
-        if let Some(fs) = pseudo_file_system(&file).map_err(|e| HashError::from_io(path, e))? {
+        let fs = file_system(&file).map_err(|e| HashError::from_io(path, e))?;
+        if let Some(fs) = fs.pseudo() {
             return Err(HashError::PseudoFileSystem {
                 path: path.to_path_buf(),
                 fs,
@@ -241,6 +242,12 @@ impl Hasher {
                 size: meta.len(),
                 max: self.max_bytes,
             });
+        }
+        // A key pins the contents only if no one but root could have
+        // changed them unseen (see the cache's documentation).
+        if !only_root_writes(&meta) || fs.untrusted_versions().is_some() {
+            self.cache.note_uncacheable();
+            return self.stream(&file, path);
         }
         let key = FileKey::of(&meta);
         if let Some(digest) = self.cache.get(&key) {

@@ -49,9 +49,10 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 pub use crate::sys::cn_proc::SubscribeError;
-pub use cache::{CacheStats, SharedHashCache};
+pub use cache::{CacheStats, DEFAULT_HASH_CACHE_MAX_AGE, SharedHashCache};
 pub use event_source::{EventHandler, EventSource, EventSourceConfig, StopError};
 pub use events::{
     Decoder, Event, EventStats, LossReason, Malformed, ProcEvent, ProcessEvent, comm_name,
@@ -81,8 +82,12 @@ pub struct CollectorConfig {
     /// Most file hashes kept, keyed by file version (device, inode, size,
     /// mtime and ctime). Default 4096; 0 disables the cache. A file changed
     /// less than 100 ms before it is hashed is not cached: a second change in
-    /// the same clock tick could leave its timestamps as they were.
+    /// the same clock tick could leave its timestamps as they were. Only
+    /// files that root alone can write, on file systems whose keys can be
+    /// trusted, are cached at all.
     pub hash_cache_entries: usize,
+    /// The longest a cached hash is served. Default 10 minutes.
+    pub hash_cache_max_age: Duration,
 }
 
 impl Default for CollectorConfig {
@@ -91,6 +96,7 @@ impl Default for CollectorConfig {
             max_hash_bytes: 512 << 20,
             hash_block_bytes: 1 << 20,
             hash_cache_entries: 4096,
+            hash_cache_max_age: DEFAULT_HASH_CACHE_MAX_AGE,
         }
     }
 }
@@ -136,7 +142,8 @@ impl Collector {
     /// each poll reads again from `/proc`, and a file hash cache of its own.
     /// Cheap: nothing is read yet.
     pub fn new(config: CollectorConfig) -> Self {
-        let cache = SharedHashCache::new(config.hash_cache_entries);
+        let cache =
+            SharedHashCache::with_max_age(config.hash_cache_entries, config.hash_cache_max_age);
         Self::with_shared_cache(config, cache)
     }
 
@@ -162,8 +169,8 @@ impl Collector {
     /// A collector with the given limits whose file hashes go to and come
     /// from `cache`, shared with other collectors (procmond's connections
     /// share one, so an agent that reconnects is not answered by rehashing
-    /// every file). `config.hash_cache_entries` is not used: the cache has
-    /// its own capacity.
+    /// every file). `config.hash_cache_entries` and `hash_cache_max_age` are
+    /// not used: the cache has its own.
     pub fn with_shared_cache(config: CollectorConfig, cache: SharedHashCache) -> Self {
         Self::with_table(config, ProcessTable::polling(), cache)
     }

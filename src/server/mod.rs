@@ -109,7 +109,10 @@ impl Server {
                 source,
             })?;
         let shutdown = ShutdownHandle::new(wake);
-        let hash_cache = SharedHashCache::new(config.collector.hash_cache_entries);
+        let hash_cache = SharedHashCache::with_max_age(
+            config.collector.hash_cache_entries,
+            config.collector.hash_cache_max_age,
+        );
         // Filled before "listening" is said: the first agent gets a whole
         // table (connections are accepted only once `run` is called).
         let table = ProcessTable::start(&config.table);

@@ -40,19 +40,58 @@ const PSEUDO_FILE_SYSTEMS: &[(u32, &str)] = &[
     (0x0964_1f67, "bdev"),
 ];
 
-/// The name of the pseudo file system holding `fd` (e.g. `"proc"`), or
-/// `None` for an ordinary one. `devtmpfs` reports itself as `tmpfs`; the
-/// device nodes it holds are refused as non-regular files by callers.
-pub fn pseudo_file_system(fd: impl AsFd) -> io::Result<Option<&'static str>> {
+/// File systems whose (device, inode, size, mtime, ctime) does not pin a
+/// file's contents, by `statfs` magic: another host or a user-space
+/// server can change a file without the times this kernel reports moving
+/// (NFS, SMB, 9p, Ceph, FUSE), and overlayfs reports the times of whichever
+/// layer's file it shows, whose copy-up or direct change it does not see.
+const UNTRUSTED_VERSIONS: &[(u32, &str)] = &[
+    (0x0000_6969, "nfs"),
+    (0xff53_4d42, "cifs"),
+    (0xfe53_4d42, "smb2"),
+    (0x0102_1997, "9p"),
+    (0x00c3_6400, "ceph"),
+    (0x6573_5546, "fuse"),
+    (0x794c_7630, "overlayfs"),
+];
+
+/// What `fstatfs` says of the file system holding a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileSystem {
+    /// The `statfs` magic number (`f_type`, low 32 bits).
+    pub magic: u32,
+}
+
+/// The file system holding `fd` (`fstatfs`).
+pub fn file_system(fd: impl AsFd) -> io::Result<FileSystem> {
     let stat = rustix::fs::fstatfs(fd)?;
     // Magic numbers are 32-bit; `f_type` is a signed word of the platform's
     // width, so keep the low 32 bits.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let magic = stat.f_type as u32;
-    Ok(PSEUDO_FILE_SYSTEMS
+    Ok(FileSystem { magic })
+}
+
+impl FileSystem {
+    /// Its name if it is a pseudo file system (e.g. `"proc"`), `None` for
+    /// an ordinary one. `devtmpfs` reports itself as `tmpfs`; the device
+    /// nodes it holds are refused as non-regular files by callers.
+    pub fn pseudo(self) -> Option<&'static str> {
+        find(PSEUDO_FILE_SYSTEMS, self.magic)
+    }
+
+    /// Its name if a file's version key (device, inode, size, times) cannot
+    /// be trusted to change with its contents here (e.g. `"nfs"`).
+    pub fn untrusted_versions(self) -> Option<&'static str> {
+        find(UNTRUSTED_VERSIONS, self.magic)
+    }
+}
+
+fn find(table: &[(u32, &'static str)], magic: u32) -> Option<&'static str> {
+    table
         .iter()
         .find(|(m, _)| *m == magic)
-        .map(|(_, name)| *name))
+        .map(|(_, name)| *name)
 }
 
 /// Why [`open_regular`] opened nothing.
@@ -151,9 +190,12 @@ mod tests {
     #[test]
     fn proc_is_pseudo_and_a_temp_file_is_not() {
         let proc = std::fs::File::open("/proc/self/stat").unwrap();
-        assert_eq!(pseudo_file_system(&proc).unwrap(), Some("proc"));
+        assert_eq!(file_system(&proc).unwrap().pseudo(), Some("proc"));
         let exe = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
-        assert_eq!(pseudo_file_system(&exe).unwrap(), None);
+        assert_eq!(file_system(&exe).unwrap().pseudo(), None);
+        let fuse = FileSystem { magic: 0x6573_5546 };
+        assert_eq!(fuse.untrusted_versions(), Some("fuse"));
+        assert_eq!(fuse.pseudo(), None);
     }
 
     #[test]
