@@ -1,10 +1,13 @@
 //! procmond: the privileged process collector. Runs in the foreground,
 //! serves daemoneye-agent connections on a Unix socket, exits 0 on SIGTERM
-//! or SIGINT and removes its socket.
+//! or SIGINT and removes its socket. A second SIGTERM or SIGINT during the
+//! shutdown ends it at once (exit 1, the socket left for the next procmond
+//! to replace).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::thread;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -54,6 +57,10 @@ struct Args {
     /// (SCHED_FIFO 1); more short-lived images are then missed
     #[arg(long)]
     no_realtime_events: bool,
+    /// The longest one open, stat or read of a file being hashed may take
+    /// (a hung NFS or FUSE file) before that task fails
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    hash_read_timeout_ms: u64,
 }
 
 /// The smallest `--max-frame-bytes`: room for a few records beside the
@@ -117,20 +124,31 @@ fn run(args: Args) -> Result<()> {
     config.group = group;
     config.max_clients = args.max_clients;
     config.max_clients_per_uid = args.max_clients_per_uid;
-    config.table.scan_interval = std::time::Duration::from_secs(args.scan_interval_s);
+    config.table.scan_interval = Duration::from_secs(args.scan_interval_s);
     config.table.use_connector = !args.no_process_events;
     config.table.realtime_events = !args.no_realtime_events;
+    config.collector.hash_read_timeout = Duration::from_millis(args.hash_read_timeout_ms);
 
     let server = Server::bind(config)?;
     let shutdown = server.shutdown_handle();
     thread::Builder::new()
         .name("signals".into())
-        .spawn(move || match signals.wait() {
-            Ok(signal) => {
-                tracing::info!(?signal, "stopping");
-                shutdown.trigger();
+        .spawn(move || {
+            match signals.wait() {
+                Ok(signal) => {
+                    tracing::info!(?signal, "stopping");
+                    shutdown.trigger();
+                }
+                Err(error) => {
+                    tracing::error!(%error, "waiting for signals failed");
+                    return;
+                }
             }
-            Err(error) => tracing::error!(%error, "waiting for signals failed"),
+            // A second signal: the operator will not wait for the shutdown.
+            if let Ok(signal) = signals.wait() {
+                tracing::warn!(?signal, "second signal: exiting at once");
+                std::process::exit(1);
+            }
         })
         .context("starting the signal thread")?;
     server.run_until(&server.shutdown_handle());

@@ -19,11 +19,12 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use nix::fcntl::OFlag;
 use sha2::{Digest as _, Sha256};
 
+use super::blocking::{IoThread, Waited};
 use super::cache::{CacheStats, Digest, FileKey, SharedHashCache, only_root_writes};
 use crate::sys::fs::{OpenRegularError, file_system, non_regular_kind, open_regular};
 
@@ -131,6 +132,22 @@ pub enum HashError {
         /// The requester's uid.
         uid: u32,
     },
+    /// A file-system call did not return in time (a hung NFS or FUSE file,
+    /// say): the task fails; the call is left to finish on its own thread.
+    #[error("{}: no answer from the file system within {after:?}", shown(path))]
+    TimedOut {
+        /// The path asked for.
+        path: PathBuf,
+        /// The timeout
+        /// ([`CollectorConfig::hash_read_timeout`](super::CollectorConfig::hash_read_timeout)).
+        after: Duration,
+    },
+    /// Too many earlier file-system calls are still hung: none is started.
+    #[error("{}: too many hung file reads; try again later", shown(path))]
+    TooManyHung {
+        /// The path asked for.
+        path: PathBuf,
+    },
     /// Hashing was stopped part-way (the task's client left).
     #[error("{}: hashing stopped", shown(path))]
     Stopped {
@@ -181,19 +198,30 @@ pub(crate) struct Hasher {
     block_bytes: usize,
     /// Locked only to look up or insert, never while reading a file.
     cache: SharedHashCache,
-    /// Checked between blocks: set, hashing stops with
-    /// [`HashError::Stopped`].
+    /// Checked between blocks and while a call is waited for: set, hashing
+    /// stops with [`HashError::Stopped`].
     stop: Option<Arc<AtomicBool>>,
+    /// Where opens, `fstat`s and reads run, each waited for at most
+    /// `read_timeout`.
+    io: IoThread,
+    read_timeout: Duration,
 }
 
 impl Hasher {
-    pub(crate) fn new(max_bytes: u64, block_bytes: usize, cache: SharedHashCache) -> Self {
+    pub(crate) fn new(
+        max_bytes: u64,
+        block_bytes: usize,
+        read_timeout: Duration,
+        cache: SharedHashCache,
+    ) -> Self {
         Self {
             max_bytes,
             block: Vec::new(),
             block_bytes: block_bytes.max(4096),
             cache,
             stop: None,
+            io: IoThread::default(),
+            read_timeout,
         }
     }
 
@@ -212,13 +240,39 @@ impl Hasher {
         self.cache.stats()
     }
 
+    /// Runs a file-system call on the I/O thread, waiting at most the read
+    /// timeout (a hung NFS or FUSE file fails the task, not the worker).
+    fn blocking<R: Send + 'static>(
+        &mut self,
+        path: &Path,
+        call: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, HashError> {
+        let timeout = self.read_timeout;
+        match self.io.run(timeout, self.stop.as_deref(), call) {
+            Waited::Done(value) => Ok(value),
+            Waited::Stopped => Err(HashError::Stopped {
+                path: path.to_path_buf(),
+            }),
+            Waited::TimedOut => Err(HashError::TimedOut {
+                path: path.to_path_buf(),
+                after: timeout,
+            }),
+            Waited::TooManyHung => Err(HashError::TooManyHung {
+                path: path.to_path_buf(),
+            }),
+        }
+    }
+
     /// Hashes the regular file at `path` (opened by procmond: only for
     /// root's tasks and procmond's own use): see the module documentation
     /// for what is refused.
     pub(crate) fn hash_path(&mut self, path: &Path) -> Result<Digest, HashError> {
         // Never a device: opening some has side effects (a watchdog starts,
         // a tape rewinds, a terminal becomes controlling).
-        let file = open_regular(path).map_err(|e| HashError::from_open(path, e))?;
+        let owned = path.to_path_buf();
+        let file = self
+            .blocking(path, move || open_regular(&owned))?
+            .map_err(|e| HashError::from_open(path, e))?;
         self.hash_file(file, path)
     }
 
@@ -227,9 +281,14 @@ impl Hasher {
     /// file, not on a pseudo file system.
     pub(crate) fn hash_file(&mut self, file: File, path: &Path) -> Result<Digest, HashError> {
         let started = SystemTime::now();
-        let meta = file.metadata().map_err(|e| HashError::from_io(path, e))?;
+        let file = Arc::new(file);
+        let opened = Arc::clone(&file);
+        let (meta, fs) = self
+            .blocking(path, move || -> io::Result<_> {
+                Ok((opened.metadata()?, file_system(&*opened)?))
+            })?
+            .map_err(|e| HashError::from_io(path, e))?;
         check_regular(path, &meta)?;
-        let fs = file_system(&file).map_err(|e| HashError::from_io(path, e))?;
         if let Some(fs) = fs.pseudo() {
             return Err(HashError::PseudoFileSystem {
                 path: path.to_path_buf(),
@@ -257,17 +316,17 @@ impl Hasher {
         // Cache only if the file did not change while it was read (else the
         // key would name other contents than those hashed), and had settled
         // before (else a change in the same clock tick could keep the key).
-        let after = file.metadata().map_err(|e| HashError::from_io(path, e))?;
+        let opened = Arc::clone(&file);
+        let after = self
+            .blocking(path, move || opened.metadata())?
+            .map_err(|e| HashError::from_io(path, e))?;
         if FileKey::of(&after) == key && key.settled_at(started) {
             self.cache.insert(key, digest);
         }
         Ok(digest)
     }
 
-    fn stream(&mut self, file: &File, path: &Path) -> Result<Digest, HashError> {
-        if self.block.len() != self.block_bytes {
-            self.block = vec![0; self.block_bytes];
-        }
+    fn stream(&mut self, file: &Arc<File>, path: &Path) -> Result<Digest, HashError> {
         let mut sha = Sha256::new();
         let mut total: u64 = 0;
         loop {
@@ -276,8 +335,20 @@ impl Hasher {
                     path: path.to_path_buf(),
                 });
             }
+            // The block travels to the I/O thread and back; one left behind
+            // with a hung read is replaced.
+            let mut block = std::mem::take(&mut self.block);
+            if block.len() != self.block_bytes {
+                block = vec![0; self.block_bytes];
+            }
+            let opened = Arc::clone(file);
             // Positioned: the offset may be shared with another process.
-            let n = match file.read_at(&mut self.block, total) {
+            let (block, read) = self.blocking(path, move || {
+                let read = opened.read_at(&mut block, total);
+                (block, read)
+            })?;
+            self.block = block;
+            let n = match read {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -353,7 +424,12 @@ mod tests {
 
     #[test]
     fn char_device_is_refused_without_reading() {
-        let mut hasher = Hasher::new(1 << 20, 1 << 20, SharedHashCache::new(4));
+        let mut hasher = Hasher::new(
+            1 << 20,
+            1 << 20,
+            Duration::from_secs(5),
+            SharedHashCache::new(4),
+        );
         match hasher.hash_path(Path::new("/dev/zero")) {
             Err(HashError::NotRegularFile { kind, .. }) => assert_eq!(kind, "character device"),
             other => panic!("expected NotRegularFile, got {other:?}"),

@@ -29,6 +29,7 @@
 //! # Ok::<(), daemoneye_lib::collector::CollectError>(())
 //! ```
 
+mod blocking;
 mod bounds;
 mod cache;
 mod cpu;
@@ -88,6 +89,10 @@ pub struct CollectorConfig {
     pub hash_cache_entries: usize,
     /// The longest a cached hash is served. Default 10 minutes.
     pub hash_cache_max_age: Duration,
+    /// The longest one open, `fstat` or read of a file being hashed may
+    /// take (a hung NFS or FUSE file) before the task fails with
+    /// [`HashError::TimedOut`]. Default 30 s.
+    pub hash_read_timeout: Duration,
 }
 
 impl Default for CollectorConfig {
@@ -97,6 +102,7 @@ impl Default for CollectorConfig {
             hash_block_bytes: 1 << 20,
             hash_cache_entries: 4096,
             hash_cache_max_age: DEFAULT_HASH_CACHE_MAX_AGE,
+            hash_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -157,7 +163,12 @@ impl Collector {
     ) -> Self {
         Self {
             table,
-            hasher: hash::Hasher::new(config.max_hash_bytes, config.hash_block_bytes, cache),
+            hasher: hash::Hasher::new(
+                config.max_hash_bytes,
+                config.hash_block_bytes,
+                config.hash_read_timeout,
+                cache,
+            ),
         }
     }
 

@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::thread;
+use std::time::Duration;
 
 use super::config::ServerConfig;
 use super::slots::Held;
@@ -120,6 +121,8 @@ fn run(
         Err(error) => return format!("cannot clone the control socket: {error}"),
     };
     let ended: Arc<OnceLock<String>> = Arc::default();
+    // Dropped by the worker thread when it ends, however it ends.
+    let (finished, worker_done) = mpsc::channel::<()>();
     let worker = {
         let signals = Arc::clone(&signals);
         let ended = Arc::clone(&ended);
@@ -129,6 +132,7 @@ fn run(
         thread::Builder::new()
             .name("procmond-work".into())
             .spawn(move || {
+                let _finished = finished;
                 let (producer, why) =
                     worker::run(producer, &queue, &signals, collector, requester, stall);
                 if let Some(why) = why {
@@ -190,8 +194,7 @@ fn run(
         // and end the connection, which frees the client's slot.
         tell(&mut channel, why);
         drop(work);
-        let producer = worker.join();
-        drop(producer);
+        drop(join_within(worker, &worker_done));
         // Given back before the socket ends, so a client that sees the end
         // finds the slot free.
         drop(slot);
@@ -202,9 +205,31 @@ fn run(
     signals.client_gone();
     closer.close();
     drop(work);
-    let _ = worker.join();
+    drop(join_within(worker, &worker_done));
     drop(slot);
     reason
+}
+
+/// How long teardown waits for a connection's worker to stop once told to.
+/// It stops between two records or file blocks; one stuck in a file-system
+/// call that does not return is left behind (it frees its ring when the
+/// call returns) and the client's slot is freed anyway.
+const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Joins `worker` if it ends within [`WORKER_STOP_TIMEOUT`] (`done`
+/// disconnects when it does); else leaves it running, detached.
+fn join_within<T>(worker: thread::JoinHandle<T>, done: &mpsc::Receiver<()>) -> Option<T> {
+    match done.recv_timeout(WORKER_STOP_TIMEOUT) {
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            tracing::warn!(
+                timeout = ?WORKER_STOP_TIMEOUT,
+                "the connection's worker is still busy (a file system call that does not return?); left to finish"
+            );
+            None
+        }
+        // Disconnected: the thread is ending; its join is immediate.
+        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => worker.join().ok(),
+    }
 }
 
 /// Shuts the connection down both ways (the client's watcher sees its end).

@@ -34,8 +34,9 @@ use std::net::Shutdown as SocketShutdown;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use config::ServerConfig;
 pub use shutdown::ShutdownHandle;
@@ -84,7 +85,14 @@ pub struct Server {
 struct Connection {
     thread: JoinHandle<()>,
     socket: UnixStream,
+    /// Disconnects when the thread ends.
+    done: mpsc::Receiver<()>,
 }
+
+/// How long shutdown waits for the connections to end once their sockets
+/// are shut down; one still held by a file-system call that does not return
+/// is left behind (the process is about to exit).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Server {
     /// Checks `config` and binds the control socket (see
@@ -218,11 +226,19 @@ impl Server {
                 hash_cache: self.hash_cache.clone(),
                 table: self.table.clone(),
             };
+            let (finished, done) = mpsc::channel::<()>();
             let spawned = thread::Builder::new()
                 .name("procmond-conn".into())
-                .spawn(move || connection::serve(stream, &config, held, shared));
+                .spawn(move || {
+                    let _finished = finished;
+                    connection::serve(stream, &config, held, shared);
+                });
             match spawned {
-                Ok(thread) => connections.push(Connection { thread, socket }),
+                Ok(thread) => connections.push(Connection {
+                    thread,
+                    socket,
+                    done,
+                }),
                 Err(error) => tracing::error!(%error, "cannot start a connection thread"),
             }
         }
@@ -230,8 +246,25 @@ impl Server {
         for connection in &connections {
             let _ = connection.socket.shutdown(SocketShutdown::Both);
         }
+        let deadline = Instant::now().checked_add(SHUTDOWN_TIMEOUT);
+        let mut left_behind = 0;
         for connection in connections {
-            let _ = connection.thread.join();
+            let wait = deadline.map_or(SHUTDOWN_TIMEOUT, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            match connection.done.recv_timeout(wait) {
+                Err(mpsc::RecvTimeoutError::Timeout) => left_behind += 1,
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = connection.thread.join();
+                }
+            }
+        }
+        if left_behind > 0 {
+            tracing::warn!(
+                left_behind,
+                timeout = ?SHUTDOWN_TIMEOUT,
+                "connections still busy at shutdown were left behind"
+            );
         }
     }
 }
