@@ -204,6 +204,29 @@ impl Sleeper {
     fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Enumerates this sleeper until procmond shows it exec'd (its own
+    /// command line), failing after [`WAIT`]. `spawn` returns once the
+    /// kernel has begun the exec, before it reports the exec to procmond's
+    /// table: an enumerate at once may still see the forked test binary.
+    fn seen_by(&self, agent: &mut Agent) -> ProtoProcessRecord {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = collect(agent, filter(&[], &[self.pid()], None));
+            match found.as_slice() {
+                [record] if record.command_line.contains(&self.arg) => return record.clone(),
+                _ if Instant::now() >= deadline => {
+                    panic!(
+                        "procmond never showed sleeper {} exec'd: {found:?}",
+                        self.pid()
+                    )
+                }
+                // No signal says the table caught up; it does so within
+                // milliseconds.
+                _ => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    }
 }
 
 impl Drop for Sleeper {
@@ -297,6 +320,7 @@ fn enumerate_finds_a_child_and_filters_select_exactly() {
     let procmond = Procmond::start(&[]);
     let sleeper = Sleeper::spawn(Path::new("/usr/bin/sleep"));
     let mut agent = procmond.agent();
+    sleeper.seen_by(&mut agent);
 
     let all = collect(&mut agent, None);
     let found: Vec<_> = all
@@ -1105,8 +1129,7 @@ fn garbage_oversize_and_wrong_version_frames_get_clear_errors() {
 fn serves_every_task(procmond: &Procmond, sees_images: bool) {
     let mut agent = procmond.agent();
     let sleeper = Sleeper::spawn(Path::new("/usr/bin/sleep"));
-    let found = collect(&mut agent, filter(&[], &[sleeper.pid()], None));
-    assert_eq!(found.len(), 1, "{found:?}");
+    let found = [sleeper.seen_by(&mut agent)];
     assert_eq!(found[0].command_line[2], sleeper.arg);
     let verified = verified(&mut agent, sleeper.pid());
     let want = sha256sum(Path::new("/usr/bin/sleep"));
