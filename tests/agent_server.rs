@@ -183,6 +183,7 @@ fn connect_with_options_and_the_timeouts_they_set() {
             timeout: Duration::from_millis(50),
         },
         client_name: "options-test".into(),
+        max_frame_bytes: 1 << 20,
     };
     let mut agent = Agent::connect_with(&socket, options).unwrap();
     assert_eq!(

@@ -90,6 +90,36 @@ fn duration_max_timeouts_are_no_deadline_not_a_panic() {
 }
 
 #[test]
+fn an_agent_refuses_a_ring_whose_frames_exceed_its_limit_and_takes_one_within() {
+    let dir = TempDir::new("frame-cap");
+    let serving = serve(&dir, |config| {
+        config.ring_bytes = 1 << 20;
+        config.max_frame_bytes = 256 << 10;
+    });
+    let capped = |max_frame_bytes| ClientOptions {
+        max_frame_bytes,
+        ..ClientOptions::default()
+    };
+    let err = Agent::connect_with(serving.server.socket_path(), capped(128 << 10)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::FrameTooLarge {
+                offered: 262_144,
+                max: 131_072
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("262144"), "{err}");
+    // At the limit: served.
+    let mut agent = Agent::connect_with(serving.server.socket_path(), capped(256 << 10)).unwrap();
+    assert_eq!(this_process(&mut agent).len(), 1);
+    drop(agent);
+    serving.stop();
+}
+
+#[test]
 fn connect_is_bounded_by_its_timeout_while_the_backlog_is_full() {
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
     let dir = TempDir::new("backlog");

@@ -654,6 +654,40 @@ fn each_lie_is_named() {
 }
 
 #[test]
+fn a_batch_ends_after_one_capacity_of_replayed_frames() {
+    // Every header word of the data area a valid empty frame: a walk from
+    // frame to frame never meets an empty word and would go round the ring
+    // for ever, replaying. A batch may not span more than one capacity.
+    let cap = CAP as u64;
+    let words: Vec<_> = (0..cap / 8)
+        .map(|i| (i * 8, FrameHeader::data(0, 0).encode()))
+        .collect();
+    let (mut consumer, _file) = hand_ring(0, cap, &words).unwrap();
+    let (done, outcome) = std::sync::mpsc::channel();
+    // On its own thread, so a walk that never ends fails the test below
+    // rather than hanging it.
+    thread::spawn(move || {
+        let mut seen = 0u64;
+        let result = consumer.try_read_batch(usize::MAX, |_| seen += 1);
+        let _ = done.send((seen, result, consumer.position()));
+    });
+    let (seen, result, position) = outcome
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the batch did not end");
+    assert_eq!(seen, cap / 8, "one capacity of frames, then the lie");
+    assert!(
+        matches!(
+            result,
+            Err(TryReadError::Corrupt(CorruptKind::ProducerOverrun { producer, consumer: 0, .. }))
+                if producer == cap + 8
+        ),
+        "{result:?}"
+    );
+    // What was handed out is released.
+    assert_eq!(position, cap);
+}
+
+#[test]
 fn a_valid_hand_made_ring_reads() {
     // The same helper with honest values: a frame, padding to the end, a
     // frame at the start. (So the lies above fail for their own reason.)

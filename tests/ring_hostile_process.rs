@@ -11,6 +11,9 @@
 //! - A hostile consumer: the child attaches to this process's ring and
 //!   scribbles on the consumer region (which it may write) while this
 //!   process writes.
+//! - A waker: the child maps the consumer region and wakes one side's
+//!   futex word in a loop (and keeps it from reading `PARKED`) while that
+//!   side waits; the waiter's CPU stays bounded.
 
 mod ring_support;
 
@@ -18,17 +21,20 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use daemoneye_lib::ring::layout::{
-    CONSUMER_ATTACHED_OFFSET, CONSUMER_CLOSED_OFFSET, CONSUMER_POSITION_OFFSET, CONTROL_LEN,
-    MIN_CAPACITY, PRODUCER_POSITION_OFFSET, data_region_len,
+    CONSUMER_ATTACHED_OFFSET, CONSUMER_CLOSED_OFFSET, CONSUMER_POSITION_OFFSET,
+    CONSUMER_WAIT_OFFSET, CONTROL_LEN, IDLE, MIN_CAPACITY, PRODUCER_POSITION_OFFSET,
+    PRODUCER_WAIT_OFFSET, data_region_len,
 };
 use daemoneye_lib::ring::{
     Consumer, ConsumerFds, Producer, RingConfig, RingError, TryClaimError, TryReadError,
     WaitStrategy, pair,
 };
-use daemoneye_lib::sys::memfd::{self, Seals};
+use daemoneye_lib::sys::futex;
+use daemoneye_lib::sys::memfd::{self, Access, Mapping, Seals};
 use ring_support::{Peer, recv_fds, recv_u64, send_fds, send_u64, spawn};
 
 const MAX_FRAME: usize = 3000;
@@ -210,6 +216,27 @@ fn hostile_consumer() {
     send_u64(&mut socket, DONE);
 }
 
+/// The waker: maps the consumer region and, until the parent says stop,
+/// wakes the futex word at the offset it was given and stores IDLE over it
+/// (so a waiter's `futex_wait` also returns at once). Reports how many of
+/// its wakes found a waiter.
+fn waker() {
+    let (_, offset) = ring_support::role();
+    let offset: usize = offset.parse().unwrap();
+    let mut socket = ring_support::parent_socket();
+    let fds = recv_fds(&socket);
+    let map = Mapping::map(&fds.control, CONTROL_LEN, Access::ReadWrite).unwrap();
+    let word = map.atomic_u32(offset).unwrap();
+    send_u64(&mut socket, ATTACHED);
+    let mut woken = 0u64;
+    let mut until = Until::new(&mut socket);
+    while until.going_on() {
+        word.store(IDLE, Ordering::Relaxed);
+        woken += futex::wake(word, 1).unwrap() as u64;
+    }
+    send_u64(&mut socket, woken);
+}
+
 /// In a child: whether to scribble on. Checks for the parent's stop message
 /// every few hundred rounds (a non-blocking read), and gives up at
 /// [`CHILD_DEADLINE`].
@@ -249,6 +276,7 @@ fn child() {
     match role.as_str() {
         "hostile-producer" => hostile_producer(),
         "hostile-consumer" => hostile_consumer(),
+        "waker" => waker(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -383,4 +411,78 @@ fn producer_survives_a_scribbling_consumer_process() {
     let (mut producer, mut consumer) = pair(&config()).unwrap();
     producer.try_write(b"ok", 0).unwrap();
     assert_eq!(consumer.try_read(|f| f.bytes().to_vec()).unwrap(), b"ok");
+}
+
+/// This thread's CPU time so far.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// How long each side waits under the waker, and the CPU it may spend
+/// meanwhile: a tenth (unbounded, the waiter polls as fast as it is woken,
+/// a core's worth; bounded, about one poll a millisecond).
+const WAKE_SPAM_WAIT: Duration = Duration::from_millis(1500);
+
+/// Starts a waker on `offset` of `fds`' consumer region; returns it once it
+/// has mapped the region.
+fn start_waker(fds: &ConsumerFds, offset: usize) -> Peer {
+    let mut peer = spawn("child", "waker", &offset.to_string());
+    send_fds(&peer.socket, fds);
+    assert_eq!(
+        recv_u64(&mut peer.socket),
+        ATTACHED,
+        "the waker did not start"
+    );
+    peer
+}
+
+/// Stops the waker; returns how many of its wakes found a waiter.
+fn stop_waker(mut peer: Peer) -> u64 {
+    send_u64(&mut peer.socket, STOP);
+    let woken = recv_u64(&mut peer.socket);
+    peer.expect_success(Duration::from_secs(30));
+    woken
+}
+
+fn assert_bounded(side: &str, cpu: Duration, woken: u64) {
+    println!("{side} under a waker: {cpu:?} CPU in {WAKE_SPAM_WAIT:?}, woken {woken} times");
+    assert!(woken > 0, "the waker never reached the waiting {side}");
+    assert!(
+        cpu < WAKE_SPAM_WAIT / 10,
+        "the waiting {side} spent {cpu:?} of CPU in {WAKE_SPAM_WAIT:?} ({woken} wakes)"
+    );
+}
+
+#[test]
+fn wakes_that_change_nothing_send_a_waiting_side_back_to_parking() {
+    let wait = WaitStrategy::default();
+    // The producer waits for room in a full ring, woken by the agent's
+    // side of the memory.
+    let (mut producer, fds) = Producer::create(&config().with_wait(wait)).unwrap();
+    while producer.try_write(&[7; MAX_FRAME], 0).is_ok() {}
+    let peer = start_waker(&fds, PRODUCER_WAIT_OFFSET);
+    let before = thread_cpu();
+    let deadline = Instant::now() + WAKE_SPAM_WAIT;
+    assert!(matches!(
+        producer.claim(MAX_FRAME, deadline),
+        Err(RingError::TimedOut)
+    ));
+    let cpu = thread_cpu() - before;
+    assert_bounded("producer", cpu, stop_waker(peer));
+
+    // The consumer waits for a frame in an empty ring.
+    let (_producer, fds) = Producer::create(&config().with_wait(wait)).unwrap();
+    let control = fds.control.try_clone().unwrap();
+    let data = fds.data.try_clone().unwrap();
+    let mut consumer = Consumer::attach(ConsumerFds { data, control }, wait).unwrap();
+    let peer = start_waker(&fds, CONSUMER_WAIT_OFFSET);
+    let before = thread_cpu();
+    let deadline = Instant::now() + WAKE_SPAM_WAIT;
+    assert!(matches!(
+        consumer.read(deadline, |_| ()),
+        Err(RingError::TimedOut)
+    ));
+    let cpu = thread_cpu() - before;
+    assert_bounded("consumer", cpu, stop_waker(peer));
 }

@@ -85,6 +85,17 @@ pub enum ClientError {
         /// What was wrong.
         problem: String,
     },
+    /// procmond's ring offers frames larger than this agent accepts
+    /// ([`ClientOptions::max_frame_bytes`](super::ClientOptions::max_frame_bytes)).
+    #[error(
+        "procmond offers result frames of up to {offered} bytes, above this agent's limit of {max}"
+    )]
+    FrameTooLarge {
+        /// The ring's largest frame, as procmond set it.
+        offered: usize,
+        /// This agent's limit.
+        max: usize,
+    },
     /// Another control-channel failure.
     #[error("control channel: {0}")]
     Control(#[source] ControlError),

@@ -43,7 +43,7 @@ use crate::control::{
 use crate::proto::control::{Cancel, Goodbye, TaskRequest};
 use crate::proto::{DetectionTask, ProtoHashCheck, ProtoHashResult, ProtoProcessFilter};
 use crate::ring::{Consumer, ConsumerFds, RingError, WaitStrategy};
-use crate::session::{Chunk, SessionError, read_chunk};
+use crate::session::{Chunk, ChunkReader, SessionError};
 use crate::sys::fs::open_regular;
 use crate::sys::pidfd::PidFd;
 use crate::sys::socket::{connect_before, peer_credentials};
@@ -76,7 +76,16 @@ pub struct ClientOptions {
     pub wait: WaitStrategy,
     /// The name procmond logs for this agent.
     pub client_name: String,
+    /// The largest result frame this agent accepts: a procmond whose ring
+    /// offers larger frames is refused at connect
+    /// ([`ClientError::FrameTooLarge`]), so a frame's private copy never
+    /// takes more than this. Default [`DEFAULT_MAX_FRAME_BYTES`].
+    pub max_frame_bytes: usize,
 }
+
+/// The default [`ClientOptions::max_frame_bytes`]: 64 MiB, far above
+/// procmond's default (its ring's size / 8, 128 KiB for a 1 MiB ring).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 << 20;
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -85,6 +94,7 @@ impl Default for ClientOptions {
             connect_timeout: HANDSHAKE_TIMEOUT,
             wait: WaitStrategy::default(),
             client_name: "daemoneye-agent".into(),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
         }
     }
 }
@@ -110,6 +120,8 @@ pub struct Agent {
     gone: GoneReason,
     options: ClientOptions,
     next_task: u64,
+    /// Copies each frame out of the ring before decoding it.
+    reader: ChunkReader,
     /// Tasks whose streams were left unread: their frames are skipped.
     abandoned: Vec<String>,
     /// A task was sent and no frame has been read since.
@@ -165,6 +177,12 @@ impl Agent {
         };
         let mut consumer = Consumer::attach(ConsumerFds { data, control }, options.wait)
             .map_err(ClientError::Ring)?;
+        if consumer.max_frame() > options.max_frame_bytes {
+            return Err(ClientError::FrameTooLarge {
+                offered: consumer.max_frame(),
+                max: options.max_frame_bytes,
+            });
+        }
         // procmond in another pid namespace shows pid 0: then the socket
         // watcher alone notices its death.
         if let Ok(pidfd) = PidFd::open(server.pid) {
@@ -182,6 +200,7 @@ impl Agent {
             gone,
             options,
             next_task: 0,
+            reader: ChunkReader::new(),
             abandoned: Vec::new(),
             awaiting_first_frame: false,
             server_pid: server.pid,
@@ -386,7 +405,9 @@ impl Agent {
                 (_, wait) => wait,
             };
             self.consumer.set_wait(wait).map_err(ClientError::Ring)?;
-            let chunk = read_chunk(&mut self.consumer, deadline)
+            let chunk = self
+                .reader
+                .read(&mut self.consumer, deadline)
                 .map_err(|error| self.stream_error(error))?;
             self.awaiting_first_frame = false;
             if chunk.result.task_id == task_id {

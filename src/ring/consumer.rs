@@ -238,12 +238,20 @@ impl Consumer {
 
     /// Hands `first` and up to `max_frames - 1` more published frames to
     /// `f`, then releases them all.
+    ///
+    /// A batch spans at most one capacity: nothing is released until it
+    /// ends, so an honest producer cannot have published a frame ending
+    /// further than that past the start. A frame that does is a
+    /// [`CorruptKind::ProducerOverrun`], which also bounds the batch against
+    /// a producer that keeps every header word valid (the walk would
+    /// otherwise go round the ring replaying old frames for ever).
     fn batch_from(
         &mut self,
         first: Peeked,
         max_frames: usize,
         mut f: impl FnMut(Frame<'_>),
     ) -> Result<usize, CorruptKind> {
+        let start = self.head;
         let mut frame = first;
         let mut count = 0;
         // Where to release to: past the last frame, and past padding after
@@ -260,6 +268,15 @@ impl Consumer {
                 break Ok(count);
             }
             match self.peek(frame.next) {
+                // Positions stay below 2^63 plus a few capacities: no
+                // overflow.
+                Ok(Peek::Frame(next)) if next.next - start > self.capacity => {
+                    break Err(CorruptKind::ProducerOverrun {
+                        producer: next.next,
+                        consumer: start,
+                        capacity: self.capacity,
+                    });
+                }
                 Ok(Peek::Frame(next)) => frame = next,
                 Ok(Peek::Empty(at)) => {
                     end = at;

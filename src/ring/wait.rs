@@ -23,6 +23,17 @@
 //! Parked waits time out (every `park_timeout`) even so, to notice a dead
 //! peer through [`watch_peer`](super::Producer::watch_peer) and to bound the
 //! harm of a peer that scribbles on the futex words.
+//!
+//! The futex words sit in memory the peer may write, and any process that
+//! maps them may wake them: a wake proves nothing. A woken side that finds
+//! nothing changed pauses before it parks again (50 µs, doubling to at
+//! most 1 ms, never past the deadline), so a peer that wakes it in a loop
+//! or keeps the word from reading `PARKED` costs it at most about one poll
+//! a millisecond, not a core. An honest peer wakes only after publishing,
+//! so it meets a pause only after a rare late wake (or, for a producer
+//! waiting for more room than one release freed, while the consumer
+//! drains); no wake is lost in a pause, since the word reads `IDLE` then and
+//! the re-check after the next announcement sees what was published.
 
 use std::hint;
 use std::sync::atomic::{AtomicU32, Ordering, fence};
@@ -54,6 +65,13 @@ const CLOCK_EVERY: u32 = 64;
 const YIELD_EVERY: u32 = 256;
 /// How often a busy-spinning side checks that its peer is alive.
 const BUSY_LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
+/// The pause after the first wake that found nothing changed; it doubles
+/// with each such wake in a row, up to [`IDLE_WAKE_PAUSE_MAX`].
+const IDLE_WAKE_PAUSE: Duration = Duration::from_micros(50);
+/// The longest pause after a wake that found nothing changed: bounds what a
+/// peer waking this side in a loop can make it spend (a poll and two system
+/// calls a millisecond) and the delay an honest late wake can add.
+const IDLE_WAKE_PAUSE_MAX: Duration = Duration::from_millis(1);
 
 /// How a blocking call waits for room (producer) or data (consumer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +151,8 @@ pub(crate) fn block<T>(
     // (most hand-offs between running sides) reads no clock at all.
     let mut next_liveness: Option<Instant> = None;
     let mut thorough = false;
+    // Wakes in a row after which `poll` found nothing (see the module docs).
+    let mut idle_wakes = 0u32;
     loop {
         if let Some(result) = poll(thorough) {
             return result;
@@ -173,7 +193,7 @@ pub(crate) fn block<T>(
             }
             continue;
         }
-        let now = Instant::now();
+        let mut now = Instant::now();
         if now >= deadline {
             return Err(RingError::TimedOut);
         }
@@ -183,6 +203,16 @@ pub(crate) fn block<T>(
             // Never parks (`spinning` above is always true).
             WaitStrategy::BusySpin => BUSY_LIVENESS_INTERVAL,
         };
+        if idle_wakes > 0 {
+            // The last wake found nothing changed: pause (the word reads
+            // IDLE, so nobody wakes this side for nothing meanwhile; the
+            // re-check below sees whatever was published).
+            thread::sleep(idle_pause(idle_wakes).min(deadline - now));
+            now = Instant::now();
+            if now >= deadline {
+                return Err(RingError::TimedOut);
+            }
+        }
 
         // Announce, then re-check (see the module docs). Relaxed: the SeqCst
         // fence after it orders it before the re-check's loads. A swap, not
@@ -204,12 +234,27 @@ pub(crate) fn block<T>(
         // Relaxed: as above; the next round re-checks everything anyway.
         word.store(IDLE, Ordering::Relaxed);
         if woke? == futex::Wake::TimedOut {
+            idle_wakes = 0;
             if let Some(result) = check_peer(peer, &mut poll) {
                 return result;
             }
+        } else {
+            // Woken (or the word changed under it): counted as idle unless
+            // the poll at the top of the loop returns.
+            idle_wakes = idle_wakes.saturating_add(1);
         }
         thorough = true;
     }
+}
+
+/// The pause after `idle_wakes` (at least 1) wakes in a row that found
+/// nothing changed: [`IDLE_WAKE_PAUSE`] doubled for each after the first,
+/// at most [`IDLE_WAKE_PAUSE_MAX`].
+fn idle_pause(idle_wakes: u32) -> Duration {
+    let doublings = idle_wakes.saturating_sub(1).min(16);
+    IDLE_WAKE_PAUSE
+        .saturating_mul(1 << doublings)
+        .min(IDLE_WAKE_PAUSE_MAX)
 }
 
 /// When `peer` has exited: one last `poll` (frames it published before it

@@ -19,16 +19,18 @@
 //!
 //! [`ResultWriter`] packs records into frames up to the ring's largest frame
 //! with `encoded_len` arithmetic and has prost encode each frame straight
-//! into the ring's claim (no intermediate buffer). [`read_chunk`] decodes a
-//! frame straight from the ring, checks it against the schema's rules and
-//! releases it, so a reader's memory is about one frame. A failure is
+//! into the ring's claim (no intermediate buffer). A [`ChunkReader`] copies
+//! each frame once into a buffer it reuses and releases it, then decodes and
+//! checks that copy against the schema's rules (procmond can still write the
+//! ring meanwhile, so nothing is checked in place); a reader's memory is
+//! about one frame. A failure is
 //! `DetectionResult::failure(task_id, message)` with END.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
 //! use daemoneye_lib::proto::ProtoProcessRecord;
 //! use daemoneye_lib::ring::{self, RingConfig};
-//! use daemoneye_lib::session::{read_chunk, RecordKind, ResultWriter};
+//! use daemoneye_lib::session::{ChunkReader, RecordKind, ResultWriter};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10).with_max_frame(256))?;
@@ -41,9 +43,9 @@
 //! assert!(stats.frames > 1); // 100 records do not fit one 256-byte frame
 //!
 //! let deadline = Instant::now() + Duration::from_secs(5);
-//! let mut pids = Vec::new();
+//! let (mut reader, mut pids) = (ChunkReader::new(), Vec::new());
 //! loop {
-//!     let chunk = read_chunk(&mut consumer, deadline)?;
+//!     let chunk = reader.read(&mut consumer, deadline)?;
 //!     pids.extend(chunk.result.processes.iter().map(|r| r.pid));
 //!     if chunk.marker.end {
 //!         break;
@@ -61,5 +63,5 @@ mod writer;
 
 pub use error::SessionError;
 pub use marker::{Marker, RecordKind};
-pub use reader::{Chunk, read_chunk};
+pub use reader::{Chunk, ChunkReader, read_chunk};
 pub use writer::{ResultWriter, StreamStats};

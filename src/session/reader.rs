@@ -1,8 +1,9 @@
-//! daemoneye-agent's side of a result stream: one frame at a time, decoded
-//! straight from the ring.
+//! daemoneye-agent's side of a result stream: one frame at a time, copied
+//! out of the ring, then decoded.
 
 use std::time::Instant;
 
+use prost::Message;
 use prost::encoding::{WireType, decode_key, decode_varint};
 
 use super::error::SessionError;
@@ -22,43 +23,67 @@ pub struct Chunk {
     pub marker: Marker,
 }
 
-/// Waits until `deadline` for the next frame, decodes it in place, releases
-/// it, then checks it: its flags ([`SessionError::BadFlags`]), its bytes
-/// ([`SessionError::Decode`]) and the schema's rules
-/// ([`SessionError::Invalid`]). The caller checks the task id.
+/// Reads a result stream's frames, each copied once into a private buffer
+/// it reuses, then counted, decoded and checked there.
 ///
-/// Decoding is bounded by the frame: a frame is at most the ring's largest
-/// frame, and so is what the decoder reads.
-///
-/// Before decoding, the records are counted in the wire bytes: a frame
-/// holding more than [`MAX_PROCESSES_PER_RESULT`] is
-/// [`SessionError::TooManyRecords`] and is not decoded. (An empty record
-/// takes 2 bytes on the wire but some 250 decoded, so decoding first would
-/// let a frame cost over a hundred times its size.) A frame's decoded
-/// memory is thus at most its own bytes plus that many empty records.
-pub fn read_chunk(consumer: &mut Consumer, deadline: Instant) -> Result<Chunk, SessionError> {
-    let (flags, decoded) = consumer.read(deadline, |frame| {
-        let count = count_records(frame.bytes());
+/// The copy is what makes the checks mean anything: procmond can still
+/// write the ring while the agent reads it, so bytes counted or validated
+/// in place could differ when decoded. Copying a frame costs a fraction of
+/// decoding it, and releases its room in the ring sooner.
+#[derive(Debug, Default)]
+pub struct ChunkReader {
+    frame: Vec<u8>,
+}
+
+impl ChunkReader {
+    /// A reader with an empty buffer (it grows to the largest frame read).
+    pub fn new() -> ChunkReader {
+        ChunkReader::default()
+    }
+
+    /// Waits until `deadline` for the next frame, copies it out and
+    /// releases it, then checks it: its flags ([`SessionError::BadFlags`]),
+    /// its bytes ([`SessionError::Decode`]) and the schema's rules
+    /// ([`SessionError::Invalid`]). The caller checks the task id.
+    ///
+    /// Decoding is bounded by the frame: a frame is at most the ring's
+    /// largest frame, and so is what the decoder reads.
+    ///
+    /// Before decoding, the records are counted in the wire bytes: a frame
+    /// holding more than [`MAX_PROCESSES_PER_RESULT`] is
+    /// [`SessionError::TooManyRecords`] and is not decoded. (An empty
+    /// record takes 2 bytes on the wire but some 250 decoded, so decoding
+    /// first would let a frame cost over a hundred times its size.) A
+    /// frame's decoded memory is thus at most its own bytes plus that many
+    /// empty records.
+    pub fn read(
+        &mut self,
+        consumer: &mut Consumer,
+        deadline: Instant,
+    ) -> Result<Chunk, SessionError> {
+        let frame = &mut self.frame;
+        let flags = consumer.read(deadline, |ring_frame| {
+            frame.clear();
+            frame.extend_from_slice(ring_frame.bytes());
+            ring_frame.flags()
+        })?;
+        let marker = Marker::from_flags(flags)?;
+        let count = count_records(frame);
         if count > MAX_PROCESSES_PER_RESULT {
-            return (
-                frame.flags(),
-                Err(SessionError::TooManyRecords {
-                    count,
-                    max: MAX_PROCESSES_PER_RESULT,
-                }),
-            );
+            return Err(SessionError::TooManyRecords {
+                count,
+                max: MAX_PROCESSES_PER_RESULT,
+            });
         }
-        (
-            frame.flags(),
-            frame
-                .decode::<DetectionResult>()
-                .map_err(SessionError::from),
-        )
-    })?;
-    let marker = Marker::from_flags(flags)?;
-    let result = decoded?;
-    result.validate()?;
-    Ok(Chunk { result, marker })
+        let result = DetectionResult::decode(frame.as_slice())?;
+        result.validate()?;
+        Ok(Chunk { result, marker })
+    }
+}
+
+/// [`ChunkReader::read`] with a buffer of its own, for one frame.
+pub fn read_chunk(consumer: &mut Consumer, deadline: Instant) -> Result<Chunk, SessionError> {
+    ChunkReader::new().read(consumer, deadline)
 }
 
 /// The `processes` entries (field 4) among `bytes`' top-level fields,

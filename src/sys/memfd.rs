@@ -10,6 +10,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
 
 use rustix::fs::{MemfdFlags, Mode, OFlags};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -137,6 +138,24 @@ impl Mapping {
     /// The access the mapping was made with.
     pub fn access(&self) -> Access {
         self.access
+    }
+
+    /// The 4 bytes at `offset` as an atomic (a futex word, say), if the
+    /// mapping is writable and they lie inside it, 4-aligned. `None`
+    /// otherwise: a store through a read-only mapping would fault.
+    pub fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
+        let inside = offset
+            .checked_add(size_of::<AtomicU32>())
+            .is_some_and(|end| end <= self.len);
+        if self.access != Access::ReadWrite || !inside || offset % align_of::<AtomicU32>() != 0 {
+            return None;
+        }
+        // SAFETY: `offset..offset + 4` lies inside the live read-write
+        // mapping, and is 4-aligned (the base is page-aligned). Every bit
+        // pattern is a valid `AtomicU32`, and an atomic may be changed at any
+        // time by other threads or processes sharing the memory. The borrow
+        // of `self` keeps the mapping alive while the reference lives.
+        Some(unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() })
     }
 }
 
