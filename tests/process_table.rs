@@ -484,6 +484,50 @@ fn lost_events_are_counted_and_a_resync_makes_the_table_match_proc() {
     assert!(table_pids.contains(&shell.pid));
 }
 
+#[test]
+fn the_safety_net_lists_proc_each_round_and_checks_every_process_every_sixth() {
+    let Some((_serial, table)) = event_table(TableConfig {
+        scan_interval: Duration::from_millis(50),
+        ..TableConfig::default()
+    }) else {
+        return;
+    };
+    // Enough processes that a round which checks them all stands out.
+    let sleepers: Vec<Running> = (0..100)
+        .map(|_| Running::spawn(Command::new("/usr/bin/sleep").arg("1000")))
+        .collect();
+    let processes = table.stats().processes;
+    assert!(processes > 100, "{processes}");
+    // Each round's checks of known processes, as the scan counter moves.
+    let mut rounds = Vec::new();
+    let mut last = table.stats();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Twelve in a row hold exactly two full ones, six apart.
+    while rounds.len() < 12 {
+        assert!(Instant::now() < deadline, "only {} rounds", rounds.len());
+        // No signal marks a round; they come every 50 ms.
+        std::thread::sleep(Duration::from_millis(5));
+        let now = table.stats();
+        if now.scans != last.scans {
+            assert_eq!(now.scans, last.scans + 1, "two rounds between samples");
+            rounds.push(now.scan_checks - last.scan_checks);
+            last = now;
+        }
+    }
+    // The first round seen may be any of the six.
+    let full: Vec<usize> = (0..rounds.len())
+        .filter(|&i| rounds[i] > processes / 2)
+        .collect();
+    assert_eq!(full.len(), 2, "{rounds:?}");
+    assert_eq!(full[1] - full[0], 6, "{rounds:?}");
+    for (i, checks) in rounds.iter().enumerate() {
+        if !full.contains(&i) {
+            assert_eq!(*checks, 0, "a census read known processes: {rounds:?}");
+        }
+    }
+    drop(sleepers);
+}
+
 /// The pids listed in `/proc` now.
 fn proc_pids() -> HashSet<u32> {
     std::fs::read_dir("/proc")

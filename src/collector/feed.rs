@@ -28,6 +28,12 @@ const EVENT_THREAD_NICE: i32 = -10;
 /// The event thread's real-time priority, the lowest.
 const EVENT_THREAD_FIFO: i32 = 1;
 
+/// Every this many safety-net rounds, one reads every process
+/// ([`ScanKind::SafetyNet`]); the others only list `/proc`
+/// ([`ScanKind::Census`]). With the default 10 s interval: a census every
+/// 10 s, a full check every minute.
+const FULL_SAFETY_NET_EVERY: u64 = 6;
+
 /// The table's event source, kept so polls can wait for it to catch up and
 /// status can report its counters.
 pub(crate) struct Feed {
@@ -69,6 +75,7 @@ pub(crate) fn start(
             table: table.downgrade(),
             read_ahead: Vec::new(),
             realtime: config.realtime_events,
+            ticks: 0,
         },
     )?;
     // The first scan runs on the event thread before any event; wait for it.
@@ -88,6 +95,8 @@ struct Applier {
     read_ahead: Vec<(u32, Option<Details>)>,
     /// [`TableConfig::realtime_events`].
     realtime: bool,
+    /// Safety-net rounds so far.
+    ticks: u64,
 }
 
 impl EventHandler for Applier {
@@ -121,8 +130,16 @@ impl EventHandler for Applier {
                 let at = self.read_ahead.iter().position(|(read, _)| *read == pid)?;
                 Some(self.read_ahead.swap_remove(at).1)
             });
-            if matches!(event, Event::Subscribed) {
-                raise_priority(self.realtime);
+            match event {
+                Event::Subscribed => raise_priority(self.realtime),
+                Event::Tick => {
+                    self.ticks += 1;
+                    if self.ticks % FULL_SAFETY_NET_EVERY != 0 {
+                        scan(&table, ScanKind::Census);
+                        return;
+                    }
+                }
+                _ => {}
             }
             apply(&table, event, read_ahead);
         }
