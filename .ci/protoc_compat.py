@@ -12,7 +12,9 @@ fixture this script:
    type mismatch fails here) and compares every field, presence of optional
    fields included, with the expected value (doubles bit for bit);
 3. runs `protoc --encode` on protoc's own text and checks it gives back the
-   crate's bytes exactly.
+   crate's bytes exactly (except for fixtures marked `canonical_order:
+   false`, such as a frame of pre-encoded records, whose fields are in
+   another order than protoc writes them).
 
 Exits non-zero, listing every mismatch, if anything differs.
 """
@@ -121,7 +123,9 @@ def main():
                 text_format.Parse(text.decode("utf-8"), message)
                 compare(name, to_plain(message), fixture["expected"], problems)
                 again = protoc(f"--encode={full_type}", SCHEMA, stdin=text)
-                if again != data:
+                # Pre-encoded records carry their fields out of tag order:
+                # protoc re-encodes them in its own.
+                if again != data and fixture.get("canonical_order", True):
                     problems.append(
                         f"{name}: protoc re-encodes to different bytes:\n"
                         f"    ours   {data.hex()}\n    protoc {again.hex()}"

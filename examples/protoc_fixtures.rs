@@ -10,14 +10,19 @@
 //! Run: `cargo run --example protoc_fixtures -- OUTDIR`
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use daemoneye_lib::codec::Codec;
 use daemoneye_lib::models::process::ProcessRecord;
 use daemoneye_lib::models::{HashCheck, HashResult, ProcessFilter};
+use daemoneye_lib::proto::encoded::{EncodedRecord, StableFields};
 use daemoneye_lib::proto::{
     DetectionResult, DetectionTask, ProtoHashCheck, ProtoHashResult, ProtoProcessFilter,
     ProtoProcessRecord,
 };
+use daemoneye_lib::ring::{self, RingConfig};
+use daemoneye_lib::session::{RecordKind, ResultWriter};
 use serde::Serialize;
 
 /// Large enough for every fixture.
@@ -46,6 +51,45 @@ impl Fixtures {
         }));
         Ok(())
     }
+
+    /// Records `bytes` made some other way than by encoding `expected`
+    /// (fields in another order, say): protoc must decode them to
+    /// `expected`, but re-encodes them in its own order.
+    fn add_bytes(
+        &mut self,
+        name: &str,
+        message_type: &str,
+        bytes: &[u8],
+        expected: &impl Serialize,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let file = format!("{name}.bin");
+        std::fs::write(self.dir.join(&file), bytes)?;
+        self.manifest.push(serde_json::json!({
+            "name": name,
+            "message": format!("daemoneye.ipc.{message_type}"),
+            "file": file,
+            "expected": serde_json::to_value(expected)?,
+            "canonical_order": false,
+        }));
+        Ok(())
+    }
+}
+
+/// A result frame as procmond writes it from its table: each record's
+/// stable fields pre-encoded, its poll fields after them; read raw from a
+/// real ring.
+fn pre_encoded_frame(
+    records: &[ProtoProcessRecord],
+) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let (mut producer, mut consumer) = ring::pair(&RingConfig::new(1 << 20))?;
+    let mut writer = ResultWriter::new(&mut producer, "pre-001", Duration::from_secs(5));
+    for record in records {
+        let stable = Arc::new(StableFields::encode(record));
+        writer.push_encoded(RecordKind::Result, EncodedRecord::of(stable, record))?;
+    }
+    writer.finish()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    Ok(consumer.read(deadline, |frame| frame.bytes().to_vec())?)
 }
 
 /// Every field set, with extreme values, unicode and characters that need
@@ -194,6 +238,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "result_failure",
         "DetectionResult",
         &DetectionResult::failure("enum-001", "Permission denied"),
+    )?;
+
+    // A result frame with pre-encoded records (fields out of tag order).
+    let records = [full_record(), zero_record()];
+    f.add_bytes(
+        "result_pre_encoded",
+        "DetectionResult",
+        &pre_encoded_frame(&records)?,
+        &DetectionResult::success("pre-001", records.to_vec()),
     )?;
 
     // The parts on their own.

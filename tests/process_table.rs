@@ -528,11 +528,20 @@ fn the_safety_net_lists_proc_each_round_and_checks_every_process_every_sixth() {
     drop(sleepers);
 }
 
-/// The pids listed in `/proc` now.
+/// The pids listed in `/proc` now, but zombies (exited, not yet reaped:
+/// the table leaves them out).
 fn proc_pids() -> HashSet<u32> {
     std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the name's closing parenthesis.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, Some('Z' | 'X'))
+        })
         .collect()
 }
 

@@ -6,12 +6,17 @@ mod common;
 use common::same_bits;
 use daemoneye_lib::codec::Codec;
 use daemoneye_lib::models::{HashCheck, HashResult, ProcessFilter, ProcessRecord, Task};
+use daemoneye_lib::proto::encoded::{EncodedRecord, StableFields};
 use daemoneye_lib::proto::{
     DetectionResult, DetectionTask, ProtoHashCheck, ProtoHashResult, ProtoProcessFilter,
     ProtoProcessRecord,
 };
+use daemoneye_lib::ring::{self, RingConfig};
+use daemoneye_lib::session::{Marker, RecordKind, ResultWriter};
 use proptest::prelude::*;
 use prost::Message;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Large enough for anything the strategies make.
 const CODEC: Codec = Codec::new(64 * 1024 * 1024);
@@ -86,6 +91,54 @@ proptest! {
             rest = &rest[used..];
         }
         prop_assert!(rest.is_empty());
+    }
+
+    /// A record pre-encoded in two parts (procmond's table keeps the stable
+    /// one) is the record: prost decodes it to exactly the struct, and its
+    /// length is what prost gives for the struct.
+    #[test]
+    fn pre_encoded_record(record in common::record()) {
+        let encoded = EncodedRecord::of(Arc::new(StableFields::encode(&record)), &record);
+        prop_assert_eq!(encoded.body_len(), record.encoded_len());
+        let mut bytes = Vec::new();
+        encoded.encode_body(&mut bytes);
+        let back = ProtoProcessRecord::decode(bytes.as_slice()).expect("decode");
+        prop_assert!(same_bits(&back, &record));
+    }
+
+    /// Frames mixing pre-encoded records and structs, through a real ring,
+    /// decode to the records in order.
+    #[test]
+    fn pre_encoded_frames(records in prop::collection::vec(common::record(), 0..40)) {
+        let config = RingConfig::new(256 << 10).with_max_frame(64 << 10);
+        let (mut producer, mut consumer) = ring::pair(&config).expect("ring");
+        let mut writer = ResultWriter::new(&mut producer, "t", Duration::from_secs(5));
+        for (i, record) in records.iter().enumerate() {
+            if i % 3 == 0 {
+                writer.push(RecordKind::Result, record.clone()).expect("push");
+            } else {
+                let stable = Arc::new(StableFields::encode(record));
+                writer.push_encoded(RecordKind::Result, EncodedRecord::of(stable, record)).expect("push");
+            }
+        }
+        writer.finish().expect("finish");
+        // Decoded by prost alone: the records are arbitrary, not all valid
+        // for the agent's checks.
+        let mut back = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (result, flags) = consumer
+                .read(deadline, |frame| (frame.decode::<DetectionResult>(), frame.flags()))
+                .expect("read");
+            back.extend(result.expect("decode").processes);
+            if Marker::from_flags(flags).expect("flags").end {
+                break;
+            }
+        }
+        prop_assert_eq!(back.len(), records.len());
+        for (got, want) in back.iter().zip(&records) {
+            prop_assert!(same_bits(got, want), "{:?} != {:?}", got, want);
+        }
     }
 
     /// proto → native → proto is lossless, NaN CPU included (bitwise).

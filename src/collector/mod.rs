@@ -64,6 +64,7 @@ pub use monitor::{MIN_POLL_INTERVAL, TreeEvent, TreeMonitor};
 pub use requester::Requester;
 pub use table::{Overflowed, ProcKey, ProcessTable, SourceKind, TableConfig, TableStats, Waker};
 
+use crate::proto::encoded::EncodedRecord;
 use crate::proto::{
     ProtoHashCheck, ProtoHashResult, ProtoProcessFilter, ProtoProcessRecord, excerpt,
 };
@@ -241,6 +242,30 @@ impl Collector {
             }
             handed += 1;
             sink(record)
+        })?;
+        Ok(handed)
+    }
+
+    /// ENUMERATE_PROCESSES without hashes, as [`for_each`](Self::for_each),
+    /// with each record's stable fields encoded once by the table and kept
+    /// until they change, so a poll encodes only usage and collection time.
+    pub fn for_each_encoded(
+        &mut self,
+        filter: Option<&ProtoProcessFilter>,
+        mut sink: impl FnMut(EncodedRecord) -> ControlFlow<()>,
+    ) -> Result<usize, CollectError> {
+        let filter = ProcessFilter::compile(filter)?;
+        let only_pids = filter.only_pids();
+        self.table.refresh()?;
+        let mut handed = 0;
+        self.table.visit_encoded(only_pids.as_deref(), |seen| {
+            if !filter.admits_pid(seen.pid)
+                || !filter.admits(&seen.details.name, seen.details.exe_text.as_deref())
+            {
+                return ControlFlow::Continue(());
+            }
+            handed += 1;
+            sink(seen.record)
         })?;
         Ok(handed)
     }

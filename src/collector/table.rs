@@ -30,6 +30,7 @@ use super::details::{self, Details, ExeLink};
 use super::feed::{self, Feed};
 use super::usage::{self, STAT_BUF_BYTES, Stat, StatHandle, Units, Usage};
 use crate::proto::ProtoProcessRecord;
+use crate::proto::encoded::{EncodedRecord, StableFields};
 use crate::sys::procfs::{self, ProcRoot};
 
 /// Identifies a process across time: a reused pid has another start time.
@@ -211,6 +212,26 @@ struct EntryState {
     details: Arc<Details>,
     stat: StatHandle,
     usage: Usage,
+    /// The record's stable fields as last encoded, for polls that stream
+    /// records pre-encoded ([`ProcessTable::visit_encoded`]).
+    stable: Option<KeptStable>,
+}
+
+/// Stable fields encoded from `details` and `ppid`: valid while the entry
+/// still holds that same `details` (replaced whole on exec, uid or name
+/// change) and parent.
+struct KeptStable {
+    details: Arc<Details>,
+    ppid: Option<u32>,
+    fields: Arc<StableFields>,
+}
+
+/// A process's record as one poll sees it with its stable fields
+/// pre-encoded, and the details a filter looks at.
+pub(crate) struct EncodedObserved<'a> {
+    pub(crate) pid: u32,
+    pub(crate) record: EncodedRecord,
+    pub(crate) details: &'a Details,
 }
 
 /// A process's record as one poll sees it, and its image path on disk.
@@ -421,6 +442,63 @@ impl ProcessTable {
         pids: Option<&[u32]>,
         mut visit: impl FnMut(Observed) -> ControlFlow<()>,
     ) -> Result<(), CollectError> {
+        self.walk(pids, |entry, state, unix_ms| {
+            visit(Observed {
+                record: self.record(entry, state, unix_ms),
+                exe: state.details.exe.clone(),
+            })
+        })
+    }
+
+    /// [`visit`](Self::visit) with each record's stable fields encoded
+    /// once and kept until they change (exec, uid or name change,
+    /// reparenting): a poll then copies them and encodes only its usage
+    /// and collection time, allocating nothing per record.
+    pub(crate) fn visit_encoded(
+        &self,
+        pids: Option<&[u32]>,
+        mut visit: impl FnMut(EncodedObserved<'_>) -> ControlFlow<()>,
+    ) -> Result<(), CollectError> {
+        self.walk(pids, |entry, state, unix_ms| {
+            let kept = state.stable.as_ref().filter(|kept| {
+                Arc::ptr_eq(&kept.details, &state.details) && kept.ppid == state.ppid
+            });
+            let fields = match kept {
+                Some(kept) => Arc::clone(&kept.fields),
+                None => {
+                    let fields =
+                        Arc::new(StableFields::encode(&self.record(entry, state, unix_ms)));
+                    state.stable = Some(KeptStable {
+                        details: Arc::clone(&state.details),
+                        ppid: state.ppid,
+                        fields: Arc::clone(&fields),
+                    });
+                    fields
+                }
+            };
+            visit(EncodedObserved {
+                pid: entry.key.pid,
+                record: EncodedRecord {
+                    stable: fields,
+                    cpu_usage: state.usage.cpu_usage(),
+                    memory_usage: state.usage.memory_bytes(),
+                    executable_hash: None,
+                    hash_algorithm: None,
+                    collection_time: unix_ms,
+                },
+                details: &state.details,
+            })
+        })
+    }
+
+    /// Hands `visit` each entry (of `pids` only, when given), sorted by
+    /// pid, with usage no older than one usage window; skips those found
+    /// to have exited.
+    fn walk(
+        &self,
+        pids: Option<&[u32]>,
+        mut visit: impl FnMut(&Entry, &mut EntryState, i64) -> ControlFlow<()>,
+    ) -> Result<(), CollectError> {
         let root = self.root()?;
         let entries: Vec<Arc<Entry>> = {
             let map = lock(&self.shared.map);
@@ -440,19 +518,13 @@ impl ProcessTable {
         let unix_ms = unix_ms_now();
         let mut buf = [0u8; STAT_BUF_BYTES];
         for entry in entries {
-            let observed = {
-                let mut state = lock(&entry.state);
-                if state.usage.is_stale(now)
-                    && !self.read_usage(root, &entry, &mut state, &mut buf, now)
-                {
-                    continue;
-                }
-                Observed {
-                    record: self.record(&entry, &state, unix_ms),
-                    exe: state.details.exe.clone(),
-                }
-            };
-            if visit(observed).is_break() {
+            let mut state = lock(&entry.state);
+            if state.usage.is_stale(now)
+                && !self.read_usage(root, &entry, &mut state, &mut buf, now)
+            {
+                continue;
+            }
+            if visit(&entry, &mut state, unix_ms).is_break() {
                 break;
             }
         }
@@ -868,6 +940,7 @@ impl ProcessTable {
                 details,
                 stat,
                 usage,
+                stable: None,
             }),
         })
     }

@@ -101,6 +101,7 @@
 //! assert_eq!(task.validate().unwrap_err().field, "hash_check.expected_hash");
 //! ```
 
+pub mod encoded;
 mod hash_algorithm;
 mod helpers;
 pub mod limits;

@@ -121,28 +121,25 @@ fn collect(
     with_hashes: bool,
     what: &str,
 ) -> Result<StreamStats, SessionError> {
-    let mut write_error = None;
-    let mut halted = false;
-    let sink = |record| {
-        // A departed client's or a cancelled task's work stops at once, not
-        // when a frame fills.
-        if signals.halted() {
-            halted = true;
-            return ControlFlow::Break(());
-        }
-        if stream.is_closed() {
-            write_error = Some(SessionError::Ring(RingError::Closed));
-            return ControlFlow::Break(());
-        }
-        match stream.push(RecordKind::Result, record) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(error) => {
-                write_error = Some(error);
-                ControlFlow::Break(())
-            }
-        }
+    let mut sink = Sink {
+        stream: &mut stream,
+        signals,
+        halted: false,
+        write_error: None,
     };
-    let walked = collector.for_each(job.task.process_filter.as_ref(), with_hashes, sink);
+    let filter = job.task.process_filter.as_ref();
+    // Without hashes, records go out with their stable fields pre-encoded
+    // by the table; with hashes each is built whole.
+    let walked = if with_hashes {
+        collector.for_each(filter, true, |record| {
+            sink.send(|stream| stream.push(RecordKind::Result, record))
+        })
+    } else {
+        collector.for_each_encoded(filter, |record| {
+            sink.send(|stream| stream.push_encoded(RecordKind::Result, record))
+        })
+    };
+    let (halted, write_error) = (sink.halted, sink.write_error);
     if halted || signals.halted() {
         return end_halted(stream, signals, what);
     }
@@ -153,6 +150,41 @@ fn collect(
         (_, Some(error)) => Err(error),
         (Err(error), None) => stream.fail(&format!("{what} failed: {error}")),
         (Ok(_), None) => stream.finish(),
+    }
+}
+
+/// Where a walk's records go: the stream, until the task is halted or a
+/// write fails.
+struct Sink<'s, 'p> {
+    stream: &'s mut ResultWriter<'p>,
+    signals: &'s TaskSignals,
+    halted: bool,
+    write_error: Option<SessionError>,
+}
+
+impl<'p> Sink<'_, 'p> {
+    /// Writes one record with `push`, or says stop.
+    fn send(
+        &mut self,
+        push: impl FnOnce(&mut ResultWriter<'p>) -> Result<(), SessionError>,
+    ) -> ControlFlow<()> {
+        // A departed client's or a cancelled task's work stops at once, not
+        // when a frame fills.
+        if self.signals.halted() {
+            self.halted = true;
+            return ControlFlow::Break(());
+        }
+        if self.stream.is_closed() {
+            self.write_error = Some(SessionError::Ring(RingError::Closed));
+            return ControlFlow::Break(());
+        }
+        match push(self.stream) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(error) => {
+                self.write_error = Some(error);
+                ControlFlow::Break(())
+            }
+        }
     }
 }
 

@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use prost::Message;
-use prost::encoding::message as field;
+use prost::bytes::{Buf, BufMut};
+use prost::encoding::{DecodeContext, WireType, message as field, skip_field};
 
 use super::error::SessionError;
 use super::marker::{Marker, RecordKind};
+use crate::proto::encoded::EncodedRecord;
 use crate::proto::limits::{MAX_ERROR_MESSAGE_BYTES, MAX_PROCESSES_PER_RESULT};
 use crate::proto::{DetectionResult, ProtoProcessRecord};
 use crate::ring::Producer;
@@ -35,7 +37,9 @@ pub struct StreamStats {
 /// [`finish`](Self::finish) writes the last frame, marked END (with no
 /// records if there are none left); [`fail`](Self::fail) ends the stream with
 /// a failure instead. Records of different [`RecordKind`]s never share a
-/// frame.
+/// frame. A record comes as a struct ([`push`](Self::push)) or with its
+/// stable fields encoded already ([`push_encoded`](Self::push_encoded));
+/// either way prost writes the frame once, straight into the ring's claim.
 ///
 /// A record too large for a frame on its own has trailing command-line
 /// arguments dropped until it fits (counted in
@@ -47,7 +51,10 @@ pub struct StreamStats {
 #[derive(Debug)]
 pub struct ResultWriter<'p> {
     producer: &'p mut Producer,
+    /// The frame's own fields (its `processes` are in `items`).
     result: DetectionResult,
+    /// The records of the frame being filled.
+    items: Vec<Item>,
     kind: RecordKind,
     /// Encoded length of `result` with no records.
     base_len: usize,
@@ -67,6 +74,7 @@ impl<'p> ResultWriter<'p> {
         Self {
             producer,
             result,
+            items: Vec::new(),
             kind: RecordKind::Result,
             base_len,
             len: base_len,
@@ -99,14 +107,34 @@ impl<'p> ResultWriter<'p> {
         if self.base_len + record_len > max {
             record_len = self.fit(&mut record, max)?;
         }
-        let full =
-            self.len + record_len > max || self.result.processes.len() == MAX_PROCESSES_PER_RESULT;
-        if !self.result.processes.is_empty() && (kind != self.kind || full) {
+        self.add(kind, Item::Owned(record), record_len)
+    }
+
+    /// Adds a record whose stable fields are encoded already (procmond's
+    /// table keeps them); as [`push`](Self::push) otherwise. A record too
+    /// large for a frame on its own is decoded and pushed as a struct, to
+    /// have its command line cut.
+    pub fn push_encoded(
+        &mut self,
+        kind: RecordKind,
+        record: EncodedRecord,
+    ) -> Result<(), SessionError> {
+        let record_len = record.field_len(PROCESSES_FIELD);
+        if self.base_len + record_len > self.producer.max_frame() {
+            return self.push(kind, record.to_record());
+        }
+        self.add(kind, Item::Encoded(record), record_len)
+    }
+
+    fn add(&mut self, kind: RecordKind, item: Item, len: usize) -> Result<(), SessionError> {
+        let full = self.len + len > self.producer.max_frame()
+            || self.items.len() == MAX_PROCESSES_PER_RESULT;
+        if !self.items.is_empty() && (kind != self.kind || full) {
             self.write(false)?;
         }
         self.kind = kind;
-        self.len += record_len;
-        self.result.processes.push(record);
+        self.len += len;
+        self.items.push(item);
         self.stats.records += 1;
         Ok(())
     }
@@ -114,7 +142,7 @@ impl<'p> ResultWriter<'p> {
     /// Writes the records added so far as a frame marked MORE (nothing when
     /// there are none).
     pub fn flush(&mut self) -> Result<(), SessionError> {
-        if self.result.processes.is_empty() {
+        if self.items.is_empty() {
             return Ok(());
         }
         self.write(false)
@@ -130,11 +158,12 @@ impl<'p> ResultWriter<'p> {
     /// marked END; records not yet written are dropped. A message over the
     /// schema's limit is cut.
     pub fn fail(mut self, message: &str) -> Result<StreamStats, SessionError> {
-        self.result.processes.clear();
+        self.items.clear();
         let failure = DetectionResult::failure(
             std::mem::take(&mut self.result.task_id),
             cut(message, MAX_ERROR_MESSAGE_BYTES),
         );
+        self.len = failure.encoded_len();
         self.result = failure;
         self.write(true)?;
         Ok(self.stats)
@@ -160,6 +189,7 @@ impl<'p> ResultWriter<'p> {
             });
         }
         self.result = result;
+        self.items.clear();
         self.len = len;
         self.kind = RecordKind::Result;
         self.write(true)?;
@@ -193,15 +223,81 @@ impl<'p> ResultWriter<'p> {
             cancelled: end && self.cancelled,
         }
         .to_flags();
-        debug_assert!(!self.result.success || self.len == self.result.encoded_len());
+        let frame = FrameMessage {
+            result: &self.result,
+            items: &self.items,
+            len: self.len,
+        };
+        debug_assert_eq!(self.len, frame.computed_len());
         debug_assert!(self.len <= self.producer.max_frame() || !self.result.success);
         self.producer
-            .encode(&self.result, flags, crate::deadline::after(self.stall))?;
+            .encode(&frame, flags, crate::deadline::after(self.stall))?;
         self.stats.frames += 1;
-        self.result.processes.clear();
+        self.items.clear();
         self.len = self.base_len;
         Ok(())
     }
+}
+
+/// A record of the frame being filled.
+#[derive(Debug)]
+enum Item {
+    Owned(ProtoProcessRecord),
+    Encoded(EncodedRecord),
+}
+
+/// The frame being written, as one message for prost to encode into the
+/// claim: the result's own fields, then each item as one of its
+/// `processes` (field 4). Write-only: decoding into it skips every field.
+#[derive(Debug)]
+struct FrameMessage<'a> {
+    result: &'a DetectionResult,
+    items: &'a [Item],
+    /// The encoded length, as the writer tracked it.
+    len: usize,
+}
+
+impl FrameMessage<'_> {
+    /// The encoded length counted again (for a debug check of `len`).
+    fn computed_len(&self) -> usize {
+        self.result.encoded_len()
+            + self
+                .items
+                .iter()
+                .map(|item| match item {
+                    Item::Owned(record) => field::encoded_len(PROCESSES_FIELD, record),
+                    Item::Encoded(record) => record.field_len(PROCESSES_FIELD),
+                })
+                .sum::<usize>()
+    }
+}
+
+impl Message for FrameMessage<'_> {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        self.result.encode_raw(buf);
+        for item in self.items {
+            match item {
+                Item::Owned(record) => field::encode(PROCESSES_FIELD, record, buf),
+                Item::Encoded(record) => record.encode_field(PROCESSES_FIELD, buf),
+            }
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.len
+    }
+
+    fn clear(&mut self) {}
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.
