@@ -17,6 +17,10 @@
 //!   beside the floor measured with the same processes; and procmond's CPU
 //!   share (from its `/proc/<pid>/stat`) while an agent polls at 10 Hz and
 //!   while nothing polls.
+//! - `safety_net`: procmond's CPU share with nothing polling on the largest
+//!   host, its safety net every second (ten times the default) for twelve
+//!   rounds (eleven censuses of `/proc`, one full check), and a tenth of it
+//!   as the estimate at the default 10 s.
 //!
 //! procmond runs as a child process (this binary re-executed). Run as root
 //! for the event source (else procmond polls and says so):
@@ -46,6 +50,9 @@ use nix::unistd::Pid;
 
 const PROCMOND: &str = "--procmond";
 const SLEEPERS: &str = "--sleepers";
+/// procmond's mode for measuring the safety net: events, and a safety-net
+/// round every second (ten times the default).
+const SAFETY_NET_1S: &str = "--safety-net-1s";
 const READY: &str = "ready";
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -56,7 +63,7 @@ fn main() -> ExitCode {
     let result = match args.get(1).map(String::as_str) {
         Some(PROCMOND) => match (args.get(2), args.get(3)) {
             (Some(socket), mode) => procmond(Path::new(socket), mode.map(String::as_str)),
-            _ => Err("usage: proc_bench --procmond SOCKET [--polling]".into()),
+            _ => Err("usage: proc_bench --procmond SOCKET [--polling | --safety-net-1s]".into()),
         },
         Some(SLEEPERS) => match args.get(2).and_then(|n| n.parse().ok()) {
             Some(n) => sleepers(n),
@@ -119,11 +126,41 @@ fn measure(run: &Run, dir: &Path) -> Result<()> {
         } else {
             "events.sock"
         });
-        let procmond = Procmond::start(&socket, polling)?;
+        let procmond = Procmond::start(&socket, polling.then_some("--polling"))?;
         let outcome = measure_with(run, &procmond, polling);
         procmond.stop()?;
         outcome?;
     }
+    safety_net(run, dir)
+}
+
+/// procmond's CPU share with nothing polling and no process starting, on
+/// the largest host of the run, with a safety-net round every second (ten
+/// times the default) for twelve rounds: eleven censuses and one full check.
+/// The default interval's share is a tenth of it (plus what the event
+/// thread does for the machine's own processes, which is in both).
+fn safety_net(run: &Run, dir: &Path) -> Result<()> {
+    let extra = run.extra.iter().copied().max().unwrap_or(0);
+    let sleepers = Sleepers::spawn(extra)?;
+    let procmond = Procmond::start(&dir.join("safety-net.sock"), Some(SAFETY_NET_1S))?;
+    let span = Duration::from_secs(12);
+    let (share, _) = cpu_share(procmond.pid, span, || {
+        thread::sleep(span); // measuring an idle span
+        Ok(0.0)
+    })?;
+    procmond.stop()?;
+    sleepers.stop()?;
+    report(
+        run,
+        &[
+            ("row", Value::S("safety_net")),
+            ("source", Value::S("connector")),
+            ("extra", Value::U(extra as u64)),
+            ("scan_interval_s", Value::U(1)),
+            ("cpu_idle_pct", Value::F(share)),
+            ("default_interval_est_pct", Value::F(share / 10.0)),
+        ],
+    );
     Ok(())
 }
 
@@ -475,21 +512,29 @@ fn first_number(text: &[u8]) -> u64 {
 
 /// procmond's CPU time over `work` (which runs for about `span`), as a
 /// percentage of one core, and what `work` returned.
+/// The share of one core `pid` used while `work` ran (at least `span / 2`
+/// is assumed, for work that returns early): the sum of its threads' time
+/// on CPU from `/proc/<pid>/task/*/schedstat`, in nanoseconds (the ticks
+/// of `stat` are 10 ms, too coarse for an idle process).
 fn cpu_share(pid: u32, span: Duration, work: impl FnOnce() -> Result<f64>) -> Result<(f64, f64)> {
-    let ticks = || -> Result<u64> {
-        let text = std::fs::read(format!("/proc/{pid}/stat"))?;
-        let close = text.iter().rposition(|&b| b == b')').ok_or("bad stat")?;
-        let fields: Vec<&[u8]> = text[close + 1..]
-            .split(|&b| b == b' ')
-            .filter(|f| !f.is_empty())
-            .collect();
-        Ok(first_number(fields[11]) + first_number(fields[12]))
+    let on_cpu_ns = || -> Result<u64> {
+        let mut total = 0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            // A thread that ended meanwhile has no schedstat: skipped.
+            if let Ok(text) = std::fs::read_to_string(task?.path().join("schedstat")) {
+                total += text
+                    .split_whitespace()
+                    .next()
+                    .and_then(|ns| ns.parse::<u64>().ok())
+                    .ok_or("bad schedstat")?;
+            }
+        }
+        Ok(total)
     };
-    let hz = procfs::clock_ticks_per_second() as f64;
-    let (before, start) = (ticks()?, Instant::now());
+    let (before, start) = (on_cpu_ns()?, Instant::now());
     let value = work()?;
     let elapsed = start.elapsed().max(span / 2);
-    let used = (ticks()? - before) as f64 / hz;
+    let used = on_cpu_ns()?.saturating_sub(before) as f64 / 1e9;
     Ok((used / elapsed.as_secs_f64() * 100.0, value))
 }
 
@@ -546,6 +591,11 @@ fn procmond(socket: &Path, mode: Option<&str>) -> Result<()> {
     let mut config = ServerConfig::new(socket);
     config.table = TableConfig {
         use_connector: mode != Some("--polling"),
+        scan_interval: if mode == Some(SAFETY_NET_1S) {
+            Duration::from_secs(1)
+        } else {
+            TableConfig::default().scan_interval
+        },
         ..TableConfig::default()
     };
     let server = Server::bind(config)?;
@@ -594,12 +644,10 @@ struct Procmond {
 }
 
 impl Procmond {
-    fn start(socket: &Path, polling: bool) -> Result<Procmond> {
+    fn start(socket: &Path, mode: Option<&str>) -> Result<Procmond> {
         let mut command = Command::new(std::env::current_exe()?);
         command.arg(PROCMOND).arg(socket).stdout(Stdio::piped());
-        if polling {
-            command.arg("--polling");
-        }
+        command.args(mode);
         let mut child = command.spawn()?;
         wait_ready(&mut child)?;
         Ok(Procmond {

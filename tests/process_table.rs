@@ -485,7 +485,7 @@ fn lost_events_are_counted_and_a_resync_makes_the_table_match_proc() {
 }
 
 #[test]
-fn the_safety_net_lists_proc_each_round_and_checks_every_process_every_sixth() {
+fn the_safety_net_lists_proc_each_round_and_checks_every_process_every_twelfth() {
     let Some((_serial, table)) = event_table(TableConfig {
         scan_interval: Duration::from_millis(50),
         ..TableConfig::default()
@@ -502,8 +502,8 @@ fn the_safety_net_lists_proc_each_round_and_checks_every_process_every_sixth() {
     let mut rounds = Vec::new();
     let mut last = table.stats();
     let deadline = Instant::now() + Duration::from_secs(60);
-    // Twelve in a row hold exactly two full ones, six apart.
-    while rounds.len() < 12 {
+    // 24 in a row hold exactly two full ones, twelve apart.
+    while rounds.len() < 24 {
         assert!(Instant::now() < deadline, "only {} rounds", rounds.len());
         // No signal marks a round; they come every 50 ms.
         std::thread::sleep(Duration::from_millis(5));
@@ -514,12 +514,12 @@ fn the_safety_net_lists_proc_each_round_and_checks_every_process_every_sixth() {
             last = now;
         }
     }
-    // The first round seen may be any of the six.
+    // The first round seen may be any of the twelve.
     let full: Vec<usize> = (0..rounds.len())
         .filter(|&i| rounds[i] > processes / 2)
         .collect();
     assert_eq!(full.len(), 2, "{rounds:?}");
-    assert_eq!(full[1] - full[0], 6, "{rounds:?}");
+    assert_eq!(full[1] - full[0], 12, "{rounds:?}");
     for (i, checks) in rounds.iter().enumerate() {
         if !full.contains(&i) {
             assert_eq!(*checks, 0, "a census read known processes: {rounds:?}");

@@ -776,54 +776,17 @@ impl ProcessTable {
             .pids()
             .map_err(|_| CollectError::ProcUnavailable { path: "/proc" })?;
         listed.sort_unstable();
-        let known: Vec<Arc<Entry>> = lock(&self.shared.map).procs.values().cloned().collect();
-        let now = Instant::now();
         let mut buf = [0u8; STAT_BUF_BYTES];
-        let mut gone = Vec::new();
         let mut execed = Vec::new();
-        let mut alive = std::collections::HashSet::with_capacity(known.len());
-        for entry in &known {
-            if listed.binary_search(&entry.key.pid).is_err() {
-                gone.push(Arc::clone(entry));
-                continue;
-            }
-            if kind == ScanKind::Census {
-                alive.insert(entry.key.pid);
-                continue;
-            }
-            // Relaxed: a statistic.
-            self.shared
-                .counters
-                .scan_checks
-                .fetch_add(1, Ordering::Relaxed);
-            let mut state = lock(&entry.state);
-            if !self.read_usage(root, entry, &mut state, &mut buf, now) {
-                gone.push(Arc::clone(entry));
-                continue;
-            }
-            alive.insert(entry.key.pid);
-            let changed = match kind {
-                ScanKind::Resync => details::read_details(root, entry.key.pid)
-                    .filter(|fresh| *fresh != *state.details),
-                ScanKind::Poll | ScanKind::SafetyNet | ScanKind::Census => {
-                    let link = details::read_exe_link(entry.key.pid);
-                    if exe_changed(&state.details, &link) {
-                        details::read_details(root, entry.key.pid)
-                    } else {
-                        None
-                    }
-                }
-            };
-            if let Some(fresh) = changed {
-                state.details = Arc::new(fresh);
-                execed.push(Arc::clone(entry));
-            }
-        }
+        let (gone, unknown) = if kind == ScanKind::Census {
+            self.census(&listed)
+        } else {
+            self.check_known(root, kind, &listed, &mut buf, &mut execed)
+        };
         // New processes, parents before children (by start time).
-        let mut new: Vec<Arc<Entry>> = listed
-            .iter()
-            .filter(|pid| !alive.contains(pid))
-            .filter_map(|&pid| {
+        let mut new: Vec<Arc<Entry>> = unknown
+            .into_iter()
+            .filter_map(|pid| {
                 let (handle, stat) = self.open_stat(root, pid, &mut buf)?;
                 if stat.is_exited() {
                     self.release_handle(handle);
@@ -896,6 +859,82 @@ impl ProcessTable {
                 .fetch_add(differed, Ordering::Relaxed);
         }
         Ok(differed)
+    }
+
+    /// The census: known processes `listed` (sorted) no longer holds, and
+    /// listed pids the table does not hold, found in one walk of both
+    /// sorted sequences under the map's lock; nothing is read.
+    fn census(&self, listed: &[u32]) -> (Vec<Arc<Entry>>, Vec<u32>) {
+        let map = lock(&self.shared.map);
+        let (mut gone, mut unknown) = (Vec::new(), Vec::new());
+        let mut known = map.procs.iter().peekable();
+        for &pid in listed {
+            while let Some((_, entry)) = known.next_if(|(k, _)| **k < pid) {
+                gone.push(Arc::clone(entry));
+            }
+            if known.next_if(|(k, _)| **k == pid).is_none() {
+                unknown.push(pid);
+            }
+        }
+        gone.extend(known.map(|(_, entry)| Arc::clone(entry)));
+        (gone, unknown)
+    }
+
+    /// A poll's, full safety net's or resync's check of every known process
+    /// against `listed` (sorted): its `stat` read again, and its exe link
+    /// (or, for a resync, all its details). Returns the processes gone and
+    /// the listed pids not known; those that exec'd are pushed to `execed`.
+    fn check_known(
+        &self,
+        root: &ProcRoot,
+        kind: ScanKind,
+        listed: &[u32],
+        buf: &mut [u8; STAT_BUF_BYTES],
+        execed: &mut Vec<Arc<Entry>>,
+    ) -> (Vec<Arc<Entry>>, Vec<u32>) {
+        let known: Vec<Arc<Entry>> = lock(&self.shared.map).procs.values().cloned().collect();
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        let mut alive = std::collections::HashSet::with_capacity(known.len());
+        for entry in &known {
+            if listed.binary_search(&entry.key.pid).is_err() {
+                gone.push(Arc::clone(entry));
+                continue;
+            }
+            // Relaxed: a statistic.
+            self.shared
+                .counters
+                .scan_checks
+                .fetch_add(1, Ordering::Relaxed);
+            let mut state = lock(&entry.state);
+            if !self.read_usage(root, entry, &mut state, buf, now) {
+                gone.push(Arc::clone(entry));
+                continue;
+            }
+            alive.insert(entry.key.pid);
+            let changed = match kind {
+                ScanKind::Resync => details::read_details(root, entry.key.pid)
+                    .filter(|fresh| *fresh != *state.details),
+                ScanKind::Poll | ScanKind::SafetyNet | ScanKind::Census => {
+                    let link = details::read_exe_link(entry.key.pid);
+                    if exe_changed(&state.details, &link) {
+                        details::read_details(root, entry.key.pid)
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(fresh) = changed {
+                state.details = Arc::new(fresh);
+                execed.push(Arc::clone(entry));
+            }
+        }
+        let unknown = listed
+            .iter()
+            .copied()
+            .filter(|pid| !alive.contains(pid))
+            .collect();
+        (gone, unknown)
     }
 
     // ---- helpers ----
@@ -1034,4 +1073,46 @@ fn boot_time_unix_s() -> i64 {
                 .and_then(|n| n.trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn holds(table: &ProcessTable, pid: u32) -> bool {
+        table.keys().iter().any(|key| key.pid == pid)
+    }
+
+    /// A child killed and reaped when dropped, also when the test fails.
+    struct Reaped(std::process::Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_census_adds_new_processes_and_drops_gone_ones_reading_no_known_one() {
+        let table = ProcessTable::polling();
+        table.scan(ScanKind::Poll).unwrap();
+        let child = Reaped(Command::new("/usr/bin/sleep").arg("1000").spawn().unwrap());
+        let pid = child.0.id();
+        let checks = table.stats().scan_checks;
+        assert!(table.scan(ScanKind::Census).unwrap() >= 1);
+        assert!(holds(&table, pid), "the census did not add {pid}");
+        drop(child);
+        assert!(table.scan(ScanKind::Census).unwrap() >= 1);
+        assert!(!holds(&table, pid), "the census kept {pid}");
+        assert_eq!(
+            table.stats().scan_checks,
+            checks,
+            "a census read known processes"
+        );
+        // A full round reads them.
+        table.scan(ScanKind::SafetyNet).unwrap();
+        assert!(table.stats().scan_checks > checks);
+    }
 }
