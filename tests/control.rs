@@ -388,6 +388,7 @@ fn tasks_and_replies_cross_and_eof_means_peer_gone() {
         with_hashes: true,
         interval_ms: Some(25),
         hash_file_attached: false,
+        changes: None,
     };
     channel
         .send(&ClientFrame {

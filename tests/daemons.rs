@@ -718,6 +718,7 @@ fn a_path_only_hash_check_from_a_non_root_peer_is_refused() {
             with_hashes: false,
             interval_ms: None,
             hash_file_attached: false,
+            changes: None,
         })),
     };
     channel.send(&task).unwrap();
@@ -834,6 +835,7 @@ fn when_procmond_stops_a_connections_results_the_client_is_told_why_and_the_slot
             with_hashes: false,
             interval_ms: None,
             hash_file_attached: false,
+            changes: None,
         })),
     };
     channel.send(&task).unwrap();
@@ -1561,6 +1563,60 @@ fn assert_no_raw_controls(out: &[u8], what: &str) {
             "{what}: raw {c:?} at byte {at} of {shown:?}"
         );
     }
+}
+
+#[test]
+fn enumerate_watch_prints_each_change_once_as_json_lines_and_ends_after_its_duration() {
+    let procmond = Procmond::start(&[]);
+    let dir = TempDir::new("watch");
+    let name = format!("de-w{}", std::process::id() % 100_000);
+    let sleep = dir.0.join(&name);
+    std::fs::copy("/usr/bin/sleep", &sleep).unwrap();
+    // The workload: a process that lives 1.5 s of the watch's 4 s, so the
+    // watch sees it appear and go.
+    let mut short = spawn_retrying(Command::new(&sleep).arg("1.5")).unwrap();
+    let out = agent_cli(
+        &procmond.socket,
+        &[
+            "enumerate",
+            "--watch",
+            "--interval-ms",
+            "20",
+            "--duration-s",
+            "4",
+            "--format",
+            "json",
+            "--name",
+            &name,
+        ],
+        None,
+    );
+    assert!(short.wait().unwrap().success());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let seen: Vec<(String, u64)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["change"].as_str().unwrap().to_owned(),
+                v["pid"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let pid = u64::from(short.id());
+    // Seen, perhaps again as its usage became known, then gone, once.
+    let (last, before) = seen.split_last().expect("no lines");
+    assert_eq!(last, &("gone".to_owned(), pid), "{lines:#?}");
+    assert!(!before.is_empty(), "{lines:#?}");
+    assert!(
+        before.iter().all(|s| *s == ("updated".to_owned(), pid)),
+        "{lines:#?}"
+    );
+    assert_eq!(lines[0]["name"], name.as_str());
+    procmond.stop();
 }
 
 #[test]

@@ -629,6 +629,7 @@ fn largest_valid_task_fits_a_control_frame() {
             with_hashes: true,
             interval_ms: Some(u32::MAX),
             hash_file_attached: true,
+            changes: None,
         })),
     };
     assert!(

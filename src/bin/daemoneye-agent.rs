@@ -18,7 +18,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use daemoneye_lib::client::{Agent, ClientError, MonitorEvent, find_socket};
+use daemoneye_lib::client::{
+    Agent, ChangeThresholds, ClientError, MonitorEvent, ProcessChange, find_socket,
+};
 use daemoneye_lib::deadline;
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
 use daemoneye_lib::text::escape_controls;
@@ -57,8 +59,20 @@ enum Command {
         #[arg(long)]
         exe_pattern: Option<String>,
         /// Also hash each executable
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         hash: bool,
+        /// Poll again and again, printing only what changed since the last
+        /// poll (the first prints everything): started or changed processes
+        /// as `updated`, exited ones as `gone`
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: milliseconds between polls (10 to 3,600,000)
+        #[arg(long, default_value_t = 1000, requires = "watch",
+              value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+        interval_ms: u64,
+        /// With --watch: stop after this many seconds [default: run until killed]
+        #[arg(long, requires = "watch")]
+        duration_s: Option<u64>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -153,8 +167,51 @@ fn run(args: Args) -> Result<ExitCode> {
             names,
             pids,
             exe_pattern,
+            watch: true,
+            interval_ms,
+            duration_s,
+            format,
+            ..
+        } => {
+            let filter = filter(names, pids, exe_pattern);
+            let until = duration_s.map(|s| deadline::after(Duration::from_secs(s)));
+            let interval = Duration::from_millis(interval_ms);
+            if let Format::Table = format {
+                writeln!(
+                    out,
+                    "{:<9} {:>8} {:>8}  {:<20} COMMAND",
+                    "CHANGE", "PID", "PPID", "NAME"
+                )?;
+            }
+            loop {
+                let started = std::time::Instant::now();
+                let set = agent.enumerate_changes(filter.clone(), ChangeThresholds::default())?;
+                for change in &set.changes {
+                    let kind = match change {
+                        ProcessChange::Updated(_) => "updated",
+                        ProcessChange::Gone(_) => "gone",
+                    };
+                    print_tagged(&mut out, "change", kind, change.record(), format)?;
+                }
+                out.flush()?;
+                let now = std::time::Instant::now();
+                if until.is_some_and(|until| now >= until) {
+                    break;
+                }
+                // Pacing, not synchronisation: the next poll is due an
+                // interval after this one began (or at the end).
+                let due = started.checked_add(interval).unwrap_or(now);
+                let due = until.map_or(due, |until| due.min(until));
+                std::thread::sleep(due.saturating_duration_since(now));
+            }
+        }
+        Command::Enumerate {
+            names,
+            pids,
+            exe_pattern,
             hash,
             format,
+            ..
         } => {
             let filter = filter(names, pids, exe_pattern);
             let records = agent.enumerate(filter, hash)?;
@@ -303,11 +360,23 @@ fn print_event(out: &mut impl Write, event: &MonitorEvent, format: Format) -> Re
         MonitorEvent::Exited(r) => ("exited", r),
         MonitorEvent::Exec(r) => ("exec", r),
     };
+    print_tagged(out, "event", kind, record, format)
+}
+
+/// A record with what happened to it: a JSON line with `field` set to
+/// `kind`, or a table row starting with `kind`.
+fn print_tagged(
+    out: &mut impl Write,
+    field: &str,
+    kind: &str,
+    record: &ProtoProcessRecord,
+    format: Format,
+) -> Result<()> {
     match format {
         Format::Json => {
             let mut value = serde_json::to_value(record)?;
             if let Some(object) = value.as_object_mut() {
-                object.insert("event".into(), kind.into());
+                object.insert(field.into(), kind.into());
             }
             writeln!(out, "{value}")?;
         }

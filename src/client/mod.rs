@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+mod changes;
 mod error;
 mod stream;
 mod watcher;
@@ -34,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use changes::{Applied, ChangeSet, ChangeThresholds, LiveTable, ProcessChange};
 pub use error::ClientError;
 pub use stream::{MonitorEvent, MonitorStream, Records};
 
@@ -43,7 +45,7 @@ use crate::control::{
 use crate::proto::control::{Cancel, Goodbye, TaskRequest};
 use crate::proto::{DetectionTask, ProtoHashCheck, ProtoHashResult, ProtoProcessFilter};
 use crate::ring::{Consumer, ConsumerFds, RingError, WaitStrategy};
-use crate::session::{Chunk, ChunkReader, SessionError};
+use crate::session::{Chunk, ChunkReader, RecordKind, SessionError};
 use crate::sys::fs::open_regular;
 use crate::sys::pidfd::PidFd;
 use crate::sys::socket::{connect_before, peer_credentials};
@@ -276,7 +278,11 @@ impl Agent {
         let task_id = self.task_id();
         let expected = check.expected_hash.trim().to_owned();
         let task = DetectionTask::new_hash_check(task_id.clone(), check);
-        self.send_task_with(task, false, None, file.as_ref().map(AsFd::as_fd))?;
+        let request = TaskRequest {
+            task: Some(task),
+            ..TaskRequest::default()
+        };
+        self.send_request(request, file.as_ref().map(AsFd::as_fd))?;
         let deadline = crate::deadline::after(self.options.timeout);
         let mut hash = None;
         let mut failure = None;
@@ -310,6 +316,67 @@ impl Agent {
         let matched =
             (!expected.is_empty()).then(|| expected.eq_ignore_ascii_case(&result.hash_value));
         Ok(HashReport { result, matched })
+    }
+
+    /// ENUMERATE_PROCESSES, changes only: what changed since this
+    /// connection's previous call, to apply to a [`LiveTable`]. The first call on a connection, and the first after
+    /// one that did not finish, returns everything with
+    /// [`ChangeSet::full`] set. With nothing changed it costs one small
+    /// frame.
+    ///
+    /// # Errors
+    ///
+    /// As [`enumerate`](Self::enumerate): [`ClientError::TaskFailed`] when
+    /// procmond refuses the task (a bad threshold names itself),
+    /// [`ClientError::Timeout`] past the agent's timeout, and the
+    /// connection's errors.
+    pub fn enumerate_changes(
+        &mut self,
+        filter: Option<ProtoProcessFilter>,
+        thresholds: ChangeThresholds,
+    ) -> Result<ChangeSet, ClientError> {
+        let task_id = self.task_id();
+        let task = DetectionTask::new_enumerate_processes(task_id.clone(), filter);
+        let request = TaskRequest {
+            task: Some(task),
+            changes: Some(thresholds.into()),
+            ..TaskRequest::default()
+        };
+        self.send_request(request, None)?;
+        let deadline = crate::deadline::after(self.options.timeout);
+        let mut set = ChangeSet::default();
+        loop {
+            let chunk = match self.chunk_for(&task_id, deadline) {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    self.abandoned.push(task_id);
+                    return Err(error);
+                }
+            };
+            if chunk.marker.cancelled {
+                return Err(ClientError::Cancelled { task_id });
+            }
+            if !chunk.result.success {
+                if !chunk.marker.end {
+                    self.abandoned.push(task_id.clone());
+                }
+                let message = chunk.result.error_message.unwrap_or_default();
+                return Err(ClientError::TaskFailed { task_id, message });
+            }
+            set.full |= chunk.marker.full;
+            let gone = chunk.marker.kind == RecordKind::Exited;
+            set.changes
+                .extend(chunk.result.processes.into_iter().map(|record| {
+                    if gone {
+                        ProcessChange::Gone(record)
+                    } else {
+                        ProcessChange::Updated(record)
+                    }
+                }));
+            if chunk.marker.end {
+                return Ok(set);
+            }
+        }
     }
 
     /// MONITOR_PROCESS_TREE: the tree under `roots` (every process when
@@ -346,15 +413,20 @@ impl Agent {
         with_hashes: bool,
         interval_ms: Option<u32>,
     ) -> Result<(), ClientError> {
-        self.send_task_with(task, with_hashes, interval_ms, None)
+        let request = TaskRequest {
+            task: Some(task),
+            with_hashes,
+            interval_ms,
+            ..TaskRequest::default()
+        };
+        self.send_request(request, None)
     }
 
-    /// Sends a task, with the file to hash attached when `file` is given.
-    fn send_task_with(
+    /// Sends a task request, with the file to hash attached when `file` is
+    /// given (`hash_file_attached` is set here).
+    fn send_request(
         &mut self,
-        task: DetectionTask,
-        with_hashes: bool,
-        interval_ms: Option<u32>,
+        mut request: TaskRequest,
         file: Option<BorrowedFd<'_>>,
     ) -> Result<(), ClientError> {
         let gone = self.gone.lock().map_or(true, |why| why.is_some());
@@ -362,11 +434,9 @@ impl Agent {
             return Err(self.gone_error());
         }
         let frame = ClientFrame {
-            body: Some(client_frame::Body::Task(TaskRequest {
-                task: Some(task),
-                with_hashes,
-                interval_ms,
-                hash_file_attached: file.is_some(),
+            body: Some(client_frame::Body::Task({
+                request.hash_file_attached = file.is_some();
+                request
             })),
         };
         let fds: Vec<BorrowedFd<'_>> = file.into_iter().collect();

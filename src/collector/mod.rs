@@ -249,10 +249,11 @@ impl Collector {
     /// ENUMERATE_PROCESSES without hashes, as [`for_each`](Self::for_each),
     /// with each record's stable fields encoded once by the table and kept
     /// until they change, so a poll encodes only usage and collection time.
+    /// `sink` gets each record with its pid.
     pub fn for_each_encoded(
         &mut self,
         filter: Option<&ProtoProcessFilter>,
-        mut sink: impl FnMut(EncodedRecord) -> ControlFlow<()>,
+        mut sink: impl FnMut(u32, EncodedRecord) -> ControlFlow<()>,
     ) -> Result<usize, CollectError> {
         let filter = ProcessFilter::compile(filter)?;
         let only_pids = filter.only_pids();
@@ -265,7 +266,7 @@ impl Collector {
                 return ControlFlow::Continue(());
             }
             handed += 1;
-            sink(seen.record)
+            sink(seen.pid, seen.record)
         })?;
         Ok(handed)
     }

@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+mod changes;
 mod config;
 mod connection;
 mod shutdown;

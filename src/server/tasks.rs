@@ -1,6 +1,7 @@
 //! Turning a client's TaskRequest into work, and the state a connection's
 //! socket thread shares with its worker (cancels, the client leaving).
 
+use super::changes::Thresholds;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -20,8 +21,8 @@ pub const MAX_MONITOR_INTERVAL: Duration = Duration::from_secs(60);
 /// What the worker is asked to do.
 #[derive(Debug)]
 pub(super) enum Work {
-    /// Run a valid task.
-    Run(Job),
+    /// Run a valid task (boxed: a job is large beside a rejection).
+    Run(Box<Job>),
     /// Answer `task_id` with a failure result saying why the task was not
     /// run.
     Reject { task_id: String, message: String },
@@ -44,6 +45,9 @@ pub(super) struct Job {
     pub kind: ProtoTaskType,
     pub with_hashes: bool,
     pub interval: Duration,
+    /// ENUMERATE_PROCESSES: only the changes since the connection's last
+    /// changes-only enumerate, with these thresholds.
+    pub changes: Option<Thresholds>,
     /// CHECK_PROCESS_HASH: the file the client opened and attached.
     pub file: Option<File>,
 }
@@ -85,6 +89,32 @@ pub(super) fn check(request: TaskRequest, attached: Option<OwnedFd>) -> Result<W
             ),
         });
     }
+    let changes = match &request.changes {
+        None => None,
+        Some(_) if kind != ProtoTaskType::EnumerateProcesses || request.with_hashes => {
+            return Ok(Work::Reject {
+                task_id: task.task_id,
+                message: format!(
+                    "invalid task: `changes` is for ENUMERATE_PROCESSES without hashes, not {}{}",
+                    kind.as_str_name(),
+                    if request.with_hashes {
+                        " with hashes"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        Some(changes) => match Thresholds::of(changes) {
+            Ok(thresholds) => Some(thresholds),
+            Err(problem) => {
+                return Ok(Work::Reject {
+                    task_id: task.task_id,
+                    message: format!("invalid task: {problem}"),
+                });
+            }
+        },
+    };
     if attached.is_some() && kind != ProtoTaskType::CheckProcessHash {
         return Ok(Work::Reject {
             task_id: task.task_id,
@@ -94,13 +124,14 @@ pub(super) fn check(request: TaskRequest, attached: Option<OwnedFd>) -> Result<W
             ),
         });
     }
-    Ok(Work::Run(Job {
+    Ok(Work::Run(Box::new(Job {
         task,
         kind,
         with_hashes: request.with_hashes,
         interval,
+        changes,
         file: attached.map(File::from),
-    }))
+    })))
 }
 
 /// What a cancel applied to.

@@ -5,8 +5,10 @@ use std::ops::ControlFlow;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use super::changes::Baseline;
 use super::tasks::{Job, TaskSignals, Work};
 use crate::collector::{CollectError, Collector, Requester, TreeEvent, TreeMonitor};
+use crate::proto::encoded::EncodedRecord;
 use crate::proto::limits::MAX_ERROR_MESSAGE_BYTES;
 use crate::proto::{DetectionResult, ProtoTaskType};
 use crate::ring::{Producer, RingError};
@@ -26,6 +28,8 @@ pub(super) fn run(
     stall: Duration,
 ) -> (Producer, Option<String>) {
     collector.stop_hashing_when(signals.stop_flag());
+    // What this connection's changes-only enumerates have told its agent.
+    let mut baseline = Baseline::default();
     while let Ok(work) = queue.recv() {
         if signals.is_gone() {
             break;
@@ -44,8 +48,9 @@ pub(super) fn run(
                 Work::Run(job) => run_job(
                     &mut producer,
                     &mut collector,
+                    &mut baseline,
                     signals,
-                    job,
+                    *job,
                     requester,
                     stall,
                 ),
@@ -68,9 +73,11 @@ pub(super) fn run(
     (producer, None)
 }
 
+#[allow(clippy::too_many_arguments)] // one per part of a job's context
 fn run_job(
     producer: &mut Producer,
     collector: &mut Collector,
+    baseline: &mut Baseline,
     signals: &TaskSignals,
     mut job: Job,
     requester: Requester,
@@ -85,14 +92,21 @@ fn run_job(
         ProtoTaskType::EnumerateProcesses => collect(
             stream,
             collector,
+            baseline,
             signals,
             &job,
             job.with_hashes,
             "ENUMERATE_PROCESSES",
         ),
-        ProtoTaskType::VerifyExecutable => {
-            collect(stream, collector, signals, &job, true, "VERIFY_EXECUTABLE")
-        }
+        ProtoTaskType::VerifyExecutable => collect(
+            stream,
+            collector,
+            baseline,
+            signals,
+            &job,
+            true,
+            "VERIFY_EXECUTABLE",
+        ),
         ProtoTaskType::CheckProcessHash => {
             hash_check(stream, collector, signals, &job, file, requester)
         }
@@ -112,15 +126,22 @@ fn run_job(
 }
 
 /// ENUMERATE_PROCESSES and VERIFY_EXECUTABLE: records stream out as the
-/// collector builds them.
+/// collector builds them. A changes-only enumerate sends only what
+/// `baseline` says the agent has not been told, then the processes gone
+/// since (marked EXITED), and counts as told only once it ended whole.
 fn collect(
     mut stream: ResultWriter<'_>,
     collector: &mut Collector,
+    baseline: &mut Baseline,
     signals: &TaskSignals,
     job: &Job,
     with_hashes: bool,
     what: &str,
 ) -> Result<StreamStats, SessionError> {
+    let changes = job.changes.filter(|_| !with_hashes);
+    if changes.is_some() && baseline.begin() {
+        stream.mark_full();
+    }
     let mut sink = Sink {
         stream: &mut stream,
         signals,
@@ -134,8 +155,33 @@ fn collect(
         collector.for_each(filter, true, |record| {
             sink.send(|stream| stream.push(RecordKind::Result, record))
         })
+    } else if let Some(thresholds) = &changes {
+        let walked = collector.for_each_encoded(filter, |pid, record| {
+            if !baseline.is_news(pid, &record, thresholds) {
+                return ControlFlow::Continue(());
+            }
+            sink.send(|stream| stream.push_encoded(RecordKind::Result, record))
+        });
+        if walked.is_ok() && !sink.halted && sink.write_error.is_none() {
+            let collection_time = unix_ms_now();
+            for (_, stable) in baseline.gone() {
+                let gone = EncodedRecord {
+                    stable,
+                    cpu_usage: None,
+                    memory_usage: None,
+                    executable_hash: None,
+                    hash_algorithm: None,
+                    collection_time,
+                };
+                let sent = sink.send(|stream| stream.push_encoded(RecordKind::Exited, gone));
+                if sent.is_break() {
+                    break;
+                }
+            }
+        }
+        walked
     } else {
-        collector.for_each_encoded(filter, |record| {
+        collector.for_each_encoded(filter, |_, record| {
             sink.send(|stream| stream.push_encoded(RecordKind::Result, record))
         })
     };
@@ -149,8 +195,21 @@ fn collect(
         }
         (_, Some(error)) => Err(error),
         (Err(error), None) => stream.fail(&format!("{what} failed: {error}")),
-        (Ok(_), None) => stream.finish(),
+        (Ok(_), None) => {
+            let stats = stream.finish()?;
+            if changes.is_some() {
+                baseline.finish();
+            }
+            Ok(stats)
+        }
     }
+}
+
+/// Now, in Unix milliseconds (0 before 1970).
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Where a walk's records go: the stream, until the task is halted or a
@@ -353,6 +412,7 @@ mod tests {
             kind: ProtoTaskType::EnumerateProcesses,
             with_hashes: true,
             interval: DEFAULT_MONITOR_INTERVAL,
+            changes: None,
             file: None,
         };
         let mut collector = Collector::new(CollectorConfig::default());
@@ -360,6 +420,7 @@ mod tests {
         let outcome = run_job(
             &mut producer,
             &mut collector,
+            &mut Baseline::default(),
             &signals,
             job,
             Requester::root(),

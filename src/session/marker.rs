@@ -1,20 +1,24 @@
 //! The stream marker carried in a ring frame's user flags.
 //!
 //! ```text
-//!  bit  15 ........ 5    4       3   2   1   0
-//!       reserved (zero)  CANCELLED │   kind    │ END
+//!  bit  15 ........ 6    5      4       3   2   1   0
+//!       reserved (zero)  FULL  CANCELLED │   kind    │ END
 //! ```
 //!
 //! END (bit 0) marks the last frame of a task's stream; without it more
 //! frames of the same task follow. The kind (bits 1–3) says what the
 //! records are. CANCELLED (bit 4, only with END) says the stream ended
-//! because the client cancelled the task. Reserved bits, and kind codes not
-//! listed, must be zero: a frame with any set is refused.
+//! because the client cancelled the task. FULL (bit 5, on every frame of a
+//! changes-only enumerate that is a whole result: the first on its
+//! connection, or the first after one that did not finish) tells the agent
+//! to replace what it holds rather than apply changes. Reserved bits, and
+//! kind codes not listed, must be zero: a frame with any set is refused.
 
 use super::error::SessionError;
 
 const END: u16 = 0x0001;
 const CANCELLED: u16 = 0x0010;
+const FULL: u16 = 0x0020;
 const KIND_SHIFT: u16 = 1;
 const KIND_MASK: u16 = 0b111 << KIND_SHIFT;
 
@@ -57,6 +61,8 @@ pub struct Marker {
     /// The stream ended because the client cancelled the task (only with
     /// `end`).
     pub cancelled: bool,
+    /// A changes-only enumerate's result is whole: replace, do not apply.
+    pub full: bool,
 }
 
 impl Marker {
@@ -65,13 +71,14 @@ impl Marker {
         self.kind.bits()
             | if self.end { END } else { 0 }
             | if self.cancelled { CANCELLED } else { 0 }
+            | if self.full { FULL } else { 0 }
     }
 
     /// Reads ring frame flags; reserved bits set is
     /// [`SessionError::BadFlags`].
     pub const fn from_flags(flags: u16) -> Result<Marker, SessionError> {
         let cancelled = flags & CANCELLED != 0;
-        if flags & !(END | KIND_MASK | CANCELLED) != 0 || (cancelled && flags & END == 0) {
+        if flags & !(END | KIND_MASK | CANCELLED | FULL) != 0 || (cancelled && flags & END == 0) {
             return Err(SessionError::BadFlags { flags });
         }
         let kind = match (flags & KIND_MASK) >> KIND_SHIFT {
@@ -86,6 +93,7 @@ impl Marker {
             end: flags & END != 0,
             kind,
             cancelled,
+            full: flags & FULL != 0,
         })
     }
 }
@@ -104,12 +112,15 @@ mod tests {
             RecordKind::Exec,
         ] {
             for (end, cancelled) in [(false, false), (true, false), (true, true)] {
-                let marker = Marker {
-                    end,
-                    kind,
-                    cancelled,
-                };
-                assert_eq!(Marker::from_flags(marker.to_flags()).unwrap(), marker);
+                for full in [false, true] {
+                    let marker = Marker {
+                        end,
+                        kind,
+                        cancelled,
+                        full,
+                    };
+                    assert_eq!(Marker::from_flags(marker.to_flags()).unwrap(), marker);
+                }
             }
         }
     }
@@ -124,7 +135,7 @@ mod tests {
         }
         // CANCELLED without END, and every reserved bit.
         assert!(Marker::from_flags(CANCELLED).is_err());
-        for bit in 5..16 {
+        for bit in 6..16 {
             let flags = 1u16 << bit;
             assert!(matches!(
                 Marker::from_flags(flags),

@@ -64,6 +64,8 @@ pub struct ResultWriter<'p> {
     stats: StreamStats,
     /// The stream ends as cancelled.
     cancelled: bool,
+    /// Every frame is marked FULL.
+    full: bool,
 }
 
 impl<'p> ResultWriter<'p> {
@@ -81,7 +83,14 @@ impl<'p> ResultWriter<'p> {
             stall,
             stats: StreamStats::default(),
             cancelled: false,
+            full: false,
         }
+    }
+
+    /// Marks every frame of this stream FULL: a changes-only enumerate
+    /// whose result is whole (see [`Marker::full`]).
+    pub fn mark_full(&mut self) {
+        self.full = true;
     }
 
     /// The task this stream answers.
@@ -221,6 +230,7 @@ impl<'p> ResultWriter<'p> {
             end,
             kind: self.kind,
             cancelled: end && self.cancelled,
+            full: self.full,
         }
         .to_flags();
         let frame = FrameMessage {

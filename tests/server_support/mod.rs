@@ -93,6 +93,7 @@ impl Raw {
                 with_hashes: false,
                 interval_ms,
                 hash_file_attached: false,
+                changes: None,
             })),
         };
         self.channel.send(&frame).unwrap();
