@@ -17,6 +17,9 @@
 //!   beside the floor measured with the same processes; and procmond's CPU
 //!   share (from its `/proc/<pid>/stat`) while an agent polls at 10 Hz and
 //!   while nothing polls.
+//! - `poll_100hz`: enumerates every 10 ms for 2 s, changes only (after a
+//!   first whole one) and whole: polls reached, records per poll, latency,
+//!   and the CPU of the agent (the polling thread) and of procmond.
 //! - `safety_net`: procmond's CPU share with nothing polling on the largest
 //!   host, its safety net every second (ten times the default) for twelve
 //!   rounds (eleven censuses of `/proc`, one full check), and a tenth of it
@@ -39,7 +42,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use daemoneye_lib::client::{Agent, ClientError, MonitorEvent};
+use daemoneye_lib::client::{Agent, ChangeThresholds, ClientError, MonitorEvent};
 use daemoneye_lib::collector::TableConfig;
 use daemoneye_lib::control::EventSource;
 use daemoneye_lib::server::{Server, ServerConfig};
@@ -245,6 +248,28 @@ fn measure_with(run: &Run, procmond: &Procmond, polling: bool) -> Result<()> {
             }
             Ok(f64::from(reached) / 3.0)
         })?;
+        // Polls at 100 Hz, changes only (after a first whole one) and
+        // whole: the agent's CPU (this thread) and procmond's.
+        if !polling {
+            agent.enumerate_changes(None, ChangeThresholds::default())?;
+            for (mode, changes_only) in [("changes", true), ("full", false)] {
+                let polls = poll_at_100_hz(&mut agent, procmond.pid, changes_only)?;
+                report(
+                    run,
+                    &[
+                        ("row", Value::S("poll_100hz")),
+                        ("mode", Value::S(mode)),
+                        ("extra", Value::U(extra as u64)),
+                        ("polls_per_s", Value::F(polls.per_s)),
+                        ("records_per_poll", Value::F(polls.records)),
+                        ("p50_us", Value::F(polls.p50_us)),
+                        ("p99_us", Value::F(polls.p99_us)),
+                        ("agent_cpu_pct", Value::F(polls.agent_cpu_pct)),
+                        ("procmond_cpu_pct", Value::F(polls.procmond_cpu_pct)),
+                    ],
+                );
+            }
+        }
         drop(agent);
         let idle_share = cpu_share(
             procmond.pid,
@@ -512,6 +537,67 @@ fn first_number(text: &[u8]) -> u64 {
 
 /// procmond's CPU time over `work` (which runs for about `span`), as a
 /// percentage of one core, and what `work` returned.
+/// What [`poll_at_100_hz`] saw.
+struct Polls100 {
+    per_s: f64,
+    records: f64,
+    p50_us: f64,
+    p99_us: f64,
+    agent_cpu_pct: f64,
+    procmond_cpu_pct: f64,
+}
+
+/// Enumerates every 10 ms for 2 s (a changes-only poll or a whole one):
+/// polls reached per second, records per poll, latency, and the CPU of
+/// this thread (the agent) and of procmond.
+fn poll_at_100_hz(agent: &mut Agent, procmond: u32, changes_only: bool) -> Result<Polls100> {
+    let thread_ns = || -> Result<u64> {
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat")?;
+        Ok(text
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse().ok())
+            .ok_or("bad schedstat")?)
+    };
+    let span = Duration::from_secs(2);
+    let (mut latencies, mut records) = (Vec::new(), 0usize);
+    let agent_before = thread_ns()?;
+    let started = Instant::now();
+    let (procmond_share, _) = cpu_share(procmond, span, || {
+        let mut next = Instant::now();
+        while started.elapsed() < span {
+            let poll = Instant::now();
+            records += if changes_only {
+                agent
+                    .enumerate_changes(None, ChangeThresholds::default())?
+                    .changes
+                    .len()
+            } else {
+                agent
+                    .enumerate(None, false)?
+                    .try_fold(0, |n, r| r.map(|_| n + 1))?
+            };
+            latencies.push(poll.elapsed().as_secs_f64() * 1e6);
+            next += Duration::from_millis(10);
+            if let Some(pause) = next.checked_duration_since(Instant::now()) {
+                thread::sleep(pause); // pacing, not synchronisation
+            }
+        }
+        Ok(0.0)
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let agent_cpu = (thread_ns()? - agent_before) as f64 / 1e9;
+    latencies.sort_by(f64::total_cmp);
+    Ok(Polls100 {
+        per_s: latencies.len() as f64 / elapsed,
+        records: records as f64 / latencies.len().max(1) as f64,
+        p50_us: percentile(&latencies, 0.5),
+        p99_us: percentile(&latencies, 0.99),
+        agent_cpu_pct: agent_cpu / elapsed * 100.0,
+        procmond_cpu_pct: procmond_share,
+    })
+}
+
 /// The share of one core `pid` used while `work` ran (at least `span / 2`
 /// is assumed, for work that returns early): the sum of its threads' time
 /// on CPU from `/proc/<pid>/task/*/schedstat`, in nanoseconds (the ticks
