@@ -41,6 +41,22 @@ fn ask(path: &std::path::Path) -> ProtoHashCheck {
     }
 }
 
+/// Connects once a slot is free: the server frees a leaving client's slot
+/// when it sees the socket close, a moment after the client drops it. Each
+/// refusal is an answer, so this is not a sleep; 5 s at most.
+fn connect_once_freed(socket: &std::path::Path, options: &ClientOptions) -> Agent {
+    let deadline = Instant::now().checked_add(Duration::from_secs(5)).unwrap();
+    loop {
+        match Agent::connect_with(socket, options.clone()) {
+            Ok(agent) => return agent,
+            Err(ClientError::Refused { reason }) if Instant::now() < deadline => {
+                assert!(reason.contains("TOO_MANY_CLIENTS"), "{reason}")
+            }
+            Err(e) => panic!("the slot was not freed: {e}"),
+        }
+    }
+}
+
 #[test]
 fn a_hung_read_fails_its_task_by_timeout_while_others_are_served() {
     let Some(fuse) = mount_or_skip() else {
@@ -101,7 +117,7 @@ fn a_hung_read_fails_its_task_by_timeout_while_others_are_served() {
         let options = options.clone();
         let hung = fuse.hung_file();
         thread::spawn(move || {
-            let mut agent = Agent::connect_with(&socket, options).unwrap();
+            let mut agent = connect_once_freed(&socket, &options);
             agent.set_timeout(Duration::from_millis(300));
             let outcome = agent.hash_check(ask(&hung));
             (outcome, agent)
@@ -114,18 +130,7 @@ fn a_hung_read_fails_its_task_by_timeout_while_others_are_served() {
         "{outcome:?}"
     );
     drop(agent);
-    let deadline = Instant::now().checked_add(Duration::from_secs(5)).unwrap();
-    let replaced = loop {
-        // The server frees the slot once it sees the socket close; each
-        // refusal is an answer, so this is not a sleep.
-        match Agent::connect_with(&socket, options.clone()) {
-            Ok(agent) => break agent,
-            Err(ClientError::Refused { reason }) if Instant::now() < deadline => {
-                assert!(reason.contains("TOO_MANY_CLIENTS"), "{reason}")
-            }
-            Err(e) => panic!("the slot was not freed: {e}"),
-        }
-    };
+    let replaced = connect_once_freed(&socket, &options);
     assert!(again.enumerate(None, false).unwrap().count() > 0);
     drop((again, replaced));
     // Shutdown while a read may still hang on the abandoned I/O thread.
