@@ -564,6 +564,25 @@ fn a_just_forked_child_is_in_the_next_enumerate() {
         let record = record_of(&mut collector, child.pid).expect("no wait for the event thread");
         assert_eq!(record.name, "sh");
         assert_eq!(record.command_line, ["/bin/sh", "-c", "echo up; read _"]);
+        // Its memory is the new image's, read after the exec, not what the
+        // fork copied from this (much larger) test process.
+        let memory = record.memory_usage.expect("memory read");
+        assert!(
+            memory < own_rss() / 2,
+            "{memory} bytes, this process has {}",
+            own_rss()
+        );
         drop(child);
     }
+}
+
+/// This process's resident memory in bytes.
+fn own_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
 }

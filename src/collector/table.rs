@@ -705,6 +705,7 @@ impl ProcessTable {
         };
         {
             let mut state = lock(&entry.state);
+            state.usage.expire();
             state.details = Arc::new(fresh.unwrap_or_else(|| {
                 // Gone before its new image could be read: its name from the
                 // old details, nothing else.

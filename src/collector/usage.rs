@@ -177,6 +177,14 @@ impl Usage {
         self.read_at = Some(now);
     }
 
+    /// Makes the next poll read `stat` again, and forgets the memory until
+    /// then (the CPU history is kept): an exec replaced the memory image,
+    /// so the last reading's memory is the old image's.
+    pub(crate) fn expire(&mut self) {
+        self.read_at = None;
+        self.memory_bytes = None;
+    }
+
     /// CPU percent of one core over the last window (none before a window
     /// has passed since the process was first read).
     pub(crate) fn cpu_usage(&self) -> Option<f64> {
