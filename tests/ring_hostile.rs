@@ -818,3 +818,100 @@ impl XorShift {
         self.0
     }
 }
+
+/// The agent's read of a frame the producer rewrites while it is read: a
+/// frame that is one record (a length-delimited body over the whole frame)
+/// or, with its first four bytes changed, 65,537 empty records, one over
+/// the limit, flipped between the two by a thread for the whole test. A
+/// reader that counts records in the ring and then decodes there may count
+/// one and decode 65,537 (then refused only after decoding them, as
+/// `Invalid`); one that copies the frame first sees either form, whole:
+/// one record, or `TooManyRecords`.
+#[test]
+fn a_frame_rewritten_while_read_is_judged_on_one_copy() {
+    use daemoneye_lib::proto::limits::MAX_PROCESSES_PER_RESULT;
+    use daemoneye_lib::session::{ChunkReader, SessionError};
+
+    let records = MAX_PROCESSES_PER_RESULT + 1;
+    let mut many: Vec<u8> = [0x22u8, 0x00].repeat(records);
+    // One record: key 4 (length-delimited), a 3-byte length, then the rest
+    // of the records' span (empty `executable_path` fields, a valid record
+    // body); the task id after it either way.
+    let body = (many.len() - 4) as u32;
+    many.extend_from_slice(&[0x0a, 0x01, b't', 0x10, 0x01]); // task_id "t", success
+    let len = many.len();
+    let one_head = [
+        0x22,
+        (body & 0x7f) as u8 | 0x80,
+        ((body >> 7) & 0x7f) as u8 | 0x80,
+        (body >> 14) as u8,
+    ];
+    let many_head: [u8; 4] = many[..4].try_into().unwrap();
+
+    let config = RingConfig::new(1 << 20)
+        .with_max_frame(200_000)
+        .with_wait(SPIN);
+    let (_producer, fds) = Producer::create(&config).unwrap();
+    let (data, data_file) = copy_region(&fds.data, data_region_len(1 << 20));
+    let (control, control_file) = copy_region(&fds.control, CONTROL_LEN);
+    let word = FrameHeader::data(len as u32, 0).encode();
+    data_file
+        .write_all_at(&word.to_ne_bytes(), DATA_OFFSET as u64)
+        .unwrap();
+    data_file
+        .write_all_at(&many, DATA_OFFSET as u64 + 8)
+        .unwrap();
+    let tail = (8 + len as u64).next_multiple_of(8);
+    data_file
+        .write_all_at(&tail.to_ne_bytes(), PRODUCER_POSITION_OFFSET as u64)
+        .unwrap();
+
+    let flipper = {
+        let file = data_file.try_clone().unwrap();
+        Scribbler::start(move |rng| {
+            let head = if rng.next() % 2 == 0 {
+                one_head
+            } else {
+                many_head
+            };
+            file.write_all_at(&head, DATA_OFFSET as u64 + 8).unwrap();
+        })
+    };
+    let mut reader = ChunkReader::new();
+    let (mut as_one, mut as_many) = (0, 0);
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end || as_one == 0 || as_many == 0 {
+        assert!(
+            Instant::now() < end + Duration::from_secs(30),
+            "the flips never showed: {as_one} one, {as_many} many"
+        );
+        // A fresh consumer at position 0 of the same frame each round.
+        for (offset, value) in [
+            (CONSUMER_POSITION_OFFSET, 0u64.to_ne_bytes().to_vec()),
+            (CONSUMER_CLOSED_OFFSET, 0u32.to_ne_bytes().to_vec()),
+            (CONSUMER_ATTACHED_OFFSET, 0u32.to_ne_bytes().to_vec()),
+        ] {
+            control_file.write_all_at(&value, offset as u64).unwrap();
+        }
+        let fds = ConsumerFds {
+            data: data.try_clone().unwrap(),
+            control: control.try_clone().unwrap(),
+        };
+        let mut consumer = Consumer::attach(fds, SPIN).unwrap();
+        match reader.read(&mut consumer, Instant::now() + Duration::from_secs(5)) {
+            Ok(chunk) => {
+                assert_eq!(chunk.result.processes.len(), 1, "counted one, decoded more");
+                as_one += 1;
+            }
+            Err(SessionError::TooManyRecords { count, .. }) => {
+                assert_eq!(count, MAX_PROCESSES_PER_RESULT + 1);
+                as_many += 1;
+            }
+            // A flip torn across the four bytes: malformed, refused as such.
+            Err(SessionError::Decode(_)) => {}
+            Err(other) => panic!("judged on bytes it did not count: {other:?}"),
+        }
+    }
+    drop(flipper);
+    println!("{as_one} read as one record, {as_many} as too many");
+}
