@@ -803,6 +803,34 @@ fn a_flood_of_idle_connects_is_refused_at_once_without_a_thread_each() {
 }
 
 #[test]
+fn sigterm_tells_connected_agents_procmond_is_shutting_down_mid_stream_and_idle() {
+    let procmond = Procmond::start(&[]);
+    let mut streaming = procmond.agent();
+    let mut idle = procmond.agent();
+    let me = std::process::id();
+    let mut stream = streaming.monitor(&[me], Duration::from_millis(10)).unwrap();
+    // Mid-stream: the snapshot has come.
+    let deadline = Instant::now() + WAIT;
+    while !matches!(stream.next_event(deadline).unwrap(), Some(MonitorEvent::Snapshot(r)) if r.pid == me)
+    {
+    }
+    procmond.stop(); // SIGTERM; exits 0 within the deadline
+    let ended = |error: ClientError| match error {
+        ClientError::Ended { reason } => assert!(reason.contains("shutting down"), "{reason}"),
+        other => panic!("expected procmond's reason, got {other:?}"),
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match stream.next_event(deadline) {
+            Ok(Some(_)) => continue, // events published before the end
+            Ok(None) => panic!("the stream ended as if cancelled"),
+            Err(error) => break ended(error),
+        }
+    }
+    ended(idle.enumerate(None, false).map(|_| ()).unwrap_err());
+}
+
+#[test]
 fn sigterm_stops_procmond_even_after_its_socket_file_was_removed() {
     let procmond = Procmond::start(&[]);
     // Nothing can connect to the socket any more: the shutdown must not

@@ -9,6 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::config::ServerConfig;
+use super::shutdown::ShutdownHandle;
 use super::slots::Held;
 use super::tasks::{self, TaskSignals};
 use super::worker;
@@ -32,7 +33,12 @@ const LOGGED_TEXT_BYTES: usize = 64;
 pub(super) struct Shared {
     pub(super) hash_cache: SharedHashCache,
     pub(super) table: ProcessTable,
+    /// procmond's shutdown: a connection ended by it tells its client so.
+    pub(super) shutdown: ShutdownHandle,
 }
+
+/// What a client is told when procmond stops.
+pub(super) const SHUTTING_DOWN: &str = "procmond is shutting down";
 
 /// Serves one connection to its end; logs what happened. `slot`, its
 /// handshake place, becomes a client slot once the handshake is done, and
@@ -126,8 +132,11 @@ fn run(
     let worker = {
         let signals = Arc::clone(&signals);
         let ended = Arc::clone(&ended);
-        let collector =
-            Collector::with_table(config.collector.clone(), shared.table, shared.hash_cache);
+        let collector = Collector::with_table(
+            config.collector.clone(),
+            shared.table.clone(),
+            shared.hash_cache.clone(),
+        );
         let stall = config.stall_timeout;
         thread::Builder::new()
             .name("procmond-work".into())
@@ -184,6 +193,12 @@ fn run(
                 break format!("client said goodbye: {reason}");
             }
             Ok((client_frame::Body::Hello(_), _)) => break "a second hello".into(),
+            // The accept loop shuts the read side on shutdown: say why
+            // before the ring closes, so the client reports it.
+            Err(ControlError::PeerGone) if shared.shutdown.is_triggered() => {
+                tell(&mut channel, SHUTTING_DOWN);
+                break SHUTTING_DOWN.into();
+            }
             Err(ControlError::PeerGone) => break "client gone (socket closed)".into(),
             Err(error) => break error.to_string(),
         }

@@ -226,6 +226,7 @@ impl Server {
             let shared = connection::Shared {
                 hash_cache: self.hash_cache.clone(),
                 table: self.table.clone(),
+                shutdown: shutdown.clone(),
             };
             let (finished, done) = mpsc::channel::<()>();
             let spawned = thread::Builder::new()
@@ -244,8 +245,10 @@ impl Server {
             }
         }
         tracing::info!(connections = connections.len(), "shutting down");
+        // The read side only: each connection's thread sees the end, tells
+        // its client procmond is shutting down, and ends the connection.
         for connection in &connections {
-            let _ = connection.socket.shutdown(SocketShutdown::Both);
+            let _ = connection.socket.shutdown(SocketShutdown::Read);
         }
         let deadline = Instant::now().checked_add(SHUTDOWN_TIMEOUT);
         let mut left_behind = 0;
