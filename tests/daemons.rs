@@ -100,8 +100,18 @@ impl Procmond {
     /// procmond run by `wrapper` (a command and its arguments that runs
     /// the rest of its command line, such as `unshare --user`).
     fn start_under(wrapper: &[&str], args: &[&str]) -> Procmond {
+        Self::start_at(wrapper, true, args)
+    }
+
+    /// procmond with its socket in a temporary directory, or, without
+    /// `own_socket`, at its default path.
+    fn start_at(wrapper: &[&str], own_socket: bool, args: &[&str]) -> Procmond {
         let dir = TempDir::new("procmond");
-        let socket = dir.0.join("run/procmond.sock");
+        let socket = if own_socket {
+            dir.0.join("run/procmond.sock")
+        } else {
+            PathBuf::from("/run/daemoneye/procmond.sock")
+        };
         let mut command = match wrapper.split_first() {
             Some((program, wrapper_args)) => {
                 let mut command = Command::new(program);
@@ -112,9 +122,10 @@ impl Procmond {
             }
             None => Command::new(env!("CARGO_BIN_EXE_procmond")),
         };
+        if own_socket {
+            command.arg("--socket").arg(&socket);
+        }
         let mut child = command
-            .arg("--socket")
-            .arg(&socket)
             .args(args)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
@@ -935,8 +946,47 @@ fn not_running_is_a_clear_error() {
     );
 }
 
+/// The tests that use the default socket path, one at a time.
+static DEFAULT_PATH: Mutex<()> = Mutex::new(());
+
+#[test]
+fn without_socket_options_procmond_and_the_agent_meet_at_the_default_path() {
+    let _one = DEFAULT_PATH
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let system = Path::new("/run/daemoneye/procmond.sock");
+    if !nix::unistd::geteuid().is_root() || system.exists() {
+        skip_support::skip("needs root and no procmond at /run/daemoneye/procmond.sock");
+        return;
+    }
+    let procmond = Procmond::start_at(&[], false, &[]);
+    assert!(
+        system.exists(),
+        "procmond did not bind {}",
+        system.display()
+    );
+    // The agent finds it (`client::find_socket`).
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_daemoneye-agent")).args([
+            "enumerate",
+            "--pid",
+            &std::process::id().to_string(),
+            "--format",
+            "json",
+        ]),
+        "daemoneye-agent enumerate",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let record: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(record["pid"], std::process::id());
+    procmond.stop(); // and the socket is removed
+}
+
 #[test]
 fn without_a_socket_option_the_agent_names_every_default_path_it_tried() {
+    let _one = DEFAULT_PATH
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
     let system = Path::new("/run/daemoneye/procmond.sock");
     if system.exists() {
         skip_support::skip(&format!("a procmond listens at {}", system.display()));

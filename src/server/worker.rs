@@ -334,6 +334,9 @@ fn monitor(
     let outcome = stream_events(&mut stream, &mut tree, signals, job.interval);
     signals.set_waker(None);
     match outcome {
+        // The client left (or procmond is stopping): no END, which would
+        // read as a cancel's normal end.
+        Ok(()) if signals.is_gone() => Err(SessionError::Ring(RingError::Closed)),
         Ok(()) => stream.finish(),
         Err(MonitorFailure::Session(error)) => Err(error),
         Err(MonitorFailure::Collect(error)) => {
