@@ -55,6 +55,34 @@ pub fn for_log(s: &str, max_bytes: usize) -> String {
     out
 }
 
+/// An error and its causes as one line for people, each cause once: the
+/// crate's errors carry their source in their own message, while an
+/// `anyhow` context does not, so a cause already said is skipped. Escaped.
+///
+/// ```
+/// use daemoneye_lib::text::error_line;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("cannot read config: {0}")]
+/// struct Outer(#[source] std::io::Error);
+///
+/// let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+/// assert_eq!(error_line(&Outer(inner)), "cannot read config: no such file");
+/// ```
+pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let part = error.to_string();
+        if !line.contains(&part) {
+            line.push_str(": ");
+            line.push_str(&part);
+        }
+        cause = error.source();
+    }
+    escape_controls(&line).into_owned()
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(

@@ -104,6 +104,46 @@ fn bind_creates_a_private_directory_and_socket_and_removes_it_on_drop() {
     assert!(fs::symlink_metadata(&path).unwrap().file_type().is_socket());
     drop(listener);
     assert!(!path.exists(), "the socket file is removed on drop");
+    let left: Vec<_> = fs::read_dir(tmp.join("run/daemoneye"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?} (the lock file?)");
+}
+
+#[test]
+fn servers_starting_and_stopping_in_a_loop_never_listen_two_at_once() {
+    // A clean stop removes the lock file while holding it: a server that
+    // opened the old file meanwhile must see that and lock the new one, so
+    // that at no moment two servers hold the socket.
+    let tmp = TempDir::new("relock");
+    let path = tmp.join("sock/procmond.sock");
+    let holders = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (path, holders) = (path.clone(), holders.clone());
+            thread::spawn(move || {
+                let mut bound = 0;
+                for _ in 0..300 {
+                    match ControlListener::bind(&path, &SocketOptions::default()) {
+                        Ok(listener) => {
+                            let before = holders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            assert_eq!(before, 0, "two servers held the socket at once");
+                            thread::yield_now();
+                            holders.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            drop(listener);
+                            bound += 1;
+                        }
+                        Err(ControlError::AlreadyListening { .. }) => {}
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+                bound
+            })
+        })
+        .collect();
+    let bound: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(bound > 0);
 }
 
 #[test]

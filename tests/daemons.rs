@@ -915,6 +915,67 @@ fn hash_check_takes_a_relative_path_from_the_agents_directory() {
     procmond.stop();
 }
 
+/// procmond's one line on stderr for `args`, and its exit code.
+fn procmond_error(args: &[&str]) -> (Option<i32>, String) {
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_procmond")).args(args),
+        "procmond",
+    );
+    (out.status.code(), text(&out.stderr).trim().to_owned())
+}
+
+#[test]
+fn procmond_cli_errors_say_each_cause_once() {
+    let dir = TempDir::new("cli-errors");
+    let socket = dir.0.join("p.sock");
+    let socket = socket.to_str().unwrap();
+    assert_eq!(
+        procmond_error(&["--socket", socket, "--ring-bytes", "1000"]),
+        (
+            Some(1),
+            "procmond: invalid ring configuration: invalid ring config: capacity = 1000: must be a power of two from 64 KiB to 1 GiB".into()
+        )
+    );
+    assert_eq!(
+        procmond_error(&["--socket", "/proc/x/s"]),
+        (
+            Some(1),
+            "procmond: cannot create directory /proc/x: No such file or directory (os error 2)"
+                .into()
+        )
+    );
+    assert_eq!(
+        procmond_error(&["--socket", socket, "--group", "de-no-such-group"]),
+        (Some(1), "procmond: no such group: de-no-such-group".into())
+    );
+    // A second procmond on a live one's socket.
+    let first = Procmond::start(&[]);
+    let live = first.socket.to_str().unwrap().to_owned();
+    let (code, err) = procmond_error(&["--socket", &live]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err,
+        format!("procmond: another procmond is listening on {live}")
+    );
+    first.stop();
+}
+
+#[test]
+fn sigint_stops_procmond_cleanly_and_it_leaves_nothing_beside_its_socket() {
+    let mut procmond = Procmond::start(&[]);
+    let dir = procmond.socket.parent().unwrap().to_owned();
+    let mut child = procmond.child.take().unwrap();
+    let pidfd = PidFd::open(child.id()).unwrap();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    assert!(pidfd.wait_exit(WAIT).unwrap(), "procmond ignored SIGINT");
+    assert!(child.wait().unwrap().success());
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left beside the socket: {left:?}");
+}
+
 #[test]
 fn a_max_frame_below_16_kib_is_a_clear_cli_error() {
     let out = output_within(

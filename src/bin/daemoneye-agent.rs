@@ -23,7 +23,7 @@ use daemoneye_lib::client::{
 };
 use daemoneye_lib::deadline;
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
-use daemoneye_lib::text::escape_controls;
+use daemoneye_lib::text::{error_line, escape_controls};
 
 /// daemoneye-agent: asks procmond about processes.
 #[derive(Parser, Debug)]
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
         // The reader of our output went away (`| head`): nothing to report.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("daemoneye-agent: {}", escape_controls(&message(&error)));
+            eprintln!("daemoneye-agent: {}", error_line(error.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -137,22 +137,6 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
         .chain()
         .filter_map(|cause| cause.downcast_ref::<io::Error>())
         .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
-}
-
-/// The error and its causes, each cause only if the text so far does not
-/// already say it (the library's messages quote their sources).
-fn message(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let part = cause.to_string();
-        if text.is_empty() {
-            text = part;
-        } else if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-    }
-    text
 }
 
 fn run(args: Args) -> Result<ExitCode> {

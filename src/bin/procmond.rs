@@ -86,7 +86,10 @@ fn main() {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Err(error) = run(Args::parse()) {
-        eprintln!("procmond: {error:#}");
+        eprintln!(
+            "procmond: {}",
+            daemoneye_lib::text::error_line(error.as_ref())
+        );
         std::process::exit(1);
     }
 }

@@ -24,8 +24,12 @@
 //! locked and reports [`ControlError::AlreadyListening`], so two servers
 //! starting at once cannot both remove the socket file and bind. A crashed
 //! server's lock goes with its process; its stale socket file is then
-//! removed under the lock. The lock file itself is left in place (removing
-//! it would let two servers lock two different files).
+//! removed under the lock. A clean shutdown removes the lock file too,
+//! still holding it; so a server that opened the old file just before
+//! checks, once it holds the lock, that the path still names the file it
+//! locked, and starts over if not: two servers never hold two different
+//! lock files of one socket. (A crashed server's lock file stays, and is
+//! reused.)
 
 use std::ffi::OsString;
 use std::fs::{self, Permissions};
@@ -109,7 +113,8 @@ pub struct ControlListener {
     /// (device, inode) of the socket file we created, to remove only ours.
     identity: (u64, u64),
     /// The lock file beside the socket, `flock`ed while we listen.
-    _lock: OwnedFd,
+    lock: OwnedFd,
+    lock_path: PathBuf,
 }
 
 impl ControlListener {
@@ -124,7 +129,7 @@ impl ControlListener {
             _ => Path::new("."),
         };
         prepare_dir(dir, options)?;
-        let lock = lock_beside(path)?;
+        let (lock, lock_path) = lock_beside(path)?;
         remove_stale_socket(path)?;
 
         let listener = UnixListener::bind(path).map_err(|source| {
@@ -150,7 +155,8 @@ impl ControlListener {
             listener,
             path: path.to_owned(),
             identity: (meta.dev(), meta.ino()),
-            _lock: lock,
+            lock,
+            lock_path,
         };
         let (mode, group) = match options.group {
             None => (0o600, None),
@@ -230,6 +236,19 @@ impl Drop for ControlListener {
             // Best effort: nothing useful to do if it is already gone.
             let _ = fs::remove_file(&self.path);
         }
+        // The lock file, while still locked, if it is still ours (see the
+        // module docs); the descriptor closes after, releasing it.
+        if same_file(&self.lock, &self.lock_path) {
+            let _ = fs::remove_file(&self.lock_path);
+        }
+    }
+}
+
+/// Whether `path` names the file open as `fd` (not replaced or removed).
+fn same_file(fd: &OwnedFd, path: &Path) -> bool {
+    match (rustix::fs::fstat(fd), fs::symlink_metadata(path)) {
+        (Ok(open), Ok(named)) => open.st_dev == named.dev() && open.st_ino == named.ino(),
+        _ => false,
     }
 }
 
@@ -362,31 +381,49 @@ fn set_dir_owner_and_mode(
     })
 }
 
-/// Opens (creating it 0600 if needed) and `flock`s `<socket>.lock`;
-/// [`ControlError::AlreadyListening`] when another server holds it.
-fn lock_beside(socket: &Path) -> Result<OwnedFd, ControlError> {
+/// Opens (creating it 0600 if needed) and `flock`s `<socket>.lock`, and
+/// checks that the path still names the file locked (a server shutting
+/// down removes it under its lock); [`ControlError::AlreadyListening`] when
+/// another server holds it.
+fn lock_beside(socket: &Path) -> Result<(OwnedFd, PathBuf), ControlError> {
     let mut name = socket.as_os_str().to_owned();
     name.push(".lock");
     let lock_path = PathBuf::from(name);
     let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let lock = rustix::fs::open(&lock_path, flags, Mode::from_raw_mode(0o600)).map_err(|e| {
-        ControlError::PathIo {
-            action: "open the lock file",
-            path: lock_path.clone(),
-            source: e.into(),
+    // Each retry follows a server's clean exit in between; a handful is
+    // plenty, and bounds a path replaced over and over.
+    for _ in 0..8 {
+        let lock =
+            rustix::fs::open(&lock_path, flags, Mode::from_raw_mode(0o600)).map_err(|e| {
+                ControlError::PathIo {
+                    action: "open the lock file",
+                    path: lock_path.clone(),
+                    source: e.into(),
+                }
+            })?;
+        match rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) if same_file(&lock, &lock_path) => return Ok((lock, lock_path)),
+            // Removed (or replaced) by the server that held it: again.
+            Ok(()) => continue,
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(ControlError::AlreadyListening {
+                    path: socket.to_owned(),
+                });
+            }
+            Err(e) => {
+                return Err(ControlError::PathIo {
+                    action: "lock",
+                    path: lock_path,
+                    source: e.into(),
+                });
+            }
         }
-    })?;
-    match rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(lock),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(ControlError::AlreadyListening {
-            path: socket.to_owned(),
-        }),
-        Err(e) => Err(ControlError::PathIo {
-            action: "lock",
-            path: lock_path,
-            source: e.into(),
-        }),
     }
+    Err(ControlError::PathIo {
+        action: "lock (it kept being replaced)",
+        path: lock_path,
+        source: io::Error::from(io::ErrorKind::WouldBlock),
+    })
 }
 
 fn set_owner_and_mode(path: &Path, group: Option<u32>, mode: u32) -> Result<(), ControlError> {
