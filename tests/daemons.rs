@@ -458,11 +458,39 @@ fn hash_check_and_verify_agree_with_sha256sum_and_flag_a_deleted_binary() {
 
     // A running copy whose file is then deleted: hashed as it runs, flagged.
     let sleeper = Sleeper::spawn(&copy);
+    sleeper.seen_by(&mut agent);
     let records = verified(&mut agent, sleeper.pid());
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].executable_hash.as_deref(), Some(want.as_str()));
     assert_eq!(records[0].hash_algorithm.as_deref(), Some("sha256"));
     assert!(records[0].file_exists);
+    // ENUMERATE with hashes, over the wire and through the CLI: the same.
+    let hashed: Vec<ProtoProcessRecord> = agent
+        .enumerate(filter(&[], &[sleeper.pid()], None), true)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(hashed.len(), 1);
+    assert_eq!(hashed[0].executable_hash.as_deref(), Some(want.as_str()));
+    let pid = sleeper.pid().to_string();
+    let out = run(&["enumerate", "--pid", &pid, "--hash", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(json["executable_hash"], want.as_str());
+    assert_eq!(json["hash_algorithm"], "sha256");
+    // --exe-pattern selects it by its image's path.
+    let pattern = format!("{}/sleep*", dir.0.display());
+    let out = run(&["enumerate", "--exe-pattern", &pattern, "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pids: Vec<u64> = text(&out.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["pid"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(pids, [u64::from(sleeper.pid())]);
     std::fs::remove_file(&copy).unwrap();
     let records = verified(&mut agent, sleeper.pid());
     assert_eq!(records[0].executable_hash.as_deref(), Some(want.as_str()));
