@@ -1787,6 +1787,36 @@ fn enumerate_watch_prints_each_change_once_as_json_lines_and_ends_after_its_dura
 }
 
 #[test]
+fn the_agent_exits_0_when_its_output_pipe_closes_early() {
+    let procmond = Procmond::start(&[]);
+    // More output than a pipe holds (200 rows of some 500 bytes), so the
+    // agent is still writing when the reader goes.
+    let long = "x".repeat(500);
+    let shells: Vec<ReadyShell> = (0..200)
+        .map(|_| ReadyShell::spawn(Command::new("/bin/sh").args(READY_SCRIPT).arg(&long)))
+        .collect();
+    let mut child = spawn_retrying(
+        Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
+            .arg("--socket")
+            .arg(&procmond.socket)
+            .arg("enumerate")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut header = String::new();
+    stdout.read_line(&mut header).unwrap();
+    assert!(header.contains("PID"), "{header}");
+    drop(stdout); // the reader goes, as `| head -1` would
+    let out = Collected::new(child).output_within(WAIT, "daemoneye-agent enumerate");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    drop(shells);
+    procmond.stop();
+}
+
+#[test]
 fn table_output_escapes_control_characters_in_names_and_command_lines() {
     let procmond = Procmond::start(&[]);
     // comm is the image's file name: one with ESC and a newline in it, run
