@@ -1817,6 +1817,59 @@ fn the_agent_exits_0_when_its_output_pipe_closes_early() {
 }
 
 #[test]
+fn status_says_what_procmond_is_and_counts_its_tasks() {
+    let procmond = Procmond::start(&["--max-clients", "6"]);
+    let socket = procmond.socket.clone();
+    let run = |args: &[&str]| agent_cli(&socket, args, None);
+    assert!(run(&["enumerate"]).status.success());
+    // A hash check of a missing file (procmond opens the path for root).
+    assert_eq!(
+        run(&["hash-check", "/nonexistent/de-file"]).status.code(),
+        Some(2)
+    );
+    let out = run(&["status", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["protocol_version"], PROTOCOL_VERSION);
+    assert_eq!(status["pid"], procmond.pid());
+    assert_eq!(status["euid"], nix::unistd::geteuid().as_raw());
+    let caps: Vec<&str> = status["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    if nix::unistd::geteuid().is_root() {
+        assert!(caps.contains(&"CAP_SYS_PTRACE"), "{caps:?}");
+    }
+    assert_eq!(status["event_source"], EventSource::Connector as i32);
+    assert!(status["events"]["events"].as_u64().is_some(), "{status}");
+    assert_eq!(status["clients"], 1, "the status asker alone");
+    assert_eq!(status["max_clients"], 6);
+    assert_eq!(status["max_clients_per_uid"], 3);
+    assert_eq!(status["tasks_run"], 2);
+    assert_eq!(status["tasks_failed"], 1);
+    assert_eq!(status["ring_bytes"], 1 << 20);
+    assert!(status["processes"].as_u64().unwrap() > 1);
+    assert!(status["hash_cache"]["misses"].as_u64().is_some());
+    // The table names the same things for people.
+    let table = text(&run(&["status"]).stdout);
+    assert!(table.contains("process connector"), "{table}");
+    assert!(table.contains("2 run, 1 failed"), "{table}");
+    let pid = procmond.pid();
+    procmond.stop();
+    // Nothing answers: exit 2.
+    let out = run(&["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "pid {pid}: {}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
 fn table_output_escapes_control_characters_in_names_and_command_lines() {
     let procmond = Procmond::start(&[]);
     // comm is the image's file name: one with ESC and a newline in it, run

@@ -21,7 +21,9 @@ use tracing_subscriber::EnvFilter;
 use daemoneye_lib::client::{
     Agent, ChangeThresholds, ClientError, MonitorEvent, ProcessChange, find_socket,
 };
+use daemoneye_lib::control::EventSource;
 use daemoneye_lib::deadline;
+use daemoneye_lib::proto::control::Status;
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
 use daemoneye_lib::text::{error_line, escape_controls};
 
@@ -95,6 +97,11 @@ enum Command {
         format: Format,
     },
     /// Watch the process tree under some roots (all processes without any)
+    /// procmond's status: version, privileges, event source, counters
+    Status {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     Monitor {
         /// A root pid (repeatable)
         #[arg(long = "pid")]
@@ -239,6 +246,10 @@ fn run(args: Args) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::Status { format } => {
+            let status = agent.status()?;
+            print_status(&mut out, &status, format)?;
+        }
         Command::Monitor {
             pids,
             interval_ms,
@@ -335,6 +346,70 @@ fn command_text(record: &ProtoProcessRecord) -> String {
         .map(|arg| escape_controls(arg))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+fn print_status(out: &mut impl Write, status: &Status, format: Format) -> Result<()> {
+    if let Format::Json = format {
+        writeln!(out, "{}", serde_json::to_string(status)?)?;
+        return Ok(());
+    }
+    let source = match EventSource::try_from(status.event_source) {
+        Ok(EventSource::Connector) => "process connector (every fork, exec and exit)",
+        Ok(EventSource::Polling) => "polling /proc (short-lived processes can be missed)",
+        _ => "unknown",
+    };
+    let caps = if status.capabilities.is_empty() {
+        "none".to_owned()
+    } else {
+        status.capabilities.join(" ")
+    };
+    let uptime = Duration::from_millis(status.uptime_ms);
+    let mut rows = vec![
+        (
+            "version",
+            format!("{} (protocol {})", status.version, status.protocol_version),
+        ),
+        ("pid", status.pid.to_string()),
+        ("uptime", format!("{:.1} s", uptime.as_secs_f64())),
+        ("euid", status.euid.to_string()),
+        ("capabilities", caps),
+        ("event source", source.to_owned()),
+    ];
+    if let Some(e) = &status.events {
+        rows.push((
+            "events",
+            format!(
+                "{} events, {} overruns, {} sequence gaps ({} missed), {} malformed, {} spoofed, {} resyncs, {} corrections",
+                e.events, e.overruns, e.sequence_gaps, e.missed_events, e.malformed, e.spoofed, e.resyncs, e.corrections
+            ),
+        ));
+    }
+    rows.push(("processes", status.processes.to_string()));
+    rows.push((
+        "clients",
+        format!(
+            "{} of {} ({} per uid)",
+            status.clients, status.max_clients, status.max_clients_per_uid
+        ),
+    ));
+    rows.push((
+        "tasks",
+        format!("{} run, {} failed", status.tasks_run, status.tasks_failed),
+    ));
+    if let Some(c) = &status.hash_cache {
+        rows.push((
+            "hash cache",
+            format!(
+                "{} entries, {} hits, {} misses",
+                c.entries, c.hits, c.misses
+            ),
+        ));
+    }
+    rows.push(("ring", format!("{} bytes per client", status.ring_bytes)));
+    for (key, value) in rows {
+        writeln!(out, "{key:<13} {}", escape_controls(&value))?;
+    }
+    Ok(())
 }
 
 fn print_event(out: &mut impl Write, event: &MonitorEvent, format: Format) -> Result<()> {

@@ -42,7 +42,7 @@ pub use stream::{MonitorEvent, MonitorStream, Records};
 use crate::control::{
     ClientChannel, ClientFrame, Connector, EventSource, HANDSHAKE_TIMEOUT, client_frame,
 };
-use crate::proto::control::{Cancel, Goodbye, TaskRequest};
+use crate::proto::control::{Cancel, Goodbye, Status, StatusRequest, TaskRequest};
 use crate::proto::{DetectionTask, ProtoHashCheck, ProtoHashResult, ProtoProcessFilter};
 use crate::ring::{Consumer, ConsumerFds, RingError, WaitStrategy};
 use crate::session::{Chunk, ChunkReader, RecordKind, SessionError};
@@ -130,6 +130,8 @@ pub struct Agent {
     awaiting_first_frame: bool,
     server_pid: u32,
     event_source: EventSource,
+    /// Status answers, from the watcher.
+    statuses: std::sync::mpsc::Receiver<Status>,
 }
 
 impl Agent {
@@ -192,7 +194,8 @@ impl Agent {
         }
         let gone = GoneReason::default();
         let watched = channel.try_clone().map_err(ClientError::Control)?;
-        let watcher = watcher::spawn(watched, consumer.closer(), gone.clone())
+        let (statuses_sender, statuses) = std::sync::mpsc::channel();
+        let watcher = watcher::spawn(watched, consumer.closer(), gone.clone(), statuses_sender)
             .map_err(io("starting the socket watcher"))?;
         Ok(Agent {
             channel,
@@ -207,6 +210,7 @@ impl Agent {
             awaiting_first_frame: false,
             server_pid: server.pid,
             event_source,
+            statuses,
         })
     }
 
@@ -316,6 +320,33 @@ impl Agent {
         let matched =
             (!expected.is_empty()).then(|| expected.eq_ignore_ascii_case(&result.hash_value));
         Ok(HashReport { result, matched })
+    }
+
+    /// procmond's status: version, pid, uptime, privileges, its process
+    /// event source and counters, clients, tasks, hash cache, ring size.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Timeout`] when no answer comes within the agent's
+    /// timeout, and the connection's errors.
+    pub fn status(&mut self) -> Result<Status, ClientError> {
+        // An answer left over from a timed-out call is not this one's.
+        while self.statuses.try_recv().is_ok() {}
+        let frame = ClientFrame {
+            body: Some(client_frame::Body::Status(StatusRequest {})),
+        };
+        self.channel
+            .send(&frame)
+            .map_err(ClientError::from_control)?;
+        let deadline = crate::deadline::after(self.options.timeout);
+        self.statuses
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .map_err(|error| match error {
+                std::sync::mpsc::RecvTimeoutError::Timeout => ClientError::Timeout {
+                    waiting_for: "procmond's status",
+                },
+                std::sync::mpsc::RecvTimeoutError::Disconnected => self.gone_error(),
+            })
     }
 
     /// ENUMERATE_PROCESSES, changes only: what changed since this

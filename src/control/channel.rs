@@ -240,6 +240,7 @@ pub(crate) fn frame_name_client(body: Option<&client_frame::Body>) -> &'static s
         Some(client_frame::Body::Task(_)) => "a task request",
         Some(client_frame::Body::Cancel(_)) => "a cancel",
         Some(client_frame::Body::Goodbye(_)) => "a goodbye",
+        Some(client_frame::Body::Status(_)) => "a status request",
         None => "an empty or unknown frame",
     }
 }
@@ -253,6 +254,7 @@ pub(crate) fn frame_name_server(body: Option<&server_frame::Body>) -> &'static s
         Some(server_frame::Body::Accepted(_)) => "a task accepted",
         Some(server_frame::Body::Rejected(_)) => "a task rejected",
         Some(server_frame::Body::Goodbye(_)) => "a goodbye",
+        Some(server_frame::Body::Status(_)) => "a status",
         None => "an empty or unknown frame",
     }
 }

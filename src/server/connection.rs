@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use super::config::ServerConfig;
 use super::shutdown::ShutdownHandle;
-use super::slots::Held;
+use super::slots::{Held, Slots};
+use super::status;
 use super::tasks::{self, TaskSignals};
 use super::worker;
 use crate::collector::{Collector, ProcessTable, Requester, SharedHashCache, SourceKind};
@@ -35,6 +36,10 @@ pub(super) struct Shared {
     pub(super) table: ProcessTable,
     /// procmond's shutdown: a connection ended by it tells its client so.
     pub(super) shutdown: ShutdownHandle,
+    /// The connection places, for status requests.
+    pub(super) slots: Arc<Slots>,
+    /// Uptime and task counts.
+    pub(super) counters: Arc<status::Counters>,
 }
 
 /// What a client is told when procmond stops.
@@ -138,12 +143,14 @@ fn run(
             shared.hash_cache.clone(),
         );
         let stall = config.stall_timeout;
+        let counters = Arc::clone(&shared.counters);
         thread::Builder::new()
             .name("procmond-work".into())
             .spawn(move || {
                 let _finished = finished;
-                let (producer, why) =
-                    worker::run(producer, &queue, &signals, collector, requester, stall);
+                let (producer, why) = worker::run(
+                    producer, &queue, &signals, collector, requester, stall, &counters,
+                );
                 if let Some(why) = why {
                     let _ = ended.set(why);
                     // The socket thread's read returns end-of-stream.
@@ -191,6 +198,21 @@ fn run(
             Ok((client_frame::Body::Goodbye(goodbye), _)) => {
                 let reason = text::for_log(&goodbye.reason, LOGGED_TEXT_BYTES);
                 break format!("client said goodbye: {reason}");
+            }
+            Ok((client_frame::Body::Status(_), _)) => {
+                let now = status::status(&status::Sources {
+                    config,
+                    counters: &shared.counters,
+                    slots: &shared.slots,
+                    table: &shared.table,
+                    hash_cache: &shared.hash_cache,
+                });
+                let frame = ServerFrame {
+                    body: Some(server_frame::Body::Status(now)),
+                };
+                if let Err(error) = channel.send(&frame) {
+                    break format!("cannot answer a status request: {error}");
+                }
             }
             Ok((client_frame::Body::Hello(_), _)) => break "a second hello".into(),
             // The accept loop shuts the read side on shutdown: say why

@@ -28,6 +28,7 @@ mod config;
 mod connection;
 mod shutdown;
 mod slots;
+mod status;
 mod tasks;
 mod worker;
 
@@ -80,6 +81,8 @@ pub struct Server {
     hash_cache: SharedHashCache,
     /// The process table every connection answers from.
     table: ProcessTable,
+    /// Uptime and task counts, for status requests.
+    counters: Arc<status::Counters>,
 }
 
 /// A connection thread and a handle on its socket, to end it on shutdown.
@@ -140,6 +143,7 @@ impl Server {
             shutdown,
             hash_cache,
             table,
+            counters: status::Counters::new(),
         })
     }
 
@@ -227,6 +231,8 @@ impl Server {
                 hash_cache: self.hash_cache.clone(),
                 table: self.table.clone(),
                 shutdown: shutdown.clone(),
+                slots: Arc::clone(&slots),
+                counters: Arc::clone(&self.counters),
             };
             let (finished, done) = mpsc::channel::<()>();
             let spawned = thread::Builder::new()

@@ -85,6 +85,11 @@ impl Slots {
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Clients served now (handshakes not counted).
+    pub(super) fn clients(&self) -> usize {
+        self.counts().clients
+    }
+
     /// A handshake place for a just-accepted connection of `uid`, or why
     /// there is none (a reason for the peer, naming the limit).
     pub(super) fn admit(self: &Arc<Self>, uid: u32) -> Result<Held, String> {

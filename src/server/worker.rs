@@ -6,6 +6,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use super::changes::Baseline;
+use super::status::Counters;
 use super::tasks::{Job, TaskSignals, Work};
 use crate::collector::{CollectError, Collector, Requester, TreeEvent, TreeMonitor};
 use crate::proto::encoded::EncodedRecord;
@@ -19,6 +20,7 @@ use crate::session::{RecordKind, ResultWriter, SessionError, StreamStats};
 /// stopped reading). Gives the producer back, so the caller frees the ring
 /// when it is done with the client, and, when the worker stopped on its own
 /// (a write stalled or failed), why.
+#[allow(clippy::too_many_arguments)] // a connection's whole context
 pub(super) fn run(
     mut producer: Producer,
     queue: &Receiver<Work>,
@@ -26,6 +28,7 @@ pub(super) fn run(
     mut collector: Collector,
     requester: Requester,
     stall: Duration,
+    counters: &Counters,
 ) -> (Producer, Option<String>) {
     collector.stop_hashing_when(signals.stop_flag());
     // What this connection's changes-only enumerates have told its agent.
@@ -57,6 +60,7 @@ pub(super) fn run(
             }
         };
         signals.finished(&task_id);
+        counters.task_done(!matches!(&outcome, Ok(stats) if !stats.failed));
         if let Err(error) = outcome {
             if signals.is_gone() {
                 break;

@@ -26,6 +26,8 @@ pub struct StreamStats {
     pub records: u64,
     /// Records whose command line was cut to fit a frame.
     pub truncated: u64,
+    /// The stream ended as a failure (or cancelled).
+    pub failed: bool,
 }
 
 /// Writes one task's result stream into the ring.
@@ -168,6 +170,7 @@ impl<'p> ResultWriter<'p> {
     /// schema's limit is cut.
     pub fn fail(mut self, message: &str) -> Result<StreamStats, SessionError> {
         self.items.clear();
+        self.stats.failed = true;
         let failure = DetectionResult::failure(
             std::mem::take(&mut self.result.task_id),
             cut(message, MAX_ERROR_MESSAGE_BYTES),
@@ -197,6 +200,7 @@ impl<'p> ResultWriter<'p> {
                 max: self.producer.max_frame(),
             });
         }
+        self.stats.failed |= !result.success;
         self.result = result;
         self.items.clear();
         self.len = len;

@@ -14,6 +14,7 @@
 //!   the open-file limit.
 //! - [`thread`]: the scheduling priority of procmond's own threads.
 
+pub mod caps;
 pub mod cn_proc;
 pub mod fs;
 pub mod futex;
