@@ -59,9 +59,15 @@
 mod error;
 mod marker;
 mod reader;
+mod view;
 mod writer;
 
 pub use error::SessionError;
 pub use marker::{Marker, RecordKind};
-pub use reader::{Chunk, ChunkReader, read_chunk};
+pub use reader::{Chunk, ChunkReader, ChunkView, read_chunk};
+pub(crate) use view::RecordCursor;
+pub use view::{
+    CommandLine, DetectionResultView, HashResultView, ProcessRecordView, Processes, ViewError,
+    WireError, WireProblem,
+};
 pub use writer::{ResultWriter, StreamStats};

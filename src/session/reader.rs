@@ -1,13 +1,13 @@
 //! daemoneye-agent's side of a result stream: one frame at a time, copied
-//! out of the ring, then decoded.
+//! out of the ring, then checked and viewed in place.
 
 use std::time::Instant;
 
-use prost::Message;
 use prost::encoding::{WireType, decode_key, decode_varint};
 
 use super::error::SessionError;
 use super::marker::Marker;
+use super::view::DetectionResultView;
 use super::writer::PROCESSES_FIELD;
 use crate::proto::DetectionResult;
 use crate::proto::limits::MAX_PROCESSES_PER_RESULT;
@@ -23,13 +23,23 @@ pub struct Chunk {
     pub marker: Marker,
 }
 
+/// One frame of a result stream, checked, viewed in the reader's private
+/// copy of it (valid until the reader reads again).
+#[derive(Clone, Debug)]
+pub struct ChunkView<'a> {
+    /// The frame's result.
+    pub result: DetectionResultView<'a>,
+    /// Whether this is the last frame, and what the records are.
+    pub marker: Marker,
+}
+
 /// Reads a result stream's frames, each copied once into a private buffer
-/// it reuses, then counted, decoded and checked there.
+/// it reuses, then counted, checked and viewed there.
 ///
 /// The copy is what makes the checks mean anything: procmond can still
 /// write the ring while the agent reads it, so bytes counted or validated
-/// in place could differ when decoded. Copying a frame costs a fraction of
-/// decoding it, and releases its room in the ring sooner.
+/// in place could differ when read again. Copying a frame costs a fraction
+/// of decoding it, and releases its room in the ring sooner.
 #[derive(Debug, Default)]
 pub struct ChunkReader {
     frame: Vec<u8>,
@@ -42,25 +52,20 @@ impl ChunkReader {
     }
 
     /// Waits until `deadline` for the next frame, copies it out and
-    /// releases it, then checks it: its flags ([`SessionError::BadFlags`]),
-    /// its bytes ([`SessionError::Decode`]) and the schema's rules
-    /// ([`SessionError::Invalid`]). The caller checks the task id.
+    /// releases it, then checks the copy: its flags
+    /// ([`SessionError::BadFlags`]), its bytes ([`SessionError::Decode`])
+    /// and the schema's rules ([`SessionError::Invalid`]), in one pass
+    /// ([`DetectionResultView::parse`]). The caller checks the task id.
     ///
-    /// Decoding is bounded by the frame: a frame is at most the ring's
-    /// largest frame, and so is what the decoder reads.
-    ///
-    /// Before decoding, the records are counted in the wire bytes: a frame
+    /// Before that, the records are counted in the wire bytes: a frame
     /// holding more than [`MAX_PROCESSES_PER_RESULT`] is
-    /// [`SessionError::TooManyRecords`] and is not decoded. (An empty
-    /// record takes 2 bytes on the wire but some 250 decoded, so decoding
-    /// first would let a frame cost over a hundred times its size.) A
-    /// frame's decoded memory is thus at most its own bytes plus that many
-    /// empty records.
-    pub fn read(
+    /// [`SessionError::TooManyRecords`]. Nothing is allocated once the
+    /// buffer has grown to the frame's size.
+    pub fn read_view(
         &mut self,
         consumer: &mut Consumer,
         deadline: Instant,
-    ) -> Result<Chunk, SessionError> {
+    ) -> Result<ChunkView<'_>, SessionError> {
         let frame = &mut self.frame;
         let flags = consumer.read(deadline, |ring_frame| {
             frame.clear();
@@ -75,9 +80,32 @@ impl ChunkReader {
                 max: MAX_PROCESSES_PER_RESULT,
             });
         }
-        let result = DetectionResult::decode(frame.as_slice())?;
-        result.validate()?;
-        Ok(Chunk { result, marker })
+        let result = DetectionResultView::parse(frame)?;
+        Ok(ChunkView { result, marker })
+    }
+
+    /// [`read_view`](Self::read_view), then the result made owned
+    /// ([`DetectionResultView::to_owned`]: what prost would decode).
+    ///
+    /// A frame's decoded memory is at most its own bytes plus
+    /// [`MAX_PROCESSES_PER_RESULT`] empty records (an empty record takes
+    /// 2 bytes on the wire but some 250 decoded, which is why the count
+    /// comes first).
+    pub fn read(
+        &mut self,
+        consumer: &mut Consumer,
+        deadline: Instant,
+    ) -> Result<Chunk, SessionError> {
+        let chunk = self.read_view(consumer, deadline)?;
+        Ok(Chunk {
+            result: chunk.result.to_owned(),
+            marker: chunk.marker,
+        })
+    }
+
+    /// The last frame read, as copied.
+    pub(crate) fn frame(&self) -> &[u8] {
+        &self.frame
     }
 }
 
