@@ -4,9 +4,13 @@
 //!   procmond server (in this process, on a real socket and ring), from the
 //!   task sent until the last record is decoded; beside `enumerate/collect_only`,
 //!   the collector alone doing the same walk.
-//! - `stream_1000/ring` vs `stream_1000/unix_socket`: 1,000-record results,
-//!   chunked to the same 128 KiB frames, encode → transport → decode, on two
-//!   threads; reported as records per second.
+//! - `stream_1000/ring`, `stream_1000/ring_owned` and
+//!   `stream_1000/unix_socket`: 1,000-record results, chunked to the same
+//!   128 KiB frames, encode → transport → decode, on two threads; reported
+//!   as records per second. `ring` and `unix_socket` decode with the
+//!   agent's views (checked whole, then each record viewed);
+//!   `ring_owned` is the owned path as it was (prost decode and
+//!   `validate()` of the frame's copy).
 //!
 //! ```sh
 //! cargo bench --bench pipeline
@@ -26,7 +30,7 @@ use daemoneye_lib::collector::{Collector, CollectorConfig};
 use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
 use daemoneye_lib::ring::{self, RingConfig};
 use daemoneye_lib::server::{Server, ServerConfig};
-use daemoneye_lib::session::{RecordKind, ResultWriter, read_chunk};
+use daemoneye_lib::session::{ChunkReader, DetectionResultView, Marker, RecordKind, ResultWriter};
 
 const RECORDS: usize = 1000;
 const MAX_FRAME: usize = 128 << 10;
@@ -103,6 +107,29 @@ fn chunks(records: &[ProtoProcessRecord]) -> Vec<DetectionResult> {
     out
 }
 
+/// procmond's side of `iters` streams of `records`, as the server writes
+/// them.
+fn write_streams(producer: &mut ring::Producer, records: &[ProtoProcessRecord], iters: u64) {
+    for _ in 0..iters {
+        let mut writer = ResultWriter::new(producer, "bench", WAIT);
+        for r in records {
+            writer.push(RecordKind::Result, r.clone()).expect("push");
+        }
+        writer.finish().expect("finish");
+    }
+}
+
+/// Views every record of a checked result, as an agent reading it would
+/// (each record decoded, its command line walked); returns the count.
+fn view_records(result: &DetectionResultView<'_>) -> u64 {
+    let mut n = 0;
+    for view in result.processes() {
+        black_box((view.pid(), view.name(), view.command_line().count()));
+        n += 1;
+    }
+    n
+}
+
 fn stream_1000(c: &mut Criterion) {
     let records: Vec<_> = (0..RECORDS as u32).map(record).collect();
     let mut group = c.benchmark_group("stream_1000");
@@ -114,11 +141,12 @@ fn stream_1000(c: &mut Criterion) {
             let (mut producer, mut consumer) = ring::pair(&config).expect("ring");
             let reader = thread::spawn(move || {
                 let deadline = Instant::now() + WAIT;
+                let mut reader = ChunkReader::new();
                 let mut got = 0u64;
                 for _ in 0..iters {
                     loop {
-                        let chunk = read_chunk(&mut consumer, deadline).expect("chunk");
-                        got += chunk.result.processes.len() as u64;
+                        let chunk = reader.read_view(&mut consumer, deadline).expect("chunk");
+                        got += view_records(&chunk.result);
                         if chunk.marker.end {
                             break;
                         }
@@ -127,13 +155,44 @@ fn stream_1000(c: &mut Criterion) {
                 got
             });
             let start = Instant::now();
-            for _ in 0..iters {
-                let mut writer = ResultWriter::new(&mut producer, "bench", WAIT);
-                for r in &records {
-                    writer.push(RecordKind::Result, r.clone()).expect("push");
+            write_streams(&mut producer, &records, iters);
+            assert_eq!(reader.join().expect("reader"), iters * RECORDS as u64);
+            start.elapsed()
+        })
+    });
+
+    group.bench_function("ring_owned", |b| {
+        b.iter_custom(|iters| {
+            let config = RingConfig::new(1 << 20).with_max_frame(MAX_FRAME);
+            let (mut producer, mut consumer) = ring::pair(&config).expect("ring");
+            let reader = thread::spawn(move || {
+                let deadline = Instant::now() + WAIT;
+                let mut frame = Vec::new();
+                let mut got = 0u64;
+                for _ in 0..iters {
+                    loop {
+                        // The agent's owned path before the views: a private
+                        // copy, decoded by prost and validated.
+                        let flags = consumer
+                            .read(deadline, |ring_frame| {
+                                frame.clear();
+                                frame.extend_from_slice(ring_frame.bytes());
+                                ring_frame.flags()
+                            })
+                            .expect("frame");
+                        let marker = Marker::from_flags(flags).expect("flags");
+                        let result = DetectionResult::decode(frame.as_slice()).expect("decode");
+                        result.validate().expect("valid");
+                        got += black_box(result).processes.len() as u64;
+                        if marker.end {
+                            break;
+                        }
+                    }
                 }
-                writer.finish().expect("finish");
-            }
+                got
+            });
+            let start = Instant::now();
+            write_streams(&mut producer, &records, iters);
             assert_eq!(reader.join().expect("reader"), iters * RECORDS as u64);
             start.elapsed()
         })
@@ -153,9 +212,8 @@ fn stream_1000(c: &mut Criterion) {
                         let end = len & (1 << 31) != 0;
                         buf.resize(len & !(1 << 31), 0);
                         rx.read_exact(&mut buf).expect("payload");
-                        let result = DetectionResult::decode(buf.as_slice()).expect("decode");
-                        result.validate().expect("valid");
-                        got += result.processes.len() as u64;
+                        let result = DetectionResultView::parse(&buf).expect("valid");
+                        got += view_records(&result);
                         if end {
                             break;
                         }

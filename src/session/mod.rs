@@ -20,10 +20,11 @@
 //! [`ResultWriter`] packs records into frames up to the ring's largest frame
 //! with `encoded_len` arithmetic and has prost encode each frame straight
 //! into the ring's claim (no intermediate buffer). A [`ChunkReader`] copies
-//! each frame once into a buffer it reuses and releases it, then decodes and
-//! checks that copy against the schema's rules (procmond can still write the
-//! ring meanwhile, so nothing is checked in place); a reader's memory is
-//! about one frame. A failure is
+//! each frame once into a buffer it reuses and releases it, then checks that
+//! copy against the encoding and the schema's rules in one pass and views it
+//! in place ([`DetectionResultView`], borrowed `&str`s, nothing allocated per
+//! record; procmond can still write the ring meanwhile, so nothing is
+//! checked in the ring); a reader's memory is about one frame. A failure is
 //! `DetectionResult::failure(task_id, message)` with END.
 //!
 //! ```

@@ -14,29 +14,6 @@
 //! that is not UTF-8 is refused ([`WireError`]).
 //! [`DetectionResultView::parse`] also applies the schema's rules
 //! (`DetectionResult::validate`, the same code and field paths).
-//!
-//! ```
-//! use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
-//! use daemoneye_lib::session::DetectionResultView;
-//! use prost::Message;
-//!
-//! let record = ProtoProcessRecord {
-//!     pid: 42,
-//!     name: "sshd".into(),
-//!     command_line: vec!["/usr/sbin/sshd".into(), "-D".into()],
-//!     ..Default::default()
-//! };
-//! let bytes = DetectionResult::success("t-1", vec![record.clone()]).encode_to_vec();
-//!
-//! let view = DetectionResultView::parse(&bytes)?;
-//! assert_eq!(view.task_id(), "t-1");
-//! for process in view.processes() {
-//!     assert_eq!((process.pid(), process.name()), (42, "sshd"));
-//!     assert_eq!(process.command_line().collect::<Vec<_>>(), ["/usr/sbin/sshd", "-D"]);
-//!     assert_eq!(process.to_owned(), record);
-//! }
-//! # Ok::<(), daemoneye_lib::session::ViewError>(())
-//! ```
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
@@ -748,6 +725,29 @@ impl<'a> HashResultView<'a> {
 
 /// A `DetectionResult`'s bytes, viewed: its scalars and strings, its hash
 /// result, and its records one by one ([`processes`](Self::processes)).
+///
+/// ```
+/// use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
+/// use daemoneye_lib::session::DetectionResultView;
+/// use prost::Message;
+///
+/// let record = ProtoProcessRecord {
+///     pid: 42,
+///     name: "sshd".into(),
+///     command_line: vec!["/usr/sbin/sshd".into(), "-D".into()],
+///     ..Default::default()
+/// };
+/// let bytes = DetectionResult::success("t-1", vec![record.clone()]).encode_to_vec();
+///
+/// let view = DetectionResultView::parse(&bytes)?;
+/// assert_eq!(view.task_id(), "t-1");
+/// for process in view.processes() {
+///     assert_eq!((process.pid(), process.name()), (42, "sshd"));
+///     assert_eq!(process.command_line().collect::<Vec<_>>(), ["/usr/sbin/sshd", "-D"]);
+///     assert_eq!(process.to_owned(), record);
+/// }
+/// # Ok::<(), daemoneye_lib::session::ViewError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct DetectionResultView<'a> {
     bytes: &'a [u8],
