@@ -16,6 +16,10 @@
 //! cargo bench --bench pipeline
 //! ```
 
+// The tests' strategies and sample records.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -28,7 +32,7 @@ use prost::Message;
 use daemoneye_lib::client::Agent;
 use daemoneye_lib::collector::{Collector, CollectorConfig};
 use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
-use daemoneye_lib::ring::{self, RingConfig};
+use daemoneye_lib::ring::{self, Consumer, RingConfig};
 use daemoneye_lib::server::{Server, ServerConfig};
 use daemoneye_lib::session::{ChunkReader, DetectionResultView, Marker, RecordKind, ResultWriter};
 
@@ -67,29 +71,6 @@ fn enumerate(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn record(pid: u32) -> ProtoProcessRecord {
-    ProtoProcessRecord {
-        pid,
-        ppid: Some(1),
-        name: format!("worker-{pid}"),
-        executable_path: Some("/usr/lib/some/long/path/bin/worker".into()),
-        command_line: vec![
-            "/usr/lib/some/long/path/bin/worker".into(),
-            "--config".into(),
-            "/etc/worker/worker.toml".into(),
-            format!("--id={pid}"),
-        ],
-        start_time: Some(1_700_000_000),
-        cpu_usage: Some(1.5),
-        memory_usage: Some(12 << 20),
-        user_id: Some("1000".into()),
-        accessible: true,
-        file_exists: true,
-        collection_time: 1_700_000_000_000,
-        ..Default::default()
-    }
-}
-
 /// The records split as the ring's chunker splits them (by encoded length).
 fn chunks(records: &[ProtoProcessRecord]) -> Vec<DetectionResult> {
     let base = DetectionResult::success("bench", vec![]).encoded_len();
@@ -119,6 +100,23 @@ fn write_streams(producer: &mut ring::Producer, records: &[ProtoProcessRecord], 
     }
 }
 
+/// `iters` streams of `records` through a ring: procmond's writer on this
+/// thread, `read` (returning the records it read) on another; the time
+/// until both are done.
+fn through_ring(
+    records: &[ProtoProcessRecord],
+    iters: u64,
+    read: impl FnOnce(Consumer) -> u64 + Send + 'static,
+) -> Duration {
+    let config = RingConfig::new(1 << 20).with_max_frame(MAX_FRAME);
+    let (mut producer, consumer) = ring::pair(&config).expect("ring");
+    let reader = thread::spawn(move || read(consumer));
+    let start = Instant::now();
+    write_streams(&mut producer, records, iters);
+    assert_eq!(reader.join().expect("reader"), iters * RECORDS as u64);
+    start.elapsed()
+}
+
 /// Views every record of a checked result, as an agent reading it would
 /// (each record decoded, its command line walked); returns the count.
 fn view_records(result: &DetectionResultView<'_>) -> u64 {
@@ -131,15 +129,13 @@ fn view_records(result: &DetectionResultView<'_>) -> u64 {
 }
 
 fn stream_1000(c: &mut Criterion) {
-    let records: Vec<_> = (0..RECORDS as u32).map(record).collect();
+    let records: Vec<_> = (0..RECORDS as u32).map(common::worker).collect();
     let mut group = c.benchmark_group("stream_1000");
     group.throughput(Throughput::Elements(RECORDS as u64));
 
     group.bench_function("ring", |b| {
         b.iter_custom(|iters| {
-            let config = RingConfig::new(1 << 20).with_max_frame(MAX_FRAME);
-            let (mut producer, mut consumer) = ring::pair(&config).expect("ring");
-            let reader = thread::spawn(move || {
+            through_ring(&records, iters, move |mut consumer| {
                 let deadline = Instant::now() + WAIT;
                 let mut reader = ChunkReader::new();
                 let mut got = 0u64;
@@ -153,19 +149,13 @@ fn stream_1000(c: &mut Criterion) {
                     }
                 }
                 got
-            });
-            let start = Instant::now();
-            write_streams(&mut producer, &records, iters);
-            assert_eq!(reader.join().expect("reader"), iters * RECORDS as u64);
-            start.elapsed()
+            })
         })
     });
 
     group.bench_function("ring_owned", |b| {
         b.iter_custom(|iters| {
-            let config = RingConfig::new(1 << 20).with_max_frame(MAX_FRAME);
-            let (mut producer, mut consumer) = ring::pair(&config).expect("ring");
-            let reader = thread::spawn(move || {
+            through_ring(&records, iters, move |mut consumer| {
                 let deadline = Instant::now() + WAIT;
                 let mut frame = Vec::new();
                 let mut got = 0u64;
@@ -190,11 +180,7 @@ fn stream_1000(c: &mut Criterion) {
                     }
                 }
                 got
-            });
-            let start = Instant::now();
-            write_streams(&mut producer, &records, iters);
-            assert_eq!(reader.join().expect("reader"), iters * RECORDS as u64);
-            start.elapsed()
+            })
         })
     });
 

@@ -244,6 +244,19 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// The next length-delimited field `number` of bytes already checked,
+    /// the others skipped; `None` at the end (or should a read fail).
+    fn next_checked(&mut self, number: u32) -> Option<&'a [u8]> {
+        while !self.at_end() {
+            let (found, wire) = self.key().ok()?;
+            if found == number && wire == Wire::LengthDelimited {
+                return self.length_delimited().ok();
+            }
+            self.skip(wire, found, RECURSION_LIMIT).ok()?;
+        }
+        None
+    }
+
     /// Skips an unknown field as prost's `skip_field` does, `budget` being
     /// the recursion prost has left at this level.
     fn skip(&mut self, wire: Wire, number: u32, budget: u32) -> Result<(), WireProblem> {
@@ -347,8 +360,9 @@ fn known<'a, T>(
 
 /// A `ProcessRecord`'s bytes, viewed: scalars, `&str`s into the bytes, and
 /// the command line as a lazy iterator. Built by [`ProcessRecordView::decode`]
-/// or by [`DetectionResultView::processes`]; nothing is allocated.
-#[derive(Clone, Debug)]
+/// or by [`DetectionResultView::processes`]; nothing is allocated. The
+/// default is the view of an empty record.
+#[derive(Clone, Debug, Default)]
 pub struct ProcessRecordView<'a> {
     pid: u32,
     ppid: Option<u32>,
@@ -385,23 +399,7 @@ impl<'a> ProcessRecordView<'a> {
     /// `budget` the recursion left inside it.
     fn read(bytes: &'a [u8], base: usize, budget: u32) -> Result<Self, Failed> {
         use Wire::{LengthDelimited as Len, SixtyFourBit, Varint};
-        let mut view = ProcessRecordView {
-            pid: 0,
-            ppid: None,
-            name: "",
-            executable_path: None,
-            command_line: CommandLine::EMPTY,
-            start_time: None,
-            cpu_usage: None,
-            memory_usage: None,
-            executable_hash: None,
-            hash_algorithm: None,
-            user_id: None,
-            accessible: false,
-            file_exists: false,
-            collection_time: 0,
-            command_line_bytes: 0,
-        };
+        let mut view = ProcessRecordView::default();
         let (mut args, mut args_start, mut args_end) = (0, 0, 0);
         let v = &mut view;
         walk(
@@ -594,7 +592,7 @@ impl Serialize for ProcessRecordView<'_> {
 
 /// A record's command-line arguments, read one by one from the span of its
 /// bytes that holds them (other fields in between are skipped).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct CommandLine<'a> {
     /// From the first argument's key to the end of the last argument.
     span: &'a [u8],
@@ -602,34 +600,26 @@ pub struct CommandLine<'a> {
     left: usize,
 }
 
-impl CommandLine<'_> {
-    const EMPTY: CommandLine<'static> = CommandLine { span: &[], left: 0 };
-}
-
 impl<'a> Iterator for CommandLine<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
+        if self.left == 0 {
+            return None;
+        }
         let mut reader = Reader::new(self.span, 0);
-        while self.left > 0 && !reader.at_end() {
-            // The span was checked when the record was decoded: these reads
-            // succeed; should one not, the iteration ends.
-            let Ok((number, wire)) = reader.key() else {
-                break;
-            };
-            if number == 5 && wire == Wire::LengthDelimited {
-                let arg = reader.text().ok()?;
+        match reader.next_checked(5).map(std::str::from_utf8) {
+            Some(Ok(arg)) => {
                 self.span = &self.span[reader.pos..];
                 self.left -= 1;
-                return Some(arg);
+                Some(arg)
             }
-            if reader.skip(wire, number, RECURSION_LIMIT).is_err() {
-                break;
+            _ => {
+                debug_assert!(false, "a decoded command line reads again");
+                self.left = 0;
+                None
             }
         }
-        debug_assert_eq!(self.left, 0, "a decoded command line reads again");
-        self.left = 0;
-        None
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -929,32 +919,26 @@ pub(crate) struct RecordCursor {
 impl RecordCursor {
     /// The next record of `bytes`, the result this cursor was made for.
     pub(crate) fn next<'a>(&mut self, bytes: &'a [u8]) -> Option<ProcessRecordView<'a>> {
-        let mut reader = Reader::new(bytes.get(self.offset..)?, self.offset);
-        while self.left > 0 && !reader.at_end() {
-            // The bytes were checked when the result was decoded: these
-            // reads succeed; should one not, the records end.
-            let Ok((number, wire)) = reader.key() else {
-                break;
-            };
-            if number == 4 && wire == Wire::LengthDelimited {
-                let Ok(body) = reader.length_delimited() else {
-                    break;
-                };
-                let base = reader.offset() - body.len();
-                let Ok(record) = ProcessRecordView::read(body, base, RECURSION_LIMIT - 1) else {
-                    break;
-                };
+        if self.left == 0 {
+            return None;
+        }
+        let mut reader = Reader::new(bytes.get(self.offset..).unwrap_or_default(), self.offset);
+        let record = reader.next_checked(4).and_then(|body| {
+            let base = reader.offset() - body.len();
+            ProcessRecordView::read(body, base, RECURSION_LIMIT - 1).ok()
+        });
+        match record {
+            Some(record) => {
                 self.offset = reader.offset();
                 self.left -= 1;
-                return Some(record);
+                Some(record)
             }
-            if reader.skip(wire, number, RECURSION_LIMIT).is_err() {
-                break;
+            None => {
+                debug_assert!(false, "a decoded result reads again");
+                self.left = 0;
+                None
             }
         }
-        debug_assert_eq!(self.left, 0, "a decoded result reads again");
-        self.left = 0;
-        None
     }
 
     /// Records not yet reached.
