@@ -4,13 +4,14 @@
 //!   procmond server (in this process, on a real socket and ring), from the
 //!   task sent until the last record is decoded; beside `enumerate/collect_only`,
 //!   the collector alone doing the same walk.
-//! - `stream_1000/ring`, `stream_1000/ring_owned` and
-//!   `stream_1000/unix_socket`: 1,000-record results, chunked to the same
-//!   128 KiB frames, encode → transport → decode, on two threads; reported
-//!   as records per second. `ring` and `unix_socket` decode with the
+//! - `stream_1000/*`: 1,000-record results, chunked to the same 128 KiB
+//!   frames, encode → transport → decode, on two threads; reported as
+//!   records per second. `ring` and `unix_socket`: pre-encoded records
+//!   (stable fields kept, the poll's fields encoded), read with the
 //!   agent's views (checked whole, then each record viewed);
-//!   `ring_owned` is the owned path as it was (prost decode and
-//!   `validate()` of the frame's copy).
+//!   `ring_owned`: the owned path as it was (structs encoded by prost,
+//!   decoded by prost and `validate()`d); `ring_struct_encoder`: structs
+//!   encoded, views reading, to tell the two halves apart.
 //!
 //! ```sh
 //! cargo bench --bench pipeline
@@ -23,6 +24,7 @@ mod common;
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,7 @@ use prost::Message;
 
 use daemoneye_lib::client::Agent;
 use daemoneye_lib::collector::{Collector, CollectorConfig};
+use daemoneye_lib::proto::encoded::{EncodedRecord, StableFields};
 use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
 use daemoneye_lib::ring::{self, Consumer, RingConfig};
 use daemoneye_lib::server::{Server, ServerConfig};
@@ -71,40 +74,99 @@ fn enumerate(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The records split as the ring's chunker splits them (by encoded length).
-fn chunks(records: &[ProtoProcessRecord]) -> Vec<DetectionResult> {
-    let base = DetectionResult::success("bench", vec![]).encoded_len();
-    let mut out = vec![DetectionResult::success("bench", vec![])];
-    let mut len = base;
-    for r in records {
-        let add = prost::encoding::message::encoded_len(4, r);
-        if len + add > MAX_FRAME {
-            out.push(DetectionResult::success("bench", vec![]));
-            len = base;
-        }
-        len += add;
-        out.last_mut().unwrap().processes.push(r.clone());
-    }
-    out
+/// How procmond encodes a poll's records.
+#[derive(Clone, Copy)]
+enum Encoder {
+    /// Each record a struct, cloned and encoded whole by prost.
+    Structs,
+    /// Each record's stable fields kept encoded (as procmond's table keeps
+    /// them), only the poll's fields encoded each time.
+    PreEncoded,
 }
 
-/// procmond's side of `iters` streams of `records`, as the server writes
-/// them.
-fn write_streams(producer: &mut ring::Producer, records: &[ProtoProcessRecord], iters: u64) {
+/// A poll's records as procmond's table holds them: the structs, and their
+/// stable fields encoded once.
+struct Poll {
+    records: Vec<ProtoProcessRecord>,
+    stable: Vec<Arc<StableFields>>,
+}
+
+impl Poll {
+    fn new() -> Arc<Poll> {
+        let records: Vec<_> = (0..RECORDS as u32).map(common::worker).collect();
+        let stable = records
+            .iter()
+            .map(|r| Arc::new(StableFields::encode(r)))
+            .collect();
+        Arc::new(Poll { records, stable })
+    }
+
+    /// This poll's records with their kept stable fields.
+    fn encoded(&self) -> impl Iterator<Item = EncodedRecord> + '_ {
+        self.records
+            .iter()
+            .zip(&self.stable)
+            .map(|(r, stable)| EncodedRecord::of(Arc::clone(stable), r))
+    }
+}
+
+/// procmond's side of `iters` streams of the poll's records, as the server
+/// writes them.
+fn write_streams(producer: &mut ring::Producer, poll: &Poll, encoder: Encoder, iters: u64) {
     for _ in 0..iters {
         let mut writer = ResultWriter::new(producer, "bench", WAIT);
-        for r in records {
-            writer.push(RecordKind::Result, r.clone()).expect("push");
+        match encoder {
+            Encoder::Structs => {
+                for r in &poll.records {
+                    writer.push(RecordKind::Result, r.clone()).expect("push");
+                }
+            }
+            Encoder::PreEncoded => {
+                for record in poll.encoded() {
+                    writer
+                        .push_encoded(RecordKind::Result, record)
+                        .expect("push");
+                }
+            }
         }
         writer.finish().expect("finish");
     }
 }
 
-/// `iters` streams of `records` through a ring: procmond's writer on this
+/// The same streams over a socket: each frame a 4-byte length (bit 31:
+/// END) and a `DetectionResult` encoded as the ring's writer encodes it
+/// (the result's fields, then each pre-encoded record as field 4), cut at
+/// the same largest frame.
+fn send_streams(tx: &mut UnixStream, poll: &Poll, iters: u64) {
+    let head = DetectionResult::success("bench", vec![]).encode_to_vec();
+    let mut buf = Vec::with_capacity(MAX_FRAME + 4);
+    let send = |buf: &mut Vec<u8>, tx: &mut UnixStream, end: bool| {
+        let len = (buf.len() - 4) as u32 | if end { 1 << 31 } else { 0 };
+        buf[..4].copy_from_slice(&len.to_le_bytes());
+        tx.write_all(buf).expect("send");
+    };
+    for _ in 0..iters {
+        buf.clear();
+        buf.extend_from_slice(&[0; 4]);
+        buf.extend_from_slice(&head);
+        for record in poll.encoded() {
+            if buf.len() - 4 + record.field_len(4) > MAX_FRAME {
+                send(&mut buf, tx, false);
+                buf.truncate(4);
+                buf.extend_from_slice(&head);
+            }
+            record.encode_field(4, &mut buf);
+        }
+        send(&mut buf, tx, true);
+    }
+}
+
+/// `iters` streams of the poll through a ring: procmond's writer on this
 /// thread, `read` (returning the records it read) on another; the time
 /// until both are done.
 fn through_ring(
-    records: &[ProtoProcessRecord],
+    poll: &Poll,
+    encoder: Encoder,
     iters: u64,
     read: impl FnOnce(Consumer) -> u64 + Send + 'static,
 ) -> Duration {
@@ -112,7 +174,7 @@ fn through_ring(
     let (mut producer, consumer) = ring::pair(&config).expect("ring");
     let reader = thread::spawn(move || read(consumer));
     let start = Instant::now();
-    write_streams(&mut producer, records, iters);
+    write_streams(&mut producer, poll, encoder, iters);
     assert_eq!(reader.join().expect("reader"), iters * RECORDS as u64);
     start.elapsed()
 }
@@ -129,33 +191,38 @@ fn view_records(result: &DetectionResultView<'_>) -> u64 {
 }
 
 fn stream_1000(c: &mut Criterion) {
-    let records: Vec<_> = (0..RECORDS as u32).map(common::worker).collect();
+    let poll = Poll::new();
     let mut group = c.benchmark_group("stream_1000");
     group.throughput(Throughput::Elements(RECORDS as u64));
 
-    group.bench_function("ring", |b| {
-        b.iter_custom(|iters| {
-            through_ring(&records, iters, move |mut consumer| {
-                let deadline = Instant::now() + WAIT;
-                let mut reader = ChunkReader::new();
-                let mut got = 0u64;
-                for _ in 0..iters {
-                    loop {
-                        let chunk = reader.read_view(&mut consumer, deadline).expect("chunk");
-                        got += view_records(&chunk.result);
-                        if chunk.marker.end {
-                            break;
+    for (name, encoder) in [
+        ("ring", Encoder::PreEncoded),
+        ("ring_struct_encoder", Encoder::Structs),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                through_ring(&poll, encoder, iters, move |mut consumer| {
+                    let deadline = Instant::now() + WAIT;
+                    let mut reader = ChunkReader::new();
+                    let mut got = 0u64;
+                    for _ in 0..iters {
+                        loop {
+                            let chunk = reader.read_view(&mut consumer, deadline).expect("chunk");
+                            got += view_records(&chunk.result);
+                            if chunk.marker.end {
+                                break;
+                            }
                         }
                     }
-                }
-                got
+                    got
+                })
             })
-        })
-    });
+        });
+    }
 
     group.bench_function("ring_owned", |b| {
         b.iter_custom(|iters| {
-            through_ring(&records, iters, move |mut consumer| {
+            through_ring(&poll, Encoder::Structs, iters, move |mut consumer| {
                 let deadline = Instant::now() + WAIT;
                 let mut frame = Vec::new();
                 let mut got = 0u64;
@@ -207,21 +274,8 @@ fn stream_1000(c: &mut Criterion) {
                 }
                 got
             });
-            let mut buf = Vec::with_capacity(MAX_FRAME + 4);
             let start = Instant::now();
-            for _ in 0..iters {
-                // The same work as the ring's writer: move records into
-                // frame-sized results, encode each, send it.
-                let parts = chunks(&records);
-                let last = parts.len() - 1;
-                for (i, part) in parts.iter().enumerate() {
-                    buf.clear();
-                    let len = part.encoded_len() as u32 | if i == last { 1 << 31 } else { 0 };
-                    buf.extend_from_slice(&len.to_le_bytes());
-                    part.encode(&mut buf).expect("encode");
-                    tx.write_all(&buf).expect("send");
-                }
-            }
+            send_streams(&mut tx, &poll, iters);
             assert_eq!(reader.join().expect("reader"), iters * RECORDS as u64);
             start.elapsed()
         })
