@@ -369,7 +369,7 @@ impl Agent {
             set.full |= frame.marker.full;
             let gone = frame.marker.kind == RecordKind::Exited;
             let mut records = frame.records;
-            while let Some(view) = records.next(self.reader.frame()) {
+            while let Some(view) = records.next(&self.reader) {
                 let record = view.to_owned();
                 set.changes.push(if gone {
                     ProcessChange::Gone(record)
@@ -546,7 +546,7 @@ struct FrameHead {
     /// Only for a failure (nothing is allocated for a success).
     error_message: Option<String>,
     hash_result: Option<ProtoHashResult>,
-    /// Where the records start, in [`ChunkReader::frame`].
+    /// The frame's records, in the agent's [`ChunkReader`].
     records: RecordCursor,
 }
 
@@ -558,7 +558,7 @@ impl FrameHead {
             error_message: (!result.success())
                 .then(|| result.error_message().unwrap_or_default().to_owned()),
             hash_result: result.hash_result().map(|hash| hash.to_owned()),
-            records: result.cursor(),
+            records: RecordCursor::all(result),
         }
     }
 }

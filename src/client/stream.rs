@@ -132,7 +132,7 @@ impl<'a> Records<'a> {
             }
             self.batch = frame.records;
         }
-        self.batch.next(self.agent.reader.frame()).map(Ok)
+        self.batch.next(&self.agent.reader).map(Ok)
     }
 
     /// Calls `f` with each record, borrowed as in
@@ -251,7 +251,7 @@ impl<'a> MonitorStream<'a> {
     /// (the stream stays usable).
     pub fn next_event(&mut self, deadline: Instant) -> Result<Option<MonitorEvent>, ClientError> {
         loop {
-            if let Some(view) = self.batch.next(self.agent.reader.frame()) {
+            if let Some(view) = self.batch.next(&self.agent.reader) {
                 let record = view.to_owned();
                 return Ok(Some(match self.kind {
                     RecordKind::Started => MonitorEvent::Started(record),

@@ -136,14 +136,12 @@ impl ValidationError {
 }
 
 fn max_len(field: &str, value: &str, max: usize) -> Checked {
-    if value.len() > max {
-        return Err(broken(
-            field,
-            Rule::TooLong {
-                len: value.len(),
-                max,
-            },
-        ));
+    max_bytes(field, value.len(), max)
+}
+
+fn max_bytes(field: &str, len: usize, max: usize) -> Checked {
+    if len > max {
+        return Err(broken(field, Rule::TooLong { len, max }));
     }
     Ok(())
 }
@@ -311,8 +309,9 @@ impl DetectionTask {
 /// (`session::ProcessRecordView`), so both are held to the same rules.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RecordFields<'a> {
-    pub name: &'a str,
-    pub executable_path: Option<&'a str>,
+    /// The name's length in bytes (its only property the rules check).
+    pub name_len: usize,
+    pub executable_path_len: Option<usize>,
     /// Number of command-line arguments.
     pub command_line_args: usize,
     /// Bytes of all command-line arguments together.
@@ -320,30 +319,26 @@ pub(crate) struct RecordFields<'a> {
     pub cpu_usage: Option<f64>,
     pub executable_hash: Option<&'a str>,
     pub hash_algorithm: Option<&'a str>,
-    pub user_id: Option<&'a str>,
+    pub user_id_len: Option<usize>,
 }
 
 impl RecordFields<'_> {
     /// The rules of [`ProtoProcessRecord::validate`], in its order.
     pub(crate) fn validate(&self) -> Checked {
-        max_len("name", self.name, MAX_PROCESS_NAME_BYTES)?;
-        if let Some(path) = self.executable_path {
-            max_len("executable_path", path, MAX_PATH_BYTES)?;
+        max_bytes("name", self.name_len, MAX_PROCESS_NAME_BYTES)?;
+        if let Some(len) = self.executable_path_len {
+            max_bytes("executable_path", len, MAX_PATH_BYTES)?;
         }
         max_count(
             "command_line",
             self.command_line_args,
             MAX_COMMAND_LINE_ARGS,
         )?;
-        if self.command_line_bytes > MAX_COMMAND_LINE_BYTES {
-            return Err(broken(
-                "command_line",
-                Rule::TooLong {
-                    len: self.command_line_bytes,
-                    max: MAX_COMMAND_LINE_BYTES,
-                },
-            ));
-        }
+        max_bytes(
+            "command_line",
+            self.command_line_bytes,
+            MAX_COMMAND_LINE_BYTES,
+        )?;
         match self.cpu_usage {
             Some(cpu) if !(cpu.is_finite() && cpu >= 0.0) => {
                 return Err(broken("cpu_usage", Rule::InvalidCpuUsage(cpu)));
@@ -368,8 +363,8 @@ impl RecordFields<'_> {
             }
             (None, None) => {}
         }
-        if let Some(user) = self.user_id {
-            max_len("user_id", user, MAX_USER_ID_BYTES)?;
+        if let Some(len) = self.user_id_len {
+            max_bytes("user_id", len, MAX_USER_ID_BYTES)?;
         }
         Ok(())
     }
@@ -381,14 +376,14 @@ impl ProtoProcessRecord {
     /// names a known algorithm and is hex of its digest length.
     pub fn validate(&self) -> Checked {
         RecordFields {
-            name: &self.name,
-            executable_path: self.executable_path.as_deref(),
+            name_len: self.name.len(),
+            executable_path_len: self.executable_path.as_ref().map(String::len),
             command_line_args: self.command_line.len(),
             command_line_bytes: self.command_line.iter().map(String::len).sum(),
             cpu_usage: self.cpu_usage,
             executable_hash: self.executable_hash.as_deref(),
             hash_algorithm: self.hash_algorithm.as_deref(),
-            user_id: self.user_id.as_deref(),
+            user_id_len: self.user_id.as_ref().map(String::len),
         }
         .validate()
     }

@@ -24,7 +24,8 @@
 //! copy against the encoding and the schema's rules in one pass and views it
 //! in place ([`DetectionResultView`], borrowed `&str`s, nothing allocated per
 //! record; procmond can still write the ring meanwhile, so nothing is
-//! checked in the ring); a reader's memory is about one frame. A failure is
+//! checked in the ring); a reader's memory is about one frame (and some 150
+//! bytes a record of notes on it). A failure is
 //! `DetectionResult::failure(task_id, message)` with END.
 //!
 //! ```
@@ -65,8 +66,8 @@ mod writer;
 
 pub use error::SessionError;
 pub use marker::{Marker, RecordKind};
+pub(crate) use reader::RecordCursor;
 pub use reader::{Chunk, ChunkReader, ChunkView, read_chunk};
-pub(crate) use view::RecordCursor;
 pub use view::{
     CommandLine, DetectionResultView, HashResultView, ProcessRecordView, Processes, ViewError,
     WireError, WireProblem,

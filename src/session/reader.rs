@@ -3,12 +3,9 @@
 
 use std::time::Instant;
 
-use prost::encoding::{WireType, decode_key, decode_varint};
-
 use super::error::SessionError;
 use super::marker::Marker;
-use super::view::DetectionResultView;
-use super::writer::PROCESSES_FIELD;
+use super::view::{DetectionResultView, ProcessRecordView, Processes, RecordSlots, count_records};
 use crate::proto::DetectionResult;
 use crate::proto::limits::MAX_PROCESSES_PER_RESULT;
 use crate::ring::Consumer;
@@ -43,6 +40,8 @@ pub struct ChunkView<'a> {
 #[derive(Debug, Default)]
 pub struct ChunkReader {
     frame: Vec<u8>,
+    /// What the check noted of each record of `frame`.
+    records: Vec<RecordSlots>,
 }
 
 impl ChunkReader {
@@ -60,7 +59,8 @@ impl ChunkReader {
     /// Before that, the records are counted in the wire bytes: a frame
     /// holding more than [`MAX_PROCESSES_PER_RESULT`] is
     /// [`SessionError::TooManyRecords`]. Nothing is allocated once the
-    /// buffer has grown to the frame's size.
+    /// buffers (the frame's copy, and what the check notes of each record,
+    /// about 150 bytes a record) have grown to the largest frame read.
     pub fn read_view(
         &mut self,
         consumer: &mut Consumer,
@@ -80,7 +80,7 @@ impl ChunkReader {
                 max: MAX_PROCESSES_PER_RESULT,
             });
         }
-        let result = DetectionResultView::parse(frame)?;
+        let result = DetectionResultView::parse_into(frame, &mut self.records)?;
         Ok(ChunkView { result, marker })
     }
 
@@ -103,46 +103,48 @@ impl ChunkReader {
         })
     }
 
-    /// The last frame read, as copied.
-    pub(crate) fn frame(&self) -> &[u8] {
-        &self.frame
+    /// The records of the last frame read (checked when it was read).
+    pub(crate) fn records(&self) -> Processes<'_> {
+        Processes::new(&self.frame, &self.records)
+    }
+}
+
+/// A place among the records of a [`ChunkReader`]'s last frame, kept apart
+/// from the reader so that an iterator can hold it across calls (the
+/// client's).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RecordCursor {
+    next: usize,
+    end: usize,
+}
+
+impl RecordCursor {
+    /// All the records of `result`.
+    pub(crate) fn all(result: &DetectionResultView<'_>) -> Self {
+        RecordCursor {
+            next: 0,
+            end: result.process_count(),
+        }
+    }
+
+    /// The next record, from the reader whose frame this cursor is for.
+    pub(crate) fn next<'a>(&mut self, reader: &'a ChunkReader) -> Option<ProcessRecordView<'a>> {
+        if self.next >= self.end {
+            return None;
+        }
+        let record = reader.records().nth(self.next);
+        debug_assert!(record.is_some(), "a cursor outlives its frame");
+        self.next += 1;
+        record
+    }
+
+    /// Records not yet reached.
+    pub(crate) fn left(&self) -> usize {
+        self.end - self.next
     }
 }
 
 /// [`ChunkReader::read`] with a buffer of its own, for one frame.
 pub fn read_chunk(consumer: &mut Consumer, deadline: Instant) -> Result<Chunk, SessionError> {
     ChunkReader::new().read(consumer, deadline)
-}
-
-/// The `processes` entries (field 4) among `bytes`' top-level fields,
-/// counted without decoding them. Stops at the first malformed field (the
-/// decoder then names it) and counts no further than one past the limit.
-fn count_records(mut bytes: &[u8]) -> usize {
-    let mut count = 0;
-    while !bytes.is_empty() && count <= MAX_PROCESSES_PER_RESULT {
-        let Ok((field, wire_type)) = decode_key(&mut bytes) else {
-            break;
-        };
-        let skip = match wire_type {
-            WireType::Varint => match decode_varint(&mut bytes) {
-                Ok(_) => 0,
-                Err(_) => break,
-            },
-            WireType::SixtyFourBit => 8,
-            WireType::ThirtyTwoBit => 4,
-            WireType::LengthDelimited => match decode_varint(&mut bytes) {
-                Ok(len) => usize::try_from(len).unwrap_or(usize::MAX),
-                Err(_) => break,
-            },
-            WireType::StartGroup | WireType::EndGroup => break,
-        };
-        if skip > bytes.len() {
-            break;
-        }
-        if field == PROCESSES_FIELD && wire_type == WireType::LengthDelimited {
-            count += 1;
-        }
-        bytes = &bytes[skip..];
-    }
-    count
 }

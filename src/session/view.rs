@@ -14,9 +14,19 @@
 //! that is not UTF-8 is refused ([`WireError`]).
 //! [`DetectionResultView::parse`] also applies the schema's rules
 //! (`DetectionResult::validate`, the same code and field paths).
+//!
+//! The one pass notes each record's scalars and where its strings are
+//! ([`RecordSlots`], about 150 bytes a record, in a vector the
+//! [`ChunkReader`](super::ChunkReader) reuses), so handing records out after
+//! the whole frame is checked reads nothing again but each string's UTF-8
+//! as it is asked for.
+
+use std::borrow::Cow;
+use std::fmt;
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
+use crate::proto::limits::MAX_PROCESSES_PER_RESULT;
 use crate::proto::{
     DetectionResult, HashResultFields, ProtoHashResult, ProtoProcessRecord, RecordFields,
     ResultFields, ValidationError,
@@ -62,6 +72,10 @@ pub enum WireProblem {
     /// Groups nested deeper than prost allows.
     #[error("nests deeper than {RECURSION_LIMIT} levels")]
     TooDeep,
+    /// Bytes of 4 GiB or more (offsets are 32-bit; a result is at most
+    /// [`MAX_RESULT_BYTES`](crate::proto::limits::MAX_RESULT_BYTES)).
+    #[error("is 4 GiB or more")]
+    TooLarge,
 }
 
 /// A frame's bytes are not a valid protobuf encoding of its message.
@@ -107,13 +121,48 @@ enum Wire {
     ThirtyTwoBit = 5,
 }
 
+/// Field names by number, for errors.
+const RESULT_FIELDS: &[&str] = &[
+    "",
+    "task_id",
+    "success",
+    "error_message",
+    "processes",
+    "hash_result",
+];
+const RECORD_FIELDS: &[&str] = &[
+    "",
+    "pid",
+    "ppid",
+    "name",
+    "executable_path",
+    "command_line",
+    "start_time",
+    "cpu_usage",
+    "memory_usage",
+    "executable_hash",
+    "hash_algorithm",
+    "user_id",
+    "accessible",
+    "file_exists",
+    "collection_time",
+];
+const HASH_FIELDS: &[&str] = &[
+    "",
+    "hash_value",
+    "algorithm",
+    "file_path",
+    "success",
+    "error_message",
+];
+
 /// Where in its message a fault was found.
 #[derive(Clone, Copy, Debug)]
 enum Place {
     /// The key itself.
-    Message,
-    Field(&'static str),
-    Unknown(u32),
+    Key,
+    /// The field of this number (known or not).
+    Field(u32),
 }
 
 /// A fault inside one message, named once its parent is known.
@@ -125,13 +174,22 @@ struct Fault {
 }
 
 impl Fault {
-    fn named(self, parent: &str) -> WireError {
-        let field = match (parent.is_empty(), self.place) {
-            (_, Place::Message) => parent.to_owned(),
-            (true, Place::Field(name)) => name.to_owned(),
-            (true, Place::Unknown(number)) => format!("field {number}"),
-            (false, Place::Field(name)) => format!("{parent}.{name}"),
-            (false, Place::Unknown(number)) => format!("{parent}.field {number}"),
+    /// The error, `parent` being the message's path and `names` its
+    /// fields' names by number.
+    fn named(self, parent: &str, names: &[&str]) -> WireError {
+        let field = match self.place {
+            Place::Key => parent.to_owned(),
+            Place::Field(number) => {
+                let name = match names.get(number as usize) {
+                    Some(name) if !name.is_empty() => (*name).to_owned(),
+                    _ => format!("field {number}"),
+                };
+                if parent.is_empty() {
+                    name
+                } else {
+                    format!("{parent}.{name}")
+                }
+            }
         };
         WireError {
             field,
@@ -141,8 +199,42 @@ impl Fault {
     }
 }
 
-/// Reads one message's bytes; `base` is their offset in what is decoded,
-/// for errors.
+/// A place in the bytes viewed: offset and length (32-bit, so a record's
+/// notes stay small).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    fn of(self, bytes: &[u8]) -> &[u8] {
+        let start = self.start as usize;
+        bytes
+            .get(start..start + self.len as usize)
+            .unwrap_or_default()
+    }
+
+    /// The text at this span, checked when it was noted (so never the
+    /// empty fallback).
+    fn text(self, bytes: &[u8]) -> &str {
+        let text = std::str::from_utf8(self.of(bytes));
+        debug_assert!(text.is_ok(), "a checked span is text");
+        text.unwrap_or_default()
+    }
+}
+
+/// UTF-8, as prost checks it (ASCII first, which is most of it).
+#[inline(always)]
+fn check_text(bytes: &[u8]) -> Result<(), WireProblem> {
+    if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+        Ok(())
+    } else {
+        Err(WireProblem::NotUtf8)
+    }
+}
+
+/// Reads one message's bytes; `base` is their offset in what is viewed.
 #[derive(Clone, Debug)]
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -159,16 +251,18 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline(always)]
     fn at_end(&self) -> bool {
         self.pos >= self.bytes.len()
     }
 
+    #[inline(always)]
     fn offset(&self) -> usize {
         self.base + self.pos
     }
 
     /// A varint as prost reads it: at most 10 bytes, the 10th 0 or 1.
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, WireProblem> {
         let rest = self.bytes.get(self.pos..).unwrap_or_default();
         if let Some(&byte) = rest.first()
@@ -195,7 +289,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn key(&mut self) -> Result<(u32, Wire), WireProblem> {
         let key = self.varint()?;
         if key > u64::from(u32::MAX) {
@@ -217,6 +311,7 @@ impl<'a> Reader<'a> {
         Ok((number, wire))
     }
 
+    #[inline(always)]
     fn take(&mut self, len: u64) -> Result<&'a [u8], WireProblem> {
         let left = self.bytes.len() - self.pos;
         let len = usize::try_from(len)
@@ -228,33 +323,51 @@ impl<'a> Reader<'a> {
         Ok(taken)
     }
 
+    #[inline(always)]
     fn length_delimited(&mut self) -> Result<&'a [u8], WireProblem> {
         let len = self.varint()?;
         self.take(len)
     }
 
-    fn text(&mut self) -> Result<&'a str, WireProblem> {
-        std::str::from_utf8(self.length_delimited()?).map_err(|_| WireProblem::NotUtf8)
+    /// A varint field's value, its wire type checked.
+    #[inline(always)]
+    fn varint_of(&mut self, wire: Wire) -> Result<u64, WireProblem> {
+        expect(wire, Wire::Varint)?;
+        self.varint()
     }
 
-    fn fixed64(&mut self) -> Result<[u8; 8], WireProblem> {
-        let bytes = self.take(8)?;
-        let mut out = [0u8; 8];
-        out.copy_from_slice(bytes);
-        Ok(out)
+    /// A double field's value, its wire type checked.
+    #[inline(always)]
+    fn double_of(&mut self, wire: Wire) -> Result<f64, WireProblem> {
+        expect(wire, Wire::SixtyFourBit)?;
+        let mut bits = [0u8; 8];
+        bits.copy_from_slice(self.take(8)?);
+        Ok(f64::from_le_bytes(bits))
     }
 
-    /// The next length-delimited field `number` of bytes already checked,
-    /// the others skipped; `None` at the end (or should a read fail).
-    fn next_checked(&mut self, number: u32) -> Option<&'a [u8]> {
-        while !self.at_end() {
-            let (found, wire) = self.key().ok()?;
-            if found == number && wire == Wire::LengthDelimited {
-                return self.length_delimited().ok();
-            }
-            self.skip(wire, found, RECURSION_LIMIT).ok()?;
-        }
-        None
+    /// A length-delimited field's bytes, its wire type checked.
+    #[inline(always)]
+    fn bytes_of(&mut self, wire: Wire) -> Result<&'a [u8], WireProblem> {
+        expect(wire, Wire::LengthDelimited)?;
+        self.length_delimited()
+    }
+
+    /// A string field's text, its wire type and UTF-8 checked.
+    #[inline(always)]
+    fn text_of(&mut self, wire: Wire) -> Result<&'a str, WireProblem> {
+        std::str::from_utf8(self.bytes_of(wire)?).map_err(|_| WireProblem::NotUtf8)
+    }
+
+    /// Where a string field's text is, its wire type and UTF-8 checked.
+    #[inline(always)]
+    fn text_span_of(&mut self, wire: Wire) -> Result<Span, WireProblem> {
+        let text = self.bytes_of(wire)?;
+        check_text(text)?;
+        // The offset fits: the viewed bytes are under 4 GiB.
+        Ok(Span {
+            start: (self.offset() - text.len()) as u32,
+            len: text.len() as u32,
+        })
     }
 
     /// Skips an unknown field as prost's `skip_field` does, `budget` being
@@ -281,9 +394,46 @@ impl<'a> Reader<'a> {
             Wire::EndGroup => Err(WireProblem::UnexpectedEndGroup),
         }
     }
+
+    /// The next length-delimited field `number` of bytes already checked,
+    /// the others skipped; `None` at the end (or should a read fail).
+    fn next_checked(&mut self, number: u32) -> Option<&'a [u8]> {
+        while !self.at_end() {
+            let (found, wire) = self.key().ok()?;
+            if found == number && wire == Wire::LengthDelimited {
+                return self.length_delimited().ok();
+            }
+            self.skip(wire, found, RECURSION_LIMIT).ok()?;
+        }
+        None
+    }
+
+    /// Reads every field: `field` takes one (its number, wire type, the
+    /// key's offset and the reader on its value).
+    #[inline(always)]
+    fn fields(
+        &mut self,
+        mut field: impl FnMut(&mut Self, u32, Wire, usize) -> Result<(), WireProblem>,
+    ) -> Result<(), Fault> {
+        while !self.at_end() {
+            let at = self.offset();
+            let (number, wire) = self.key().map_err(|problem| Fault {
+                at,
+                place: Place::Key,
+                problem,
+            })?;
+            field(self, number, wire, at).map_err(|problem| Fault {
+                at,
+                place: Place::Field(number),
+                problem,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Checks a known field's wire type.
+#[inline(always)]
 fn expect(found: Wire, expected: Wire) -> Result<(), WireProblem> {
     if found == expected {
         Ok(())
@@ -295,91 +445,94 @@ fn expect(found: Wire, expected: Wire) -> Result<(), WireProblem> {
     }
 }
 
-/// Why a field handler stopped a walk.
-enum Stop {
-    /// This field is bad.
-    Field(Place, WireProblem),
-    /// A message inside it is bad (already named).
-    Nested(WireError),
+/// What one pass noted of a `ProcessRecord`: its scalars, and where its
+/// strings are in the bytes viewed (checked UTF-8). No lifetime, so a
+/// reader can keep a frame's worth in a vector it reuses.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RecordSlots {
+    pid: u32,
+    ppid: Option<u32>,
+    name: Span,
+    executable_path: Option<Span>,
+    /// From the first argument's key to the end of the last argument.
+    command_line: Span,
+    args: u32,
+    /// The arguments' bytes together, for the rules.
+    args_bytes: u32,
+    start_time: Option<i64>,
+    cpu_usage: Option<f64>,
+    memory_usage: Option<u64>,
+    executable_hash: Option<Span>,
+    hash_algorithm: Option<Span>,
+    user_id: Option<Span>,
+    accessible: bool,
+    file_exists: bool,
+    collection_time: i64,
 }
 
-/// Why a walk failed.
-enum Failed {
-    At(Fault),
-    Nested(WireError),
-}
+impl RecordSlots {
+    /// Reads the record whose body is `frame[start..end]` into `self` (a
+    /// default), `budget` being the recursion left inside it.
+    fn read(&mut self, frame: &[u8], start: usize, end: usize, budget: u32) -> Result<(), Fault> {
+        let s = self;
+        let mut args_start = 0;
+        Reader::new(&frame[start..end], start).fields(|r, number, wire, at| {
+            match number {
+                1 => s.pid = r.varint_of(wire)? as u32,
+                2 => s.ppid = Some(r.varint_of(wire)? as u32),
+                3 => s.name = r.text_span_of(wire)?,
+                4 => s.executable_path = Some(r.text_span_of(wire)?),
+                5 => {
+                    let arg = r.text_span_of(wire)?;
+                    if s.args == 0 {
+                        args_start = at as u32;
+                    }
+                    s.args += 1;
+                    s.args_bytes = s.args_bytes.saturating_add(arg.len);
+                    s.command_line = Span {
+                        start: args_start,
+                        len: arg.start + arg.len - args_start,
+                    };
+                }
+                6 => s.start_time = Some(r.varint_of(wire)? as i64),
+                7 => s.cpu_usage = Some(r.double_of(wire)?),
+                8 => s.memory_usage = Some(r.varint_of(wire)?),
+                9 => s.executable_hash = Some(r.text_span_of(wire)?),
+                10 => s.hash_algorithm = Some(r.text_span_of(wire)?),
+                11 => s.user_id = Some(r.text_span_of(wire)?),
+                12 => s.accessible = r.varint_of(wire)? != 0,
+                13 => s.file_exists = r.varint_of(wire)? != 0,
+                14 => s.collection_time = r.varint_of(wire)? as i64,
+                _ => r.skip(wire, number, budget)?,
+            }
+            Ok(())
+        })
+    }
 
-impl Failed {
-    fn named(self, parent: &str) -> WireError {
-        match self {
-            Failed::At(fault) => fault.named(parent),
-            Failed::Nested(error) => error,
+    /// The fields the schema's rules look at, `bytes` being those viewed.
+    fn fields<'a>(&self, bytes: &'a [u8]) -> RecordFields<'a> {
+        RecordFields {
+            name_len: self.name.len as usize,
+            executable_path_len: self.executable_path.map(|p| p.len as usize),
+            command_line_args: self.args as usize,
+            command_line_bytes: self.args_bytes as usize,
+            cpu_usage: self.cpu_usage,
+            executable_hash: self.executable_hash.map(|h| h.text(bytes)),
+            hash_algorithm: self.hash_algorithm.map(|a| a.text(bytes)),
+            user_id_len: self.user_id.map(|u| u.len as usize),
         }
     }
-}
-
-/// Walks a message's fields: `field` handles one (its number, wire type, the
-/// key's position, and the reader on its value) and returns false for an
-/// unknown field, which is then skipped.
-fn walk<'a>(
-    reader: &mut Reader<'a>,
-    budget: u32,
-    mut field: impl FnMut(u32, Wire, usize, &mut Reader<'a>) -> Result<bool, Stop>,
-) -> Result<(), Failed> {
-    while !reader.at_end() {
-        let (key, at) = (reader.pos, reader.offset());
-        let fault = |place, problem| Failed::At(Fault { at, place, problem });
-        let (number, wire) = reader
-            .key()
-            .map_err(|problem| fault(Place::Message, problem))?;
-        match field(number, wire, key, reader) {
-            Ok(true) => {}
-            Ok(false) => reader
-                .skip(wire, number, budget)
-                .map_err(|problem| fault(Place::Unknown(number), problem))?,
-            Err(Stop::Field(place, problem)) => return Err(fault(place, problem)),
-            Err(Stop::Nested(error)) => return Err(Failed::Nested(error)),
-        }
-    }
-    Ok(())
-}
-
-/// A field's value read by `read`, its wire type checked first; a fault is
-/// named after the field.
-fn known<'a, T>(
-    name: &'static str,
-    wire: Wire,
-    expected: Wire,
-    reader: &mut Reader<'a>,
-    read: impl FnOnce(&mut Reader<'a>) -> Result<T, WireProblem>,
-) -> Result<T, Stop> {
-    expect(wire, expected)
-        .and_then(|()| read(reader))
-        .map_err(|problem| Stop::Field(Place::Field(name), problem))
 }
 
 /// A `ProcessRecord`'s bytes, viewed: scalars, `&str`s into the bytes, and
 /// the command line as a lazy iterator. Built by [`ProcessRecordView::decode`]
 /// or by [`DetectionResultView::processes`]; nothing is allocated. The
 /// default is the view of an empty record.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ProcessRecordView<'a> {
-    pid: u32,
-    ppid: Option<u32>,
-    name: &'a str,
-    executable_path: Option<&'a str>,
-    command_line: CommandLine<'a>,
-    start_time: Option<i64>,
-    cpu_usage: Option<f64>,
-    memory_usage: Option<u64>,
-    executable_hash: Option<&'a str>,
-    hash_algorithm: Option<&'a str>,
-    user_id: Option<&'a str>,
-    accessible: bool,
-    file_exists: bool,
-    collection_time: i64,
-    /// The command line's total bytes, for the rules.
-    command_line_bytes: usize,
+    /// The bytes the slots point into.
+    bytes: &'a [u8],
+    slots: RecordSlots,
 }
 
 impl<'a> ProcessRecordView<'a> {
@@ -392,90 +545,19 @@ impl<'a> ProcessRecordView<'a> {
     /// [`WireError`] naming the first bad field, where prost's decoder
     /// fails too.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, WireError> {
-        Self::read(bytes, 0, RECURSION_LIMIT).map_err(|failed| failed.named(""))
-    }
-
-    /// One record's fields, `base` being the bytes' offset in the frame and
-    /// `budget` the recursion left inside it.
-    fn read(bytes: &'a [u8], base: usize, budget: u32) -> Result<Self, Failed> {
-        use Wire::{LengthDelimited as Len, SixtyFourBit, Varint};
-        let mut view = ProcessRecordView::default();
-        let (mut args, mut args_start, mut args_end) = (0, 0, 0);
-        let v = &mut view;
-        walk(
-            &mut Reader::new(bytes, base),
-            budget,
-            |number, wire, key, r| {
-                match number {
-                    1 => v.pid = known("pid", wire, Varint, r, Reader::varint)? as u32,
-                    2 => v.ppid = Some(known("ppid", wire, Varint, r, Reader::varint)? as u32),
-                    3 => v.name = known("name", wire, Len, r, Reader::text)?,
-                    4 => {
-                        v.executable_path =
-                            Some(known("executable_path", wire, Len, r, Reader::text)?)
-                    }
-                    5 => {
-                        let arg = known("command_line", wire, Len, r, Reader::text)?;
-                        if args == 0 {
-                            args_start = key;
-                        }
-                        args += 1;
-                        args_end = r.pos;
-                        v.command_line_bytes += arg.len();
-                    }
-                    6 => {
-                        v.start_time =
-                            Some(known("start_time", wire, Varint, r, Reader::varint)? as i64)
-                    }
-                    7 => {
-                        let bits = known("cpu_usage", wire, SixtyFourBit, r, Reader::fixed64)?;
-                        v.cpu_usage = Some(f64::from_le_bytes(bits));
-                    }
-                    8 => {
-                        v.memory_usage =
-                            Some(known("memory_usage", wire, Varint, r, Reader::varint)?)
-                    }
-                    9 => {
-                        v.executable_hash =
-                            Some(known("executable_hash", wire, Len, r, Reader::text)?)
-                    }
-                    10 => {
-                        v.hash_algorithm =
-                            Some(known("hash_algorithm", wire, Len, r, Reader::text)?)
-                    }
-                    11 => v.user_id = Some(known("user_id", wire, Len, r, Reader::text)?),
-                    12 => v.accessible = known("accessible", wire, Varint, r, Reader::varint)? != 0,
-                    13 => {
-                        v.file_exists = known("file_exists", wire, Varint, r, Reader::varint)? != 0
-                    }
-                    14 => {
-                        v.collection_time =
-                            known("collection_time", wire, Varint, r, Reader::varint)? as i64;
-                    }
-                    _ => return Ok(false),
-                }
-                Ok(true)
-            },
-        )?;
-        view.command_line = CommandLine {
-            span: &bytes[args_start..args_end],
-            left: args,
+        let too_large = Fault {
+            at: 0,
+            place: Place::Key,
+            problem: WireProblem::TooLarge,
         };
-        Ok(view)
-    }
-
-    /// The fields the schema's rules look at.
-    fn fields(&self) -> RecordFields<'a> {
-        RecordFields {
-            name: self.name,
-            executable_path: self.executable_path,
-            command_line_args: self.command_line.len(),
-            command_line_bytes: self.command_line_bytes,
-            cpu_usage: self.cpu_usage,
-            executable_hash: self.executable_hash,
-            hash_algorithm: self.hash_algorithm,
-            user_id: self.user_id,
+        let mut slots = RecordSlots::default();
+        if bytes.len() > MAX_BYTES {
+            Err(too_large)
+        } else {
+            slots.read(bytes, 0, bytes.len(), RECURSION_LIMIT)
         }
+        .map_err(|fault| fault.named("", RECORD_FIELDS))?;
+        Ok(ProcessRecordView { bytes, slots })
     }
 
     /// Checks the schema's rules, exactly as
@@ -485,84 +567,108 @@ impl<'a> ProcessRecordView<'a> {
     ///
     /// The first broken rule, as a [`ValidationError`].
     pub fn validate(&self) -> Result<(), ValidationError> {
-        self.fields().validate()
+        self.slots.fields(self.bytes).validate()
     }
 
     /// The owned record: exactly what prost decodes from the same bytes.
     pub fn to_owned(&self) -> ProtoProcessRecord {
         ProtoProcessRecord {
-            pid: self.pid,
-            ppid: self.ppid,
-            name: self.name.to_owned(),
-            executable_path: self.executable_path.map(str::to_owned),
+            pid: self.pid(),
+            ppid: self.ppid(),
+            name: self.name().to_owned(),
+            executable_path: self.executable_path().map(str::to_owned),
             command_line: self.command_line().map(str::to_owned).collect(),
-            start_time: self.start_time,
-            cpu_usage: self.cpu_usage,
-            memory_usage: self.memory_usage,
-            executable_hash: self.executable_hash.map(str::to_owned),
-            hash_algorithm: self.hash_algorithm.map(str::to_owned),
-            user_id: self.user_id.map(str::to_owned),
-            accessible: self.accessible,
-            file_exists: self.file_exists,
-            collection_time: self.collection_time,
+            start_time: self.start_time(),
+            cpu_usage: self.cpu_usage(),
+            memory_usage: self.memory_usage(),
+            executable_hash: self.executable_hash().map(str::to_owned),
+            hash_algorithm: self.hash_algorithm().map(str::to_owned),
+            user_id: self.user_id().map(str::to_owned),
+            accessible: self.accessible(),
+            file_exists: self.file_exists(),
+            collection_time: self.collection_time(),
         }
     }
 
     /// Process id.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.slots.pid
     }
     /// Parent process id.
     pub fn ppid(&self) -> Option<u32> {
-        self.ppid
+        self.slots.ppid
     }
     /// Process name.
     pub fn name(&self) -> &'a str {
-        self.name
+        self.slots.name.text(self.bytes)
     }
     /// Full executable path.
     pub fn executable_path(&self) -> Option<&'a str> {
-        self.executable_path
+        self.slots.executable_path.map(|s| s.text(self.bytes))
     }
     /// Command-line arguments, read lazily from the record's bytes.
     pub fn command_line(&self) -> CommandLine<'a> {
-        self.command_line.clone()
+        CommandLine {
+            span: self.slots.command_line.of(self.bytes),
+            left: self.slots.args as usize,
+        }
     }
     /// Start time (Unix timestamp).
     pub fn start_time(&self) -> Option<i64> {
-        self.start_time
+        self.slots.start_time
     }
     /// CPU usage percentage.
     pub fn cpu_usage(&self) -> Option<f64> {
-        self.cpu_usage
+        self.slots.cpu_usage
     }
     /// Memory usage in bytes.
     pub fn memory_usage(&self) -> Option<u64> {
-        self.memory_usage
+        self.slots.memory_usage
     }
     /// Executable hash (hex).
     pub fn executable_hash(&self) -> Option<&'a str> {
-        self.executable_hash
+        self.slots.executable_hash.map(|s| s.text(self.bytes))
     }
     /// Hash algorithm name.
     pub fn hash_algorithm(&self) -> Option<&'a str> {
-        self.hash_algorithm
+        self.slots.hash_algorithm.map(|s| s.text(self.bytes))
     }
     /// User id.
     pub fn user_id(&self) -> Option<&'a str> {
-        self.user_id
+        self.slots.user_id.map(|s| s.text(self.bytes))
     }
     /// Whether procmond could read the process's details.
     pub fn accessible(&self) -> bool {
-        self.accessible
+        self.slots.accessible
     }
     /// Whether the executable file still exists.
     pub fn file_exists(&self) -> bool {
-        self.file_exists
+        self.slots.file_exists
     }
     /// Collection timestamp (milliseconds).
     pub fn collection_time(&self) -> i64 {
-        self.collection_time
+        self.slots.collection_time
+    }
+}
+
+impl fmt::Debug for ProcessRecordView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessRecordView")
+            .field("pid", &self.pid())
+            .field("ppid", &self.ppid())
+            .field("name", &self.name())
+            .field("executable_path", &self.executable_path())
+            .field("command_line", &self.command_line())
+            .field("start_time", &self.start_time())
+            .field("cpu_usage", &self.cpu_usage())
+            .field("memory_usage", &self.memory_usage())
+            .field("executable_hash", &self.executable_hash())
+            .field("hash_algorithm", &self.hash_algorithm())
+            .field("user_id", &self.user_id())
+            .field("accessible", &self.accessible())
+            .field("file_exists", &self.file_exists())
+            .field("collection_time", &self.collection_time())
+            .finish()
     }
 }
 
@@ -572,20 +678,20 @@ impl<'a> ProcessRecordView<'a> {
 impl Serialize for ProcessRecordView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("ProcessRecord", 14)?;
-        s.serialize_field("pid", &self.pid)?;
-        s.serialize_field("ppid", &self.ppid)?;
-        s.serialize_field("name", self.name)?;
-        s.serialize_field("executable_path", &self.executable_path)?;
-        s.serialize_field("command_line", &self.command_line)?;
-        s.serialize_field("start_time", &self.start_time)?;
-        s.serialize_field("cpu_usage", &self.cpu_usage)?;
-        s.serialize_field("memory_usage", &self.memory_usage)?;
-        s.serialize_field("executable_hash", &self.executable_hash)?;
-        s.serialize_field("hash_algorithm", &self.hash_algorithm)?;
-        s.serialize_field("user_id", &self.user_id)?;
-        s.serialize_field("accessible", &self.accessible)?;
-        s.serialize_field("file_exists", &self.file_exists)?;
-        s.serialize_field("collection_time", &self.collection_time)?;
+        s.serialize_field("pid", &self.pid())?;
+        s.serialize_field("ppid", &self.ppid())?;
+        s.serialize_field("name", self.name())?;
+        s.serialize_field("executable_path", &self.executable_path())?;
+        s.serialize_field("command_line", &self.command_line())?;
+        s.serialize_field("start_time", &self.start_time())?;
+        s.serialize_field("cpu_usage", &self.cpu_usage())?;
+        s.serialize_field("memory_usage", &self.memory_usage())?;
+        s.serialize_field("executable_hash", &self.executable_hash())?;
+        s.serialize_field("hash_algorithm", &self.hash_algorithm())?;
+        s.serialize_field("user_id", &self.user_id())?;
+        s.serialize_field("accessible", &self.accessible())?;
+        s.serialize_field("file_exists", &self.file_exists())?;
+        s.serialize_field("collection_time", &self.collection_time())?;
         s.end()
     }
 }
@@ -615,7 +721,7 @@ impl<'a> Iterator for CommandLine<'a> {
                 Some(arg)
             }
             _ => {
-                debug_assert!(false, "a decoded command line reads again");
+                debug_assert!(false, "a checked command line reads again");
                 self.left = 0;
                 None
             }
@@ -646,28 +752,21 @@ pub struct HashResultView<'a> {
 }
 
 impl<'a> HashResultView<'a> {
-    /// Merges one occurrence's fields into `self` (protobuf merges a
-    /// repeated message field: each field's last occurrence wins).
-    fn merge(&mut self, bytes: &'a [u8], base: usize, budget: u32) -> Result<(), Failed> {
-        use Wire::{LengthDelimited as Len, Varint};
-        walk(
-            &mut Reader::new(bytes, base),
-            budget,
-            |number, wire, _, r| {
-                match number {
-                    1 => self.hash_value = known("hash_value", wire, Len, r, Reader::text)?,
-                    2 => self.algorithm = known("algorithm", wire, Len, r, Reader::text)?,
-                    3 => self.file_path = known("file_path", wire, Len, r, Reader::text)?,
-                    4 => self.success = known("success", wire, Varint, r, Reader::varint)? != 0,
-                    5 => {
-                        self.error_message =
-                            Some(known("error_message", wire, Len, r, Reader::text)?)
-                    }
-                    _ => return Ok(false),
-                }
-                Ok(true)
-            },
-        )
+    /// Merges the occurrence whose body is `bytes[start..end]` into `self`
+    /// (protobuf merges a repeated message field: each field's last
+    /// occurrence wins).
+    fn merge(&mut self, bytes: &'a [u8], start: usize, end: usize) -> Result<(), Fault> {
+        Reader::new(&bytes[start..end], start).fields(|r, number, wire, _| {
+            match number {
+                1 => self.hash_value = r.text_of(wire)?,
+                2 => self.algorithm = r.text_of(wire)?,
+                3 => self.file_path = r.text_of(wire)?,
+                4 => self.success = r.varint_of(wire)? != 0,
+                5 => self.error_message = Some(r.text_of(wire)?),
+                _ => r.skip(wire, number, RECURSION_LIMIT - 1)?,
+            }
+            Ok(())
+        })
     }
 
     fn fields(&self) -> HashResultFields<'a> {
@@ -713,6 +812,100 @@ impl<'a> HashResultView<'a> {
     }
 }
 
+/// A result's fields but its records.
+#[derive(Clone, Debug, Default)]
+struct Head<'a> {
+    task_id: &'a str,
+    success: bool,
+    error_message: Option<&'a str>,
+    hash_result: Option<HashResultView<'a>>,
+}
+
+/// The first record (index, error) that breaks the rules.
+type FirstBad = Option<(usize, ValidationError)>;
+
+impl<'a> Head<'a> {
+    /// One pass over `bytes`: the head's fields read, each record's noted
+    /// into `records` and, given `first_bad`, checked against the rules
+    /// (the first to break them noted there).
+    fn read(
+        bytes: &'a [u8],
+        records: &mut Vec<RecordSlots>,
+        mut first_bad: Option<&mut FirstBad>,
+    ) -> Result<Self, WireError> {
+        if bytes.len() > MAX_BYTES {
+            return Err(WireError {
+                field: String::new(),
+                offset: 0,
+                problem: WireProblem::TooLarge,
+            });
+        }
+        let mut head = Head::default();
+        // A fault inside a record or the hash result, named at once (a
+        // record's name needs its index); the walk is then stopped.
+        let mut inner = None;
+        let walked = Reader::new(bytes, 0).fields(|r, number, wire, _| {
+            match number {
+                1 => head.task_id = r.text_of(wire)?,
+                2 => head.success = r.varint_of(wire)? != 0,
+                3 => head.error_message = Some(r.text_of(wire)?),
+                4 => {
+                    let body = r.bytes_of(wire)?;
+                    let (end, i) = (r.offset(), records.len());
+                    // Read in place: a record's notes are some 150 bytes.
+                    records.push(RecordSlots::default());
+                    let slots = &mut records[i];
+                    match slots.read(bytes, end - body.len(), end, RECURSION_LIMIT - 1) {
+                        Ok(()) => {
+                            if let Some(bad @ None) = first_bad.as_deref_mut() {
+                                *bad = slots.fields(bytes).validate().err().map(|e| (i, e));
+                            }
+                        }
+                        Err(fault) => {
+                            inner = Some(fault.named(&format!("processes[{i}]"), RECORD_FIELDS));
+                            return Err(WireProblem::Truncated);
+                        }
+                    }
+                }
+                5 => {
+                    let body = r.bytes_of(wire)?;
+                    let end = r.offset();
+                    let hash = head.hash_result.get_or_insert_with(HashResultView::default);
+                    if let Err(fault) = hash.merge(bytes, end - body.len(), end) {
+                        inner = Some(fault.named("hash_result", HASH_FIELDS));
+                        return Err(WireProblem::Truncated);
+                    }
+                }
+                _ => r.skip(wire, number, RECURSION_LIMIT)?,
+            }
+            Ok(())
+        });
+        match walked {
+            Ok(()) => Ok(head),
+            Err(fault) => Err(inner.unwrap_or_else(|| fault.named("", RESULT_FIELDS))),
+        }
+    }
+
+    /// Reads `bytes` as [`read`](Self::read) does, then checks the result's
+    /// rules in `DetectionResult::validate`'s order.
+    fn read_checked(bytes: &'a [u8], records: &mut Vec<RecordSlots>) -> Result<Self, ViewError> {
+        let mut first_bad = None;
+        let head = Head::read(bytes, records, Some(&mut first_bad))?;
+        ResultFields {
+            task_id: head.task_id,
+            success: head.success,
+            error_message: head.error_message,
+            processes: records.len(),
+            hash_result: head.hash_result.as_ref().map(HashResultView::fields),
+        }
+        .validate(|| first_bad)?;
+        Ok(head)
+    }
+}
+
+/// Offsets are 32-bit: bytes viewed are under 4 GiB.
+const MAX_BYTES: usize = u32::MAX as usize;
+
 /// A `DetectionResult`'s bytes, viewed: its scalars and strings, its hash
 /// result, and its records one by one ([`processes`](Self::processes)).
 ///
@@ -738,27 +931,27 @@ impl<'a> HashResultView<'a> {
 /// }
 /// # Ok::<(), daemoneye_lib::session::ViewError>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DetectionResultView<'a> {
     bytes: &'a [u8],
-    task_id: &'a str,
-    success: bool,
-    error_message: Option<&'a str>,
-    processes: usize,
-    hash_result: Option<HashResultView<'a>>,
+    head: Head<'a>,
+    records: Cow<'a, [RecordSlots]>,
 }
 
 impl<'a> DetectionResultView<'a> {
     /// Views `bytes` as an encoded `DetectionResult`: what
     /// `DetectionResult::decode` accepts, every record included, without
-    /// the schema's rules.
+    /// the schema's rules. Allocates once, for the records' notes
+    /// ([`ChunkReader`](super::ChunkReader) reuses its own).
     ///
     /// # Errors
     ///
     /// [`WireError`] naming the first bad field (`processes[3].name`), where
     /// prost's decoder fails too.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, WireError> {
-        Self::read(bytes, |_, _| {})
+        let mut records = Vec::with_capacity(count_records(bytes));
+        let head = Head::read(bytes, &mut records, None)?;
+        Ok(Self::new(bytes, head, Cow::Owned(records)))
     }
 
     /// [`decode`](Self::decode) and the schema's rules in one pass: what
@@ -784,166 +977,80 @@ impl<'a> DetectionResultView<'a> {
     /// assert_eq!(err, DetectionResult::decode(&bytes[..]).unwrap().validate().unwrap_err());
     /// ```
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ViewError> {
-        let mut first_bad = None;
-        let view = Self::read(bytes, |i, record| {
-            if first_bad.is_none()
-                && let Err(error) = record.validate()
-            {
-                first_bad = Some((i, error));
-            }
-        })?;
-        view.fields().validate(|| first_bad)?;
-        Ok(view)
+        let mut records = Vec::with_capacity(count_records(bytes));
+        let head = Head::read_checked(bytes, &mut records)?;
+        Ok(Self::new(bytes, head, Cow::Owned(records)))
     }
 
-    /// One pass over the fields, each record decoded and shown to `record`
-    /// with its index.
-    fn read(
+    /// [`parse`](Self::parse), the records' notes kept in `records` (which
+    /// is cleared first and reused: nothing is allocated once it has grown).
+    pub(crate) fn parse_into(
         bytes: &'a [u8],
-        mut record: impl FnMut(usize, &ProcessRecordView<'a>),
-    ) -> Result<Self, WireError> {
-        use Wire::{LengthDelimited as Len, Varint};
-        let mut view = DetectionResultView {
-            bytes,
-            task_id: "",
-            success: false,
-            error_message: None,
-            processes: 0,
-            hash_result: None,
-        };
-        let v = &mut view;
-        walk(
-            &mut Reader::new(bytes, 0),
-            RECURSION_LIMIT,
-            |number, wire, _, r| {
-                match number {
-                    1 => v.task_id = known("task_id", wire, Len, r, Reader::text)?,
-                    2 => v.success = known("success", wire, Varint, r, Reader::varint)? != 0,
-                    3 => {
-                        v.error_message = Some(known("error_message", wire, Len, r, Reader::text)?)
-                    }
-                    4 => {
-                        let body = known("processes", wire, Len, r, Reader::length_delimited)?;
-                        let base = r.offset() - body.len();
-                        let process = ProcessRecordView::read(body, base, RECURSION_LIMIT - 1)
-                            .map_err(|failed| {
-                                Stop::Nested(failed.named(&format!("processes[{}]", v.processes)))
-                            })?;
-                        record(v.processes, &process);
-                        v.processes += 1;
-                    }
-                    5 => {
-                        let body = known("hash_result", wire, Len, r, Reader::length_delimited)?;
-                        let base = r.offset() - body.len();
-                        v.hash_result
-                            .get_or_insert_with(HashResultView::default)
-                            .merge(body, base, RECURSION_LIMIT - 1)
-                            .map_err(|failed| Stop::Nested(failed.named("hash_result")))?;
-                    }
-                    _ => return Ok(false),
-                }
-                Ok(true)
-            },
-        )
-        .map_err(|failed| failed.named(""))?;
-        Ok(view)
+        records: &'a mut Vec<RecordSlots>,
+    ) -> Result<Self, ViewError> {
+        records.clear();
+        let head = Head::read_checked(bytes, records)?;
+        Ok(Self::new(bytes, head, Cow::Borrowed(records)))
     }
 
-    fn fields(&self) -> ResultFields<'a> {
-        ResultFields {
-            task_id: self.task_id,
-            success: self.success,
-            error_message: self.error_message,
-            processes: self.processes,
-            hash_result: self.hash_result.as_ref().map(HashResultView::fields),
+    fn new(bytes: &'a [u8], head: Head<'a>, records: Cow<'a, [RecordSlots]>) -> Self {
+        DetectionResultView {
+            bytes,
+            head,
+            records,
         }
     }
 
     /// The owned result: exactly what prost decodes from the same bytes.
     pub fn to_owned(&self) -> DetectionResult {
         DetectionResult {
-            task_id: self.task_id.to_owned(),
-            success: self.success,
-            error_message: self.error_message.map(str::to_owned),
+            task_id: self.task_id().to_owned(),
+            success: self.success(),
+            error_message: self.error_message().map(str::to_owned),
             processes: self.processes().map(|p| p.to_owned()).collect(),
-            hash_result: self.hash_result.as_ref().map(HashResultView::to_owned),
+            hash_result: self.hash_result().map(HashResultView::to_owned),
         }
     }
 
     /// The task this result answers.
     pub fn task_id(&self) -> &'a str {
-        self.task_id
+        self.head.task_id
     }
     /// Whether the task succeeded.
     pub fn success(&self) -> bool {
-        self.success
+        self.head.success
     }
     /// Why it failed.
     pub fn error_message(&self) -> Option<&'a str> {
-        self.error_message
+        self.head.error_message
     }
     /// The hash result, if any.
     pub fn hash_result(&self) -> Option<&HashResultView<'a>> {
-        self.hash_result.as_ref()
+        self.head.hash_result.as_ref()
     }
     /// How many records the result holds.
     pub fn process_count(&self) -> usize {
-        self.processes
+        self.records.len()
     }
-    /// The records, each decoded as it is reached (they were checked when
-    /// the result was).
-    pub fn processes(&self) -> Processes<'a> {
+    /// The records, in order (checked with the result: nothing is read
+    /// again but their strings' UTF-8, as each is asked for).
+    pub fn processes(&self) -> Processes<'_> {
         Processes {
             bytes: self.bytes,
-            cursor: self.cursor(),
-        }
-    }
-
-    /// Where [`processes`](Self::processes) starts, without a borrow.
-    pub(crate) fn cursor(&self) -> RecordCursor {
-        RecordCursor {
-            offset: 0,
-            left: self.processes,
+            records: self.records.iter(),
         }
     }
 }
 
-/// A place among a decoded result's records, kept apart from the bytes so
-/// that a reader can hold it across calls (the client's iterators).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct RecordCursor {
-    offset: usize,
-    left: usize,
-}
-
-impl RecordCursor {
-    /// The next record of `bytes`, the result this cursor was made for.
-    pub(crate) fn next<'a>(&mut self, bytes: &'a [u8]) -> Option<ProcessRecordView<'a>> {
-        if self.left == 0 {
-            return None;
-        }
-        let mut reader = Reader::new(bytes.get(self.offset..).unwrap_or_default(), self.offset);
-        let record = reader.next_checked(4).and_then(|body| {
-            let base = reader.offset() - body.len();
-            ProcessRecordView::read(body, base, RECURSION_LIMIT - 1).ok()
-        });
-        match record {
-            Some(record) => {
-                self.offset = reader.offset();
-                self.left -= 1;
-                Some(record)
-            }
-            None => {
-                debug_assert!(false, "a decoded result reads again");
-                self.left = 0;
-                None
-            }
-        }
-    }
-
-    /// Records not yet reached.
-    pub(crate) fn left(&self) -> usize {
-        self.left
+impl fmt::Debug for DetectionResultView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DetectionResultView")
+            .field("task_id", &self.task_id())
+            .field("success", &self.success())
+            .field("error_message", &self.error_message())
+            .field("processes", &self.process_count())
+            .field("hash_result", &self.hash_result())
+            .finish()
     }
 }
 
@@ -951,19 +1058,65 @@ impl RecordCursor {
 #[derive(Clone, Debug)]
 pub struct Processes<'a> {
     bytes: &'a [u8],
-    cursor: RecordCursor,
+    records: std::slice::Iter<'a, RecordSlots>,
+}
+
+impl<'a> Processes<'a> {
+    /// The records of `bytes` noted in `records`.
+    pub(crate) fn new(bytes: &'a [u8], records: &'a [RecordSlots]) -> Self {
+        Processes {
+            bytes,
+            records: records.iter(),
+        }
+    }
 }
 
 impl<'a> Iterator for Processes<'a> {
     type Item = ProcessRecordView<'a>;
 
     fn next(&mut self) -> Option<ProcessRecordView<'a>> {
-        self.cursor.next(self.bytes)
+        let slots = *self.records.next()?;
+        Some(ProcessRecordView {
+            bytes: self.bytes,
+            slots,
+        })
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.cursor.left, Some(self.cursor.left))
+        self.records.size_hint()
+    }
+
+    fn nth(&mut self, n: usize) -> Option<ProcessRecordView<'a>> {
+        let slots = *self.records.nth(n)?;
+        Some(ProcessRecordView {
+            bytes: self.bytes,
+            slots,
+        })
     }
 }
 
 impl ExactSizeIterator for Processes<'_> {}
+
+/// The `processes` entries (field 4) among `bytes`' top-level fields,
+/// counted without reading them. Stops at the first malformed field (the
+/// decoder then names it) and counts no further than one past the limit.
+pub(super) fn count_records(bytes: &[u8]) -> usize {
+    let mut reader = Reader::new(bytes, 0);
+    let mut count = 0;
+    while !reader.at_end() && count <= MAX_PROCESSES_PER_RESULT {
+        let Ok((number, wire)) = reader.key() else {
+            break;
+        };
+        if number == 4 && wire == Wire::LengthDelimited {
+            if reader.length_delimited().is_err() {
+                break;
+            }
+            count += 1;
+        } else if matches!(wire, Wire::StartGroup | Wire::EndGroup)
+            || reader.skip(wire, number, RECURSION_LIMIT).is_err()
+        {
+            break;
+        }
+    }
+    count
+}
