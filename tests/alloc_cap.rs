@@ -222,7 +222,7 @@ fn viewing_a_frame_allocates_nothing_per_record() {
         write_frame(&mut producer, n);
     }
     let mut reader = ChunkReader::new();
-    // The first frame grows the reader's buffer.
+    // The first frame grows the reader's buffers (the copy, the notes).
     assert_eq!(view_frame(&mut reader, &mut consumer), 1000);
 
     let (one, one_calls) = allocations_by(|| view_frame(&mut reader, &mut consumer));
