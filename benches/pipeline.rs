@@ -4,17 +4,27 @@
 //!   procmond server (in this process, on a real socket and ring), from the
 //!   task sent until the last record is decoded; beside `enumerate/collect_only`,
 //!   the collector alone doing the same walk.
-//! - `stream_1000/ring` vs `stream_1000/unix_socket`: 1,000-record results,
-//!   chunked to the same 128 KiB frames, encode → transport → decode, on two
-//!   threads; reported as records per second.
+//! - `stream_1000/*`: 1,000-record results, chunked to the same 128 KiB
+//!   frames, encode → transport → decode, on two threads; reported as
+//!   records per second. `ring` and `unix_socket`: pre-encoded records
+//!   (stable fields kept, the poll's fields encoded), read with the
+//!   agent's views (checked whole, then each record viewed);
+//!   `ring_owned`: the owned path as it was (structs encoded by prost,
+//!   decoded by prost and `validate()`d); `ring_struct_encoder`: structs
+//!   encoded, views reading, to tell the two halves apart.
 //!
 //! ```sh
 //! cargo bench --bench pipeline
 //! ```
 
+// The tests' strategies and sample records.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,10 +33,11 @@ use prost::Message;
 
 use daemoneye_lib::client::Agent;
 use daemoneye_lib::collector::{Collector, CollectorConfig};
+use daemoneye_lib::proto::encoded::{EncodedRecord, StableFields};
 use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
-use daemoneye_lib::ring::{self, RingConfig};
+use daemoneye_lib::ring::{self, Consumer, RingConfig};
 use daemoneye_lib::server::{Server, ServerConfig};
-use daemoneye_lib::session::{RecordKind, ResultWriter, read_chunk};
+use daemoneye_lib::session::{ChunkReader, DetectionResultView, Marker, RecordKind, ResultWriter};
 
 const RECORDS: usize = 1000;
 const MAX_FRAME: usize = 128 << 10;
@@ -63,79 +74,181 @@ fn enumerate(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn record(pid: u32) -> ProtoProcessRecord {
-    ProtoProcessRecord {
-        pid,
-        ppid: Some(1),
-        name: format!("worker-{pid}"),
-        executable_path: Some("/usr/lib/some/long/path/bin/worker".into()),
-        command_line: vec![
-            "/usr/lib/some/long/path/bin/worker".into(),
-            "--config".into(),
-            "/etc/worker/worker.toml".into(),
-            format!("--id={pid}"),
-        ],
-        start_time: Some(1_700_000_000),
-        cpu_usage: Some(1.5),
-        memory_usage: Some(12 << 20),
-        user_id: Some("1000".into()),
-        accessible: true,
-        file_exists: true,
-        collection_time: 1_700_000_000_000,
-        ..Default::default()
+/// How procmond encodes a poll's records.
+#[derive(Clone, Copy)]
+enum Encoder {
+    /// Each record a struct, cloned and encoded whole by prost.
+    Structs,
+    /// Each record's stable fields kept encoded (as procmond's table keeps
+    /// them), only the poll's fields encoded each time.
+    PreEncoded,
+}
+
+/// A poll's records as procmond's table holds them: the structs, and their
+/// stable fields encoded once.
+struct Poll {
+    records: Vec<ProtoProcessRecord>,
+    stable: Vec<Arc<StableFields>>,
+}
+
+impl Poll {
+    fn new() -> Arc<Poll> {
+        let records: Vec<_> = (0..RECORDS as u32).map(common::worker).collect();
+        let stable = records
+            .iter()
+            .map(|r| Arc::new(StableFields::encode(r)))
+            .collect();
+        Arc::new(Poll { records, stable })
+    }
+
+    /// This poll's records with their kept stable fields.
+    fn encoded(&self) -> impl Iterator<Item = EncodedRecord> + '_ {
+        self.records
+            .iter()
+            .zip(&self.stable)
+            .map(|(r, stable)| EncodedRecord::of(Arc::clone(stable), r))
     }
 }
 
-/// The records split as the ring's chunker splits them (by encoded length).
-fn chunks(records: &[ProtoProcessRecord]) -> Vec<DetectionResult> {
-    let base = DetectionResult::success("bench", vec![]).encoded_len();
-    let mut out = vec![DetectionResult::success("bench", vec![])];
-    let mut len = base;
-    for r in records {
-        let add = prost::encoding::message::encoded_len(4, r);
-        if len + add > MAX_FRAME {
-            out.push(DetectionResult::success("bench", vec![]));
-            len = base;
+/// procmond's side of `iters` streams of the poll's records, as the server
+/// writes them.
+fn write_streams(producer: &mut ring::Producer, poll: &Poll, encoder: Encoder, iters: u64) {
+    for _ in 0..iters {
+        let mut writer = ResultWriter::new(producer, "bench", WAIT);
+        match encoder {
+            Encoder::Structs => {
+                for r in &poll.records {
+                    writer.push(RecordKind::Result, r.clone()).expect("push");
+                }
+            }
+            Encoder::PreEncoded => {
+                for record in poll.encoded() {
+                    writer
+                        .push_encoded(RecordKind::Result, record)
+                        .expect("push");
+                }
+            }
         }
-        len += add;
-        out.last_mut().unwrap().processes.push(r.clone());
+        writer.finish().expect("finish");
     }
-    out
+}
+
+/// The same streams over a socket: each frame a 4-byte length (bit 31:
+/// END) and a `DetectionResult` encoded as the ring's writer encodes it
+/// (the result's fields, then each pre-encoded record as field 4), cut at
+/// the same largest frame.
+fn send_streams(tx: &mut UnixStream, poll: &Poll, iters: u64) {
+    let head = DetectionResult::success("bench", vec![]).encode_to_vec();
+    let mut buf = Vec::with_capacity(MAX_FRAME + 4);
+    let send = |buf: &mut Vec<u8>, tx: &mut UnixStream, end: bool| {
+        let len = (buf.len() - 4) as u32 | if end { 1 << 31 } else { 0 };
+        buf[..4].copy_from_slice(&len.to_le_bytes());
+        tx.write_all(buf).expect("send");
+    };
+    for _ in 0..iters {
+        buf.clear();
+        buf.extend_from_slice(&[0; 4]);
+        buf.extend_from_slice(&head);
+        for record in poll.encoded() {
+            if buf.len() - 4 + record.field_len(4) > MAX_FRAME {
+                send(&mut buf, tx, false);
+                buf.truncate(4);
+                buf.extend_from_slice(&head);
+            }
+            record.encode_field(4, &mut buf);
+        }
+        send(&mut buf, tx, true);
+    }
+}
+
+/// `iters` streams of the poll through a ring: procmond's writer on this
+/// thread, `read` (returning the records it read) on another; the time
+/// until both are done.
+fn through_ring(
+    poll: &Poll,
+    encoder: Encoder,
+    iters: u64,
+    read: impl FnOnce(Consumer) -> u64 + Send + 'static,
+) -> Duration {
+    let config = RingConfig::new(1 << 20).with_max_frame(MAX_FRAME);
+    let (mut producer, consumer) = ring::pair(&config).expect("ring");
+    let reader = thread::spawn(move || read(consumer));
+    let start = Instant::now();
+    write_streams(&mut producer, poll, encoder, iters);
+    assert_eq!(reader.join().expect("reader"), iters * RECORDS as u64);
+    start.elapsed()
+}
+
+/// Views every record of a checked result, as an agent reading it would
+/// (each record decoded, its command line walked); returns the count.
+fn view_records(result: &DetectionResultView<'_>) -> u64 {
+    let mut n = 0;
+    for view in result.processes() {
+        let args: usize = view.command_line().map(str::len).sum();
+        black_box((view.pid(), view.name(), args));
+        n += 1;
+    }
+    n
 }
 
 fn stream_1000(c: &mut Criterion) {
-    let records: Vec<_> = (0..RECORDS as u32).map(record).collect();
+    let poll = Poll::new();
     let mut group = c.benchmark_group("stream_1000");
     group.throughput(Throughput::Elements(RECORDS as u64));
 
-    group.bench_function("ring", |b| {
+    for (name, encoder) in [
+        ("ring", Encoder::PreEncoded),
+        ("ring_struct_encoder", Encoder::Structs),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                through_ring(&poll, encoder, iters, move |mut consumer| {
+                    let deadline = Instant::now() + WAIT;
+                    let mut reader = ChunkReader::new();
+                    let mut got = 0u64;
+                    for _ in 0..iters {
+                        loop {
+                            let chunk = reader.read_view(&mut consumer, deadline).expect("chunk");
+                            got += view_records(&chunk.result);
+                            if chunk.marker.end {
+                                break;
+                            }
+                        }
+                    }
+                    got
+                })
+            })
+        });
+    }
+
+    group.bench_function("ring_owned", |b| {
         b.iter_custom(|iters| {
-            let config = RingConfig::new(1 << 20).with_max_frame(MAX_FRAME);
-            let (mut producer, mut consumer) = ring::pair(&config).expect("ring");
-            let reader = thread::spawn(move || {
+            through_ring(&poll, Encoder::Structs, iters, move |mut consumer| {
                 let deadline = Instant::now() + WAIT;
+                let mut frame = Vec::new();
                 let mut got = 0u64;
                 for _ in 0..iters {
                     loop {
-                        let chunk = read_chunk(&mut consumer, deadline).expect("chunk");
-                        got += chunk.result.processes.len() as u64;
-                        if chunk.marker.end {
+                        // The agent's owned path before the views: a private
+                        // copy, decoded by prost and validated.
+                        let flags = consumer
+                            .read(deadline, |ring_frame| {
+                                frame.clear();
+                                frame.extend_from_slice(ring_frame.bytes());
+                                ring_frame.flags()
+                            })
+                            .expect("frame");
+                        let marker = Marker::from_flags(flags).expect("flags");
+                        let result = DetectionResult::decode(frame.as_slice()).expect("decode");
+                        result.validate().expect("valid");
+                        got += black_box(result).processes.len() as u64;
+                        if marker.end {
                             break;
                         }
                     }
                 }
                 got
-            });
-            let start = Instant::now();
-            for _ in 0..iters {
-                let mut writer = ResultWriter::new(&mut producer, "bench", WAIT);
-                for r in &records {
-                    writer.push(RecordKind::Result, r.clone()).expect("push");
-                }
-                writer.finish().expect("finish");
-            }
-            assert_eq!(reader.join().expect("reader"), iters * RECORDS as u64);
-            start.elapsed()
+            })
         })
     });
 
@@ -153,9 +266,8 @@ fn stream_1000(c: &mut Criterion) {
                         let end = len & (1 << 31) != 0;
                         buf.resize(len & !(1 << 31), 0);
                         rx.read_exact(&mut buf).expect("payload");
-                        let result = DetectionResult::decode(buf.as_slice()).expect("decode");
-                        result.validate().expect("valid");
-                        got += result.processes.len() as u64;
+                        let result = DetectionResultView::parse(&buf).expect("valid");
+                        got += view_records(&result);
                         if end {
                             break;
                         }
@@ -163,21 +275,8 @@ fn stream_1000(c: &mut Criterion) {
                 }
                 got
             });
-            let mut buf = Vec::with_capacity(MAX_FRAME + 4);
             let start = Instant::now();
-            for _ in 0..iters {
-                // The same work as the ring's writer: move records into
-                // frame-sized results, encode each, send it.
-                let parts = chunks(&records);
-                let last = parts.len() - 1;
-                for (i, part) in parts.iter().enumerate() {
-                    buf.clear();
-                    let len = part.encoded_len() as u32 | if i == last { 1 << 31 } else { 0 };
-                    buf.extend_from_slice(&len.to_le_bytes());
-                    part.encode(&mut buf).expect("encode");
-                    tx.write_all(&buf).expect("send");
-                }
-            }
+            send_streams(&mut tx, &poll, iters);
             assert_eq!(reader.join().expect("reader"), iters * RECORDS as u64);
             start.elapsed()
         })

@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use daemoneye_lib::client::{
-    Agent, ChangeThresholds, ClientError, MonitorEvent, ProcessChange, find_socket,
+    Agent, ChangeThresholds, ClientError, MonitorEvent, ProcessChange, Records, find_socket,
 };
 use daemoneye_lib::control::EventSource;
 use daemoneye_lib::deadline;
@@ -298,11 +298,9 @@ fn filter(
     })
 }
 
-fn print_records(
-    out: &mut impl Write,
-    records: impl Iterator<Item = Result<ProtoProcessRecord, ClientError>>,
-    format: Format,
-) -> Result<()> {
+/// Writes each record as it comes, straight from its view of the agent's
+/// copy of the frame (no owned record is built).
+fn print_records(out: &mut impl Write, mut records: Records<'_>, format: Format) -> Result<()> {
     if let Format::Table = format {
         writeln!(
             out,
@@ -310,42 +308,60 @@ fn print_records(
             "PID", "PPID", "NAME", "RSS_KIB", "CPU%", "FILE", "SHA256"
         )?;
     }
-    for record in records {
+    while let Some(record) = records.next_view() {
         let record = record.context("reading procmond's results")?;
         match format {
-            Format::Json => writeln!(out, "{}", serde_json::to_string(&record)?)?,
+            Format::Json => {
+                serde_json::to_writer(&mut *out, &record)?;
+                writeln!(out)?;
+            }
             Format::Table => writeln!(
                 out,
                 "{:>8} {:>8} {:<20} {:>10} {:>6} {:<5} {:<12} {}",
-                record.pid,
-                record.ppid.map_or("-".into(), |p| p.to_string()),
-                escape_controls(&record.name),
-                record
-                    .memory_usage
-                    .map_or("-".into(), |m| (m / 1024).to_string()),
-                record.cpu_usage.map_or("-".into(), |c| format!("{c:.1}")),
-                if record.file_exists { "yes" } else { "NO" },
+                record.pid(),
+                Dash(record.ppid()),
+                escape_controls(record.name()),
+                Dash(record.memory_usage().map(|m| m / 1024)),
+                Dash(record.cpu_usage().map(|c| format!("{c:.1}"))),
+                if record.file_exists() { "yes" } else { "NO" },
                 escape_controls(
                     record
-                        .executable_hash
-                        .as_deref()
+                        .executable_hash()
                         .map_or("-", |h| h.get(..12).unwrap_or(h))
                 ),
-                command_text(&record),
+                CommandText(record.command_line()),
             )?,
         }
     }
     Ok(())
 }
 
+/// A value for a table cell, or `-` when there is none; padding as for the
+/// value's own text.
+struct Dash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Dash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => f.pad("-"),
+        }
+    }
+}
+
 /// The command line for a table: each argument escaped, joined by spaces.
-fn command_text(record: &ProtoProcessRecord) -> String {
-    record
-        .command_line
-        .iter()
-        .map(|arg| escape_controls(arg))
-        .collect::<Vec<_>>()
-        .join(" ")
+struct CommandText<I>(I);
+
+impl<'a, I: Iterator<Item = &'a str> + Clone> std::fmt::Display for CommandText<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, arg) in self.0.clone().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(&escape_controls(arg))?;
+        }
+        Ok(())
+    }
 }
 
 fn print_status(out: &mut impl Write, status: &Status, format: Format) -> Result<()> {
@@ -443,9 +459,9 @@ fn print_tagged(
             out,
             "{kind:<9} {:>8} {:>8}  {:<20} {}",
             record.pid,
-            record.ppid.map_or("-".into(), |p| p.to_string()),
+            Dash(record.ppid),
             escape_controls(&record.name),
-            command_text(record)
+            CommandText(record.command_line.iter().map(String::as_str))
         )?,
     }
     Ok(())

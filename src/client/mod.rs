@@ -45,7 +45,9 @@ use crate::control::{
 use crate::proto::control::{Cancel, Goodbye, Status, StatusRequest, TaskRequest};
 use crate::proto::{DetectionTask, ProtoHashCheck, ProtoHashResult, ProtoProcessFilter};
 use crate::ring::{Consumer, ConsumerFds, RingError, WaitStrategy};
-use crate::session::{Chunk, ChunkReader, RecordKind, SessionError};
+use crate::session::{
+    ChunkReader, DetectionResultView, Marker, RecordCursor, RecordKind, SessionError,
+};
 use crate::sys::fs::open_regular;
 use crate::sys::pidfd::PidFd;
 use crate::sys::socket::{connect_before, peer_credentials};
@@ -122,7 +124,8 @@ pub struct Agent {
     gone: GoneReason,
     options: ClientOptions,
     next_task: u64,
-    /// Copies each frame out of the ring before decoding it.
+    /// Copies each frame out of the ring and checks it; record views
+    /// borrow its copy.
     reader: ChunkReader,
     /// Tasks whose streams were left unread: their frames are skipped.
     abandoned: Vec<String>,
@@ -291,22 +294,22 @@ impl Agent {
         let mut hash = None;
         let mut failure = None;
         loop {
-            let chunk = match self.chunk_for(&task_id, deadline) {
-                Ok(chunk) => chunk,
+            let frame = match self.chunk_for(&task_id, deadline) {
+                Ok(frame) => frame,
                 Err(error) => {
                     self.abandoned.push(task_id);
                     return Err(error);
                 }
             };
-            if chunk.marker.cancelled {
+            if frame.marker.cancelled {
                 return Err(ClientError::Cancelled { task_id });
             }
-            if !chunk.result.success {
-                failure = chunk.result.error_message;
-            } else if let Some(result) = chunk.result.hash_result {
+            if !frame.success {
+                failure = frame.error_message;
+            } else if let Some(result) = frame.hash_result {
                 hash = Some(result);
             }
-            if chunk.marker.end {
+            if frame.marker.end {
                 break;
             }
         }
@@ -377,34 +380,35 @@ impl Agent {
         let deadline = crate::deadline::after(self.options.timeout);
         let mut set = ChangeSet::default();
         loop {
-            let chunk = match self.chunk_for(&task_id, deadline) {
-                Ok(chunk) => chunk,
+            let frame = match self.chunk_for(&task_id, deadline) {
+                Ok(frame) => frame,
                 Err(error) => {
                     self.abandoned.push(task_id);
                     return Err(error);
                 }
             };
-            if chunk.marker.cancelled {
+            if frame.marker.cancelled {
                 return Err(ClientError::Cancelled { task_id });
             }
-            if !chunk.result.success {
-                if !chunk.marker.end {
+            if !frame.success {
+                if !frame.marker.end {
                     self.abandoned.push(task_id.clone());
                 }
-                let message = chunk.result.error_message.unwrap_or_default();
+                let message = frame.error_message.unwrap_or_default();
                 return Err(ClientError::TaskFailed { task_id, message });
             }
-            set.full |= chunk.marker.full;
-            let gone = chunk.marker.kind == RecordKind::Exited;
-            set.changes
-                .extend(chunk.result.processes.into_iter().map(|record| {
-                    if gone {
-                        ProcessChange::Gone(record)
-                    } else {
-                        ProcessChange::Updated(record)
-                    }
-                }));
-            if chunk.marker.end {
+            set.full |= frame.marker.full;
+            let gone = frame.marker.kind == RecordKind::Exited;
+            let mut records = frame.records;
+            while let Some(view) = records.next(&self.reader) {
+                let record = view.to_owned();
+                set.changes.push(if gone {
+                    ProcessChange::Gone(record)
+                } else {
+                    ProcessChange::Updated(record)
+                });
+            }
+            if frame.marker.end {
                 return Ok(set);
             }
         }
@@ -491,8 +495,9 @@ impl Agent {
     }
 
     /// The next frame of `task_id`'s stream, skipping what is left of
-    /// abandoned streams.
-    fn chunk_for(&mut self, task_id: &str, deadline: Instant) -> Result<Chunk, ClientError> {
+    /// abandoned streams. Its records stay in the agent's reader, where
+    /// [`FrameHead::records`] finds them.
+    fn chunk_for(&mut self, task_id: &str, deadline: Instant) -> Result<FrameHead, ClientError> {
         loop {
             // A task's first frame comes no sooner than procmond has
             // collected (a millisecond or more): spinning for it would only
@@ -506,19 +511,16 @@ impl Agent {
                 (_, wait) => wait,
             };
             self.consumer.set_wait(wait).map_err(ClientError::Ring)?;
-            let chunk = self
-                .reader
-                .read(&mut self.consumer, deadline)
-                .map_err(|error| self.stream_error(error))?;
+            let chunk = match self.reader.read_view(&mut self.consumer, deadline) {
+                Ok(chunk) => chunk,
+                Err(error) => return Err(self.stream_error(error)),
+            };
             self.awaiting_first_frame = false;
-            if chunk.result.task_id == task_id {
-                return Ok(chunk);
+            let result = chunk.result;
+            if result.task_id() == task_id {
+                return Ok(FrameHead::new(chunk.marker, &result));
             }
-            match self
-                .abandoned
-                .iter()
-                .position(|id| *id == chunk.result.task_id)
-            {
+            match self.abandoned.iter().position(|id| id == result.task_id()) {
                 Some(i) => {
                     if chunk.marker.end {
                         self.abandoned.swap_remove(i);
@@ -532,7 +534,7 @@ impl Agent {
                     }
                 }
                 None => {
-                    let got = chunk.result.task_id.chars().take(64).collect();
+                    let got = result.task_id().chars().take(64).collect();
                     return Err(self.stream_error(SessionError::WrongTask {
                         expected: task_id.to_owned(),
                         got,
@@ -563,6 +565,31 @@ impl Agent {
             None => ClientError::PeerGone {
                 detail: "procmond's process exited or closed the ring".into(),
             },
+        }
+    }
+}
+
+/// What a task's reader needs of a frame; its records stay in the agent's
+/// reader (its private copy of the frame).
+struct FrameHead {
+    marker: Marker,
+    success: bool,
+    /// Only for a failure (nothing is allocated for a success).
+    error_message: Option<String>,
+    hash_result: Option<ProtoHashResult>,
+    /// The frame's records, in the agent's [`ChunkReader`].
+    records: RecordCursor,
+}
+
+impl FrameHead {
+    fn new(marker: Marker, result: &DetectionResultView<'_>) -> Self {
+        FrameHead {
+            marker,
+            success: result.success(),
+            error_message: (!result.success())
+                .then(|| result.error_message().unwrap_or_default().to_owned()),
+            hash_result: result.hash_result().map(|hash| hash.to_owned()),
+            records: RecordCursor::all(result),
         }
     }
 }

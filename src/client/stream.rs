@@ -1,28 +1,30 @@
 //! Readers of one task's result stream.
 
 use std::time::Instant;
-use std::vec;
 
 use super::Agent;
 use super::error::ClientError;
 use crate::proto::ProtoProcessRecord;
-use crate::session::RecordKind;
+use crate::session::{ProcessRecordView, RecordCursor, RecordKind};
 
 /// The records of an ENUMERATE_PROCESSES or VERIFY_EXECUTABLE task, as they
-/// arrive.
+/// arrive: owned ([`Iterator`]) or borrowed ([`next_view`](Self::next_view),
+/// [`for_each_view`](Self::for_each_view)), both from the same views of the
+/// agent's private copy of each frame.
 ///
-/// It holds one decoded frame at a time. It ends after the stream's last
-/// frame, or after the first error (a failed task is
-/// [`ClientError::TaskFailed`]; one stopped by a cancel is
-/// [`ClientError::Cancelled`]). Dropped before the end, the rest of the
-/// stream is skipped by the agent's next call; [`cancel`](Self::cancel)
-/// also stops procmond's work on it.
+/// It holds one frame at a time, checked whole before its first record is
+/// handed out. It ends after the stream's last frame, or after the first
+/// error (a failed task is [`ClientError::TaskFailed`]; one stopped by a
+/// cancel is [`ClientError::Cancelled`]). Dropped before the end, the rest
+/// of the stream is skipped by the agent's next call;
+/// [`cancel`](Self::cancel) also stops procmond's work on it.
 #[derive(Debug)]
 pub struct Records<'a> {
     agent: &'a mut Agent,
     task_id: String,
     deadline: Instant,
-    batch: vec::IntoIter<ProtoProcessRecord>,
+    /// The records of the frame being read.
+    batch: RecordCursor,
     /// The END frame was read.
     ended: bool,
     /// Nothing more will be yielded.
@@ -36,7 +38,7 @@ impl<'a> Records<'a> {
             agent,
             task_id,
             deadline,
-            batch: Vec::new().into_iter(),
+            batch: RecordCursor::default(),
             ended: false,
             done: false,
         }
@@ -72,45 +74,111 @@ impl<'a> Records<'a> {
             }
         }
     }
-}
 
-impl Iterator for Records<'_> {
-    type Item = Result<ProtoProcessRecord, ClientError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(record) = self.batch.next() {
-                return Some(Ok(record));
-            }
+    /// The next record, borrowed from the agent's copy of its frame (a
+    /// lending iterator: the view lives until the next call). Nothing is
+    /// allocated per record. `None` after the last record or an error.
+    ///
+    /// # Errors
+    ///
+    /// As the owned iterator: [`ClientError::TaskFailed`],
+    /// [`ClientError::Cancelled`], [`ClientError::Timeout`] past the
+    /// deadline, [`ClientError::PeerGone`], [`ClientError::Corrupt`] for a
+    /// frame that breaks the encoding or the schema's rules.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use daemoneye_lib::client::Agent;
+    ///
+    /// # fn main() -> Result<(), daemoneye_lib::client::ClientError> {
+    /// let mut agent = Agent::connect("/run/daemoneye/procmond.sock")?;
+    /// let mut records = agent.enumerate(None, false)?;
+    /// while let Some(view) = records.next_view() {
+    ///     let view = view?;
+    ///     let args: Vec<&str> = view.command_line().collect();
+    ///     println!("{} {} {}", view.pid(), view.name(), args.join(" "));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn next_view(&mut self) -> Option<Result<ProcessRecordView<'_>, ClientError>> {
+        while self.batch.left() == 0 {
             if self.done {
                 return None;
             }
-            let chunk = match self.agent.chunk_for(&self.task_id, self.deadline) {
-                Ok(chunk) => chunk,
+            let frame = match self.agent.chunk_for(&self.task_id, self.deadline) {
+                Ok(frame) => frame,
                 Err(error) => {
                     self.done = true;
                     return Some(Err(error));
                 }
             };
-            if chunk.marker.end {
+            if frame.marker.end {
                 self.ended = true;
                 self.done = true;
             }
-            if chunk.marker.cancelled {
+            if frame.marker.cancelled {
                 return Some(Err(ClientError::Cancelled {
                     task_id: self.task_id.clone(),
                 }));
             }
-            if !chunk.result.success {
+            if !frame.success {
                 self.done = true;
-                let message = chunk.result.error_message.unwrap_or_default();
                 return Some(Err(ClientError::TaskFailed {
                     task_id: self.task_id.clone(),
-                    message,
+                    message: frame.error_message.unwrap_or_default(),
                 }));
             }
-            self.batch = chunk.result.processes.into_iter();
+            self.batch = frame.records;
         }
+        self.batch.next(&self.agent.reader).map(Ok)
+    }
+
+    /// Calls `f` with each record, borrowed as in
+    /// [`next_view`](Self::next_view), until the end or the first error
+    /// (the stream's or `f`'s).
+    ///
+    /// # Errors
+    ///
+    /// The stream's errors (as for [`next_view`](Self::next_view)), turned
+    /// into `E`, or the first error `f` returns.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use daemoneye_lib::client::{Agent, ClientError};
+    ///
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut agent = Agent::connect("/run/daemoneye/procmond.sock")?;
+    /// let mut rss = 0u64;
+    /// agent.enumerate(None, false)?.for_each_view(|view| {
+    ///     rss += view.memory_usage().unwrap_or(0);
+    ///     Ok::<(), ClientError>(())
+    /// })?;
+    /// println!("{rss} bytes resident");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn for_each_view<E: From<ClientError>>(
+        &mut self,
+        mut f: impl FnMut(ProcessRecordView<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while let Some(view) = self.next_view() {
+            f(view?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Owned records, each built from its view
+/// ([`ProcessRecordView::to_owned`]).
+impl Iterator for Records<'_> {
+    type Item = Result<ProtoProcessRecord, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_view()
+            .map(|view| view.map(|view| view.to_owned()))
     }
 }
 
@@ -154,7 +222,8 @@ impl MonitorEvent {
 pub struct MonitorStream<'a> {
     agent: &'a mut Agent,
     task_id: String,
-    batch: vec::IntoIter<ProtoProcessRecord>,
+    /// The records of the frame being read.
+    batch: RecordCursor,
     kind: RecordKind,
     ended: bool,
     cancelled: bool,
@@ -165,7 +234,7 @@ impl<'a> MonitorStream<'a> {
         Self {
             agent,
             task_id,
-            batch: Vec::new().into_iter(),
+            batch: RecordCursor::default(),
             kind: RecordKind::Snapshot,
             ended: false,
             cancelled: false,
@@ -182,7 +251,8 @@ impl<'a> MonitorStream<'a> {
     /// (the stream stays usable).
     pub fn next_event(&mut self, deadline: Instant) -> Result<Option<MonitorEvent>, ClientError> {
         loop {
-            if let Some(record) = self.batch.next() {
+            if let Some(view) = self.batch.next(&self.agent.reader) {
+                let record = view.to_owned();
                 return Ok(Some(match self.kind {
                     RecordKind::Started => MonitorEvent::Started(record),
                     RecordKind::Exited => MonitorEvent::Exited(record),
@@ -193,17 +263,17 @@ impl<'a> MonitorStream<'a> {
             if self.ended {
                 return Ok(None);
             }
-            let chunk = self.agent.chunk_for(&self.task_id, deadline)?;
-            self.ended = chunk.marker.end;
-            if !chunk.result.success {
+            let frame = self.agent.chunk_for(&self.task_id, deadline)?;
+            self.ended = frame.marker.end;
+            if !frame.success {
                 self.ended = true;
                 return Err(ClientError::TaskFailed {
                     task_id: self.task_id.clone(),
-                    message: chunk.result.error_message.unwrap_or_default(),
+                    message: frame.error_message.unwrap_or_default(),
                 });
             }
-            self.kind = chunk.marker.kind;
-            self.batch = chunk.result.processes.into_iter();
+            self.kind = frame.marker.kind;
+            self.batch = frame.records;
         }
     }
 

@@ -108,7 +108,7 @@ pub mod limits;
 mod validate;
 
 pub use hash_algorithm::{HashAlgorithm, UnknownHashAlgorithm};
-pub(crate) use validate::excerpt;
+pub(crate) use validate::{HashResultFields, RecordFields, ResultFields, excerpt};
 pub use validate::{Rule, ValidationError};
 
 /// Generated code for package `daemoneye.ipc`.

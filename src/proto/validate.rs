@@ -136,14 +136,12 @@ impl ValidationError {
 }
 
 fn max_len(field: &str, value: &str, max: usize) -> Checked {
-    if value.len() > max {
-        return Err(broken(
-            field,
-            Rule::TooLong {
-                len: value.len(),
-                max,
-            },
-        ));
+    max_bytes(field, value.len(), max)
+}
+
+fn max_bytes(field: &str, len: usize, max: usize) -> Checked {
+    if len > max {
+        return Err(broken(field, Rule::TooLong { len, max }));
     }
     Ok(())
 }
@@ -306,37 +304,48 @@ impl DetectionTask {
     }
 }
 
-impl ProtoProcessRecord {
-    /// Checks string lengths, the command line's count and total size, that
-    /// CPU usage is finite and not negative, and that an executable hash
-    /// names a known algorithm and is hex of its digest length.
-    pub fn validate(&self) -> Checked {
-        max_len("name", &self.name, MAX_PROCESS_NAME_BYTES)?;
-        if let Some(path) = &self.executable_path {
-            max_len("executable_path", path, MAX_PATH_BYTES)?;
+/// What the rules of a `ProcessRecord` look at, borrowed from an owned
+/// record ([`ProtoProcessRecord::validate`]) or from a view of its wire bytes
+/// (`session::ProcessRecordView`), so both are held to the same rules.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecordFields<'a> {
+    /// The name's length in bytes (its only property the rules check).
+    pub name_len: usize,
+    pub executable_path_len: Option<usize>,
+    /// Number of command-line arguments.
+    pub command_line_args: usize,
+    /// Bytes of all command-line arguments together.
+    pub command_line_bytes: usize,
+    pub cpu_usage: Option<f64>,
+    pub executable_hash: Option<&'a str>,
+    pub hash_algorithm: Option<&'a str>,
+    pub user_id_len: Option<usize>,
+}
+
+impl RecordFields<'_> {
+    /// The rules of [`ProtoProcessRecord::validate`], in its order.
+    pub(crate) fn validate(&self) -> Checked {
+        max_bytes("name", self.name_len, MAX_PROCESS_NAME_BYTES)?;
+        if let Some(len) = self.executable_path_len {
+            max_bytes("executable_path", len, MAX_PATH_BYTES)?;
         }
         max_count(
             "command_line",
-            self.command_line.len(),
+            self.command_line_args,
             MAX_COMMAND_LINE_ARGS,
         )?;
-        let total: usize = self.command_line.iter().map(String::len).sum();
-        if total > MAX_COMMAND_LINE_BYTES {
-            return Err(broken(
-                "command_line",
-                Rule::TooLong {
-                    len: total,
-                    max: MAX_COMMAND_LINE_BYTES,
-                },
-            ));
-        }
+        max_bytes(
+            "command_line",
+            self.command_line_bytes,
+            MAX_COMMAND_LINE_BYTES,
+        )?;
         match self.cpu_usage {
             Some(cpu) if !(cpu.is_finite() && cpu >= 0.0) => {
                 return Err(broken("cpu_usage", Rule::InvalidCpuUsage(cpu)));
             }
             _ => {}
         }
-        match (&self.executable_hash, &self.hash_algorithm) {
+        match (self.executable_hash, self.hash_algorithm) {
             (Some(hash), Some(name)) => {
                 let alg = algorithm("hash_algorithm", name)?;
                 hex_digest("executable_hash", hash, alg)?;
@@ -354,10 +363,57 @@ impl ProtoProcessRecord {
             }
             (None, None) => {}
         }
-        if let Some(user) = &self.user_id {
-            max_len("user_id", user, MAX_USER_ID_BYTES)?;
+        if let Some(len) = self.user_id_len {
+            max_bytes("user_id", len, MAX_USER_ID_BYTES)?;
         }
         Ok(())
+    }
+}
+
+impl ProtoProcessRecord {
+    /// Checks string lengths, the command line's count and total size, that
+    /// CPU usage is finite and not negative, and that an executable hash
+    /// names a known algorithm and is hex of its digest length.
+    pub fn validate(&self) -> Checked {
+        RecordFields {
+            name_len: self.name.len(),
+            executable_path_len: self.executable_path.as_ref().map(String::len),
+            command_line_args: self.command_line.len(),
+            command_line_bytes: self.command_line.iter().map(String::len).sum(),
+            cpu_usage: self.cpu_usage,
+            executable_hash: self.executable_hash.as_deref(),
+            hash_algorithm: self.hash_algorithm.as_deref(),
+            user_id_len: self.user_id.as_ref().map(String::len),
+        }
+        .validate()
+    }
+}
+
+/// What the rules of a `HashResult` look at, borrowed from an owned one or
+/// from a view.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HashResultFields<'a> {
+    pub hash_value: &'a str,
+    pub algorithm: &'a str,
+    pub file_path: &'a str,
+    pub success: bool,
+    pub error_message: Option<&'a str>,
+}
+
+impl HashResultFields<'_> {
+    /// The rules of [`ProtoHashResult::validate`].
+    pub(crate) fn validate(&self) -> Checked {
+        max_len("file_path", self.file_path, MAX_PATH_BYTES)?;
+        if self.file_path.contains('\0') {
+            return Err(broken("file_path", Rule::ContainsNul));
+        }
+        if self.success {
+            let alg = algorithm("algorithm", self.algorithm)?;
+            hex_digest("hash_value", self.hash_value, alg)?;
+        } else if !self.algorithm.is_empty() {
+            algorithm("algorithm", self.algorithm)?;
+        }
+        error_message("error_message", self.error_message, self.success)
     }
 }
 
@@ -366,17 +422,50 @@ impl ProtoHashResult {
     /// known and `hash_value` is hex of its digest length; for a failure,
     /// that it says why.
     pub fn validate(&self) -> Checked {
-        max_len("file_path", &self.file_path, MAX_PATH_BYTES)?;
-        if self.file_path.contains('\0') {
-            return Err(broken("file_path", Rule::ContainsNul));
+        self.fields().validate()
+    }
+
+    pub(crate) fn fields(&self) -> HashResultFields<'_> {
+        HashResultFields {
+            hash_value: &self.hash_value,
+            algorithm: &self.algorithm,
+            file_path: &self.file_path,
+            success: self.success,
+            error_message: self.error_message.as_deref(),
         }
-        if self.success {
-            let alg = algorithm("algorithm", &self.algorithm)?;
-            hex_digest("hash_value", &self.hash_value, alg)?;
-        } else if !self.algorithm.is_empty() {
-            algorithm("algorithm", &self.algorithm)?;
+    }
+}
+
+/// What the rules of a `DetectionResult` look at beside its records,
+/// borrowed from an owned result or from a view.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ResultFields<'a> {
+    pub task_id: &'a str,
+    pub success: bool,
+    pub error_message: Option<&'a str>,
+    /// Number of records.
+    pub processes: usize,
+    pub hash_result: Option<HashResultFields<'a>>,
+}
+
+impl ResultFields<'_> {
+    /// The rules of [`DetectionResult::validate`], in its order:
+    /// `first_bad_record` gives the first record (index, error) that breaks
+    /// [`RecordFields::validate`], if any.
+    pub(crate) fn validate(
+        &self,
+        first_bad_record: impl FnOnce() -> Option<(usize, ValidationError)>,
+    ) -> Checked {
+        non_empty_max_len("task_id", self.task_id, MAX_TASK_ID_BYTES)?;
+        error_message("error_message", self.error_message, self.success)?;
+        max_count("processes", self.processes, MAX_PROCESSES_PER_RESULT)?;
+        if let Some((i, error)) = first_bad_record() {
+            return Err(error.within(&format!("processes[{i}]")));
         }
-        error_message("error_message", self.error_message.as_deref(), self.success)
+        if let Some(hash) = &self.hash_result {
+            hash.validate().map_err(|e| e.within("hash_result"))?;
+        }
+        Ok(())
     }
 }
 
@@ -393,17 +482,18 @@ impl DetectionResult {
     /// assert_eq!((err.field.as_str(), err.rule), ("error_message", Rule::Empty));
     /// ```
     pub fn validate(&self) -> Checked {
-        non_empty_max_len("task_id", &self.task_id, MAX_TASK_ID_BYTES)?;
-        error_message("error_message", self.error_message.as_deref(), self.success)?;
-        max_count("processes", self.processes.len(), MAX_PROCESSES_PER_RESULT)?;
-        for (i, process) in self.processes.iter().enumerate() {
-            process
-                .validate()
-                .map_err(|e| e.within(&format!("processes[{i}]")))?;
+        ResultFields {
+            task_id: &self.task_id,
+            success: self.success,
+            error_message: self.error_message.as_deref(),
+            processes: self.processes.len(),
+            hash_result: self.hash_result.as_ref().map(ProtoHashResult::fields),
         }
-        if let Some(hash) = &self.hash_result {
-            hash.validate().map_err(|e| e.within("hash_result"))?;
-        }
-        Ok(())
+        .validate(|| {
+            self.processes
+                .iter()
+                .enumerate()
+                .find_map(|(i, process)| process.validate().err().map(|e| (i, e)))
+        })
     }
 }

@@ -1,5 +1,6 @@
 //! What can go wrong writing or reading a result stream.
 
+use super::view::{ViewError, WireError};
 use crate::proto::ValidationError;
 use crate::ring::RingError;
 
@@ -15,9 +16,10 @@ pub enum SessionError {
         /// The flags.
         flags: u16,
     },
-    /// A frame's bytes are not a `DetectionResult`.
+    /// A frame's bytes are not a `DetectionResult` (the protobuf encoding
+    /// is broken where prost's decoder would fail too).
     #[error("result frame is not a valid DetectionResult: {0}")]
-    Decode(#[from] prost::DecodeError),
+    Decode(#[from] WireError),
     /// A frame decodes but breaks the schema's rules.
     #[error("result frame breaks the schema's rules: {0}")]
     Invalid(#[from] ValidationError),
@@ -59,4 +61,13 @@ pub enum SessionError {
         /// The ring's largest frame.
         max: usize,
     },
+}
+
+impl From<ViewError> for SessionError {
+    fn from(error: ViewError) -> Self {
+        match error {
+            ViewError::Wire(error) => SessionError::Decode(error),
+            ViewError::Invalid(error) => SessionError::Invalid(error),
+        }
+    }
 }

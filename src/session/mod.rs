@@ -20,10 +20,12 @@
 //! [`ResultWriter`] packs records into frames up to the ring's largest frame
 //! with `encoded_len` arithmetic and has prost encode each frame straight
 //! into the ring's claim (no intermediate buffer). A [`ChunkReader`] copies
-//! each frame once into a buffer it reuses and releases it, then decodes and
-//! checks that copy against the schema's rules (procmond can still write the
-//! ring meanwhile, so nothing is checked in place); a reader's memory is
-//! about one frame. A failure is
+//! each frame once into a buffer it reuses and releases it, then checks that
+//! copy against the encoding and the schema's rules in one pass and views it
+//! in place ([`DetectionResultView`], borrowed `&str`s, nothing allocated per
+//! record; procmond can still write the ring meanwhile, so nothing is
+//! checked in the ring); a reader's memory is about one frame (and some 150
+//! bytes a record of notes on it). A failure is
 //! `DetectionResult::failure(task_id, message)` with END.
 //!
 //! ```
@@ -59,9 +61,15 @@
 mod error;
 mod marker;
 mod reader;
+mod view;
 mod writer;
 
 pub use error::SessionError;
 pub use marker::{Marker, RecordKind};
-pub use reader::{Chunk, ChunkReader, read_chunk};
+pub(crate) use reader::RecordCursor;
+pub use reader::{Chunk, ChunkReader, ChunkView, read_chunk};
+pub use view::{
+    CommandLine, DetectionResultView, HashResultView, ProcessRecordView, Processes, ViewError,
+    WireError, WireProblem,
+};
 pub use writer::{ResultWriter, StreamStats};

@@ -1,14 +1,11 @@
 //! daemoneye-agent's side of a result stream: one frame at a time, copied
-//! out of the ring, then decoded.
+//! out of the ring, then checked and viewed in place.
 
 use std::time::Instant;
 
-use prost::Message;
-use prost::encoding::{WireType, decode_key, decode_varint};
-
 use super::error::SessionError;
 use super::marker::Marker;
-use super::writer::PROCESSES_FIELD;
+use super::view::{DetectionResultView, ProcessRecordView, Processes, RecordSlots, count_records};
 use crate::proto::DetectionResult;
 use crate::proto::limits::MAX_PROCESSES_PER_RESULT;
 use crate::ring::Consumer;
@@ -23,16 +20,28 @@ pub struct Chunk {
     pub marker: Marker,
 }
 
+/// One frame of a result stream, checked, viewed in the reader's private
+/// copy of it (valid until the reader reads again).
+#[derive(Clone, Debug)]
+pub struct ChunkView<'a> {
+    /// The frame's result.
+    pub result: DetectionResultView<'a>,
+    /// Whether this is the last frame, and what the records are.
+    pub marker: Marker,
+}
+
 /// Reads a result stream's frames, each copied once into a private buffer
-/// it reuses, then counted, decoded and checked there.
+/// it reuses, then counted, checked and viewed there.
 ///
 /// The copy is what makes the checks mean anything: procmond can still
 /// write the ring while the agent reads it, so bytes counted or validated
-/// in place could differ when decoded. Copying a frame costs a fraction of
-/// decoding it, and releases its room in the ring sooner.
+/// in place could differ when read again. Copying a frame costs a fraction
+/// of decoding it, and releases its room in the ring sooner.
 #[derive(Debug, Default)]
 pub struct ChunkReader {
     frame: Vec<u8>,
+    /// What the check noted of each record of `frame`.
+    records: Vec<RecordSlots>,
 }
 
 impl ChunkReader {
@@ -42,25 +51,21 @@ impl ChunkReader {
     }
 
     /// Waits until `deadline` for the next frame, copies it out and
-    /// releases it, then checks it: its flags ([`SessionError::BadFlags`]),
-    /// its bytes ([`SessionError::Decode`]) and the schema's rules
-    /// ([`SessionError::Invalid`]). The caller checks the task id.
+    /// releases it, then checks the copy: its flags
+    /// ([`SessionError::BadFlags`]), its bytes ([`SessionError::Decode`])
+    /// and the schema's rules ([`SessionError::Invalid`]), in one pass
+    /// ([`DetectionResultView::parse`]). The caller checks the task id.
     ///
-    /// Decoding is bounded by the frame: a frame is at most the ring's
-    /// largest frame, and so is what the decoder reads.
-    ///
-    /// Before decoding, the records are counted in the wire bytes: a frame
+    /// Before that, the records are counted in the wire bytes: a frame
     /// holding more than [`MAX_PROCESSES_PER_RESULT`] is
-    /// [`SessionError::TooManyRecords`] and is not decoded. (An empty
-    /// record takes 2 bytes on the wire but some 250 decoded, so decoding
-    /// first would let a frame cost over a hundred times its size.) A
-    /// frame's decoded memory is thus at most its own bytes plus that many
-    /// empty records.
-    pub fn read(
+    /// [`SessionError::TooManyRecords`]. Nothing is allocated once the
+    /// buffers (the frame's copy, and what the check notes of each record,
+    /// about 150 bytes a record) have grown to the largest frame read.
+    pub fn read_view(
         &mut self,
         consumer: &mut Consumer,
         deadline: Instant,
-    ) -> Result<Chunk, SessionError> {
+    ) -> Result<ChunkView<'_>, SessionError> {
         let frame = &mut self.frame;
         let flags = consumer.read(deadline, |ring_frame| {
             frame.clear();
@@ -75,46 +80,71 @@ impl ChunkReader {
                 max: MAX_PROCESSES_PER_RESULT,
             });
         }
-        let result = DetectionResult::decode(frame.as_slice())?;
-        result.validate()?;
-        Ok(Chunk { result, marker })
+        let result = DetectionResultView::parse_into(frame, &mut self.records)?;
+        Ok(ChunkView { result, marker })
+    }
+
+    /// [`read_view`](Self::read_view), then the result made owned
+    /// ([`DetectionResultView::to_owned`]: what prost would decode).
+    ///
+    /// A frame's decoded memory is at most its own bytes plus
+    /// [`MAX_PROCESSES_PER_RESULT`] empty records (an empty record takes
+    /// 2 bytes on the wire but some 250 decoded, which is why the count
+    /// comes first).
+    pub fn read(
+        &mut self,
+        consumer: &mut Consumer,
+        deadline: Instant,
+    ) -> Result<Chunk, SessionError> {
+        let chunk = self.read_view(consumer, deadline)?;
+        Ok(Chunk {
+            result: chunk.result.to_owned(),
+            marker: chunk.marker,
+        })
+    }
+
+    /// The records of the last frame read (checked when it was read).
+    pub(crate) fn records(&self) -> Processes<'_> {
+        Processes::new(&self.frame, &self.records)
+    }
+}
+
+/// A place among the records of a [`ChunkReader`]'s last frame, kept apart
+/// from the reader so that an iterator can hold it across calls (the
+/// client's).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RecordCursor {
+    next: usize,
+    end: usize,
+}
+
+impl RecordCursor {
+    /// All the records of `result`.
+    pub(crate) fn all(result: &DetectionResultView<'_>) -> Self {
+        RecordCursor {
+            next: 0,
+            end: result.process_count(),
+        }
+    }
+
+    /// The next record, from the reader whose frame this cursor is for.
+    pub(crate) fn next<'a>(&mut self, reader: &'a ChunkReader) -> Option<ProcessRecordView<'a>> {
+        if self.next >= self.end {
+            return None;
+        }
+        let record = reader.records().nth(self.next);
+        debug_assert!(record.is_some(), "a cursor outlives its frame");
+        self.next += 1;
+        record
+    }
+
+    /// Records not yet reached.
+    pub(crate) fn left(&self) -> usize {
+        self.end - self.next
     }
 }
 
 /// [`ChunkReader::read`] with a buffer of its own, for one frame.
 pub fn read_chunk(consumer: &mut Consumer, deadline: Instant) -> Result<Chunk, SessionError> {
     ChunkReader::new().read(consumer, deadline)
-}
-
-/// The `processes` entries (field 4) among `bytes`' top-level fields,
-/// counted without decoding them. Stops at the first malformed field (the
-/// decoder then names it) and counts no further than one past the limit.
-fn count_records(mut bytes: &[u8]) -> usize {
-    let mut count = 0;
-    while !bytes.is_empty() && count <= MAX_PROCESSES_PER_RESULT {
-        let Ok((field, wire_type)) = decode_key(&mut bytes) else {
-            break;
-        };
-        let skip = match wire_type {
-            WireType::Varint => match decode_varint(&mut bytes) {
-                Ok(_) => 0,
-                Err(_) => break,
-            },
-            WireType::SixtyFourBit => 8,
-            WireType::ThirtyTwoBit => 4,
-            WireType::LengthDelimited => match decode_varint(&mut bytes) {
-                Ok(len) => usize::try_from(len).unwrap_or(usize::MAX),
-                Err(_) => break,
-            },
-            WireType::StartGroup | WireType::EndGroup => break,
-        };
-        if skip > bytes.len() {
-            break;
-        }
-        if field == PROCESSES_FIELD && wire_type == WireType::LengthDelimited {
-            count += 1;
-        }
-        bytes = &bytes[skip..];
-    }
-    count
 }

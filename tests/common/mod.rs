@@ -229,6 +229,31 @@ pub fn result_finite() -> impl Strategy<Value = DetectionResult> {
     result_with(record_finite().boxed())
 }
 
+/// A typical record of a long-running worker (the pipeline bench's, and
+/// the allocation tests').
+pub fn worker(pid: u32) -> ProtoProcessRecord {
+    ProtoProcessRecord {
+        pid,
+        ppid: Some(1),
+        name: format!("worker-{pid}"),
+        executable_path: Some("/usr/lib/some/long/path/bin/worker".into()),
+        command_line: vec![
+            "/usr/lib/some/long/path/bin/worker".into(),
+            "--config".into(),
+            "/etc/worker/worker.toml".into(),
+            format!("--id={pid}"),
+        ],
+        start_time: Some(1_700_000_000),
+        cpu_usage: Some(1.5),
+        memory_usage: Some(12 << 20),
+        user_id: Some("1000".into()),
+        accessible: true,
+        file_exists: true,
+        collection_time: 1_700_000_000_000,
+        ..Default::default()
+    }
+}
+
 /// Bitwise comparison of records via their encoding (a double is encoded as
 /// its 64 bits, so NaN compares equal to itself and -0.0 differs from 0.0).
 pub fn same_bits<M: prost::Message>(a: &M, b: &M) -> bool {

@@ -1,0 +1,1122 @@
+//! Borrowed views of a result frame's protobuf bytes, in the style of
+//! Perfetto's protozero: one pass over the wire bytes, scalars read as they
+//! come, strings handed out as `&str` into the bytes (UTF-8 checked), the
+//! command line as a lazy iterator over its span, nothing allocated per
+//! record.
+//!
+//! The views accept exactly what prost's decoder accepts, and decode to the
+//! same values ([`DetectionResultView::to_owned`] is what
+//! `DetectionResult::decode` gives): the last occurrence of a scalar or
+//! string wins, a repeated `hash_result` merges, unknown fields of every wire
+//! type are skipped (groups too, nested up to prost's recursion limit), and
+//! a known field of the wrong wire type, a truncated field, an over-long
+//! varint, a key of field 0 or wire type 6 or 7, a stray end-group or text
+//! that is not UTF-8 is refused ([`WireError`]).
+//! [`DetectionResultView::parse`] also applies the schema's rules
+//! (`DetectionResult::validate`, the same code and field paths).
+//!
+//! The one pass notes each record's scalars and where its strings are
+//! ([`RecordSlots`], about 150 bytes a record, in a vector the
+//! [`ChunkReader`](super::ChunkReader) reuses), so handing records out after
+//! the whole frame is checked reads nothing again but each string's UTF-8
+//! as it is asked for.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+
+use crate::proto::limits::MAX_PROCESSES_PER_RESULT;
+use crate::proto::{
+    DetectionResult, HashResultFields, ProtoHashResult, ProtoProcessRecord, RecordFields,
+    ResultFields, ValidationError,
+};
+
+/// prost's recursion limit: how deep messages and groups may nest.
+const RECURSION_LIMIT: u32 = 100;
+
+/// What is wrong with a field's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireProblem {
+    /// A varint, fixed-width value or length-delimited field runs past the
+    /// end of its message.
+    #[error("runs past the end of its message")]
+    Truncated,
+    /// A varint longer than 10 bytes, or over 64 bits.
+    #[error("is an invalid varint")]
+    InvalidVarint,
+    /// A field key over 32 bits.
+    #[error("has a key of {0}, over 32 bits")]
+    InvalidKey(u64),
+    /// A wire type that does not exist (6 or 7).
+    #[error("has wire type {0}, which does not exist")]
+    InvalidWireType(u8),
+    /// A key of field number 0.
+    #[error("has field number 0")]
+    FieldNumberZero,
+    /// A known field of another wire type than its own.
+    #[error("has wire type {found}, expected {expected}")]
+    WrongWireType {
+        /// The wire type on the wire.
+        found: u8,
+        /// The field's own.
+        expected: u8,
+    },
+    /// Text that is not UTF-8.
+    #[error("is not UTF-8")]
+    NotUtf8,
+    /// An end-group without its start-group.
+    #[error("has an unexpected end-group")]
+    UnexpectedEndGroup,
+    /// Groups nested deeper than prost allows.
+    #[error("nests deeper than {RECURSION_LIMIT} levels")]
+    TooDeep,
+    /// Bytes of 4 GiB or more (offsets are 32-bit; a result is at most
+    /// [`MAX_RESULT_BYTES`](crate::proto::limits::MAX_RESULT_BYTES)).
+    #[error("is 4 GiB or more")]
+    TooLarge,
+}
+
+/// A frame's bytes are not a valid protobuf encoding of its message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{} at byte {offset} {problem}", describe(field))]
+pub struct WireError {
+    /// Where: a path such as `processes[3].command_line` (an unknown field
+    /// by its number, `processes[3].field 99`), or the message's own path
+    /// (empty for the top level) when the key itself is bad.
+    pub field: String,
+    /// Offset of the field's key from the start of the bytes decoded.
+    pub offset: usize,
+    /// What is wrong.
+    pub problem: WireProblem,
+}
+
+fn describe(field: &str) -> String {
+    if field.is_empty() {
+        "the message".to_owned()
+    } else {
+        format!("`{field}`")
+    }
+}
+
+/// Why a frame's view was refused: its bytes, or the schema's rules.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ViewError {
+    /// Not a valid protobuf encoding.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// Valid protobuf breaking the schema's rules.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    Varint = 0,
+    SixtyFourBit = 1,
+    LengthDelimited = 2,
+    StartGroup = 3,
+    EndGroup = 4,
+    ThirtyTwoBit = 5,
+}
+
+/// Field names by number, for errors.
+const RESULT_FIELDS: &[&str] = &[
+    "",
+    "task_id",
+    "success",
+    "error_message",
+    "processes",
+    "hash_result",
+];
+const RECORD_FIELDS: &[&str] = &[
+    "",
+    "pid",
+    "ppid",
+    "name",
+    "executable_path",
+    "command_line",
+    "start_time",
+    "cpu_usage",
+    "memory_usage",
+    "executable_hash",
+    "hash_algorithm",
+    "user_id",
+    "accessible",
+    "file_exists",
+    "collection_time",
+];
+const HASH_FIELDS: &[&str] = &[
+    "",
+    "hash_value",
+    "algorithm",
+    "file_path",
+    "success",
+    "error_message",
+];
+
+/// Where in its message a fault was found.
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    /// The key itself.
+    Key,
+    /// The field of this number (known or not).
+    Field(u32),
+}
+
+/// A fault inside one message, named once its parent is known.
+#[derive(Clone, Copy, Debug)]
+struct Fault {
+    at: usize,
+    place: Place,
+    problem: WireProblem,
+}
+
+impl Fault {
+    /// The error, `parent` being the message's path and `names` its
+    /// fields' names by number.
+    fn named(self, parent: &str, names: &[&str]) -> WireError {
+        let field = match self.place {
+            Place::Key => parent.to_owned(),
+            Place::Field(number) => {
+                let name = match names.get(number as usize) {
+                    Some(name) if !name.is_empty() => (*name).to_owned(),
+                    _ => format!("field {number}"),
+                };
+                if parent.is_empty() {
+                    name
+                } else {
+                    format!("{parent}.{name}")
+                }
+            }
+        };
+        WireError {
+            field,
+            offset: self.at,
+            problem: self.problem,
+        }
+    }
+}
+
+/// A place in the bytes viewed: offset and length (32-bit, so a record's
+/// notes stay small).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    fn of(self, bytes: &[u8]) -> &[u8] {
+        let start = self.start as usize;
+        bytes
+            .get(start..start + self.len as usize)
+            .unwrap_or_default()
+    }
+
+    /// The text at this span, checked when it was noted (so never the
+    /// empty fallback).
+    fn text(self, bytes: &[u8]) -> &str {
+        let text = std::str::from_utf8(self.of(bytes));
+        debug_assert!(text.is_ok(), "a checked span is text");
+        text.unwrap_or_default()
+    }
+}
+
+/// UTF-8, as prost checks it (ASCII first, which is most of it).
+#[inline(always)]
+fn check_text(bytes: &[u8]) -> Result<(), WireProblem> {
+    if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+        Ok(())
+    } else {
+        Err(WireProblem::NotUtf8)
+    }
+}
+
+/// Reads one message's bytes; `base` is their offset in what is viewed.
+#[derive(Clone, Debug)]
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    base: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], base: usize) -> Self {
+        Self {
+            bytes,
+            pos: 0,
+            base,
+        }
+    }
+
+    #[inline(always)]
+    fn at_end(&self) -> bool {
+        self.pos >= self.bytes.len()
+    }
+
+    #[inline(always)]
+    fn offset(&self) -> usize {
+        self.base + self.pos
+    }
+
+    /// A varint as prost reads it: at most 10 bytes, the 10th 0 or 1.
+    #[inline(always)]
+    fn varint(&mut self) -> Result<u64, WireProblem> {
+        let rest = self.bytes.get(self.pos..).unwrap_or_default();
+        if let Some(&byte) = rest.first()
+            && byte < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(byte));
+        }
+        let mut value = 0u64;
+        for (i, &byte) in rest.iter().take(10).enumerate() {
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                if i == 9 && byte >= 2 {
+                    return Err(WireProblem::InvalidVarint);
+                }
+                self.pos += i + 1;
+                return Ok(value);
+            }
+        }
+        if rest.len() < 10 {
+            Err(WireProblem::Truncated)
+        } else {
+            Err(WireProblem::InvalidVarint)
+        }
+    }
+
+    #[inline(always)]
+    fn key(&mut self) -> Result<(u32, Wire), WireProblem> {
+        let key = self.varint()?;
+        if key > u64::from(u32::MAX) {
+            return Err(WireProblem::InvalidKey(key));
+        }
+        let wire = match key & 7 {
+            0 => Wire::Varint,
+            1 => Wire::SixtyFourBit,
+            2 => Wire::LengthDelimited,
+            3 => Wire::StartGroup,
+            4 => Wire::EndGroup,
+            5 => Wire::ThirtyTwoBit,
+            other => return Err(WireProblem::InvalidWireType(other as u8)),
+        };
+        let number = (key >> 3) as u32;
+        if number == 0 {
+            return Err(WireProblem::FieldNumberZero);
+        }
+        Ok((number, wire))
+    }
+
+    #[inline(always)]
+    fn take(&mut self, len: u64) -> Result<&'a [u8], WireProblem> {
+        let left = self.bytes.len() - self.pos;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&len| len <= left)
+            .ok_or(WireProblem::Truncated)?;
+        let taken = &self.bytes[self.pos..self.pos + len];
+        self.pos += len;
+        Ok(taken)
+    }
+
+    #[inline(always)]
+    fn length_delimited(&mut self) -> Result<&'a [u8], WireProblem> {
+        let len = self.varint()?;
+        self.take(len)
+    }
+
+    /// A varint field's value, its wire type checked.
+    #[inline(always)]
+    fn varint_of(&mut self, wire: Wire) -> Result<u64, WireProblem> {
+        expect(wire, Wire::Varint)?;
+        self.varint()
+    }
+
+    /// A double field's value, its wire type checked.
+    #[inline(always)]
+    fn double_of(&mut self, wire: Wire) -> Result<f64, WireProblem> {
+        expect(wire, Wire::SixtyFourBit)?;
+        let mut bits = [0u8; 8];
+        bits.copy_from_slice(self.take(8)?);
+        Ok(f64::from_le_bytes(bits))
+    }
+
+    /// A length-delimited field's bytes, its wire type checked.
+    #[inline(always)]
+    fn bytes_of(&mut self, wire: Wire) -> Result<&'a [u8], WireProblem> {
+        expect(wire, Wire::LengthDelimited)?;
+        self.length_delimited()
+    }
+
+    /// A string field's text, its wire type and UTF-8 checked.
+    #[inline(always)]
+    fn text_of(&mut self, wire: Wire) -> Result<&'a str, WireProblem> {
+        std::str::from_utf8(self.bytes_of(wire)?).map_err(|_| WireProblem::NotUtf8)
+    }
+
+    /// Where a string field's text is, its wire type and UTF-8 checked.
+    #[inline(always)]
+    fn text_span_of(&mut self, wire: Wire) -> Result<Span, WireProblem> {
+        let text = self.bytes_of(wire)?;
+        check_text(text)?;
+        // The offset fits: the viewed bytes are under 4 GiB.
+        Ok(Span {
+            start: (self.offset() - text.len()) as u32,
+            len: text.len() as u32,
+        })
+    }
+
+    /// Skips an unknown field as prost's `skip_field` does, `budget` being
+    /// the recursion prost has left at this level.
+    fn skip(&mut self, wire: Wire, number: u32, budget: u32) -> Result<(), WireProblem> {
+        if budget == 0 {
+            return Err(WireProblem::TooDeep);
+        }
+        match wire {
+            Wire::Varint => self.varint().map(drop),
+            Wire::SixtyFourBit => self.take(8).map(drop),
+            Wire::ThirtyTwoBit => self.take(4).map(drop),
+            Wire::LengthDelimited => self.length_delimited().map(drop),
+            Wire::StartGroup => loop {
+                let (inner, inner_wire) = self.key()?;
+                if inner_wire == Wire::EndGroup {
+                    if inner != number {
+                        return Err(WireProblem::UnexpectedEndGroup);
+                    }
+                    return Ok(());
+                }
+                self.skip(inner_wire, inner, budget - 1)?;
+            },
+            Wire::EndGroup => Err(WireProblem::UnexpectedEndGroup),
+        }
+    }
+
+    /// The next length-delimited field `number` of bytes already checked,
+    /// the others skipped; `None` at the end (or should a read fail).
+    fn next_checked(&mut self, number: u32) -> Option<&'a [u8]> {
+        while !self.at_end() {
+            let (found, wire) = self.key().ok()?;
+            if found == number && wire == Wire::LengthDelimited {
+                return self.length_delimited().ok();
+            }
+            self.skip(wire, found, RECURSION_LIMIT).ok()?;
+        }
+        None
+    }
+
+    /// Reads every field: `field` takes one (its number, wire type, the
+    /// key's offset and the reader on its value).
+    #[inline(always)]
+    fn fields(
+        &mut self,
+        mut field: impl FnMut(&mut Self, u32, Wire, usize) -> Result<(), WireProblem>,
+    ) -> Result<(), Fault> {
+        while !self.at_end() {
+            let at = self.offset();
+            let (number, wire) = self.key().map_err(|problem| Fault {
+                at,
+                place: Place::Key,
+                problem,
+            })?;
+            field(self, number, wire, at).map_err(|problem| Fault {
+                at,
+                place: Place::Field(number),
+                problem,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a known field's wire type.
+#[inline(always)]
+fn expect(found: Wire, expected: Wire) -> Result<(), WireProblem> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(WireProblem::WrongWireType {
+            found: found as u8,
+            expected: expected as u8,
+        })
+    }
+}
+
+/// What one pass noted of a `ProcessRecord`: its scalars, and where its
+/// strings are in the bytes viewed (checked UTF-8). No lifetime, so a
+/// reader can keep a frame's worth in a vector it reuses.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RecordSlots {
+    pid: u32,
+    ppid: Option<u32>,
+    name: Span,
+    executable_path: Option<Span>,
+    /// From the first argument's key to the end of the last argument.
+    command_line: Span,
+    args: u32,
+    /// The arguments' bytes together, for the rules.
+    args_bytes: u32,
+    start_time: Option<i64>,
+    cpu_usage: Option<f64>,
+    memory_usage: Option<u64>,
+    executable_hash: Option<Span>,
+    hash_algorithm: Option<Span>,
+    user_id: Option<Span>,
+    accessible: bool,
+    file_exists: bool,
+    collection_time: i64,
+}
+
+impl RecordSlots {
+    /// Reads the record whose body is `frame[start..end]` into `self` (a
+    /// default), `budget` being the recursion left inside it.
+    fn read(&mut self, frame: &[u8], start: usize, end: usize, budget: u32) -> Result<(), Fault> {
+        let s = self;
+        let mut args_start = 0;
+        Reader::new(&frame[start..end], start).fields(|r, number, wire, at| {
+            match number {
+                1 => s.pid = r.varint_of(wire)? as u32,
+                2 => s.ppid = Some(r.varint_of(wire)? as u32),
+                3 => s.name = r.text_span_of(wire)?,
+                4 => s.executable_path = Some(r.text_span_of(wire)?),
+                5 => {
+                    let arg = r.text_span_of(wire)?;
+                    if s.args == 0 {
+                        args_start = at as u32;
+                    }
+                    s.args += 1;
+                    s.args_bytes = s.args_bytes.saturating_add(arg.len);
+                    s.command_line = Span {
+                        start: args_start,
+                        len: arg.start + arg.len - args_start,
+                    };
+                }
+                6 => s.start_time = Some(r.varint_of(wire)? as i64),
+                7 => s.cpu_usage = Some(r.double_of(wire)?),
+                8 => s.memory_usage = Some(r.varint_of(wire)?),
+                9 => s.executable_hash = Some(r.text_span_of(wire)?),
+                10 => s.hash_algorithm = Some(r.text_span_of(wire)?),
+                11 => s.user_id = Some(r.text_span_of(wire)?),
+                12 => s.accessible = r.varint_of(wire)? != 0,
+                13 => s.file_exists = r.varint_of(wire)? != 0,
+                14 => s.collection_time = r.varint_of(wire)? as i64,
+                _ => r.skip(wire, number, budget)?,
+            }
+            Ok(())
+        })
+    }
+
+    /// The fields the schema's rules look at, `bytes` being those viewed.
+    fn fields<'a>(&self, bytes: &'a [u8]) -> RecordFields<'a> {
+        RecordFields {
+            name_len: self.name.len as usize,
+            executable_path_len: self.executable_path.map(|p| p.len as usize),
+            command_line_args: self.args as usize,
+            command_line_bytes: self.args_bytes as usize,
+            cpu_usage: self.cpu_usage,
+            executable_hash: self.executable_hash.map(|h| h.text(bytes)),
+            hash_algorithm: self.hash_algorithm.map(|a| a.text(bytes)),
+            user_id_len: self.user_id.map(|u| u.len as usize),
+        }
+    }
+}
+
+/// A `ProcessRecord`'s bytes, viewed: scalars, `&str`s into the bytes, and
+/// the command line as a lazy iterator. Built by [`ProcessRecordView::decode`]
+/// or by [`DetectionResultView::processes`]; nothing is allocated. The
+/// default is the view of an empty record.
+#[derive(Clone, Default)]
+pub struct ProcessRecordView<'a> {
+    /// The bytes the slots point into.
+    bytes: &'a [u8],
+    slots: RecordSlots,
+}
+
+impl<'a> ProcessRecordView<'a> {
+    /// Views `bytes` as one encoded `ProcessRecord` (what
+    /// `ProcessRecord::decode` accepts); the protobuf encoding only, not the
+    /// schema's rules ([`validate`](Self::validate)).
+    ///
+    /// # Errors
+    ///
+    /// [`WireError`] naming the first bad field, where prost's decoder
+    /// fails too.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, WireError> {
+        let too_large = Fault {
+            at: 0,
+            place: Place::Key,
+            problem: WireProblem::TooLarge,
+        };
+        let mut slots = RecordSlots::default();
+        if bytes.len() > MAX_BYTES {
+            Err(too_large)
+        } else {
+            slots.read(bytes, 0, bytes.len(), RECURSION_LIMIT)
+        }
+        .map_err(|fault| fault.named("", RECORD_FIELDS))?;
+        Ok(ProcessRecordView { bytes, slots })
+    }
+
+    /// Checks the schema's rules, exactly as
+    /// [`ProtoProcessRecord::validate`] does (same rules, same field names).
+    ///
+    /// # Errors
+    ///
+    /// The first broken rule, as a [`ValidationError`].
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.slots.fields(self.bytes).validate()
+    }
+
+    /// The owned record: exactly what prost decodes from the same bytes.
+    pub fn to_owned(&self) -> ProtoProcessRecord {
+        ProtoProcessRecord {
+            pid: self.pid(),
+            ppid: self.ppid(),
+            name: self.name().to_owned(),
+            executable_path: self.executable_path().map(str::to_owned),
+            command_line: self.command_line().map(str::to_owned).collect(),
+            start_time: self.start_time(),
+            cpu_usage: self.cpu_usage(),
+            memory_usage: self.memory_usage(),
+            executable_hash: self.executable_hash().map(str::to_owned),
+            hash_algorithm: self.hash_algorithm().map(str::to_owned),
+            user_id: self.user_id().map(str::to_owned),
+            accessible: self.accessible(),
+            file_exists: self.file_exists(),
+            collection_time: self.collection_time(),
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.slots.pid
+    }
+    /// Parent process id.
+    pub fn ppid(&self) -> Option<u32> {
+        self.slots.ppid
+    }
+    /// Process name.
+    pub fn name(&self) -> &'a str {
+        self.slots.name.text(self.bytes)
+    }
+    /// Full executable path.
+    pub fn executable_path(&self) -> Option<&'a str> {
+        self.slots.executable_path.map(|s| s.text(self.bytes))
+    }
+    /// Command-line arguments, read lazily from the record's bytes.
+    pub fn command_line(&self) -> CommandLine<'a> {
+        CommandLine {
+            span: self.slots.command_line.of(self.bytes),
+            left: self.slots.args as usize,
+        }
+    }
+    /// Start time (Unix timestamp).
+    pub fn start_time(&self) -> Option<i64> {
+        self.slots.start_time
+    }
+    /// CPU usage percentage.
+    pub fn cpu_usage(&self) -> Option<f64> {
+        self.slots.cpu_usage
+    }
+    /// Memory usage in bytes.
+    pub fn memory_usage(&self) -> Option<u64> {
+        self.slots.memory_usage
+    }
+    /// Executable hash (hex).
+    pub fn executable_hash(&self) -> Option<&'a str> {
+        self.slots.executable_hash.map(|s| s.text(self.bytes))
+    }
+    /// Hash algorithm name.
+    pub fn hash_algorithm(&self) -> Option<&'a str> {
+        self.slots.hash_algorithm.map(|s| s.text(self.bytes))
+    }
+    /// User id.
+    pub fn user_id(&self) -> Option<&'a str> {
+        self.slots.user_id.map(|s| s.text(self.bytes))
+    }
+    /// Whether procmond could read the process's details.
+    pub fn accessible(&self) -> bool {
+        self.slots.accessible
+    }
+    /// Whether the executable file still exists.
+    pub fn file_exists(&self) -> bool {
+        self.slots.file_exists
+    }
+    /// Collection timestamp (milliseconds).
+    pub fn collection_time(&self) -> i64 {
+        self.slots.collection_time
+    }
+}
+
+impl fmt::Debug for ProcessRecordView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessRecordView")
+            .field("pid", &self.pid())
+            .field("ppid", &self.ppid())
+            .field("name", &self.name())
+            .field("executable_path", &self.executable_path())
+            .field("command_line", &self.command_line())
+            .field("start_time", &self.start_time())
+            .field("cpu_usage", &self.cpu_usage())
+            .field("memory_usage", &self.memory_usage())
+            .field("executable_hash", &self.executable_hash())
+            .field("hash_algorithm", &self.hash_algorithm())
+            .field("user_id", &self.user_id())
+            .field("accessible", &self.accessible())
+            .field("file_exists", &self.file_exists())
+            .field("collection_time", &self.collection_time())
+            .finish()
+    }
+}
+
+/// Serialized exactly as the derived `Serialize` of [`ProtoProcessRecord`]
+/// (same field names, order and types), so JSON written from a view is
+/// byte for byte what the owned record gives.
+impl Serialize for ProcessRecordView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("ProcessRecord", 14)?;
+        s.serialize_field("pid", &self.pid())?;
+        s.serialize_field("ppid", &self.ppid())?;
+        s.serialize_field("name", self.name())?;
+        s.serialize_field("executable_path", &self.executable_path())?;
+        s.serialize_field("command_line", &self.command_line())?;
+        s.serialize_field("start_time", &self.start_time())?;
+        s.serialize_field("cpu_usage", &self.cpu_usage())?;
+        s.serialize_field("memory_usage", &self.memory_usage())?;
+        s.serialize_field("executable_hash", &self.executable_hash())?;
+        s.serialize_field("hash_algorithm", &self.hash_algorithm())?;
+        s.serialize_field("user_id", &self.user_id())?;
+        s.serialize_field("accessible", &self.accessible())?;
+        s.serialize_field("file_exists", &self.file_exists())?;
+        s.serialize_field("collection_time", &self.collection_time())?;
+        s.end()
+    }
+}
+
+/// A record's command-line arguments, read one by one from the span of its
+/// bytes that holds them (other fields in between are skipped).
+#[derive(Clone, Debug, Default)]
+pub struct CommandLine<'a> {
+    /// From the first argument's key to the end of the last argument.
+    span: &'a [u8],
+    /// Arguments not yet yielded.
+    left: usize,
+}
+
+impl<'a> Iterator for CommandLine<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.left == 0 {
+            return None;
+        }
+        let mut reader = Reader::new(self.span, 0);
+        match reader.next_checked(5).map(std::str::from_utf8) {
+            Some(Ok(arg)) => {
+                self.span = &self.span[reader.pos..];
+                self.left -= 1;
+                Some(arg)
+            }
+            _ => {
+                debug_assert!(false, "a checked command line reads again");
+                self.left = 0;
+                None
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for CommandLine<'_> {}
+
+impl Serialize for CommandLine<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.clone())
+    }
+}
+
+/// A `HashResult`'s bytes, viewed.
+#[derive(Clone, Debug, Default)]
+pub struct HashResultView<'a> {
+    hash_value: &'a str,
+    algorithm: &'a str,
+    file_path: &'a str,
+    success: bool,
+    error_message: Option<&'a str>,
+}
+
+impl<'a> HashResultView<'a> {
+    /// Merges the occurrence whose body is `bytes[start..end]` into `self`
+    /// (protobuf merges a repeated message field: each field's last
+    /// occurrence wins).
+    fn merge(&mut self, bytes: &'a [u8], start: usize, end: usize) -> Result<(), Fault> {
+        Reader::new(&bytes[start..end], start).fields(|r, number, wire, _| {
+            match number {
+                1 => self.hash_value = r.text_of(wire)?,
+                2 => self.algorithm = r.text_of(wire)?,
+                3 => self.file_path = r.text_of(wire)?,
+                4 => self.success = r.varint_of(wire)? != 0,
+                5 => self.error_message = Some(r.text_of(wire)?),
+                _ => r.skip(wire, number, RECURSION_LIMIT - 1)?,
+            }
+            Ok(())
+        })
+    }
+
+    fn fields(&self) -> HashResultFields<'a> {
+        HashResultFields {
+            hash_value: self.hash_value,
+            algorithm: self.algorithm,
+            file_path: self.file_path,
+            success: self.success,
+            error_message: self.error_message,
+        }
+    }
+
+    /// The owned hash result, as prost decodes it.
+    pub fn to_owned(&self) -> ProtoHashResult {
+        ProtoHashResult {
+            hash_value: self.hash_value.to_owned(),
+            algorithm: self.algorithm.to_owned(),
+            file_path: self.file_path.to_owned(),
+            success: self.success,
+            error_message: self.error_message.map(str::to_owned),
+        }
+    }
+
+    /// Computed hash.
+    pub fn hash_value(&self) -> &'a str {
+        self.hash_value
+    }
+    /// Algorithm used.
+    pub fn algorithm(&self) -> &'a str {
+        self.algorithm
+    }
+    /// File path processed.
+    pub fn file_path(&self) -> &'a str {
+        self.file_path
+    }
+    /// Whether the hash was computed.
+    pub fn success(&self) -> bool {
+        self.success
+    }
+    /// Why not, if it was not.
+    pub fn error_message(&self) -> Option<&'a str> {
+        self.error_message
+    }
+}
+
+/// A result's fields but its records.
+#[derive(Clone, Debug, Default)]
+struct Head<'a> {
+    task_id: &'a str,
+    success: bool,
+    error_message: Option<&'a str>,
+    hash_result: Option<HashResultView<'a>>,
+}
+
+/// The first record (index, error) that breaks the rules.
+type FirstBad = Option<(usize, ValidationError)>;
+
+impl<'a> Head<'a> {
+    /// One pass over `bytes`: the head's fields read, each record's noted
+    /// into `records` and, given `first_bad`, checked against the rules
+    /// (the first to break them noted there).
+    fn read(
+        bytes: &'a [u8],
+        records: &mut Vec<RecordSlots>,
+        mut first_bad: Option<&mut FirstBad>,
+    ) -> Result<Self, WireError> {
+        if bytes.len() > MAX_BYTES {
+            return Err(WireError {
+                field: String::new(),
+                offset: 0,
+                problem: WireProblem::TooLarge,
+            });
+        }
+        let mut head = Head::default();
+        // A fault inside a record or the hash result, named at once (a
+        // record's name needs its index); the walk is then stopped.
+        let mut inner = None;
+        let walked = Reader::new(bytes, 0).fields(|r, number, wire, _| {
+            match number {
+                1 => head.task_id = r.text_of(wire)?,
+                2 => head.success = r.varint_of(wire)? != 0,
+                3 => head.error_message = Some(r.text_of(wire)?),
+                4 => {
+                    let body = r.bytes_of(wire)?;
+                    let (end, i) = (r.offset(), records.len());
+                    // Read in place: a record's notes are some 150 bytes.
+                    records.push(RecordSlots::default());
+                    let slots = &mut records[i];
+                    match slots.read(bytes, end - body.len(), end, RECURSION_LIMIT - 1) {
+                        Ok(()) => {
+                            if let Some(bad @ None) = first_bad.as_deref_mut() {
+                                *bad = slots.fields(bytes).validate().err().map(|e| (i, e));
+                            }
+                        }
+                        Err(fault) => {
+                            inner = Some(fault.named(&format!("processes[{i}]"), RECORD_FIELDS));
+                            return Err(WireProblem::Truncated);
+                        }
+                    }
+                }
+                5 => {
+                    let body = r.bytes_of(wire)?;
+                    let end = r.offset();
+                    let hash = head.hash_result.get_or_insert_with(HashResultView::default);
+                    if let Err(fault) = hash.merge(bytes, end - body.len(), end) {
+                        inner = Some(fault.named("hash_result", HASH_FIELDS));
+                        return Err(WireProblem::Truncated);
+                    }
+                }
+                _ => r.skip(wire, number, RECURSION_LIMIT)?,
+            }
+            Ok(())
+        });
+        match walked {
+            Ok(()) => Ok(head),
+            Err(fault) => Err(inner.unwrap_or_else(|| fault.named("", RESULT_FIELDS))),
+        }
+    }
+
+    /// Reads `bytes` as [`read`](Self::read) does, then checks the result's
+    /// rules in `DetectionResult::validate`'s order.
+    fn read_checked(bytes: &'a [u8], records: &mut Vec<RecordSlots>) -> Result<Self, ViewError> {
+        let mut first_bad = None;
+        let head = Head::read(bytes, records, Some(&mut first_bad))?;
+        ResultFields {
+            task_id: head.task_id,
+            success: head.success,
+            error_message: head.error_message,
+            processes: records.len(),
+            hash_result: head.hash_result.as_ref().map(HashResultView::fields),
+        }
+        .validate(|| first_bad)?;
+        Ok(head)
+    }
+}
+
+/// Offsets are 32-bit: bytes viewed are under 4 GiB.
+const MAX_BYTES: usize = u32::MAX as usize;
+
+/// A `DetectionResult`'s bytes, viewed: its scalars and strings, its hash
+/// result, and its records one by one ([`processes`](Self::processes)).
+///
+/// ```
+/// use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
+/// use daemoneye_lib::session::DetectionResultView;
+/// use prost::Message;
+///
+/// let record = ProtoProcessRecord {
+///     pid: 42,
+///     name: "sshd".into(),
+///     command_line: vec!["/usr/sbin/sshd".into(), "-D".into()],
+///     ..Default::default()
+/// };
+/// let bytes = DetectionResult::success("t-1", vec![record.clone()]).encode_to_vec();
+///
+/// let view = DetectionResultView::parse(&bytes)?;
+/// assert_eq!(view.task_id(), "t-1");
+/// for process in view.processes() {
+///     assert_eq!((process.pid(), process.name()), (42, "sshd"));
+///     assert_eq!(process.command_line().collect::<Vec<_>>(), ["/usr/sbin/sshd", "-D"]);
+///     assert_eq!(process.to_owned(), record);
+/// }
+/// # Ok::<(), daemoneye_lib::session::ViewError>(())
+/// ```
+#[derive(Clone)]
+pub struct DetectionResultView<'a> {
+    bytes: &'a [u8],
+    head: Head<'a>,
+    records: Cow<'a, [RecordSlots]>,
+}
+
+impl<'a> DetectionResultView<'a> {
+    /// Views `bytes` as an encoded `DetectionResult`: what
+    /// `DetectionResult::decode` accepts, every record included, without
+    /// the schema's rules. Allocates once, for the records' notes
+    /// ([`ChunkReader`](super::ChunkReader) reuses its own).
+    ///
+    /// # Errors
+    ///
+    /// [`WireError`] naming the first bad field (`processes[3].name`), where
+    /// prost's decoder fails too.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, WireError> {
+        let mut records = Vec::with_capacity(count_records(bytes));
+        let head = Head::read(bytes, &mut records, None)?;
+        Ok(Self::new(bytes, head, Cow::Owned(records)))
+    }
+
+    /// [`decode`](Self::decode) and the schema's rules in one pass: what
+    /// `DetectionResult::decode` followed by `validate()` accepts.
+    ///
+    /// # Errors
+    ///
+    /// [`ViewError::Wire`] as for `decode` (a bad encoding anywhere is
+    /// reported before any broken rule, as the owned path does);
+    /// [`ViewError::Invalid`] with the same [`ValidationError`] that
+    /// `DetectionResult::validate` gives (say `processes[3].command_line`,
+    /// too long).
+    ///
+    /// ```
+    /// use daemoneye_lib::proto::DetectionResult;
+    /// use daemoneye_lib::session::{DetectionResultView, ViewError};
+    /// use prost::Message;
+    ///
+    /// let bytes = DetectionResult::failure("t-1", "").encode_to_vec();
+    /// let Err(ViewError::Invalid(err)) = DetectionResultView::parse(&bytes) else {
+    ///     panic!("a failure that says nothing is refused");
+    /// };
+    /// assert_eq!(err, DetectionResult::decode(&bytes[..]).unwrap().validate().unwrap_err());
+    /// ```
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, ViewError> {
+        let mut records = Vec::with_capacity(count_records(bytes));
+        let head = Head::read_checked(bytes, &mut records)?;
+        Ok(Self::new(bytes, head, Cow::Owned(records)))
+    }
+
+    /// [`parse`](Self::parse), the records' notes kept in `records` (which
+    /// is cleared first and reused: nothing is allocated once it has grown).
+    pub(crate) fn parse_into(
+        bytes: &'a [u8],
+        records: &'a mut Vec<RecordSlots>,
+    ) -> Result<Self, ViewError> {
+        records.clear();
+        let head = Head::read_checked(bytes, records)?;
+        Ok(Self::new(bytes, head, Cow::Borrowed(records)))
+    }
+
+    fn new(bytes: &'a [u8], head: Head<'a>, records: Cow<'a, [RecordSlots]>) -> Self {
+        DetectionResultView {
+            bytes,
+            head,
+            records,
+        }
+    }
+
+    /// The owned result: exactly what prost decodes from the same bytes.
+    pub fn to_owned(&self) -> DetectionResult {
+        DetectionResult {
+            task_id: self.task_id().to_owned(),
+            success: self.success(),
+            error_message: self.error_message().map(str::to_owned),
+            processes: self.processes().map(|p| p.to_owned()).collect(),
+            hash_result: self.hash_result().map(HashResultView::to_owned),
+        }
+    }
+
+    /// The task this result answers.
+    pub fn task_id(&self) -> &'a str {
+        self.head.task_id
+    }
+    /// Whether the task succeeded.
+    pub fn success(&self) -> bool {
+        self.head.success
+    }
+    /// Why it failed.
+    pub fn error_message(&self) -> Option<&'a str> {
+        self.head.error_message
+    }
+    /// The hash result, if any.
+    pub fn hash_result(&self) -> Option<&HashResultView<'a>> {
+        self.head.hash_result.as_ref()
+    }
+    /// How many records the result holds.
+    pub fn process_count(&self) -> usize {
+        self.records.len()
+    }
+    /// The records, in order (checked with the result: nothing is read
+    /// again but their strings' UTF-8, as each is asked for).
+    pub fn processes(&self) -> Processes<'_> {
+        Processes {
+            bytes: self.bytes,
+            records: self.records.iter(),
+        }
+    }
+}
+
+impl fmt::Debug for DetectionResultView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DetectionResultView")
+            .field("task_id", &self.task_id())
+            .field("success", &self.success())
+            .field("error_message", &self.error_message())
+            .field("processes", &self.process_count())
+            .field("hash_result", &self.hash_result())
+            .finish()
+    }
+}
+
+/// The records of a [`DetectionResultView`], in order.
+#[derive(Clone, Debug)]
+pub struct Processes<'a> {
+    bytes: &'a [u8],
+    records: std::slice::Iter<'a, RecordSlots>,
+}
+
+impl<'a> Processes<'a> {
+    /// The records of `bytes` noted in `records`.
+    pub(crate) fn new(bytes: &'a [u8], records: &'a [RecordSlots]) -> Self {
+        Processes {
+            bytes,
+            records: records.iter(),
+        }
+    }
+}
+
+impl<'a> Iterator for Processes<'a> {
+    type Item = ProcessRecordView<'a>;
+
+    fn next(&mut self) -> Option<ProcessRecordView<'a>> {
+        let slots = *self.records.next()?;
+        Some(ProcessRecordView {
+            bytes: self.bytes,
+            slots,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.records.size_hint()
+    }
+
+    fn nth(&mut self, n: usize) -> Option<ProcessRecordView<'a>> {
+        let slots = *self.records.nth(n)?;
+        Some(ProcessRecordView {
+            bytes: self.bytes,
+            slots,
+        })
+    }
+}
+
+impl ExactSizeIterator for Processes<'_> {}
+
+/// The `processes` entries (field 4) among `bytes`' top-level fields,
+/// counted without reading them. Stops at the first malformed field (the
+/// decoder then names it) and counts no further than one past the limit.
+pub(super) fn count_records(bytes: &[u8]) -> usize {
+    let mut reader = Reader::new(bytes, 0);
+    let mut count = 0;
+    while !reader.at_end() && count <= MAX_PROCESSES_PER_RESULT {
+        let Ok((number, wire)) = reader.key() else {
+            break;
+        };
+        if number == 4 && wire == Wire::LengthDelimited {
+            if reader.length_delimited().is_err() {
+                break;
+            }
+            count += 1;
+        } else if matches!(wire, Wire::StartGroup | Wire::EndGroup)
+            || reader.skip(wire, number, RECURSION_LIMIT).is_err()
+        {
+            break;
+        }
+    }
+    count
+}
