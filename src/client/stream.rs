@@ -107,6 +107,14 @@ impl<'a> Records<'a> {
             if self.done {
                 return None;
             }
+            // Past its deadline the stream gives up, even when a frame is
+            // there already: the deadline bounds the whole stream.
+            if Instant::now() >= self.deadline {
+                self.done = true;
+                return Some(Err(ClientError::Timeout {
+                    waiting_for: "procmond's results",
+                }));
+            }
             let frame = match self.agent.chunk_for(&self.task_id, self.deadline) {
                 Ok(frame) => frame,
                 Err(error) => {
