@@ -8,9 +8,10 @@
 //!   alone, then validation of any task, as procmond checks it);
 //! - as what the hostile peer writes after an honest handshake made by this
 //!   target (layout in `peer.rs`: writes, raw or framed, with descriptors),
-//!   read by `ServerChannel::recv` (tasks, cancels, goodbyes, a hash
-//!   check's attached file) or `ClientChannel::recv` (task accepted or
-//!   rejected, goodbyes, errors, refusals) until it returns an error.
+//!   read by `ServerChannel::recv` (tasks, cancels, status requests,
+//!   goodbyes, a hash check's attached file) or `ClientChannel::recv` (task
+//!   accepted or rejected, status replies, goodbyes, errors, refusals) until
+//!   it returns an error.
 #![no_main]
 
 mod peer;
@@ -58,6 +59,7 @@ fn check_client_frame(body: &client_frame::Body) {
         }
         client_frame::Body::Cancel(cancel) => drop(text::for_log(&cancel.task_id, 64)),
         client_frame::Body::Goodbye(goodbye) => drop(text::for_log(&goodbye.reason, 64)),
+        client_frame::Body::Status(_) => {}
     }
 }
 
@@ -129,6 +131,7 @@ fn client_reads_hostile_server(stream: &[u8]) {
                 drop(text::for_log(&accepted.task_id, 64))
             }
             Ok(server_frame::Body::Rejected(rejected)) => drop(text::for_log(&rejected.reason, 64)),
+            Ok(server_frame::Body::Status(status)) => drop(text::for_log(&status.version, 64)),
             Ok(_) => {}
             Err(_) => break,
         }
