@@ -879,6 +879,92 @@ fn sigterm_stops_procmond_even_after_its_socket_file_was_removed() {
     procmond.stop();
 }
 
+/// procmond with its log on a pipe that takes nothing more once it is
+/// listening (a stalled journald, say): the first `first` has it stop, and
+/// its shutdown sticks at its first log line; a second signal, `second`,
+/// must end it at once, exit 1.
+fn a_second_signal_ends_a_shutdown_stuck_on_its_log(first: Signal, second: Signal) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let dir = TempDir::new("stuck-log");
+    let socket = dir.0.join("procmond.sock");
+    let (log, writer) = nix::unistd::pipe().unwrap();
+    let mut log = std::fs::File::from(log);
+    let procmond = Collected::new(
+        Command::new(env!("CARGO_BIN_EXE_procmond"))
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::from(writer))
+            .spawn()
+            .unwrap(),
+    );
+    let pidfd = PidFd::open(procmond.pid()).unwrap();
+    // Read the log without a thread, so that reading can stop.
+    let deadline = Instant::now().checked_add(WAIT).unwrap();
+    let mut text = Vec::new();
+    while !String::from_utf8_lossy(&text).contains("procmond listening") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout = rustix::time::Timespec::try_from(left).unwrap();
+        let mut fds = [rustix::event::PollFd::new(
+            &log,
+            rustix::event::PollFlags::IN,
+        )];
+        let ready = rustix::event::poll(&mut fds, Some(&timeout)).unwrap();
+        assert!(ready > 0, "procmond did not listen within {WAIT:?}");
+        let mut chunk = [0u8; 4096];
+        let n = log.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "procmond's log ended: {}",
+            String::from_utf8_lossy(&text)
+        );
+        text.extend_from_slice(&chunk[..n]);
+    }
+    // Fill the pipe through a description of our own (non-blocking; the
+    // one procmond writes with stays blocking): its next log line waits.
+    let mut filler = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", log.as_raw_fd()))
+        .unwrap();
+    for size in [4096, 1] {
+        let block = vec![b'.'; size];
+        while filler.write(&block).is_ok() {}
+    }
+
+    let pid = Pid::from_raw(procmond.pid() as i32);
+    kill(pid, first).unwrap();
+    // Stuck: the shutdown cannot say "shutting down". (A bounded look,
+    // not a synchronisation: nothing can be waited for from a stuck log.)
+    assert!(
+        !pidfd.wait_exit(Duration::from_millis(500)).unwrap(),
+        "procmond exited although its log takes nothing"
+    );
+    let sent = Instant::now();
+    kill(pid, second).unwrap();
+    assert!(
+        pidfd.wait_exit(Duration::from_secs(5)).unwrap(),
+        "a second {second:?} did not end procmond stuck in its shutdown"
+    );
+    println!("ended {:?} after the second signal", sent.elapsed());
+    let output = procmond.output_within(WAIT, "procmond");
+    assert_eq!(output.status.code(), Some(1), "{}", output.status);
+    drop((filler, log));
+}
+
+#[test]
+fn a_second_sigterm_ends_procmond_while_its_shutdown_is_stuck() {
+    a_second_signal_ends_a_shutdown_stuck_on_its_log(Signal::SIGTERM, Signal::SIGTERM);
+}
+
+#[test]
+fn a_second_sigint_ends_procmond_while_its_shutdown_is_stuck() {
+    a_second_signal_ends_a_shutdown_stuck_on_its_log(Signal::SIGTERM, Signal::SIGINT);
+}
+
 #[test]
 fn when_procmond_stops_a_connections_results_the_client_is_told_why_and_the_slot_freed() {
     let dir = TempDir::new("ended");

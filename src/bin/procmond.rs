@@ -1,11 +1,12 @@
 //! procmond: the privileged process collector. Runs in the foreground,
 //! serves daemoneye-agent connections on a Unix socket, exits 0 on SIGTERM
 //! or SIGINT and removes its socket. A second SIGTERM or SIGINT during the
-//! shutdown ends it at once (exit 1, the socket left for the next procmond
-//! to replace).
+//! shutdown ends it at once (exit 1, nothing logged, the socket left for the
+//! next procmond to replace), even when its log takes nothing more.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -134,12 +135,17 @@ fn run(args: Args) -> Result<()> {
 
     let server = Server::bind(config)?;
     let shutdown = server.shutdown_handle();
+    let stopped_by = Arc::new(OnceLock::new());
+    let received = Arc::clone(&stopped_by);
+    // This thread writes no log line: the log itself may be what is stuck (a
+    // full pipe, a stalled journald), and a blocked write here would keep it
+    // from the shutdown and from the second signal.
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             match signals.wait() {
                 Ok(signal) => {
-                    tracing::info!(?signal, "stopping");
+                    let _ = received.set(signal);
                     shutdown.trigger();
                 }
                 Err(error) => {
@@ -148,14 +154,16 @@ fn run(args: Args) -> Result<()> {
                 }
             }
             // A second signal: the operator will not wait for the shutdown.
-            if let Ok(signal) = signals.wait() {
-                tracing::warn!(?signal, "second signal: exiting at once");
+            if signals.wait().is_ok() {
                 std::process::exit(1);
             }
         })
         .context("starting the signal thread")?;
     server.run_until(&server.shutdown_handle());
     drop(server); // removes the socket file
-    tracing::info!("stopped");
+    tracing::info!(
+        signal = stopped_by.get().map_or("none", |s| s.as_str()),
+        "stopped"
+    );
     Ok(())
 }
