@@ -294,16 +294,7 @@ impl Agent {
         let mut hash = None;
         let mut failure = None;
         loop {
-            let frame = match self.chunk_for(&task_id, deadline) {
-                Ok(frame) => frame,
-                Err(error) => {
-                    self.abandoned.push(task_id);
-                    return Err(error);
-                }
-            };
-            if frame.marker.cancelled {
-                return Err(ClientError::Cancelled { task_id });
-            }
+            let frame = self.call_frame(&task_id, deadline)?;
             if !frame.success {
                 failure = frame.error_message;
             } else if let Some(result) = frame.hash_result {
@@ -380,16 +371,7 @@ impl Agent {
         let deadline = crate::deadline::after(self.options.timeout);
         let mut set = ChangeSet::default();
         loop {
-            let frame = match self.chunk_for(&task_id, deadline) {
-                Ok(frame) => frame,
-                Err(error) => {
-                    self.abandoned.push(task_id);
-                    return Err(error);
-                }
-            };
-            if frame.marker.cancelled {
-                return Err(ClientError::Cancelled { task_id });
-            }
+            let frame = self.call_frame(&task_id, deadline)?;
             if !frame.success {
                 if !frame.marker.end {
                     self.abandoned.push(task_id.clone());
@@ -497,6 +479,25 @@ impl Agent {
     /// The next frame of `task_id`'s stream, skipping what is left of
     /// abandoned streams. Its records stay in the agent's reader, where
     /// [`FrameHead::records`] finds them.
+    /// The next frame of a task answered within one call (a hash check, a
+    /// changes-only enumerate): on an error the rest of its stream is left
+    /// to be skipped; a frame marked cancelled is [`ClientError::Cancelled`].
+    fn call_frame(&mut self, task_id: &str, deadline: Instant) -> Result<FrameHead, ClientError> {
+        let frame = match self.chunk_for(task_id, deadline) {
+            Ok(frame) => frame,
+            Err(error) => {
+                self.abandoned.push(task_id.to_owned());
+                return Err(error);
+            }
+        };
+        if frame.marker.cancelled {
+            return Err(ClientError::Cancelled {
+                task_id: task_id.to_owned(),
+            });
+        }
+        Ok(frame)
+    }
+
     fn chunk_for(&mut self, task_id: &str, deadline: Instant) -> Result<FrameHead, ClientError> {
         loop {
             // A task's first frame comes no sooner than procmond has
