@@ -139,6 +139,27 @@ pub struct Agent {
 
 impl Agent {
     /// Connects to procmond at `path` with the default options.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::NotRunning`] (nothing listens there),
+    /// [`ClientError::Refused`] (not allowed, too many clients; the reason
+    /// names the limit), [`ClientError::Timeout`] (no handshake within
+    /// [`ClientOptions::connect_timeout`]), [`ClientError::Protocol`] or
+    /// [`ClientError::Ring`] (a handshake or ring this agent cannot use),
+    /// [`ClientError::FrameTooLarge`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use daemoneye_lib::client::{Agent, find_socket};
+    ///
+    /// # fn main() -> Result<(), daemoneye_lib::client::ClientError> {
+    /// let agent = Agent::connect(find_socket()?)?;
+    /// println!("procmond {} learns of processes by {:?}", agent.server_pid(), agent.event_source());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn connect(path: impl AsRef<Path>) -> Result<Agent, ClientError> {
         Agent::connect_with(path, ClientOptions::default())
     }
@@ -241,6 +262,30 @@ impl Agent {
 
     /// ENUMERATE_PROCESSES: the processes `filter` selects (all with
     /// `None`), with executable hashes when `with_hashes`.
+    ///
+    /// # Errors
+    ///
+    /// Sending: [`ClientError::PeerGone`] or [`ClientError::Ended`] when
+    /// procmond has gone. Reading the records: those, and
+    /// [`ClientError::Timeout`], [`ClientError::TaskFailed`] (a filter
+    /// procmond refuses names why), [`ClientError::Corrupt`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use daemoneye_lib::client::Agent;
+    /// use daemoneye_lib::proto::ProtoProcessFilter;
+    ///
+    /// # fn main() -> Result<(), daemoneye_lib::client::ClientError> {
+    /// let mut agent = Agent::connect("/run/daemoneye/procmond.sock")?;
+    /// let sshd = ProtoProcessFilter { process_names: vec!["sshd".into()], ..Default::default() };
+    /// for record in agent.enumerate(Some(sshd), true)? {
+    ///     let record = record?;
+    ///     println!("{} {:?}", record.pid, record.executable_hash);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn enumerate(
         &mut self,
         filter: Option<ProtoProcessFilter>,
@@ -255,6 +300,27 @@ impl Agent {
     /// VERIFY_EXECUTABLE: the processes `filter` selects, each with the
     /// SHA-256 of its running image and whether the file on disk still is
     /// that image (`file_exists`).
+    ///
+    /// # Errors
+    ///
+    /// As [`enumerate`](Self::enumerate).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use daemoneye_lib::client::Agent;
+    ///
+    /// # fn main() -> Result<(), daemoneye_lib::client::ClientError> {
+    /// let mut agent = Agent::connect("/run/daemoneye/procmond.sock")?;
+    /// for record in agent.verify(None)? {
+    ///     let record = record?;
+    ///     if !record.file_exists {
+    ///         println!("{} runs an image no longer on disk", record.pid);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn verify(
         &mut self,
         filter: Option<ProtoProcessFilter>,
@@ -275,6 +341,30 @@ impl Agent {
     /// process's rights (mode bits, ACLs, LSMs, its mount namespace) what it
     /// may hash; a file it cannot open is [`ClientError::HashFile`] and
     /// nothing is sent. procmond opens no path for a peer but root.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::HashFile`] (not opened here), [`ClientError::TaskFailed`]
+    /// (procmond could not hash it, or refused the algorithm),
+    /// [`ClientError::Timeout`], and the connection's errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use daemoneye_lib::client::Agent;
+    /// use daemoneye_lib::proto::ProtoHashCheck;
+    ///
+    /// # fn main() -> Result<(), daemoneye_lib::client::ClientError> {
+    /// let mut agent = Agent::connect("/run/daemoneye/procmond.sock")?;
+    /// let report = agent.hash_check(ProtoHashCheck {
+    ///     expected_hash: String::new(),
+    ///     hash_algorithm: "sha256".into(),
+    ///     executable_path: "/usr/bin/ssh".into(),
+    /// })?;
+    /// println!("{}", report.result.hash_value);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn hash_check(&mut self, check: ProtoHashCheck) -> Result<HashReport, ClientError> {
         let file = if rustix::process::geteuid().is_root() {
             None
@@ -402,6 +492,32 @@ impl Agent {
     /// to be batched with others into one frame (zero: sent at once); where
     /// procmond polls ([`Agent::event_source`]), it is the polling
     /// interval, at least 10 ms.
+    ///
+    /// # Errors
+    ///
+    /// Sending: the connection's errors. Reading events
+    /// ([`MonitorStream::next_event`]): [`ClientError::Timeout`] at its
+    /// deadline (the stream goes on), [`ClientError::TaskFailed`] (an
+    /// interval over procmond's maximum), and the connection's errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, Instant};
+    /// use daemoneye_lib::client::{Agent, MonitorEvent};
+    ///
+    /// # fn main() -> Result<(), daemoneye_lib::client::ClientError> {
+    /// let mut agent = Agent::connect("/run/daemoneye/procmond.sock")?;
+    /// let mut stream = agent.monitor(&[1], Duration::from_millis(10))?;
+    /// let deadline = Instant::now() + Duration::from_secs(60);
+    /// while let Some(event) = stream.next_event(deadline)? {
+    ///     if let MonitorEvent::Exec(record) = event {
+    ///         println!("{} now runs {:?}", record.pid, record.executable_path);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn monitor(
         &mut self,
         roots: &[u32],
