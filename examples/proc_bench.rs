@@ -551,14 +551,8 @@ struct Polls100 {
 /// polls reached per second, records per poll, latency, and the CPU of
 /// this thread (the agent) and of procmond.
 fn poll_at_100_hz(agent: &mut Agent, procmond: u32, changes_only: bool) -> Result<Polls100> {
-    let thread_ns = || -> Result<u64> {
-        let text = std::fs::read_to_string("/proc/thread-self/schedstat")?;
-        Ok(text
-            .split_whitespace()
-            .next()
-            .and_then(|ns| ns.parse().ok())
-            .ok_or("bad schedstat")?)
-    };
+    let thread_ns =
+        || -> Result<u64> { on_cpu_ns(&std::fs::read_to_string("/proc/thread-self/schedstat")?) };
     let span = Duration::from_secs(2);
     let (mut latencies, mut records) = (Vec::new(), 0usize);
     let agent_before = thread_ns()?;
@@ -603,25 +597,30 @@ fn poll_at_100_hz(agent: &mut Agent, procmond: u32, changes_only: bool) -> Resul
 /// on CPU from `/proc/<pid>/task/*/schedstat`, in nanoseconds (the ticks
 /// of `stat` are 10 ms, too coarse for an idle process).
 fn cpu_share(pid: u32, span: Duration, work: impl FnOnce() -> Result<f64>) -> Result<(f64, f64)> {
-    let on_cpu_ns = || -> Result<u64> {
+    let process_ns = || -> Result<u64> {
         let mut total = 0;
         for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
             // A thread that ended meanwhile has no schedstat: skipped.
             if let Ok(text) = std::fs::read_to_string(task?.path().join("schedstat")) {
-                total += text
-                    .split_whitespace()
-                    .next()
-                    .and_then(|ns| ns.parse::<u64>().ok())
-                    .ok_or("bad schedstat")?;
+                total += on_cpu_ns(&text)?;
             }
         }
         Ok(total)
     };
-    let (before, start) = (on_cpu_ns()?, Instant::now());
+    let (before, start) = (process_ns()?, Instant::now());
     let value = work()?;
     let elapsed = start.elapsed().max(span / 2);
-    let used = on_cpu_ns()?.saturating_sub(before) as f64 / 1e9;
+    let used = process_ns()?.saturating_sub(before) as f64 / 1e9;
     Ok((used / elapsed.as_secs_f64() * 100.0, value))
+}
+
+/// The time on CPU, in ns, of a `schedstat` file's text (its first field).
+fn on_cpu_ns(schedstat: &str) -> Result<u64> {
+    Ok(schedstat
+        .split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .ok_or("bad schedstat")?)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -130,18 +130,14 @@ fn an_applied_table_equals_a_full_enumerate_and_a_reconnect_starts_whole() {
         .enumerate_changes(ours(), ChangeThresholds::default())
         .unwrap();
     assert!(!changes.full);
-    let updated: Vec<u32> = changes
+    let (updated, gone_pids): (Vec<_>, Vec<_>) = changes
         .changes
         .iter()
-        .filter(|c| matches!(c, ProcessChange::Updated(_)))
-        .map(|c| c.record().pid)
-        .collect();
-    let gone_pids: Vec<u32> = changes
-        .changes
-        .iter()
-        .filter(|c| matches!(c, ProcessChange::Gone(_)))
-        .map(|c| c.record().pid)
-        .collect();
+        .partition(|c| matches!(c, ProcessChange::Updated(_)));
+    let pids = |changes: Vec<&ProcessChange>| -> Vec<u32> {
+        changes.iter().map(|c| c.record().pid).collect()
+    };
+    let (updated, gone_pids) = (pids(updated), pids(gone_pids));
     assert_eq!(gone_pids, [gone]);
     for pid in [started, execed, busy_pid] {
         assert!(updated.contains(&pid), "{pid} not reported: {updated:?}");
