@@ -74,6 +74,24 @@ impl Consumer {
     /// checking everything the producer controls (seals, sizes, magic,
     /// version, capacity, largest frame, positions). `wait` says how
     /// blocking reads wait for data.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for an invalid `wait`; `Corrupt` for any header
+    /// field, seal, size or position the producer got wrong;
+    /// `AlreadyAttached` when a consumer already holds this ring; `Sys`
+    /// when a region cannot be mapped.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use daemoneye_lib::ring::{Consumer, Producer, RingConfig, RingError, WaitStrategy};
+    ///
+    /// let (_producer, fds) = Producer::create(&RingConfig::new(64 << 10))?;
+    /// let wait = WaitStrategy::SpinThenPark { spins: 100, park_timeout: Duration::from_millis(50) };
+    /// let consumer = Consumer::attach(fds, wait)?;
+    /// assert_eq!(consumer.position(), 0);
+    /// # Ok::<(), RingError>(())
+    /// ```
     pub fn attach(fds: ConsumerFds, wait: WaitStrategy) -> Result<Consumer, RingError> {
         wait.validate()?;
         let reader = segment::attach(&fds)?;
@@ -119,17 +137,45 @@ impl Consumer {
         self.reader.shared()
     }
 
-    /// Bytes in the data area.
+    /// Bytes in the data area, as the producer's header says (checked at
+    /// attach).
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// let (_producer, consumer) = ring::pair(&RingConfig::new(1 << 20))?;
+    /// assert_eq!(consumer.capacity(), 1 << 20);
+    /// # Ok::<(), daemoneye_lib::ring::RingError>(())
+    /// ```
     pub fn capacity(&self) -> usize {
         self.capacity as usize
     }
 
-    /// The largest payload a frame may carry.
+    /// The largest payload a frame may carry; a longer frame header is
+    /// reported as corrupt.
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// let (_producer, consumer) = ring::pair(&RingConfig::new(64 << 10).with_max_frame(512))?;
+    /// assert_eq!(consumer.max_frame(), 512);
+    /// # Ok::<(), daemoneye_lib::ring::RingError>(())
+    /// ```
     pub fn max_frame(&self) -> usize {
         self.max_frame as usize
     }
 
     /// Bytes released so far (frames, their headers, padding).
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// producer.try_write(b"12345678", 0)?;
+    /// consumer.try_read(|_| ())?;
+    /// assert_eq!(consumer.position(), producer.position());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn position(&self) -> u64 {
         self.head
     }
@@ -138,6 +184,17 @@ impl Consumer {
     /// behind `pidfd` has exited and every frame it published has been read
     /// (checked whenever a park times out, and every 100 ms of busy
     /// spinning).
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// use daemoneye_lib::sys::pidfd::PidFd;
+    ///
+    /// let (_producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// // The producer's process; here this one, which stays alive.
+    /// consumer.watch_peer(PidFd::open(std::process::id())?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn watch_peer(&mut self, pidfd: PidFd) {
         self.peer = Some(pidfd);
     }
@@ -146,6 +203,21 @@ impl Consumer {
     /// next frame is far off may park at once instead of spinning).
     /// An invalid strategy (a zero park timeout) is refused and the current
     /// one kept.
+    ///
+    /// # Errors
+    /// [`RingError::InvalidConfig`] for a zero park timeout.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// # use daemoneye_lib::ring::{self, RingConfig, RingError, WaitStrategy};
+    ///
+    /// let (_producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// consumer.set_wait(WaitStrategy::Park { timeout: Duration::from_millis(100) })?;
+    /// let zero = consumer.set_wait(WaitStrategy::Park { timeout: Duration::ZERO });
+    /// assert!(matches!(zero, Err(RingError::InvalidConfig { .. })));
+    /// # Ok::<(), RingError>(())
+    /// ```
     pub fn set_wait(&mut self, wait: WaitStrategy) -> Result<(), RingError> {
         wait.validate()?;
         self.wait = wait;
@@ -153,18 +225,53 @@ impl Consumer {
     }
 
     /// A handle that closes this side from another thread.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// # use daemoneye_lib::ring::{self, RingConfig, RingError};
+    ///
+    /// let (_producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// let closer = consumer.closer();
+    /// std::thread::spawn(move || closer.close());
+    /// // Nothing is ever published; the close ends the wait.
+    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// assert!(matches!(consumer.read(deadline, |_| ()), Err(RingError::Closed)));
+    /// # Ok::<(), RingError>(())
+    /// ```
     pub fn closer(&self) -> Closer {
         Closer::new(Arc::clone(self.reader.shared()))
     }
 
     /// Closes the ring: the producer's claims fail with `Closed`, and so do
     /// this consumer's reads.
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig, TryClaimError, TryReadError};
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// consumer.close();
+    /// assert!(matches!(producer.try_write(b"x", 0), Err(TryClaimError::Closed)));
+    /// assert!(matches!(consumer.try_read(|_| ()), Err(TryReadError::Closed)));
+    /// # Ok::<(), daemoneye_lib::ring::RingError>(())
+    /// ```
     pub fn close(&mut self) {
         close::close(self.shared());
     }
 
     /// Whether either side has closed the ring (frames published before the
     /// producer closed may still be readable).
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// producer.try_write(b"kept", 0)?;
+    /// drop(producer);
+    /// assert!(consumer.is_closed());
+    /// assert_eq!(consumer.try_read(|frame| frame.bytes().to_vec())?, b"kept");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_closed(&self) -> bool {
         // Relaxed: a status read; a read checks again.
         self.shared().own_closed().load(Ordering::Relaxed) != 0
@@ -172,6 +279,23 @@ impl Consumer {
     }
 
     /// Runs `f` on the next frame, if one is published, then releases it.
+    ///
+    /// # Errors
+    /// [`TryReadError::Empty`] when nothing is published (try again, or
+    /// [`read`](Self::read) with a deadline); `Closed` once the ring is
+    /// closed and drained; `PeerGone` once the producer is known gone and
+    /// its frames drained; `Corrupt` for a frame header or position the
+    /// producer got wrong (`f` is not called).
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig, TryReadError};
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// assert!(matches!(consumer.try_read(|_| ()), Err(TryReadError::Empty)));
+    /// producer.try_write(b"x", 0)?;
+    /// assert_eq!(consumer.try_read(|frame| frame.len())?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn try_read<R>(&mut self, f: impl FnOnce(Frame<'_>) -> R) -> Result<R, TryReadError> {
         let frame = self.next_frame(true)?;
@@ -185,6 +309,27 @@ impl Consumer {
 
     /// Runs `f` on the next frame, waiting until `deadline` for one, then
     /// releases it.
+    ///
+    /// # Errors
+    /// [`RingError::TimedOut`] when nothing was published by `deadline`
+    /// (the ring stays usable); `Closed`, `PeerGone` and `Corrupt` as for
+    /// [`try_read`](Self::try_read).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// # use daemoneye_lib::ring::{self, RingConfig, RingError};
+    ///
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// let soon = Instant::now() + Duration::from_millis(10);
+    /// assert!(matches!(consumer.read(soon, |_| ()), Err(RingError::TimedOut)));
+    ///
+    /// let writer = std::thread::spawn(move || producer.write(b"late", 0, Instant::now()));
+    /// let deadline = Instant::now() + Duration::from_secs(5);
+    /// assert_eq!(consumer.read(deadline, |frame| frame.bytes().to_vec())?, b"late");
+    /// writer.join().expect("writer")?;
+    /// # Ok::<(), RingError>(())
+    /// ```
     #[inline]
     pub fn read<R>(
         &mut self,
@@ -207,6 +352,24 @@ impl Consumer {
     ///
     /// Should the producer region turn out corrupt part-way, the frames
     /// already handed to `f` are released and the error is returned.
+    ///
+    /// # Errors
+    /// As [`try_read`](Self::try_read), for the first frame; later in the
+    /// batch only `Corrupt` (a batch covers at most one capacity of bytes).
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// for i in 0..5u8 {
+    ///     producer.try_write(&[i], 0)?;
+    /// }
+    /// let mut seen = Vec::new();
+    /// assert_eq!(consumer.try_read_batch(3, |frame| seen.push(frame.bytes()[0]))?, 3);
+    /// assert_eq!(consumer.try_read_batch(16, |frame| seen.push(frame.bytes()[0]))?, 2);
+    /// assert_eq!(seen, [0, 1, 2, 3, 4]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_read_batch(
         &mut self,
         max_frames: usize,
@@ -222,6 +385,25 @@ impl Consumer {
 
     /// Like [`try_read_batch`](Consumer::try_read_batch), but waits until
     /// `deadline` for the first frame.
+    ///
+    /// # Errors
+    /// As [`read`](Self::read), for the first frame; later in the batch
+    /// only `Corrupt`.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    ///
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// let deadline = Instant::now() + Duration::from_secs(1);
+    /// producer.write(b"a", 0, deadline)?;
+    /// producer.write(b"b", 0, deadline)?;
+    /// let mut bytes = Vec::new();
+    /// consumer.read_batch(16, deadline, |frame| bytes.extend_from_slice(frame.bytes()))?;
+    /// assert_eq!(bytes, b"ab");
+    /// # Ok::<(), daemoneye_lib::ring::RingError>(())
+    /// ```
     pub fn read_batch(
         &mut self,
         max_frames: usize,

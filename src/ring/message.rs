@@ -16,6 +16,25 @@ impl Producer {
     /// [`RingError::TooLarge`]; split it first. A deadline of
     /// `Instant::now()` makes it fail at once with `TimedOut` when the ring
     /// is full.
+    ///
+    /// # Errors
+    /// As [`claim`](Producer::claim), and `EncodeOverflow` should the
+    /// message encode longer than it said (nothing is published then).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use daemoneye_lib::proto::DetectionResult;
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    ///
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// let deadline = Instant::now() + Duration::from_secs(1);
+    /// let result = DetectionResult::success("task-1", vec![]);
+    /// producer.encode(&result, 0, deadline)?;
+    /// let back: DetectionResult = consumer.read(deadline, |frame| frame.decode())??;
+    /// assert_eq!(back, result);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn encode<M: prost::Message>(
         &mut self,
         msg: &M,
@@ -37,6 +56,24 @@ impl Producer {
 
 impl Frame<'_> {
     /// Decodes the frame's bytes, in place, as a `M`.
+    ///
+    /// # Errors
+    /// prost's [`DecodeError`](prost::DecodeError) when the bytes are not a
+    /// valid `M`. The bytes are still in shared memory the producer can
+    /// write: decode once, and check the result (as the agent's session
+    /// layer does) before trusting it.
+    ///
+    /// # Examples
+    /// ```
+    /// use daemoneye_lib::proto::DetectionTask;
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    ///
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// producer.try_write(&[0xff, 0xff], 0)?; // not a protobuf message
+    /// let decoded = consumer.try_read(|frame| frame.decode::<DetectionTask>())?;
+    /// assert!(decoded.is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn decode<M: prost::Message + Default>(&self) -> Result<M, prost::DecodeError> {
         M::decode(self.bytes())
     }

@@ -43,6 +43,26 @@ pub struct Producer {
 impl Producer {
     /// Creates a ring (two sealed memfds, mapped) and returns its producer
     /// and the descriptors for its consumer.
+    ///
+    /// # Errors
+    /// [`RingError::InvalidConfig`] for a capacity that is not a power of two
+    /// between 64 KiB and 1 GiB, or a largest frame that does not fit;
+    /// [`RingError::Sys`] when the memfds cannot be made, sized, sealed or
+    /// mapped.
+    ///
+    /// # Examples
+    /// ```
+    /// use daemoneye_lib::ring::{Consumer, Producer, RingConfig, RingError, WaitStrategy};
+    ///
+    /// let (producer, fds) = Producer::create(&RingConfig::new(64 << 10))?;
+    /// // `fds` would go to the consumer process (SCM_RIGHTS); here, in place.
+    /// let consumer = Consumer::attach(fds, WaitStrategy::default())?;
+    /// assert_eq!(producer.capacity(), consumer.capacity());
+    ///
+    /// let too_small = Producer::create(&RingConfig::new(1000));
+    /// assert!(matches!(too_small, Err(RingError::InvalidConfig { .. })));
+    /// # Ok::<(), RingError>(())
+    /// ```
     pub fn create(config: &RingConfig) -> Result<(Producer, ConsumerFds), RingError> {
         config.validate()?;
         let (writer, fds) = segment::create(config.capacity, config.max_frame)?;
@@ -65,16 +85,45 @@ impl Producer {
     }
 
     /// Bytes in the data area.
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// let (producer, _consumer) = ring::pair(&RingConfig::new(1 << 20))?;
+    /// assert_eq!(producer.capacity(), 1 << 20);
+    /// # Ok::<(), daemoneye_lib::ring::RingError>(())
+    /// ```
     pub fn capacity(&self) -> usize {
         self.capacity as usize
     }
 
-    /// The largest payload a frame may carry.
+    /// The largest payload a frame may carry; a longer claim is refused
+    /// with `TooLarge`.
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig, TryClaimError};
+    /// let config = RingConfig::new(64 << 10).with_max_frame(4096);
+    /// let (mut producer, _consumer) = ring::pair(&config)?;
+    /// assert_eq!(producer.max_frame(), 4096);
+    /// assert!(matches!(producer.try_claim(4097), Err(TryClaimError::TooLarge { .. })));
+    /// # Ok::<(), daemoneye_lib::ring::RingError>(())
+    /// ```
     pub fn max_frame(&self) -> usize {
         self.max_frame
     }
 
     /// Bytes published so far (frames, their headers, padding).
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// let (mut producer, _consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// producer.try_write(b"12345", 0)?;
+    /// // An 8-byte header and the payload rounded up to 8 bytes.
+    /// assert_eq!(producer.position(), 16);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn position(&self) -> u64 {
         self.tail
     }
@@ -82,22 +131,77 @@ impl Producer {
     /// Reports [`RingError::PeerGone`] from blocking calls once the process
     /// behind `pidfd` has exited (checked whenever a park times out, and
     /// every 100 ms of busy spinning).
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// use daemoneye_lib::sys::pidfd::PidFd;
+    ///
+    /// let (mut producer, _consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// // The consumer's process; here this one, which stays alive.
+    /// producer.watch_peer(PidFd::open(std::process::id())?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn watch_peer(&mut self, pidfd: PidFd) {
         self.peer = Some(pidfd);
     }
 
     /// A handle that closes this side from another thread.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// # use daemoneye_lib::ring::{self, RingConfig, RingError};
+    ///
+    /// let (mut producer, _consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// let closer = producer.closer();
+    /// std::thread::spawn(move || closer.close());
+    /// // The ring never empties; the close ends the wait for room.
+    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// let result = loop {
+    ///     if let Err(err) = producer.write(&[0; 1024], 0, deadline) {
+    ///         break err;
+    ///     }
+    /// };
+    /// assert!(matches!(result, RingError::Closed));
+    /// # Ok::<(), RingError>(())
+    /// ```
     pub fn closer(&self) -> Closer {
         Closer::new(Arc::clone(self.writer.shared()))
     }
 
     /// Closes the ring: the consumer reads what was published, then sees
     /// `Closed`. Further claims fail with `Closed`.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// # use daemoneye_lib::ring::{self, RingConfig, RingError, TryClaimError};
+    ///
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// producer.try_write(b"last", 0)?;
+    /// producer.close();
+    /// assert!(matches!(producer.try_claim(8), Err(TryClaimError::Closed)));
+    /// let deadline = Instant::now() + Duration::from_secs(1);
+    /// assert_eq!(consumer.read(deadline, |frame| frame.bytes().to_vec())?, b"last");
+    /// assert!(matches!(consumer.read(deadline, |_| ()), Err(RingError::Closed)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn close(&mut self) {
         close::close(self.shared());
     }
 
     /// Whether either side has closed the ring.
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// let (producer, consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// assert!(!producer.is_closed());
+    /// drop(consumer);
+    /// assert!(producer.is_closed());
+    /// # Ok::<(), daemoneye_lib::ring::RingError>(())
+    /// ```
     pub fn is_closed(&self) -> bool {
         // Relaxed: a status read; a claim checks again.
         self.shared().own_closed().load(Ordering::Relaxed) != 0
@@ -108,6 +212,30 @@ impl Producer {
     ///
     /// Fill the returned [`Claim`] in place, then [`Claim::commit`] it;
     /// dropping it instead abandons it (the consumer never sees it).
+    ///
+    /// # Errors
+    /// [`TryClaimError::Full`] when the consumer has not yet released room
+    /// (nothing is lost: try again, or [`claim`](Self::claim) with a
+    /// deadline); `TooLarge` above [`max_frame`](Self::max_frame);
+    /// `Closed` once either side closed; `Corrupt` when the consumer's
+    /// published position is impossible.
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig, TryClaimError};
+    /// let (mut producer, _consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// let mut claim = producer.try_claim(4)?;
+    /// claim.copy_from_slice(b"ping");
+    /// claim.commit(4);
+    /// // Nobody reads: the ring fills up, and says so.
+    /// let full = loop {
+    ///     if let Err(err) = producer.try_write(&[0; 4096], 0) {
+    ///         break err;
+    ///     }
+    /// };
+    /// assert!(matches!(full, TryClaimError::Full));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>, TryClaimError> {
         let offset = self.reserve(len)?;
@@ -120,6 +248,30 @@ impl Producer {
 
     /// Claims room for `len` bytes, waiting until `deadline` for the
     /// consumer to make room.
+    ///
+    /// # Errors
+    /// [`RingError::TimedOut`] when no room was made by `deadline`;
+    /// `PeerGone` when the watched consumer process exited; `TooLarge`,
+    /// `Closed` and `Corrupt` as for [`try_claim`](Self::try_claim).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// # use daemoneye_lib::ring::{self, RingConfig, RingError};
+    ///
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// let deadline = Instant::now() + Duration::from_secs(1);
+    /// let mut claim = producer.claim(64, deadline)?;
+    /// claim[..2].copy_from_slice(b"hi");
+    /// claim.commit(2); // publish fewer bytes than claimed
+    /// assert_eq!(consumer.read(deadline, |frame| frame.bytes().len())?, 2);
+    ///
+    /// // A deadline already passed fails at once when the ring is full.
+    /// while producer.try_write(&[0; 4096], 0).is_ok() {}
+    /// let late = producer.claim(4096, Instant::now());
+    /// assert!(matches!(late, Err(RingError::TimedOut)));
+    /// # Ok::<(), RingError>(())
+    /// ```
     #[inline]
     pub fn claim(&mut self, len: usize, deadline: Instant) -> Result<Claim<'_>, RingError> {
         let offset = self.reserve_blocking(len, deadline)?;
@@ -131,6 +283,19 @@ impl Producer {
     }
 
     /// Copies `bytes` into one frame with `flags`, without waiting.
+    ///
+    /// # Errors
+    /// As [`try_claim`](Self::try_claim); on an error nothing is written.
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// producer.try_write(b"event", 0x0002)?;
+    /// let read = consumer.try_read(|frame| (frame.bytes().to_vec(), frame.flags()))?;
+    /// assert_eq!(read, (b"event".to_vec(), 0x0002));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn try_write(&mut self, bytes: &[u8], flags: u16) -> Result<(), TryClaimError> {
         let mut claim = self.try_claim(bytes.len())?;
@@ -141,6 +306,21 @@ impl Producer {
 
     /// Copies `bytes` into one frame with `flags`, waiting until `deadline`
     /// for room.
+    ///
+    /// # Errors
+    /// As [`claim`](Self::claim); on an error nothing is written.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    ///
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// let deadline = Instant::now() + Duration::from_secs(1);
+    /// producer.write(b"one", 0, deadline)?;
+    /// assert_eq!(consumer.read(deadline, |frame| frame.bytes().to_vec())?, b"one");
+    /// # Ok::<(), daemoneye_lib::ring::RingError>(())
+    /// ```
     #[inline]
     pub fn write(&mut self, bytes: &[u8], flags: u16, deadline: Instant) -> Result<(), RingError> {
         let mut claim = self.claim(bytes.len(), deadline)?;
@@ -343,6 +523,17 @@ impl Claim<'_> {
     ///
     /// # Panics
     /// If `used` is more than the claimed length.
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// let mut claim = producer.try_claim(8)?;
+    /// claim[..3].copy_from_slice(b"abc");
+    /// claim.commit(3);
+    /// assert_eq!(consumer.try_read(|frame| frame.bytes().to_vec())?, b"abc");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn commit(self, used: usize) {
         self.commit_with_flags(used, 0);
@@ -354,6 +545,17 @@ impl Claim<'_> {
     ///
     /// # Panics
     /// If `used` is more than the claimed length.
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// let mut claim = producer.try_claim(1)?;
+    /// claim[0] = 7;
+    /// claim.commit_with_flags(1, 0x8000);
+    /// assert_eq!(consumer.try_read(|frame| frame.flags())?, 0x8000);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn commit_with_flags(self, used: usize, flags: u16) {
         assert!(
