@@ -5,6 +5,7 @@
 mod common;
 
 use common::same_bits;
+use daemoneye_lib::proto::encoded::{EncodedRecord, StableFields};
 use daemoneye_lib::proto::{DetectionResult, ProtoHashResult, ProtoProcessRecord};
 use daemoneye_lib::session::{
     DetectionResultView, ProcessRecordView, ViewError, WireError, WireProblem,
@@ -225,6 +226,22 @@ fn valid_result() -> impl Strategy<Value = DetectionResult> {
         })
 }
 
+/// `result` as procmond writes it: the result's own fields, then each
+/// record as its kept stable fields and this poll's (the order the views'
+/// fast path expects), not prost's.
+fn procmond_encoding(result: &DetectionResult) -> Vec<u8> {
+    let mut bytes = DetectionResult {
+        processes: vec![],
+        ..result.clone()
+    }
+    .encode_to_vec();
+    for record in &result.processes {
+        let stable = std::sync::Arc::new(StableFields::encode(record));
+        EncodedRecord::of(stable, record).encode_field(4, &mut bytes);
+    }
+    bytes
+}
+
 /// A mutation of an encoding: flip, set, insert, remove or truncate.
 #[derive(Clone, Debug)]
 enum Mutation {
@@ -288,6 +305,26 @@ proptest! {
         prop_assert!(result.validate().is_ok());
         let view = DetectionResultView::parse(&bytes).expect("valid");
         prop_assert!(same_bits(&view.to_owned(), &result));
+        agree(&bytes);
+    }
+
+    /// procmond's order (stable fields, then the poll's): the views read
+    /// it straight through, and agree with prost on it and on every
+    /// mutation of it (a key out of place, a wrong wire type, a length cut
+    /// short, a field repeated).
+    #[test]
+    fn procmond_encodings_and_their_mutations_read_as_prost_reads_them(
+        result in prop_oneof![valid_result(), common::result()],
+        mutations in prop::collection::vec(mutation(), 0..3),
+    ) {
+        let mut bytes = procmond_encoding(&result);
+        if mutations.is_empty() {
+            let view = DetectionResultView::decode(&bytes).expect("view");
+            prop_assert!(same_bits(&view.to_owned(), &result));
+        }
+        for m in &mutations {
+            mutate(&mut bytes, m);
+        }
         agree(&bytes);
     }
 

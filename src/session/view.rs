@@ -474,26 +474,16 @@ impl RecordSlots {
     /// Reads the record whose body is `frame[start..end]` into `self` (a
     /// default), `budget` being the recursion left inside it.
     fn read(&mut self, frame: &[u8], start: usize, end: usize, budget: u32) -> Result<(), Fault> {
+        let mut reader = Reader::new(&frame[start..end], start);
+        self.read_in_order(&mut reader)?;
         let s = self;
-        let mut args_start = 0;
-        Reader::new(&frame[start..end], start).fields(|r, number, wire, at| {
+        reader.fields(|r, number, wire, at| {
             match number {
                 1 => s.pid = r.varint_of(wire)? as u32,
                 2 => s.ppid = Some(r.varint_of(wire)? as u32),
                 3 => s.name = r.text_span_of(wire)?,
                 4 => s.executable_path = Some(r.text_span_of(wire)?),
-                5 => {
-                    let arg = r.text_span_of(wire)?;
-                    if s.args == 0 {
-                        args_start = at as u32;
-                    }
-                    s.args += 1;
-                    s.args_bytes = s.args_bytes.saturating_add(arg.len);
-                    s.command_line = Span {
-                        start: args_start,
-                        len: arg.start + arg.len - args_start,
-                    };
-                }
+                5 => s.note_arg(at, r.text_span_of(wire)?),
                 6 => s.start_time = Some(r.varint_of(wire)? as i64),
                 7 => s.cpu_usage = Some(r.double_of(wire)?),
                 8 => s.memory_usage = Some(r.varint_of(wire)?),
@@ -507,6 +497,106 @@ impl RecordSlots {
             }
             Ok(())
         })
+    }
+
+    /// The fast path of [`read`](Self::read): the fields as procmond
+    /// writes them (the kept stable fields, then the poll's; prost's order
+    /// is the same but for `user_id` to `file_exists`), one after another,
+    /// each recognised by its one-byte key and read straight away. Stops at
+    /// the first key out of that order, where `read` goes on field by field
+    /// (so any order, repeats and unknown fields still read as prost reads
+    /// them). A branch per expected field, taken the same way record after
+    /// record, costs less than dispatching on each field's number.
+    #[inline(always)]
+    fn read_in_order(&mut self, r: &mut Reader<'_>) -> Result<(), Fault> {
+        // If `r` is at the one-byte key `$key` of field `$number`: the
+        // value read by `$read`, `Fault`s naming that field.
+        macro_rules! field {
+            ($key:literal, $number:literal, $read:ident $(($wire:expr))?) => {
+                if r.bytes.get(r.pos) == Some(&$key) {
+                    let at = r.offset();
+                    r.pos += 1;
+                    match r.$read($($wire)?) {
+                        Ok(value) => Some(value),
+                        Err(problem) => {
+                            return Err(Fault {
+                                at,
+                                place: Place::Field($number),
+                                problem,
+                            });
+                        }
+                    }
+                } else {
+                    None
+                }
+            };
+        }
+        // Keys: field number << 3 | wire type (0 varint, 1 64-bit, 2
+        // length-delimited).
+        const TEXT: Wire = Wire::LengthDelimited;
+        if let Some(pid) = field!(0x08, 1, varint) {
+            self.pid = pid as u32;
+        }
+        if let Some(ppid) = field!(0x10, 2, varint) {
+            self.ppid = Some(ppid as u32);
+        }
+        if let Some(name) = field!(0x1a, 3, text_span_of(TEXT)) {
+            self.name = name;
+        }
+        if let Some(path) = field!(0x22, 4, text_span_of(TEXT)) {
+            self.executable_path = Some(path);
+        }
+        loop {
+            let at = r.offset();
+            match field!(0x2a, 5, text_span_of(TEXT)) {
+                Some(arg) => self.note_arg(at, arg),
+                None => break,
+            }
+        }
+        if let Some(start) = field!(0x30, 6, varint) {
+            self.start_time = Some(start as i64);
+        }
+        if let Some(uid) = field!(0x5a, 11, text_span_of(TEXT)) {
+            self.user_id = Some(uid);
+        }
+        if let Some(accessible) = field!(0x60, 12, varint) {
+            self.accessible = accessible != 0;
+        }
+        if let Some(exists) = field!(0x68, 13, varint) {
+            self.file_exists = exists != 0;
+        }
+        if let Some(cpu) = field!(0x39, 7, double_of(Wire::SixtyFourBit)) {
+            self.cpu_usage = Some(cpu);
+        }
+        if let Some(memory) = field!(0x40, 8, varint) {
+            self.memory_usage = Some(memory);
+        }
+        if let Some(hash) = field!(0x4a, 9, text_span_of(TEXT)) {
+            self.executable_hash = Some(hash);
+        }
+        if let Some(algorithm) = field!(0x52, 10, text_span_of(TEXT)) {
+            self.hash_algorithm = Some(algorithm);
+        }
+        if let Some(time) = field!(0x70, 14, varint) {
+            self.collection_time = time as i64;
+        }
+        Ok(())
+    }
+
+    /// Notes a command-line argument whose key is at `at`.
+    #[inline(always)]
+    fn note_arg(&mut self, at: usize, arg: Span) {
+        let start = if self.args == 0 {
+            at as u32
+        } else {
+            self.command_line.start
+        };
+        self.args += 1;
+        self.args_bytes = self.args_bytes.saturating_add(arg.len);
+        self.command_line = Span {
+            start,
+            len: arg.start + arg.len - start,
+        };
     }
 
     /// The fields the schema's rules look at, `bytes` being those viewed.
@@ -532,7 +622,21 @@ impl RecordSlots {
 pub struct ProcessRecordView<'a> {
     /// The bytes the slots point into.
     bytes: &'a [u8],
-    slots: RecordSlots,
+    slots: Slots<'a>,
+}
+
+/// A record view's notes: the frame's own (no copy of some 150 bytes per
+/// record as a frame is walked), or its own for a record decoded alone.
+#[derive(Clone, Copy)]
+enum Slots<'a> {
+    Noted(&'a RecordSlots),
+    Own(RecordSlots),
+}
+
+impl Default for Slots<'_> {
+    fn default() -> Self {
+        Slots::Own(RecordSlots::default())
+    }
 }
 
 impl<'a> ProcessRecordView<'a> {
@@ -557,7 +661,10 @@ impl<'a> ProcessRecordView<'a> {
             slots.read(bytes, 0, bytes.len(), RECURSION_LIMIT)
         }
         .map_err(|fault| fault.named("", RECORD_FIELDS))?;
-        Ok(ProcessRecordView { bytes, slots })
+        Ok(ProcessRecordView {
+            bytes,
+            slots: Slots::Own(slots),
+        })
     }
 
     /// Checks the schema's rules, exactly as
@@ -567,7 +674,7 @@ impl<'a> ProcessRecordView<'a> {
     ///
     /// The first broken rule, as a [`ValidationError`].
     pub fn validate(&self) -> Result<(), ValidationError> {
-        self.slots.fields(self.bytes).validate()
+        self.slots().fields(self.bytes).validate()
     }
 
     /// The owned record: exactly what prost decodes from the same bytes.
@@ -590,64 +697,72 @@ impl<'a> ProcessRecordView<'a> {
         }
     }
 
+    #[inline(always)]
+    fn slots(&self) -> &RecordSlots {
+        match &self.slots {
+            Slots::Noted(slots) => slots,
+            Slots::Own(slots) => slots,
+        }
+    }
+
     /// Process id.
     pub fn pid(&self) -> u32 {
-        self.slots.pid
+        self.slots().pid
     }
     /// Parent process id.
     pub fn ppid(&self) -> Option<u32> {
-        self.slots.ppid
+        self.slots().ppid
     }
     /// Process name.
     pub fn name(&self) -> &'a str {
-        self.slots.name.text(self.bytes)
+        self.slots().name.text(self.bytes)
     }
     /// Full executable path.
     pub fn executable_path(&self) -> Option<&'a str> {
-        self.slots.executable_path.map(|s| s.text(self.bytes))
+        self.slots().executable_path.map(|s| s.text(self.bytes))
     }
     /// Command-line arguments, read lazily from the record's bytes.
     pub fn command_line(&self) -> CommandLine<'a> {
-        CommandLine {
-            span: self.slots.command_line.of(self.bytes),
-            left: self.slots.args as usize,
-        }
+        CommandLine::new(
+            self.slots().command_line.of(self.bytes),
+            self.slots().args as usize,
+        )
     }
     /// Start time (Unix timestamp).
     pub fn start_time(&self) -> Option<i64> {
-        self.slots.start_time
+        self.slots().start_time
     }
     /// CPU usage percentage.
     pub fn cpu_usage(&self) -> Option<f64> {
-        self.slots.cpu_usage
+        self.slots().cpu_usage
     }
     /// Memory usage in bytes.
     pub fn memory_usage(&self) -> Option<u64> {
-        self.slots.memory_usage
+        self.slots().memory_usage
     }
     /// Executable hash (hex).
     pub fn executable_hash(&self) -> Option<&'a str> {
-        self.slots.executable_hash.map(|s| s.text(self.bytes))
+        self.slots().executable_hash.map(|s| s.text(self.bytes))
     }
     /// Hash algorithm name.
     pub fn hash_algorithm(&self) -> Option<&'a str> {
-        self.slots.hash_algorithm.map(|s| s.text(self.bytes))
+        self.slots().hash_algorithm.map(|s| s.text(self.bytes))
     }
     /// User id.
     pub fn user_id(&self) -> Option<&'a str> {
-        self.slots.user_id.map(|s| s.text(self.bytes))
+        self.slots().user_id.map(|s| s.text(self.bytes))
     }
     /// Whether procmond could read the process's details.
     pub fn accessible(&self) -> bool {
-        self.slots.accessible
+        self.slots().accessible
     }
     /// Whether the executable file still exists.
     pub fn file_exists(&self) -> bool {
-        self.slots.file_exists
+        self.slots().file_exists
     }
     /// Collection timestamp (milliseconds).
     pub fn collection_time(&self) -> i64 {
-        self.slots.collection_time
+        self.slots().collection_time
     }
 }
 
@@ -698,12 +813,34 @@ impl Serialize for ProcessRecordView<'_> {
 
 /// A record's command-line arguments, read one by one from the span of its
 /// bytes that holds them (other fields in between are skipped).
+///
+/// Each argument was checked as UTF-8 when the record was; the iterator
+/// checks again, as its strings come from bytes. It does so once for the
+/// whole span where it can: a span of short arguments, one after another,
+/// is text as a whole (keys and lengths under 128 are ASCII bytes), and
+/// each argument is then a slice of that text. Otherwise (a long argument,
+/// other fields in between) each argument is checked on its own.
 #[derive(Clone, Debug, Default)]
 pub struct CommandLine<'a> {
     /// From the first argument's key to the end of the last argument.
     span: &'a [u8],
+    /// `span` as text, when it is text as a whole.
+    text: Option<&'a str>,
+    /// Offset in `span` of the next argument's key.
+    pos: usize,
     /// Arguments not yet yielded.
     left: usize,
+}
+
+impl<'a> CommandLine<'a> {
+    fn new(span: &'a [u8], args: usize) -> Self {
+        CommandLine {
+            span,
+            text: std::str::from_utf8(span).ok(),
+            pos: 0,
+            left: args,
+        }
+    }
 }
 
 impl<'a> Iterator for CommandLine<'a> {
@@ -713,14 +850,34 @@ impl<'a> Iterator for CommandLine<'a> {
         if self.left == 0 {
             return None;
         }
+        // The usual case first: text as a whole, the next field an argument
+        // (key 0x2a) shorter than 128 bytes (a one-byte length).
+        if let (Some(text), Some(&[0x2a, len])) = (self.text, self.span.get(self.pos..self.pos + 2))
+            && len < 0x80
+        {
+            let start = self.pos + 2;
+            if let Some(arg) = text.get(start..start + usize::from(len)) {
+                self.pos = start + usize::from(len);
+                self.left -= 1;
+                return Some(arg);
+            }
+        }
         let mut reader = Reader::new(self.span, 0);
-        match reader.next_checked(5).map(std::str::from_utf8) {
-            Some(Ok(arg)) => {
-                self.span = &self.span[reader.pos..];
+        reader.pos = self.pos;
+        let arg = reader.next_checked(5).and_then(|bytes| {
+            let end = reader.pos;
+            match self.text {
+                Some(text) => text.get(end - bytes.len()..end),
+                None => std::str::from_utf8(bytes).ok(),
+            }
+        });
+        match arg {
+            Some(arg) => {
+                self.pos = reader.pos;
                 self.left -= 1;
                 Some(arg)
             }
-            _ => {
+            None => {
                 debug_assert!(false, "a checked command line reads again");
                 self.left = 0;
                 None
@@ -1075,10 +1232,10 @@ impl<'a> Iterator for Processes<'a> {
     type Item = ProcessRecordView<'a>;
 
     fn next(&mut self) -> Option<ProcessRecordView<'a>> {
-        let slots = *self.records.next()?;
+        let slots = self.records.next()?;
         Some(ProcessRecordView {
             bytes: self.bytes,
-            slots,
+            slots: Slots::Noted(slots),
         })
     }
 
@@ -1087,10 +1244,10 @@ impl<'a> Iterator for Processes<'a> {
     }
 
     fn nth(&mut self, n: usize) -> Option<ProcessRecordView<'a>> {
-        let slots = *self.records.nth(n)?;
+        let slots = self.records.nth(n)?;
         Some(ProcessRecordView {
             bytes: self.bytes,
-            slots,
+            slots: Slots::Noted(slots),
         })
     }
 }
