@@ -14,17 +14,26 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use collector_support::{Running, TempDir, copy_executable};
-use daemoneye_lib::client::{Agent, ChangeThresholds, ClientError, LiveTable, ProcessChange};
+use daemoneye_lib::client::{
+    Agent, ChangeKind, ChangeThresholds, ClientError, LiveTable, ProcessChange,
+};
 use daemoneye_lib::proto::{ProtoProcessFilter, ProtoProcessRecord};
 use daemoneye_lib::server::{Server, ServerConfig};
 use server_support::Serving;
 
 const SLEEP: &str = "de-chg-sleep";
 const SHELL: &str = "de-chg-sh";
+/// The second test's sleepers, named apart: the tests run at once.
+const VIEW_SLEEP: &str = "de-chgv-sleep";
 
+/// The first test's processes.
 fn ours() -> Option<ProtoProcessFilter> {
+    named(&[SLEEP, SHELL])
+}
+
+fn named(names: &[&str]) -> Option<ProtoProcessFilter> {
     Some(ProtoProcessFilter {
-        process_names: vec![SLEEP.into(), SHELL.into()],
+        process_names: names.iter().map(|&name| name.into()).collect(),
         pids: vec![],
         executable_pattern: None,
     })
@@ -42,8 +51,15 @@ fn stable(record: &ProtoProcessRecord) -> ProtoProcessRecord {
 }
 
 fn full(agent: &mut Agent) -> BTreeMap<u32, ProtoProcessRecord> {
+    full_of(agent, ours())
+}
+
+fn full_of(
+    agent: &mut Agent,
+    filter: Option<ProtoProcessFilter>,
+) -> BTreeMap<u32, ProtoProcessRecord> {
     agent
-        .enumerate(ours(), false)
+        .enumerate(filter, false)
         .unwrap()
         .map(|record| record.map(|r| (r.pid, r)))
         .collect::<Result<_, _>>()
@@ -57,9 +73,17 @@ fn settle(
     agent: &mut Agent,
     done: impl Fn(&BTreeMap<u32, ProtoProcessRecord>) -> bool,
 ) -> BTreeMap<u32, ProtoProcessRecord> {
+    settle_of(agent, ours(), done)
+}
+
+fn settle_of(
+    agent: &mut Agent,
+    filter: Option<ProtoProcessFilter>,
+    done: impl Fn(&BTreeMap<u32, ProtoProcessRecord>) -> bool,
+) -> BTreeMap<u32, ProtoProcessRecord> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let seen = full(agent);
+        let seen = full_of(agent, filter.clone());
         if done(&seen) {
             return seen;
         }
@@ -189,4 +213,79 @@ fn an_applied_table_equals_a_full_enumerate_and_a_reconnect_starts_whole() {
     }
     drop((again, checker, s2, s3, execer));
     serving.stop();
+}
+
+/// The borrowing form hands out the same changes as the owned one, and an
+/// error from its closure mid-stream leaves the agent usable: the rest of
+/// the stream is skipped, and the next call is answered.
+#[test]
+fn changes_as_views_match_the_owned_changes_and_a_closure_error_leaves_the_agent_usable() {
+    let dir = TempDir::new("changes-views");
+    let sleep = dir.join(VIEW_SLEEP);
+    copy_executable("/usr/bin/sleep", &sleep);
+    // Small frames: a listing of every process takes several, so a stop
+    // at the first record leaves frames of the stream in the ring.
+    let config = ServerConfig {
+        ring_bytes: 64 << 10,
+        max_frame_bytes: 2048,
+        ..ServerConfig::new(dir.join("procmond.sock"))
+    };
+    let serving = Serving::start(Server::bind(config).unwrap());
+    let socket = serving.server.socket_path().to_owned();
+    let sleepers: Vec<_> = (0..3)
+        .map(|i| Running::spawn(Command::new(&sleep).arg(format!("{}", 2000 + i))))
+        .collect();
+    let mut checker = Agent::connect(&socket).unwrap();
+    let want = settle_of(&mut checker, named(&[VIEW_SLEEP]), |seen| seen.len() == 3);
+
+    let mut agent = Agent::connect(&socket).unwrap();
+    let mut seen = BTreeMap::new();
+    let whole = agent
+        .for_each_change(
+            named(&[VIEW_SLEEP]),
+            ChangeThresholds::default(),
+            |kind, view| {
+                assert_eq!(kind, ChangeKind::Updated);
+                seen.insert(view.pid(), view.to_owned());
+                Ok::<(), ClientError>(())
+            },
+        )
+        .unwrap();
+    assert!(whole, "the first poll on a connection is whole");
+    let stable_of = |map: &BTreeMap<u32, ProtoProcessRecord>| -> Vec<ProtoProcessRecord> {
+        map.values().map(stable).collect()
+    };
+    assert_eq!(stable_of(&seen), stable_of(&want));
+
+    // All of every process, on a new connection (whole again), stopped by
+    // the closure at the first record.
+    let mut quitter = Agent::connect(&socket).unwrap();
+    let mut calls = 0;
+    let stopped = quitter.for_each_change(None, ChangeThresholds::default(), |_, _| {
+        calls += 1;
+        Err(Stop::Enough)
+    });
+    assert!(matches!(stopped, Err(Stop::Enough)), "{stopped:?}");
+    assert_eq!(calls, 1);
+    // The rest of that stream is skipped; the agent is answered again.
+    quitter
+        .enumerate_changes(named(&[VIEW_SLEEP]), ChangeThresholds::default())
+        .unwrap();
+    assert_eq!(full_of(&mut quitter, named(&[VIEW_SLEEP])).len(), 3);
+    drop((agent, quitter, checker, sleepers));
+    serving.stop();
+}
+
+/// A closure's own reason to stop, beside the stream's errors.
+#[derive(Debug)]
+enum Stop {
+    Enough,
+    #[allow(dead_code)] // read through Debug only
+    Client(ClientError),
+}
+
+impl From<ClientError> for Stop {
+    fn from(error: ClientError) -> Stop {
+        Stop::Client(error)
+    }
 }

@@ -16,15 +16,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 use tracing_subscriber::EnvFilter;
 
-use daemoneye_lib::client::{
-    Agent, ChangeThresholds, ClientError, MonitorEvent, ProcessChange, Records, find_socket,
-};
+use daemoneye_lib::client::{Agent, ChangeThresholds, ClientError, Records, find_socket};
 use daemoneye_lib::control::EventSource;
 use daemoneye_lib::deadline;
 use daemoneye_lib::proto::control::Status;
-use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
+use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter};
+use daemoneye_lib::session::ProcessRecordView;
 use daemoneye_lib::text::{error_line, escape_controls};
 
 /// daemoneye-agent: asks procmond about processes.
@@ -176,14 +176,11 @@ fn run(args: Args) -> Result<ExitCode> {
             }
             loop {
                 let started = std::time::Instant::now();
-                let set = agent.enumerate_changes(filter.clone(), ChangeThresholds::default())?;
-                for change in &set.changes {
-                    let kind = match change {
-                        ProcessChange::Updated(_) => "updated",
-                        ProcessChange::Gone(_) => "gone",
-                    };
-                    print_tagged(&mut out, "change", kind, change.record(), format)?;
-                }
+                agent.for_each_change(
+                    filter.clone(),
+                    ChangeThresholds::default(),
+                    |kind, view| print_tagged(&mut out, Tag::Change(kind.as_str()), &view, format),
+                )?;
                 out.flush()?;
                 let now = std::time::Instant::now();
                 if until.is_some_and(|until| now >= until) {
@@ -268,8 +265,10 @@ fn run(args: Args) -> Result<ExitCode> {
             loop {
                 // Without a duration, wake up hourly just to wait again.
                 let deadline = until.unwrap_or_else(|| deadline::after(Duration::from_secs(3600)));
-                match stream.next_event(deadline) {
-                    Ok(Some(event)) => print_event(&mut out, &event, format)?,
+                match stream.next_view(deadline) {
+                    Ok(Some((kind, view))) => {
+                        print_tagged(&mut out, Tag::Event(kind.as_str()), &view, format)?
+                    }
                     Ok(None) => break,
                     Err(ClientError::Timeout { .. }) if until.is_none() => continue,
                     Err(ClientError::Timeout { .. }) => {
@@ -428,40 +427,56 @@ fn print_status(out: &mut impl Write, status: &Status, format: Format) -> Result
     Ok(())
 }
 
-fn print_event(out: &mut impl Write, event: &MonitorEvent, format: Format) -> Result<()> {
-    let (kind, record) = match event {
-        MonitorEvent::Snapshot(r) => ("snapshot", r),
-        MonitorEvent::Started(r) => ("started", r),
-        MonitorEvent::Exited(r) => ("exited", r),
-        MonitorEvent::Exec(r) => ("exec", r),
-    };
-    print_tagged(out, "event", kind, record, format)
+/// What happened to a record that `monitor` or `enumerate --watch` prints.
+#[derive(Clone, Copy)]
+enum Tag {
+    /// A monitor event (`"started"`): the JSON field `event`.
+    Event(&'static str),
+    /// A change (`"gone"`): the JSON field `change`.
+    Change(&'static str),
 }
 
-/// A record with what happened to it: a JSON line with `field` set to
-/// `kind`, or a table row starting with `kind`.
+/// A JSON line: the record's fields, and what happened to it.
+#[derive(Serialize)]
+struct TaggedLine<'v, 'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    change: Option<&'static str>,
+    #[serde(flatten)]
+    record: &'v ProcessRecordView<'a>,
+}
+
+/// A record with what happened to it, straight from its view: a JSON line
+/// with `event` or `change` set, or a table row starting with it.
 fn print_tagged(
     out: &mut impl Write,
-    field: &str,
-    kind: &str,
-    record: &ProtoProcessRecord,
+    tag: Tag,
+    record: &ProcessRecordView<'_>,
     format: Format,
 ) -> Result<()> {
+    let (event, change) = match tag {
+        Tag::Event(kind) => (Some(kind), None),
+        Tag::Change(kind) => (None, Some(kind)),
+    };
     match format {
         Format::Json => {
-            let mut value = serde_json::to_value(record)?;
-            if let Some(object) = value.as_object_mut() {
-                object.insert(field.into(), kind.into());
-            }
-            writeln!(out, "{value}")?;
+            let line = TaggedLine {
+                event,
+                change,
+                record,
+            };
+            serde_json::to_writer(&mut *out, &line)?;
+            writeln!(out)?;
         }
         Format::Table => writeln!(
             out,
-            "{kind:<9} {:>8} {:>8}  {:<20} {}",
-            record.pid,
-            Dash(record.ppid),
-            escape_controls(&record.name),
-            CommandText(record.command_line.iter().map(String::as_str))
+            "{:<9} {:>8} {:>8}  {:<20} {}",
+            event.or(change).unwrap_or_default(),
+            record.pid(),
+            Dash(record.ppid()),
+            escape_controls(record.name()),
+            CommandText(record.command_line())
         )?,
     }
     Ok(())

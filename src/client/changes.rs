@@ -56,7 +56,44 @@ pub enum ProcessChange {
     Gone(ProtoProcessRecord),
 }
 
+/// What a [`ProcessChange`] says, without its record (as
+/// [`Agent::for_each_change`](super::Agent::for_each_change) gives it,
+/// beside a borrowed record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    /// See [`ProcessChange::Updated`].
+    Updated,
+    /// See [`ProcessChange::Gone`].
+    Gone,
+}
+
+impl ChangeKind {
+    /// The lower-case name the agent's output uses (`"updated"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Updated => "updated",
+            ChangeKind::Gone => "gone",
+        }
+    }
+}
+
 impl ProcessChange {
+    /// The change `kind` for `record`.
+    pub fn new(kind: ChangeKind, record: ProtoProcessRecord) -> ProcessChange {
+        match kind {
+            ChangeKind::Updated => ProcessChange::Updated(record),
+            ChangeKind::Gone => ProcessChange::Gone(record),
+        }
+    }
+
+    /// What changed.
+    pub fn kind(&self) -> ChangeKind {
+        match self {
+            ProcessChange::Updated(_) => ChangeKind::Updated,
+            ProcessChange::Gone(_) => ChangeKind::Gone,
+        }
+    }
+
     /// The record, whatever the change.
     pub fn record(&self) -> &ProtoProcessRecord {
         match self {

@@ -35,9 +35,9 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use changes::{Applied, ChangeSet, ChangeThresholds, LiveTable, ProcessChange};
+pub use changes::{Applied, ChangeKind, ChangeSet, ChangeThresholds, LiveTable, ProcessChange};
 pub use error::ClientError;
-pub use stream::{MonitorEvent, MonitorStream, Records};
+pub use stream::{EventKind, MonitorEvent, MonitorStream, Records};
 
 use crate::control::{
     ClientChannel, ClientFrame, Connector, EventSource, HANDSHAKE_TIMEOUT, client_frame,
@@ -46,7 +46,8 @@ use crate::proto::control::{Cancel, Goodbye, Status, StatusRequest, TaskRequest}
 use crate::proto::{DetectionTask, ProtoHashCheck, ProtoHashResult, ProtoProcessFilter};
 use crate::ring::{Consumer, ConsumerFds, RingError, WaitStrategy};
 use crate::session::{
-    ChunkReader, DetectionResultView, Marker, RecordCursor, RecordKind, SessionError,
+    ChunkReader, DetectionResultView, Marker, ProcessRecordView, RecordCursor, RecordKind,
+    SessionError,
 };
 use crate::sys::fs::open_regular;
 use crate::sys::pidfd::PidFd;
@@ -450,6 +451,49 @@ impl Agent {
         filter: Option<ProtoProcessFilter>,
         thresholds: ChangeThresholds,
     ) -> Result<ChangeSet, ClientError> {
+        let mut changes = Vec::new();
+        let full = self.for_each_change(filter, thresholds, |kind, view| {
+            changes.push(ProcessChange::new(kind, view.to_owned()));
+            Ok::<(), ClientError>(())
+        })?;
+        Ok(ChangeSet { full, changes })
+    }
+
+    /// [`enumerate_changes`](Self::enumerate_changes), each change handed
+    /// to `f` as it is read, its record borrowed from the agent's copy of
+    /// the frame (nothing allocated per record). Returns whether the result
+    /// was whole ([`ChangeSet::full`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`enumerate_changes`](Self::enumerate_changes), turned into `E`,
+    /// or the first error `f` returns. The rest of the stream is then
+    /// skipped by the next call, but procmond counts the changes as
+    /// delivered: a picture that missed some starts again whole on a new
+    /// connection.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use daemoneye_lib::client::{Agent, ChangeKind, ChangeThresholds, ClientError};
+    ///
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut agent = Agent::connect("/run/daemoneye/procmond.sock")?;
+    /// agent.for_each_change(None, ChangeThresholds::default(), |kind, view| {
+    ///     if kind == ChangeKind::Gone {
+    ///         println!("{} ({}) exited", view.pid(), view.name());
+    ///     }
+    ///     Ok::<(), ClientError>(())
+    /// })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn for_each_change<E: From<ClientError>>(
+        &mut self,
+        filter: Option<ProtoProcessFilter>,
+        thresholds: ChangeThresholds,
+        mut f: impl FnMut(ChangeKind, ProcessRecordView<'_>) -> Result<(), E>,
+    ) -> Result<bool, E> {
         let task_id = self.task_id();
         let task = DetectionTask::new_enumerate_processes(task_id.clone(), filter);
         let request = TaskRequest {
@@ -459,7 +503,7 @@ impl Agent {
         };
         self.send_request(request, None)?;
         let deadline = crate::deadline::after(self.options.timeout);
-        let mut set = ChangeSet::default();
+        let mut full = false;
         loop {
             let frame = self.call_frame(&task_id, deadline)?;
             if !frame.success {
@@ -467,21 +511,25 @@ impl Agent {
                     self.abandoned.push(task_id.clone());
                 }
                 let message = frame.error_message.unwrap_or_default();
-                return Err(ClientError::TaskFailed { task_id, message });
+                return Err(ClientError::TaskFailed { task_id, message }.into());
             }
-            set.full |= frame.marker.full;
-            let gone = frame.marker.kind == RecordKind::Exited;
+            full |= frame.marker.full;
+            let kind = if frame.marker.kind == RecordKind::Exited {
+                ChangeKind::Gone
+            } else {
+                ChangeKind::Updated
+            };
             let mut records = frame.records;
             while let Some(view) = records.next(&self.reader) {
-                let record = view.to_owned();
-                set.changes.push(if gone {
-                    ProcessChange::Gone(record)
-                } else {
-                    ProcessChange::Updated(record)
-                });
+                if let Err(error) = f(kind, view) {
+                    if !frame.marker.end {
+                        self.abandoned.push(task_id);
+                    }
+                    return Err(error);
+                }
             }
             if frame.marker.end {
-                return Ok(set);
+                return Ok(full);
             }
         }
     }

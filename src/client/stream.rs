@@ -212,6 +212,26 @@ pub enum MonitorEvent {
 }
 
 impl MonitorEvent {
+    /// The event `kind` for `record`.
+    pub fn new(kind: EventKind, record: ProtoProcessRecord) -> MonitorEvent {
+        match kind {
+            EventKind::Snapshot => MonitorEvent::Snapshot(record),
+            EventKind::Started => MonitorEvent::Started(record),
+            EventKind::Exited => MonitorEvent::Exited(record),
+            EventKind::Exec => MonitorEvent::Exec(record),
+        }
+    }
+
+    /// What happened.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            MonitorEvent::Snapshot(_) => EventKind::Snapshot,
+            MonitorEvent::Started(_) => EventKind::Started,
+            MonitorEvent::Exited(_) => EventKind::Exited,
+            MonitorEvent::Exec(_) => EventKind::Exec,
+        }
+    }
+
     /// The record, whatever the event.
     pub fn record(&self) -> &ProtoProcessRecord {
         match self {
@@ -219,6 +239,41 @@ impl MonitorEvent {
             | MonitorEvent::Started(r)
             | MonitorEvent::Exited(r)
             | MonitorEvent::Exec(r) => r,
+        }
+    }
+}
+
+/// What a [`MonitorEvent`] says happened, without its record (as
+/// [`MonitorStream::next_view`] gives it, beside a borrowed record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A member of the tree when monitoring began.
+    Snapshot,
+    /// A process that joined the tree.
+    Started,
+    /// A member that exited.
+    Exited,
+    /// A member that replaced its image.
+    Exec,
+}
+
+impl EventKind {
+    /// The lower-case name the agent's output uses (`"started"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Snapshot => "snapshot",
+            EventKind::Started => "started",
+            EventKind::Exited => "exited",
+            EventKind::Exec => "exec",
+        }
+    }
+
+    fn of(kind: RecordKind) -> EventKind {
+        match kind {
+            RecordKind::Started => EventKind::Started,
+            RecordKind::Exited => EventKind::Exited,
+            RecordKind::Exec => EventKind::Exec,
+            RecordKind::Snapshot | RecordKind::Result => EventKind::Snapshot,
         }
     }
 }
@@ -258,15 +313,47 @@ impl<'a> MonitorStream<'a> {
     /// has ended, [`ClientError::Timeout`] when nothing happened in time
     /// (the stream stays usable).
     pub fn next_event(&mut self, deadline: Instant) -> Result<Option<MonitorEvent>, ClientError> {
+        Ok(self
+            .next_view(deadline)?
+            .map(|(kind, view)| MonitorEvent::new(kind, view.to_owned())))
+    }
+
+    /// [`next_event`](Self::next_event), its record borrowed from the
+    /// agent's copy of the frame (nothing allocated), valid until the next
+    /// call.
+    ///
+    /// # Errors
+    ///
+    /// As [`next_event`](Self::next_event): [`ClientError::Timeout`] when
+    /// nothing happened by `deadline` (the stream stays usable),
+    /// [`ClientError::TaskFailed`], and the connection's errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, Instant};
+    /// use daemoneye_lib::client::{Agent, ClientError, EventKind};
+    ///
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut agent = Agent::connect("/run/daemoneye/procmond.sock")?;
+    /// let mut stream = agent.monitor(&[], Duration::ZERO)?;
+    /// let deadline = Instant::now() + Duration::from_secs(60);
+    /// while let Some((kind, view)) = stream.next_view(deadline)? {
+    ///     if kind == EventKind::Exec {
+    ///         println!("{} now runs {:?}", view.pid(), view.executable_path());
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn next_view(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<(EventKind, ProcessRecordView<'_>)>, ClientError> {
         loop {
-            if let Some(view) = self.batch.next(&self.agent.reader) {
-                let record = view.to_owned();
-                return Ok(Some(match self.kind {
-                    RecordKind::Started => MonitorEvent::Started(record),
-                    RecordKind::Exited => MonitorEvent::Exited(record),
-                    RecordKind::Exec => MonitorEvent::Exec(record),
-                    RecordKind::Snapshot | RecordKind::Result => MonitorEvent::Snapshot(record),
-                }));
+            if self.batch.left() > 0 {
+                let kind = EventKind::of(self.kind);
+                return Ok(self.batch.next(&self.agent.reader).map(|view| (kind, view)));
             }
             if self.ended {
                 return Ok(None);
