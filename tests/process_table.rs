@@ -576,6 +576,37 @@ fn a_just_forked_child_is_in_the_next_enumerate() {
     }
 }
 
+/// A poll's quick path (nothing queued on the socket: no hand-off to the
+/// event thread) must still wait for events the thread has received and
+/// not yet applied. Two fork storms keep the thread applying bursts, so
+/// a child's fork is often among the events in its hands when the poll
+/// comes.
+#[test]
+fn a_child_spawned_during_a_fork_storm_is_in_the_next_enumerate() {
+    let Some((_serial, table)) = event_table(TableConfig::default()) else {
+        return;
+    };
+    let mut collector = collector(&table);
+    let storms: Vec<Running> = (0..2)
+        .map(|_| {
+            Running::spawn(Command::new("/bin/sh").args([
+                "-c",
+                "while :; do /bin/true; /bin/true; /bin/true; /bin/true; done",
+            ]))
+        })
+        .collect();
+    for round in 0..300 {
+        // spawn returns once the child has exec'd: its fork is queued.
+        let child = Running::spawn(Command::new("/usr/bin/sleep").arg("1000"));
+        assert!(
+            record_of(&mut collector, child.pid).is_some(),
+            "round {round}: pid {} forked before the poll is missing",
+            child.pid
+        );
+    }
+    drop(storms);
+}
+
 /// This process's resident memory in bytes.
 fn own_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("status");

@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::events::{Counters, Decoder, Event, EventStats};
-use crate::sys::cn_proc::{self, CnProcSocket, Received, SubscribeError, Waker};
+use crate::sys::cn_proc::{self, CnProcSocket, QueueProbe, Ready, Received, SubscribeError, Waker};
 
 /// Bytes of the buffer datagrams are received into: a connector datagram
 /// is 76 bytes; a larger one is counted as malformed (truncated).
@@ -135,6 +135,7 @@ pub struct EventSource {
     recv_buffer_bytes: usize,
     stop_timeout: Duration,
     sync: Arc<SyncState>,
+    probe: QueueProbe,
     thread: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
 }
 
@@ -145,6 +146,10 @@ struct SyncState {
     /// every datagram queued when it was made has been handed on.
     counts: Mutex<(u64, u64)>,
     answered: Condvar,
+    /// Held by the thread from the moment datagrams may leave the socket
+    /// until their events are handed on: whoever holds it and finds the
+    /// socket empty knows every event queued before is in the handler.
+    applying: Mutex<()>,
 }
 
 impl EventSource {
@@ -165,6 +170,7 @@ impl EventSource {
         let stop = Arc::new(AtomicBool::new(false));
         let waker = socket.waker();
         let port = socket.port();
+        let probe = socket.probe();
         let recv_buffer_bytes = socket.recv_buffer_bytes().unwrap_or_default();
         let (done, finished) = mpsc::channel();
         let sync = Arc::new(SyncState::default());
@@ -194,6 +200,7 @@ impl EventSource {
             recv_buffer_bytes,
             stop_timeout: config.stop_timeout,
             sync,
+            probe,
             thread: Some((thread, finished)),
         })
     }
@@ -202,7 +209,17 @@ impl EventSource {
     /// called has been handed to the handler (and the handler returned),
     /// or `timeout` passed; returns whether it caught up. A process that
     /// forked before the call is in a table the handler keeps, afterwards.
+    ///
+    /// When nothing is queued and the thread is not handing events on,
+    /// this returns at once, without waking the thread: a poll on a quiet
+    /// host costs no thread hand-off.
     pub fn sync(&self, timeout: Duration) -> bool {
+        {
+            let _applying = lock(&self.sync.applying);
+            if matches!(self.probe.is_queued(), Ok(false)) {
+                return true;
+            }
+        }
         let mut counts = lock(&self.sync.counts);
         counts.0 += 1;
         let ticket = counts.0;
@@ -297,8 +314,13 @@ fn run<H: EventHandler>(
     // Acquire pairs with `shutdown`'s Release store.
     while !stop.load(Ordering::Acquire) {
         let timeout = next_tick.map(|at| at.saturating_duration_since(Instant::now()));
-        let outcome = match socket.recv(&mut buf, timeout) {
-            Ok(Received::Woken) => catch_up(
+        let ready = socket.wait_ready(timeout);
+        // Taken before anything is received and released once it is handed
+        // on (below, or when the thread returns): `EventSource::sync`'s
+        // quick answer relies on it.
+        let applying = lock(&sync.applying);
+        let outcome = match ready {
+            Ok(Ready::Woken) => catch_up(
                 socket,
                 &mut decoder,
                 sync,
@@ -306,14 +328,10 @@ fn run<H: EventHandler>(
                 &mut burst,
                 &mut handler,
             ),
-            Ok(Received::TimedOut) => Ok(()),
-            Ok(received) => {
-                take(received, &buf, &mut decoder, &mut burst);
-                // What else came in the same burst, so the handler can
-                // look ahead over all of it.
-                drain(socket, &mut decoder, &mut buf, &mut burst)
-                    .map(|_| deliver(&mut burst, &mut handler))
-            }
+            Ok(Ready::TimedOut) => Ok(()),
+            // The handler looks ahead over the whole burst.
+            Ok(Ready::Queued) => drain(socket, &mut decoder, &mut buf, &mut burst)
+                .map(|_| deliver(&mut burst, &mut handler)),
             Err(error) => Err(error),
         };
         if let Err(error) = outcome {
@@ -324,6 +342,7 @@ fn run<H: EventHandler>(
             });
             return;
         }
+        drop(applying);
         if let (Some(at), Some(every)) = (next_tick, tick)
             && Instant::now() >= at
         {

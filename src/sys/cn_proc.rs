@@ -349,6 +349,44 @@ pub enum Received {
     Woken,
 }
 
+/// What [`CnProcSocket::wait_ready`] waited for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// A datagram or an overrun is queued.
+    Queued,
+    /// Nothing came within the timeout.
+    TimedOut,
+    /// [`Waker::wake`] was called (the wake is consumed).
+    Woken,
+}
+
+/// Tells whether anything is queued on a [`CnProcSocket`], from any thread;
+/// cheap to clone.
+#[derive(Clone, Debug)]
+pub struct QueueProbe(Arc<OwnedFd>);
+
+impl QueueProbe {
+    /// True when a datagram or an overrun (`ENOBUFS`) is queued now: one
+    /// `poll(2)` with a zero timeout.
+    pub fn is_queued(&self) -> io::Result<bool> {
+        let mut fds = [PollFd::new(&*self.0, PollFlags::IN)];
+        match rustix::event::poll(
+            &mut fds,
+            Some(&Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            }),
+        ) {
+            // ERR (a pending ENOBUFS) counts as queued: recvfrom reports it.
+            Ok(_) => Ok(!fds[0].revents().is_empty()),
+            // Interrupted before it looked: say queued, so the caller takes
+            // the slow, sure path.
+            Err(Errno::INTR) => Ok(true),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
 /// Wakes a thread blocked in [`CnProcSocket::recv`]; cheap to clone and
 /// usable from any thread.
 #[derive(Clone, Debug)]
@@ -370,7 +408,7 @@ impl Waker {
 /// [module documentation](self). Dropping it sends `PROC_CN_MCAST_IGNORE`.
 #[derive(Debug)]
 pub struct CnProcSocket {
-    fd: OwnedFd,
+    fd: Arc<OwnedFd>,
     wake: Arc<OwnedFd>,
     port: u32,
     nonce: u32,
@@ -433,7 +471,7 @@ impl CnProcSocket {
         // listeners' (see `layout::ack_error`); never 0, which most use.
         let nonce = (port ^ std::process::id().rotate_left(16)) | 1;
         let mut socket = CnProcSocket {
-            fd,
+            fd: Arc::new(fd),
             wake: Arc::new(wake),
             port,
             nonce,
@@ -467,6 +505,38 @@ impl CnProcSocket {
         Waker(Arc::clone(&self.wake))
     }
 
+    /// A handle that tells, from another thread, whether anything is
+    /// queued on this socket.
+    pub fn probe(&self) -> QueueProbe {
+        QueueProbe(Arc::clone(&self.fd))
+    }
+
+    /// Waits up to `timeout` (`None`: without limit) until a datagram or
+    /// an overrun is queued, or a wake comes, without receiving: the caller
+    /// then drains with [`try_recv`](Self::try_recv). A pending wake is
+    /// reported (and consumed) first, as by [`recv`](Self::recv).
+    pub fn wait_ready(&self, timeout: Option<Duration>) -> io::Result<Ready> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            // None: without limit (no timeout, or one too long to add to now).
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let (socket_ready, woken) = self.wait(remaining)?;
+            if woken {
+                let mut count = [0u8; 8];
+                return match rustix::io::read(&*self.wake, &mut count) {
+                    Ok(_) | Err(Errno::AGAIN) => Ok(Ready::Woken),
+                    Err(err) => Err(err.into()),
+                };
+            }
+            if socket_ready {
+                return Ok(Ready::Queued);
+            }
+            if remaining.is_some_and(|r| r.is_zero()) {
+                return Ok(Ready::TimedOut);
+            }
+        }
+    }
+
     /// Waits up to `timeout` (`None`: without limit) for a datagram, an
     /// overrun, or a wake, and receives the datagram into `buf`. A pending
     /// wake is reported first, so a stop request is never starved by a
@@ -474,31 +544,16 @@ impl CnProcSocket {
     pub fn recv(&self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<Received> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
-            let remaining = match (timeout, deadline) {
-                (None, _) => None,
-                (Some(_), Some(deadline)) => {
-                    Some(deadline.saturating_duration_since(Instant::now()))
+            // None: without limit (no timeout, or one too long to add to now).
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.wait_ready(remaining)? {
+                Ready::Woken => return Ok(Received::Woken),
+                Ready::TimedOut => return Ok(Received::TimedOut),
+                Ready::Queued => {
+                    if let Some(received) = self.try_recv(buf)? {
+                        return Ok(received);
+                    }
                 }
-                // A timeout too long to add to now: as good as none.
-                (Some(_), None) => None,
-            };
-            let (socket_ready, woken) = self.wait(remaining)?;
-            if woken {
-                let mut count = [0u8; 8];
-                match rustix::io::read(&*self.wake, &mut count) {
-                    Ok(_) | Err(Errno::AGAIN) => return Ok(Received::Woken),
-                    Err(err) => return Err(err.into()),
-                }
-            }
-            if !socket_ready {
-                if remaining.is_some_and(|r| r.is_zero()) {
-                    return Ok(Received::TimedOut);
-                }
-                continue;
-            }
-            match self.try_recv(buf)? {
-                Some(received) => return Ok(received),
-                None => continue,
             }
         }
     }
@@ -701,5 +756,27 @@ mod tests {
             matches!(got, Received::TimedOut | Received::Datagram { .. }),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn the_probe_sees_a_queued_event_until_it_is_received() {
+        let socket = CnProcSocket::subscribe(1 << 20, Duration::from_secs(2)).unwrap();
+        let probe = socket.probe();
+        // Our own fork, exec and exit are queued once the child is reaped.
+        let status = std::process::Command::new("/bin/true").status().unwrap();
+        assert!(status.success());
+        assert!(probe.is_queued().unwrap(), "our child's events are queued");
+        // And wait_ready says so at once, without receiving.
+        assert_eq!(
+            socket.wait_ready(Some(Duration::ZERO)).unwrap(),
+            Ready::Queued
+        );
+        assert!(probe.is_queued().unwrap(), "wait_ready received nothing");
+        // Drained (bounded: other processes' events may keep coming).
+        let mut buf = [0u8; 512];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while socket.try_recv(&mut buf).unwrap().is_some() {
+            assert!(Instant::now() < deadline, "the socket never drained");
+        }
     }
 }
