@@ -1,8 +1,11 @@
 //! How well procmond sees processes, and what a poll costs, in one run:
 //!
 //! - `floor`: reading `/proc/<pid>/stat` of every process through a kept
-//!   descriptor (`pread` + parse), per process; beside it `schedstat` +
-//!   `statm` (the alternative for CPU and memory) and a plain scan.
+//!   descriptor (`pread` + parse), per process, back to back and at the
+//!   polls' pace of one pass every 100 ms (`floor_paced_us`: what a 10 Hz
+//!   poll's reads cost, with caches and an idle CPU as such a poll finds
+//!   them); beside it `schedstat` + `statm` (the alternative for CPU and
+//!   memory) and a plain scan.
 //! - `capture`: N `/bin/true x` run one after another while an agent
 //!   monitors every process, with procmond's event source and with polling
 //!   at 10 ms: the share of their pids reported, and the share reported
@@ -13,23 +16,27 @@
 //!   (std returns once the exec happened; negative when the agent was
 //!   first), with the monitor's interval at 0 and at the default 10 ms.
 //! - `enumerate`: `Agent::enumerate` p50 / p99 with 0, 1,000 and 10,000
-//!   extra processes (sleepers this bench forks and reaps), per process
+//!   extra processes (polling: 0 and 1,000; sleepers this bench forks and
+//!   reaps), per process
 //!   beside the floor measured with the same processes; and procmond's CPU
 //!   share (from its `/proc/<pid>/stat`) while an agent polls at 10 Hz and
-//!   while nothing polls.
+//!   while nothing polls; `enumerate_slope`: what each extra process adds
+//!   to a poll's p50 (from the smallest host to the largest) and the fixed
+//!   cost of a poll that is left.
 //! - `poll_100hz`: enumerates every 10 ms for 2 s, changes only (after a
 //!   first whole one) and whole: polls reached, records per poll, latency,
 //!   and the CPU of the agent (the polling thread) and of procmond.
 //! - `safety_net`: procmond's CPU share with nothing polling on the largest
 //!   host, its safety net every second (ten times the default) for twelve
-//!   rounds (eleven censuses of `/proc`, one full check), and a tenth of it
-//!   as the estimate at the default 10 s.
+//!   rounds (eleven tallies, or censuses of `/proc` where the task count
+//!   moved, and one full check), and a tenth of it as the estimate at the
+//!   default 10 s.
 //!
 //! procmond runs as a child process (this binary re-executed). Run as root
 //! for the event source (else procmond polls and says so):
 //!
 //! ```sh
-//! cargo run --release --example proc_bench            # table, about 60 s
+//! cargo run --release --example proc_bench            # table, about 90 s
 //! cargo run --release --example proc_bench -- --json  # JSON lines
 //! cargo run --release --example proc_bench -- --quick # fewer processes and runs
 //! ```
@@ -58,6 +65,10 @@ const SLEEPERS: &str = "--sleepers";
 const SAFETY_NET_1S: &str = "--safety-net-1s";
 const READY: &str = "ready";
 const DEADLINE: Duration = Duration::from_secs(30);
+/// How long procmond's idle CPU share is measured beside each enumerate row.
+const IDLE_SPAN: Duration = Duration::from_secs(4);
+/// Passes of the paced floor, one every 100 ms.
+const PACED_PASSES: usize = 8;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -101,7 +112,7 @@ fn bench(args: &[String]) -> Result<()> {
         } else {
             vec![0, 1000, 10_000]
         },
-        polls: if quick { 10 } else { 30 },
+        polls: if quick { 10 } else { 20 },
     };
     if let Some(other) = args
         .iter()
@@ -139,7 +150,8 @@ fn measure(run: &Run, dir: &Path) -> Result<()> {
 
 /// procmond's CPU share with nothing polling and no process starting, on
 /// the largest host of the run, with a safety-net round every second (ten
-/// times the default) for twelve rounds: eleven censuses and one full check.
+/// times the default) for twelve rounds: eleven tallies or censuses and one
+/// full check.
 /// The default interval's share is a tenth of it (plus what the event
 /// thread does for the machine's own processes, which is in both).
 fn safety_net(run: &Run, dir: &Path) -> Result<()> {
@@ -147,10 +159,20 @@ fn safety_net(run: &Run, dir: &Path) -> Result<()> {
     let sleepers = Sleepers::spawn(extra)?;
     let procmond = Procmond::start(&dir.join("safety-net.sock"), Some(SAFETY_NET_1S))?;
     let span = Duration::from_secs(12);
+    // Rounds that tallied and that listed or read `/proc`, from procmond's
+    // status before and after (one request each, outside the span).
+    let rounds = |agent: &mut Agent| -> Result<(u64, u64)> {
+        let events = agent.status()?.events.unwrap_or_default();
+        Ok((events.tallies, events.scans))
+    };
+    let mut agent = Agent::connect(&procmond.socket)?;
+    let before = rounds(&mut agent)?;
     let (share, _) = cpu_share(procmond.pid, span, || {
         thread::sleep(span); // measuring an idle span
         Ok(0.0)
     })?;
+    let after = rounds(&mut agent)?;
+    drop(agent);
     procmond.stop()?;
     sleepers.stop()?;
     report(
@@ -160,6 +182,8 @@ fn safety_net(run: &Run, dir: &Path) -> Result<()> {
             ("source", Value::S("connector")),
             ("extra", Value::U(extra as u64)),
             ("scan_interval_s", Value::U(1)),
+            ("tallies", Value::U(after.0 - before.0)),
+            ("scans", Value::U(after.1 - before.1)),
             ("cpu_idle_pct", Value::F(share)),
             ("default_interval_est_pct", Value::F(share / 10.0)),
         ],
@@ -208,13 +232,23 @@ fn measure_with(run: &Run, procmond: &Procmond, polling: bool) -> Result<()> {
             ],
         );
     }
-    // Enumerate beside the floor, with extra processes.
-    for &extra in &run.extra {
+    // Enumerate beside the floor, with extra processes; (processes, poll
+    // p50) of each for the slope below.
+    let mut sizes: Vec<(usize, f64)> = Vec::new();
+    // Polling is compared up to 1,000 extra processes: at 10,000 it only
+    // shows what it did at 1,000, slower, and costs the run some 15 s.
+    let extras = run
+        .extra
+        .iter()
+        .copied()
+        .filter(|&extra| !polling || extra <= 1000);
+    for extra in extras {
         let sleepers = Sleepers::spawn(extra)?;
         let floor = floor()?;
         let mut agent = Agent::connect(&procmond.socket)?;
         let polls = enumerate_polls(&mut agent, run.polls)?;
         let per_process_us = polls.p50_us / polls.records.max(1) as f64;
+        sizes.push((polls.records, polls.p50_us));
         report(
             run,
             &[
@@ -227,6 +261,11 @@ fn measure_with(run: &Run, procmond: &Procmond, polling: bool) -> Result<()> {
                 ("per_process_us", Value::F(per_process_us)),
                 ("floor_stat_us", Value::F(floor.stat_us)),
                 ("x_floor", Value::F(per_process_us / floor.stat_us)),
+                ("floor_paced_us", Value::F(floor.stat_paced_us)),
+                (
+                    "x_floor_paced",
+                    Value::F(per_process_us / floor.stat_paced_us),
+                ),
                 ("schedstat_statm_us", Value::F(floor.schedstat_statm_us)),
                 ("plain_scan_us", Value::F(floor.plain_scan_us)),
             ],
@@ -271,14 +310,12 @@ fn measure_with(run: &Run, procmond: &Procmond, polling: bool) -> Result<()> {
             }
         }
         drop(agent);
-        let idle_share = cpu_share(
-            procmond.pid,
-            Duration::from_secs(if extra == 0 { 12 } else { 4 }),
-            || {
-                thread::sleep(Duration::from_secs(if extra == 0 { 12 } else { 4 })); // measuring an idle span
-                Ok(0.0)
-            },
-        )?;
+        // A 4 s window, mostly between safety-net rounds: their cost is
+        // the `safety_net` row's.
+        let idle_share = cpu_share(procmond.pid, IDLE_SPAN, || {
+            thread::sleep(IDLE_SPAN); // measuring an idle span
+            Ok(0.0)
+        })?;
         report(
             run,
             &[
@@ -291,6 +328,24 @@ fn measure_with(run: &Run, procmond: &Procmond, polling: bool) -> Result<()> {
             ],
         );
         sleepers.stop()?;
+    }
+    // What one more process adds to a poll, the fixed cost of a poll (the
+    // round trip: socket, thread hand-offs, ring, wake-ups) left out.
+    if let (Some(&(n0, t0)), Some(&(n1, t1))) = (sizes.first(), sizes.last())
+        && n1 > n0
+    {
+        let slope = (t1 - t0) / (n1 - n0) as f64;
+        report(
+            run,
+            &[
+                ("row", Value::S("enumerate_slope")),
+                ("source", Value::S(source)),
+                ("from_processes", Value::U(n0 as u64)),
+                ("to_processes", Value::U(n1 as u64)),
+                ("per_extra_process_us", Value::F(slope)),
+                ("fixed_ms", Value::F((t0 - slope * n0 as f64) / 1e3)),
+            ],
+        );
     }
     Ok(())
 }
@@ -440,11 +495,14 @@ fn enumerate_polls(agent: &mut Agent, polls: usize) -> Result<Polls> {
 
 struct Floor {
     stat_us: f64,
+    stat_paced_us: f64,
     schedstat_statm_us: f64,
     plain_scan_us: f64,
 }
 
-/// Per process: kept-descriptor `stat` read + parse; kept `schedstat` +
+/// Per process: kept-descriptor `stat` read + parse (the best of five
+/// passes back to back, and the median of passes 100 ms apart, the pace of
+/// the polls it is set beside); kept `schedstat` +
 /// `statm`; a plain scan (open and read `stat` and `cmdline`, `readlink`
 /// `exe`, `stat` the directory).
 fn floor() -> Result<Floor> {
@@ -455,9 +513,6 @@ fn floor() -> Result<Floor> {
             .filter_map(|&pid| root.open_file(pid, file).ok())
             .collect()
     };
-    let stats = open("stat");
-    let schedstats = open("schedstat");
-    let statms = open("statm");
     let mut buf = [0u8; 2048];
     let mut sink = 0u64;
     let time_per = |count: usize, f: &mut dyn FnMut() -> u64| -> f64 {
@@ -470,16 +525,42 @@ fn floor() -> Result<Floor> {
         }
         best
     };
-    let stat_us = time_per(stats.len(), &mut || {
+    // Each kind's descriptors are opened (and closed) on their own, so
+    // 10,000 processes fit the open-file limit whichever is measured.
+    let stats = open("stat");
+    let mut read_stats = || {
         for fd in &stats {
             if let Ok(n) = procfs::read_at_start(fd, &mut buf) {
                 sink = sink.wrapping_add(parse_fields(&buf[..n]));
             }
         }
         sink
-    });
-    let schedstat_statm_us = time_per(schedstats.len().min(statms.len()), &mut || {
-        for (a, b) in schedstats.iter().zip(&statms) {
+    };
+    let stat_us = time_per(stats.len(), &mut read_stats);
+    // The same pass at a poll's pace (one every 100 ms, as
+    // `enumerate_polls` asks): caches and an idle CPU's wake-up as a
+    // 10 Hz poll finds them.
+    let mut paced = Vec::with_capacity(PACED_PASSES);
+    for _ in 0..PACED_PASSES {
+        thread::sleep(Duration::from_millis(100)); // pacing, as the polls
+        let start = Instant::now();
+        std::hint::black_box(read_stats());
+        paced.push(start.elapsed().as_secs_f64() * 1e6 / stats.len().max(1) as f64);
+    }
+    paced.sort_by(f64::total_cmp);
+    let stat_paced_us = percentile(&paced, 0.5);
+    drop(stats);
+    let pairs: Vec<_> = pids
+        .iter()
+        .filter_map(|&pid| {
+            Some((
+                root.open_file(pid, "schedstat").ok()?,
+                root.open_file(pid, "statm").ok()?,
+            ))
+        })
+        .collect();
+    let schedstat_statm_us = time_per(pairs.len(), &mut || {
+        for (a, b) in &pairs {
             if let Ok(n) = procfs::read_at_start(a, &mut buf) {
                 sink = sink.wrapping_add(first_number(&buf[..n]));
             }
@@ -489,6 +570,7 @@ fn floor() -> Result<Floor> {
         }
         sink
     });
+    drop(pairs);
     let plain_scan_us = time_per(pids.len(), &mut || {
         for pid in &pids {
             let dir = PathBuf::from(format!("/proc/{pid}"));
@@ -507,6 +589,7 @@ fn floor() -> Result<Floor> {
     });
     Ok(Floor {
         stat_us,
+        stat_paced_us,
         schedstat_statm_us,
         plain_scan_us,
     })

@@ -57,7 +57,7 @@ fn collect_until(
                 panic!("events lost while waiting for {what}: {reason:?}")
             }
             Ok(Event::Failed { error }) => panic!("event source failed: {error}"),
-            Ok(Event::Subscribed | Event::Tick) => {}
+            Ok(Event::Subscribed | Event::Tick(_)) => {}
             Err(RecvTimeoutError::Timeout) => panic!("{what} not seen within {DEADLINE:?}"),
             Err(RecvTimeoutError::Disconnected) => panic!("event thread ended"),
         }
@@ -246,7 +246,7 @@ fn a_fork_storm_into_a_tiny_buffer_is_reported_as_lost() {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(Event::Lost { reason }) => break reason,
-            Ok(Event::Process(_) | Event::Subscribed | Event::Tick) => {}
+            Ok(Event::Process(_) | Event::Subscribed | Event::Tick(_)) => {}
             Ok(Event::Failed { error }) => panic!("event source failed: {error}"),
             Err(e) => panic!("no loss reported: {e:?}; {:?}", source.stats()),
         }

@@ -394,8 +394,8 @@ fn print_status(out: &mut impl Write, status: &Status, format: Format) -> Result
         rows.push((
             "events",
             format!(
-                "{} events, {} overruns, {} sequence gaps ({} missed), {} malformed, {} spoofed, {} resyncs, {} corrections",
-                e.events, e.overruns, e.sequence_gaps, e.missed_events, e.malformed, e.spoofed, e.resyncs, e.corrections
+                "{} events, {} overruns, {} sequence gaps ({} missed), {} malformed, {} spoofed, {} resyncs, {} corrections, {} scans, {} tallies",
+                e.events, e.overruns, e.sequence_gaps, e.missed_events, e.malformed, e.spoofed, e.resyncs, e.corrections, e.scans, e.tallies
             ),
         ));
     }

@@ -23,7 +23,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::events::{Counters, Decoder, Event, EventStats};
+use super::events::{Counters, Decoder, Event, EventStats, Tally};
 use crate::sys::cn_proc::{self, CnProcSocket, QueueProbe, Ready, Received, SubscribeError, Waker};
 
 /// Bytes of the buffer datagrams are received into: a connector datagram
@@ -115,7 +115,7 @@ pub enum StopError {
 ///     Event::Process(p) => println!("{:?}", p.event),
 ///     Event::Lost { reason } => println!("lost events ({reason:?}): rescan /proc"),
 ///     Event::Failed { error } => println!("event source ended: {error}"),
-///     Event::Subscribed | Event::Tick => {}
+///     Event::Subscribed | Event::Tick(_) => {}
 /// });
 /// match source {
 ///     Ok(source) => {
@@ -309,6 +309,8 @@ fn run<H: EventHandler>(
 ) {
     let mut buf = vec![0u8; DATAGRAM_BUFFER];
     let mut burst = Vec::with_capacity(BURST_MAX);
+    let counters = decoder.counters();
+    let probe = socket.probe();
     handler.event(Event::Subscribed);
     let mut next_tick = tick.and_then(|t| Instant::now().checked_add(t));
     // Acquire pairs with `shutdown`'s Release store.
@@ -346,9 +348,25 @@ fn run<H: EventHandler>(
         if let (Some(at), Some(every)) = (next_tick, tick)
             && Instant::now() >= at
         {
-            handler.event(Event::Tick);
+            handler.event(Event::Tick(tally(&counters, &probe)));
             next_tick = Instant::now().checked_add(every);
         }
+    }
+}
+
+/// The kernel's task count beside the tasks heard, at a tick (on this
+/// thread, between bursts, so every event received is counted). The
+/// kernel's count is taken first: an event of a task it counts was queued
+/// by then, and if nothing is queued after, it has been heard.
+fn tally(counters: &Counters, probe: &QueueProbe) -> Tally {
+    let kernel_tasks = crate::sys::procfs::task_count();
+    let caught_up = matches!(probe.is_queued(), Ok(false));
+    let stats = counters.snapshot();
+    Tally {
+        // Modulo 2^16, as the kernel's count: the truncation is the point.
+        tasks_heard: stats.tasks_forked.wrapping_sub(stats.tasks_exited) as u16,
+        kernel_tasks,
+        caught_up,
     }
 }
 

@@ -152,7 +152,35 @@ pub enum Event {
     /// The [`EventSource`](super::EventSource)'s tick interval passed (see
     /// `EventSourceConfig::tick`): time for periodic work on the event
     /// thread, such as a safety-net scan.
-    Tick,
+    Tick(Tally),
+}
+
+/// The kernel's count of tasks beside the events heard, taken at a tick: a
+/// cheap check that no fork or exit went unheard. While no event is lost,
+/// `kernel_tasks - tasks_heard` (modulo 2^16) stays the same, whatever the
+/// host does (a zombie, counted by the kernel until reaped, shifts it while
+/// it lasts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tally {
+    /// Forks less exits of every task (threads included) heard so far,
+    /// modulo 2^16.
+    pub tasks_heard: u16,
+    /// The kernel's count of tasks at the tick ([`task_count`]).
+    ///
+    /// [`task_count`]: crate::sys::procfs::task_count
+    pub kernel_tasks: u16,
+    /// Nothing was queued on the socket when the two were taken, so
+    /// `tasks_heard` was not behind the kernel's count.
+    pub caught_up: bool,
+}
+
+impl Tally {
+    /// `kernel_tasks - tasks_heard`: the same at two ticks when no fork or
+    /// exit was lost between them; `None` when not caught up.
+    pub fn offset(&self) -> Option<u16> {
+        self.caught_up
+            .then(|| self.kernel_tasks.wrapping_sub(self.tasks_heard))
+    }
 }
 
 /// A plain snapshot of the decoder's counters (each read on its own, so
@@ -179,6 +207,10 @@ pub struct EventStats {
     pub sequence_gaps: u64,
     /// Messages known to be missing from those gaps (overruns not counted).
     pub missed_events: u64,
+    /// Fork events of every task, threads included.
+    pub tasks_forked: u64,
+    /// Exit events of every task, threads included.
+    pub tasks_exited: u64,
 }
 
 /// The counters behind [`EventStats`]. Written by the one thread that
@@ -195,6 +227,8 @@ pub(crate) struct Counters {
     overruns: AtomicU64,
     sequence_gaps: AtomicU64,
     missed_events: AtomicU64,
+    tasks_forked: AtomicU64,
+    tasks_exited: AtomicU64,
 }
 
 impl Counters {
@@ -211,6 +245,8 @@ impl Counters {
             overruns: get(&self.overruns),
             sequence_gaps: get(&self.sequence_gaps),
             missed_events: get(&self.missed_events),
+            tasks_forked: get(&self.tasks_forked),
+            tasks_exited: get(&self.tasks_exited),
         }
     }
 }
@@ -583,6 +619,11 @@ impl Decoder {
                     missed,
                 },
             });
+        }
+        match message.body {
+            Body::Fork { .. } => bump(&self.counters.tasks_forked, 1),
+            Body::Exit { .. } => bump(&self.counters.tasks_exited, 1),
+            _ => {}
         }
         match process_event(message.body) {
             (Some(event), _) => {

@@ -56,7 +56,7 @@ pub use crate::sys::cn_proc::SubscribeError;
 pub use cache::{CacheStats, DEFAULT_HASH_CACHE_MAX_AGE, SharedHashCache};
 pub use event_source::{EventHandler, EventSource, EventSourceConfig, StopError};
 pub use events::{
-    Decoder, Event, EventStats, LossReason, Malformed, ProcEvent, ProcessEvent, comm_name,
+    Decoder, Event, EventStats, LossReason, Malformed, ProcEvent, ProcessEvent, Tally, comm_name,
 };
 pub use filter::FilterError;
 pub use hash::HashError;

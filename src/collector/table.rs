@@ -172,6 +172,9 @@ pub struct TableStats {
     /// Processes already in the table that a scan read again to check
     /// them (a census of `/proc` reads none of them).
     pub scan_checks: u64,
+    /// Safety-net rounds answered by the kernel's task count alone: it
+    /// agreed with the forks and exits heard, so `/proc` was not listed.
+    pub tallies: u64,
 }
 
 #[derive(Default)]
@@ -181,6 +184,7 @@ struct Counters {
     corrections: AtomicU64,
     usage_reads: AtomicU64,
     scan_checks: AtomicU64,
+    tallies: AtomicU64,
 }
 
 /// What a scan does beyond finding who is alive.
@@ -394,6 +398,7 @@ impl ProcessTable {
             corrections: c.corrections.load(Ordering::Relaxed),
             usage_reads: c.usage_reads.load(Ordering::Relaxed),
             scan_checks: c.scan_checks.load(Ordering::Relaxed),
+            tallies: c.tallies.load(Ordering::Relaxed),
         }
     }
 
@@ -762,6 +767,12 @@ impl ProcessTable {
     }
 
     // ---- scans ----
+
+    /// Counts a safety-net round the kernel's task count answered.
+    pub(crate) fn count_tally(&self) {
+        // Relaxed: a statistic.
+        self.shared.counters.tallies.fetch_add(1, Ordering::Relaxed);
+    }
 
     /// Reads `/proc` whole and makes the table agree with it; what differs
     /// is broadcast (and, for a safety net or resync, counted as

@@ -61,6 +61,8 @@ pub(super) fn status(sources: &Sources<'_>) -> Status {
         spoofed: e.spoofed,
         resyncs: table.resyncs,
         corrections: table.corrections,
+        scans: table.scans,
+        tallies: table.tallies,
     });
     let counters = sources.counters;
     Status {

@@ -10,8 +10,8 @@
 //! - [`cn_proc`]: the kernel's process connector (netlink process events).
 //! - [`fs`]: file-system facts about an open file (pseudo file systems) and
 //!   opening a path as a regular file only (`openat2`, no magic links).
-//! - [`procfs`]: `/proc` through kept descriptors (`openat`, `pread`), and
-//!   the open-file limit.
+//! - [`procfs`]: `/proc` through kept descriptors (`openat`, `pread`), the
+//!   open-file limit, and the kernel's count of tasks.
 //! - [`thread`]: the scheduling priority of procmond's own threads.
 
 pub mod caps;

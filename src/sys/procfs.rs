@@ -72,6 +72,14 @@ pub fn clock_ticks_per_second() -> u64 {
     rustix::param::clock_ticks_per_second()
 }
 
+/// The kernel's count of tasks (threads) on the host, modulo 2^16, as
+/// `sysinfo(2)` gives it (`procs`, the `nr_threads` that `/proc/loadavg`
+/// also shows): one system call, no file. A task counts from its fork until
+/// it is reaped, so a zombie still counts.
+pub fn task_count() -> u16 {
+    rustix::system::sysinfo().procs
+}
+
 /// The memory page size in bytes.
 pub fn page_size() -> u64 {
     rustix::param::page_size() as u64
