@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     files.sort();
     println!("cargo:rerun-if-changed=proto");
+    // CI builds with PROTOC naming a program that fails (.ci/run), to show
+    // no protoc is ever run: a change of it must run this script again.
+    println!("cargo:rerun-if-env-changed=PROTOC");
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }
