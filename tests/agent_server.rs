@@ -184,6 +184,7 @@ fn connect_with_options_and_the_timeouts_they_set() {
         },
         client_name: "options-test".into(),
         max_frame_bytes: 1 << 20,
+        trusted_server_uids: Vec::new(),
     };
     let mut agent = Agent::connect_with(&socket, options).unwrap();
     assert_eq!(

@@ -19,13 +19,18 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tracing_subscriber::EnvFilter;
 
-use daemoneye_lib::client::{Agent, ChangeThresholds, ClientError, Records, find_socket};
+use daemoneye_lib::client::{
+    Agent, ChangeThresholds, ClientError, ClientOptions, Records, find_socket,
+};
 use daemoneye_lib::control::EventSource;
 use daemoneye_lib::deadline;
 use daemoneye_lib::proto::control::Status;
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter};
 use daemoneye_lib::session::ProcessRecordView;
 use daemoneye_lib::text::{error_line, escape_controls};
+
+/// The system user `dist/systemd/procmond.service` runs procmond as.
+const SERVICE_USER: &str = "daemoneye";
 
 /// daemoneye-agent: asks procmond about processes.
 #[derive(Parser, Debug)]
@@ -35,6 +40,10 @@ struct Args {
     /// if it exists, else /run/daemoneye/procmond.sock]
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
+    /// Also trust a procmond running as this uid (repeatable); root, this
+    /// user and the `daemoneye` service user (when it exists) always are
+    #[arg(long = "trust-server-uid", value_name = "UID", global = true)]
+    trust_server_uids: Vec<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,12 +105,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Watch the process tree under some roots (all processes without any)
     /// procmond's status: version, privileges, event source, counters
     Status {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Watch the process tree under some roots (all processes without any)
     Monitor {
         /// A root pid (repeatable)
         #[arg(long = "pid")]
@@ -151,7 +160,16 @@ fn run(args: Args) -> Result<ExitCode> {
         Some(path) => path,
         None => find_socket()?,
     };
-    let mut agent = Agent::connect(&socket)?;
+    let mut trusted = args.trust_server_uids;
+    // The user procmond.service runs as (the Debian package creates it).
+    if let Ok(Some(user)) = nix::unistd::User::from_name(SERVICE_USER) {
+        trusted.push(user.uid.as_raw());
+    }
+    let options = ClientOptions {
+        trusted_server_uids: trusted,
+        ..ClientOptions::default()
+    };
+    let mut agent = Agent::connect_with(&socket, options)?;
     let mut out = io::stdout().lock();
     match args.command {
         Command::Enumerate {

@@ -3,6 +3,12 @@
 //! or SIGINT and removes its socket. A second SIGTERM or SIGINT during the
 //! shutdown ends it at once (exit 1, nothing logged, the socket left for the
 //! next procmond to replace), even when its log takes nothing more.
+//!
+//! Under systemd (`dist/systemd/procmond.service`, `Type=notify`) it serves
+//! the socket `procmond.socket` passes (`LISTEN_FDS`; without one it binds
+//! its own path, as when started by hand), says `READY=1` once it serves,
+//! `WATCHDOG=1` from its accept loop when the unit sets `WatchdogSec=`, and
+//! `STOPPING=1` when it shuts down.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -15,8 +21,9 @@ use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use tracing_subscriber::EnvFilter;
 
-use daemoneye_lib::control::{AllowList, default_socket_path};
-use daemoneye_lib::server::{Server, ServerConfig};
+use daemoneye_lib::control::{AllowList, ControlListener, default_socket_path};
+use daemoneye_lib::server::{Server, ServerConfig, Supervisor};
+use daemoneye_lib::sys::systemd::{self, ActivationError, Notice};
 
 /// procmond: streams process data to daemoneye-agent through a shared-memory ring.
 #[derive(Parser, Debug)]
@@ -79,6 +86,9 @@ fn parse_max_frame(text: &str) -> Result<usize, String> {
 }
 
 fn main() {
+    // First of all, before anything opens a descriptor that could take the
+    // number systemd's socket has (3).
+    let passed = systemd::take_listen_socket();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -86,7 +96,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    if let Err(error) = run(Args::parse()) {
+    if let Err(error) = run(Args::parse(), passed) {
         eprintln!(
             "procmond: {}",
             daemoneye_lib::text::error_line(error.as_ref())
@@ -95,7 +105,39 @@ fn main() {
     }
 }
 
-fn run(args: Args) -> Result<()> {
+/// Tells systemd how the accept loop is doing (each a no-op outside
+/// systemd); a notification that cannot be sent is logged, never fatal.
+struct Systemd {
+    watchdog: Option<Duration>,
+}
+
+impl Systemd {
+    fn tell(notice: Notice) {
+        if let Err(error) = systemd::notify(notice) {
+            tracing::warn!(%error, ?notice, "cannot notify the service manager");
+        }
+    }
+}
+
+impl Supervisor for Systemd {
+    fn serving(&mut self) {
+        Self::tell(Notice::Ready);
+    }
+    fn alive_every(&self) -> Option<Duration> {
+        self.watchdog
+    }
+    fn alive(&mut self) {
+        Self::tell(Notice::Watchdog);
+    }
+    fn stopping(&mut self) {
+        Self::tell(Notice::Stopping);
+    }
+}
+
+fn run(
+    args: Args,
+    passed: Result<Option<std::os::unix::net::UnixListener>, ActivationError>,
+) -> Result<()> {
     // Block the signals before any thread starts, so every thread inherits
     // the mask and only the waiting thread below receives them.
     let mut signals = SigSet::empty();
@@ -105,9 +147,16 @@ fn run(args: Args) -> Result<()> {
         .thread_block()
         .context("blocking SIGTERM and SIGINT")?;
 
-    let socket_path = match args.socket {
-        Some(path) => path,
-        None => default_socket_path()?,
+    let passed = passed?;
+    if passed.is_some() && (args.socket.is_some() || args.group.is_some()) {
+        tracing::warn!(
+            "--socket and --group are ignored: the service manager passed the socket, and its unit sets path, mode and group"
+        );
+    }
+    let socket_path = match (&passed, args.socket) {
+        (Some(_), _) => PathBuf::new(),
+        (None, Some(path)) => path,
+        (None, None) => default_socket_path()?,
     };
     let group = match &args.group {
         None => None,
@@ -133,7 +182,10 @@ fn run(args: Args) -> Result<()> {
     config.table.realtime_events = !args.no_realtime_events;
     config.collector.hash_read_timeout = Duration::from_millis(args.hash_read_timeout_ms);
 
-    let server = Server::bind(config)?;
+    let server = match passed {
+        Some(listener) => Server::with_listener(config, ControlListener::activated(listener)?)?,
+        None => Server::bind(config)?,
+    };
     let shutdown = server.shutdown_handle();
     let stopped_by = Arc::new(OnceLock::new());
     let received = Arc::clone(&stopped_by);
@@ -159,8 +211,11 @@ fn run(args: Args) -> Result<()> {
             }
         })
         .context("starting the signal thread")?;
-    server.run_until(&server.shutdown_handle());
-    drop(server); // removes the socket file
+    let mut supervisor = Systemd {
+        watchdog: systemd::watchdog_interval(),
+    };
+    server.run_supervised(&server.shutdown_handle(), &mut supervisor);
+    drop(server); // removes the socket file, if procmond bound it
     tracing::info!(
         signal = stopped_by.get().map_or("none", |s| s.as_str()),
         "stopped"

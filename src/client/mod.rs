@@ -86,6 +86,12 @@ pub struct ClientOptions {
     /// ([`ClientError::FrameTooLarge`]), so a frame's private copy never
     /// takes more than this. Default [`DEFAULT_MAX_FRAME_BYTES`].
     pub max_frame_bytes: usize,
+    /// Server uids trusted besides root and this agent's own (a procmond
+    /// run as a service user, such as `daemoneye`); a procmond under any
+    /// other uid is refused before anything is sent to it
+    /// ([`ControlError::UntrustedServer`](crate::control::ControlError::UntrustedServer)).
+    /// Default: none.
+    pub trusted_server_uids: Vec<u32>,
 }
 
 /// The default [`ClientOptions::max_frame_bytes`]: 64 MiB, far above
@@ -100,6 +106,7 @@ impl Default for ClientOptions {
             wait: WaitStrategy::default(),
             client_name: "daemoneye-agent".into(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            trusted_server_uids: Vec::new(),
         }
     }
 }
@@ -194,7 +201,13 @@ impl Agent {
         let socket = stream
             .try_clone()
             .map_err(io("cloning the control socket"))?;
-        let (channel, welcome) = Connector::new(options.client_name.clone())
+        let connector = options
+            .trusted_server_uids
+            .iter()
+            .fold(Connector::new(options.client_name.clone()), |c, &uid| {
+                c.trust_server_uid(uid)
+            });
+        let (channel, welcome) = connector
             .timeout(deadline.saturating_duration_since(Instant::now()))
             .handshake(stream)
             .map_err(ClientError::from_control)?;

@@ -179,7 +179,7 @@ pub enum ControlError {
     /// [`Connector::trust_server_uid`](super::Connector::trust_server_uid):
     /// whoever listens there could be impersonating procmond.
     #[error(
-        "the server at the other end runs as uid {uid} (pid {pid}), which is not trusted (root, this user, or one given to trust_server_uid)"
+        "the server at the other end runs as uid {uid} (pid {pid}), which is not trusted (root, this user, or one trusted explicitly: daemoneye-agent --trust-server-uid, ClientOptions::trusted_server_uids)"
     )]
     UntrustedServer {
         /// The server's uid.

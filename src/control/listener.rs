@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 use rustix::fs::{FlockOperation, Mode, OFlags};
 
 use super::error::ControlError;
-use crate::sys::socket::set_accept_timeout;
+use crate::sys::socket::{Accepted, accept_or_woken, set_accept_timeout};
+use crate::sys::wake::Waker;
 
 /// procmond's socket path when it runs as root.
 pub const ROOT_SOCKET_PATH: &str = "/run/daemoneye/procmond.sock";
@@ -104,12 +105,22 @@ fn agent_paths_for(root: bool, runtime_dir: Option<OsString>) -> Vec<PathBuf> {
     paths
 }
 
-/// A bound, listening control socket. Dropping it removes the socket file,
-/// unless something else has replaced it meanwhile.
+/// A listening control socket: one procmond bound itself
+/// ([`bind`](Self::bind)), whose file dropping it removes (unless something
+/// else has replaced it meanwhile), or one the service manager passed
+/// ([`activated`](Self::activated)), which it created and keeps.
 #[derive(Debug)]
 pub struct ControlListener {
     listener: UnixListener,
     path: PathBuf,
+    /// What procmond created and removes at drop; `None` when the service
+    /// manager owns the socket.
+    owned: Option<Owned>,
+}
+
+/// The files of a socket procmond bound itself.
+#[derive(Debug)]
+struct Owned {
     /// (device, inode) of the socket file we created, to remove only ours.
     identity: (u64, u64),
     /// The lock file beside the socket, `flock`ed while we listen.
@@ -154,9 +165,11 @@ impl ControlListener {
         let bound = Self {
             listener,
             path: path.to_owned(),
-            identity: (meta.dev(), meta.ino()),
-            lock,
-            lock_path,
+            owned: Some(Owned {
+                identity: (meta.dev(), meta.ino()),
+                lock,
+                lock_path,
+            }),
         };
         let (mode, group) = match options.group {
             None => (0o600, None),
@@ -166,29 +179,58 @@ impl ControlListener {
         Ok(bound)
     }
 
+    /// A listening socket the service manager created and passed
+    /// (socket activation; see [`crate::sys::systemd::take_listen_socket`],
+    /// which checks it is a listening Unix stream socket). Its directory,
+    /// mode and group are the socket unit's (`SocketMode=`,
+    /// `SocketGroup=`); dropping it closes procmond's descriptor only, so
+    /// the socket lives on for the next procmond the manager starts.
+    pub fn activated(listener: UnixListener) -> Result<Self, ControlError> {
+        let address = listener.local_addr().map_err(|source| ControlError::Io {
+            context: "reading the passed socket's address",
+            source,
+        })?;
+        let path = match address.as_pathname() {
+            Some(path) => path.to_owned(),
+            None => {
+                return Err(ControlError::UnsafePath {
+                    path: PathBuf::from("(passed socket)"),
+                    problem: "has no path (unnamed or abstract); agents find procmond by path"
+                        .into(),
+                });
+            }
+        };
+        Ok(Self {
+            listener,
+            path,
+            owned: None,
+        })
+    }
+
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Waits for the next connection, without a bound.
-    pub fn accept(&self) -> Result<UnixStream, ControlError> {
-        set_accept_timeout(&self.listener, None).map_err(|source| ControlError::Io {
-            context: "clearing the accept timeout",
+    /// Whether the service manager passed this socket (it then outlives
+    /// procmond) rather than procmond binding it.
+    pub fn is_activated(&self) -> bool {
+        self.owned.is_none()
+    }
+
+    /// Waits for the next connection until `waker` is woken (for good: see
+    /// [`accept_or_woken`](crate::sys::socket::accept_or_woken)) or
+    /// `timeout` passes (`None`: no bound). Leaves the socket as it is,
+    /// so it works the same on a socket shared with the service manager.
+    pub fn accept_or_woken(
+        &self,
+        waker: &Waker,
+        timeout: Option<Duration>,
+    ) -> Result<Accepted, ControlError> {
+        accept_or_woken(&self.listener, waker, timeout).map_err(|source| ControlError::Io {
+            context: "accepting a connection",
             source,
-        })?;
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => return Ok(stream),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(ControlError::Io {
-                        context: "accepting a connection",
-                        source,
-                    });
-                }
-            }
-        }
+        })
     }
 
     /// Waits up to `timeout` for the next connection; `Ok(None)` when none
@@ -230,16 +272,20 @@ impl AsFd for ControlListener {
 
 impl Drop for ControlListener {
     fn drop(&mut self) {
+        // A passed socket is the service manager's to keep or remove.
+        let Some(owned) = &self.owned else {
+            return;
+        };
         let ours =
-            fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity);
+            fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == owned.identity);
         if ours {
             // Best effort: nothing useful to do if it is already gone.
             let _ = fs::remove_file(&self.path);
         }
         // The lock file, while still locked, if it is still ours (see the
         // module docs); the descriptor closes after, releasing it.
-        if same_file(&self.lock, &self.lock_path) {
-            let _ = fs::remove_file(&self.lock_path);
+        if same_file(&owned.lock, &owned.lock_path) {
+            let _ = fs::remove_file(&owned.lock_path);
         }
     }
 }

@@ -29,6 +29,7 @@ mod connection;
 mod shutdown;
 mod slots;
 mod status;
+mod supervisor;
 mod tasks;
 mod worker;
 
@@ -42,12 +43,15 @@ use std::time::{Duration, Instant};
 
 pub use config::ServerConfig;
 pub use shutdown::ShutdownHandle;
+pub use supervisor::{Supervisor, Unsupervised};
 
 use crate::collector::{CacheStats, ProcessTable, SharedHashCache};
 use crate::control::{
     ControlError, ControlListener, RefusalCode, SocketOptions, refuse_unread, screen_peer,
 };
 use crate::ring::RingError;
+use crate::sys::socket::Accepted;
+use crate::sys::wake::Waker;
 use slots::{Limits, Slots};
 
 /// Connections in their handshake beyond `max_clients` (see
@@ -69,6 +73,18 @@ pub enum ServerError {
     /// The control socket could not be set up.
     #[error("{0}")]
     Control(#[from] ControlError),
+}
+
+/// The checks of `config` made before any socket is bound or used.
+fn check(config: &ServerConfig) -> Result<(), ServerError> {
+    config.ring_config().validate()?;
+    if config.max_clients == 0 {
+        return Err(ServerError::NoClients);
+    }
+    if config.per_uid_limit() == 0 {
+        return Err(ServerError::NoClientsPerUid);
+    }
+    Ok(())
 }
 
 /// A bound procmond server; see the [module documentation](self).
@@ -102,25 +118,42 @@ impl Server {
     /// Checks `config` and binds the control socket (see
     /// [`ControlListener::bind`] for the directory and file modes).
     pub fn bind(config: ServerConfig) -> Result<Server, ServerError> {
-        config.ring_config().validate()?;
-        if config.max_clients == 0 {
-            return Err(ServerError::NoClients);
-        }
-        if config.per_uid_limit() == 0 {
-            return Err(ServerError::NoClientsPerUid);
-        }
+        check(&config)?;
         let options = SocketOptions {
             group: config.group,
         };
         let listener = ControlListener::bind(&config.socket_path, &options)?;
-        let wake = listener
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| ControlError::Io {
-                context: "duplicating the listener for shutdown",
-                source,
-            })?;
-        let shutdown = ShutdownHandle::new(wake);
+        Self::with_listener(config, listener)
+    }
+
+    /// Checks `config` and serves on `listener`: one [`bind`](Self::bind)
+    /// made, or one the service manager passed
+    /// ([`ControlListener::activated`]), whose path then replaces
+    /// `config.socket_path` (and `config.group` is not used: the socket
+    /// unit sets the mode and group).
+    pub fn with_listener(
+        mut config: ServerConfig,
+        listener: ControlListener,
+    ) -> Result<Server, ServerError> {
+        check(&config)?;
+        config.socket_path = listener.path().to_owned();
+        let waker = Waker::new().map_err(|source| ControlError::Io {
+            context: "creating the accept loop's eventfd",
+            source,
+        })?;
+        let owned_listener = if listener.is_activated() {
+            None
+        } else {
+            let dup = listener
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| ControlError::Io {
+                    context: "duplicating the listener for shutdown",
+                    source,
+                })?;
+            Some(dup)
+        };
+        let shutdown = ShutdownHandle::new(waker, owned_listener);
         let hash_cache = SharedHashCache::with_max_age(
             config.collector.hash_cache_entries,
             config.collector.hash_cache_max_age,
@@ -130,6 +163,7 @@ impl Server {
         let table = ProcessTable::start(&config.table);
         tracing::info!(
             socket = %listener.path().display(),
+            activated = listener.is_activated(),
             ring_bytes = config.ring_bytes,
             max_frame_bytes = config.max_frame_bytes,
             max_clients = config.max_clients,
@@ -176,8 +210,16 @@ impl Server {
 
     /// Serves connections until `shutdown` is triggered, then ends every
     /// connection (their rings are closed and freed) and returns. The socket
-    /// file is removed when the server is dropped.
+    /// file is removed when the server is dropped (if procmond bound it).
     pub fn run_until(&self, shutdown: &ShutdownHandle) {
+        self.run_supervised(shutdown, &mut Unsupervised);
+    }
+
+    /// [`run_until`](Self::run_until), telling `supervisor` when the loop
+    /// serves, that it is alive (at least every
+    /// [`Supervisor::alive_every`], from the loop itself, so a wedged loop
+    /// stops saying so) and when it stops.
+    pub fn run_supervised(&self, shutdown: &ShutdownHandle, supervisor: &mut dyn Supervisor) {
         let slots = Slots::new(Limits {
             clients: self.config.max_clients,
             handshakes: self.max_handshakes(),
@@ -185,10 +227,23 @@ impl Server {
             owner: rustix::process::geteuid().as_raw(),
         });
         let mut connections: Vec<Connection> = Vec::new();
+        supervisor.serving();
+        let beat_every = supervisor.alive_every();
+        let mut next_beat = Instant::now();
         while !shutdown.is_triggered() {
-            let stream = match self.listener.accept() {
-                Ok(stream) => stream,
-                // The trigger shut the listener down to wake this accept.
+            let wait = beat_every.map(|every| {
+                let now = Instant::now();
+                if now >= next_beat {
+                    supervisor.alive();
+                    next_beat = crate::deadline::after(every);
+                }
+                next_beat.saturating_duration_since(now)
+            });
+            let stream = match self.listener.accept_or_woken(shutdown.waker(), wait) {
+                Ok(Accepted::Connection(stream)) => stream,
+                Ok(Accepted::TimedOut) => continue,
+                Ok(Accepted::Woken) => break,
+                // The trigger shut the listener down.
                 Err(_) if shutdown.is_triggered() => break,
                 Err(error) => {
                     tracing::error!(%error, "accept failed");
@@ -250,6 +305,7 @@ impl Server {
                 Err(error) => tracing::error!(%error, "cannot start a connection thread"),
             }
         }
+        supervisor.stopping();
         tracing::info!(connections = connections.len(), "shutting down");
         // The read side only: each connection's thread sees the end, tells
         // its client procmond is shutting down, and ends the connection.

@@ -5,25 +5,34 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::sys::socket::shutdown_listener;
+use crate::sys::wake::Waker;
 
 /// Stops a [`Server::run_until`](super::Server::run_until) loop.
 ///
-/// [`trigger`](Self::trigger) sets a flag and then shuts the listening
-/// socket's receiving side down (through its own duplicate of the
-/// listener's descriptor), which wakes the blocked `accept` whatever became
-/// of the socket's path; the loop sees the flag and returns. Cloneable and
-/// usable from any thread (a signal-waiting thread, say).
+/// [`trigger`](Self::trigger) sets a flag and wakes the loop's `poll`
+/// through an eventfd, whatever became of the socket's path; the loop sees
+/// the flag and returns. A socket procmond bound itself also has its
+/// receiving side shut down (through a duplicate of its descriptor), so
+/// connects are refused from then on rather than left waiting; a socket the
+/// service manager passed is left as it is, since the manager hands that
+/// same socket to the next procmond and connects meanwhile wait in its
+/// backlog. Cloneable and usable from any thread (a signal-waiting thread,
+/// say).
 #[derive(Clone, Debug)]
 pub struct ShutdownHandle {
     flag: Arc<AtomicBool>,
-    listener: Arc<OwnedFd>,
+    waker: Waker,
+    /// A duplicate of a listener procmond bound itself; `None` for one the
+    /// service manager passed.
+    owned_listener: Option<Arc<OwnedFd>>,
 }
 
 impl ShutdownHandle {
-    pub(super) fn new(listener: OwnedFd) -> Self {
+    pub(super) fn new(waker: Waker, owned_listener: Option<OwnedFd>) -> Self {
         Self {
             flag: Arc::new(AtomicBool::new(false)),
-            listener: Arc::new(listener),
+            waker,
+            owned_listener: owned_listener.map(Arc::new),
         }
     }
 
@@ -32,10 +41,17 @@ impl ShutdownHandle {
         // Release: pairs with the accept loop's Acquire load; nothing else
         // is published through the flag.
         self.flag.store(true, Ordering::Release);
-        // Wakes the accept; if it fails, the listener is already unusable
-        // and the loop's accept fails on its own.
-        if let Err(error) = shutdown_listener(self.listener.as_fd()) {
-            tracing::debug!(%error, "shutting the listener down");
+        // If the wake fails, the loop still sees the flag at its next
+        // connection (or the listener's shutdown below ends its wait).
+        if let Err(error) = self.waker.wake() {
+            tracing::debug!(%error, "waking the accept loop");
+        }
+        if let Some(listener) = &self.owned_listener {
+            // Refuses connects from now on; if it fails, the listener is
+            // already unusable.
+            if let Err(error) = shutdown_listener(listener.as_fd()) {
+                tracing::debug!(%error, "shutting the listener down");
+            }
         }
     }
 
@@ -43,5 +59,10 @@ impl ShutdownHandle {
     pub fn is_triggered(&self) -> bool {
         // Acquire: pairs with the Release store in `trigger`.
         self.flag.load(Ordering::Acquire)
+    }
+
+    /// What the accept loop polls beside its listener.
+    pub(super) fn waker(&self) -> &Waker {
+        &self.waker
     }
 }

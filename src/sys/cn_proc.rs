@@ -31,7 +31,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
@@ -387,29 +387,17 @@ impl QueueProbe {
     }
 }
 
-/// Wakes a thread blocked in [`CnProcSocket::recv`]; cheap to clone and
-/// usable from any thread.
-#[derive(Clone, Debug)]
-pub struct Waker(Arc<OwnedFd>);
-
-impl Waker {
-    /// Makes the current or next `recv` on the socket return
-    /// [`Received::Woken`].
-    pub fn wake(&self) -> io::Result<()> {
-        match rustix::io::write(&self.0, &1u64.to_ne_bytes()) {
-            // EAGAIN: the counter is at its maximum, so a wake is pending.
-            Ok(_) | Err(Errno::AGAIN) => Ok(()),
-            Err(err) => Err(err.into()),
-        }
-    }
-}
+/// Wakes a thread blocked in [`CnProcSocket::recv`] (see
+/// [`CnProcSocket::waker`]): makes the current or next `recv` return
+/// [`Received::Woken`].
+pub use super::wake::Waker;
 
 /// A netlink socket subscribed to the kernel's process events; see the
 /// [module documentation](self). Dropping it sends `PROC_CN_MCAST_IGNORE`.
 #[derive(Debug)]
 pub struct CnProcSocket {
     fd: Arc<OwnedFd>,
-    wake: Arc<OwnedFd>,
+    wake: Waker,
     port: u32,
     nonce: u32,
     /// The kernel acknowledged our LISTEN (so an IGNORE is owed at drop).
@@ -465,14 +453,16 @@ impl CnProcSocket {
             during: "getsockname",
             source: err,
         })?;
-        let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|err| io_error("eventfd", err))?;
+        let wake = Waker::new().map_err(|source| SubscribeError::Io {
+            during: "eventfd",
+            source,
+        })?;
         // The request's `ack`, by which our ack is told from other
         // listeners' (see `layout::ack_error`); never 0, which most use.
         let nonce = (port ^ std::process::id().rotate_left(16)) | 1;
         let mut socket = CnProcSocket {
             fd: Arc::new(fd),
-            wake: Arc::new(wake),
+            wake,
             port,
             nonce,
             listening: false,
@@ -502,7 +492,7 @@ impl CnProcSocket {
 
     /// A handle that wakes a `recv` on this socket from another thread.
     pub fn waker(&self) -> Waker {
-        Waker(Arc::clone(&self.wake))
+        self.wake.clone()
     }
 
     /// A handle that tells, from another thread, whether anything is
@@ -522,11 +512,8 @@ impl CnProcSocket {
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let (socket_ready, woken) = self.wait(remaining)?;
             if woken {
-                let mut count = [0u8; 8];
-                return match rustix::io::read(&*self.wake, &mut count) {
-                    Ok(_) | Err(Errno::AGAIN) => Ok(Ready::Woken),
-                    Err(err) => Err(err.into()),
-                };
+                self.wake.consume()?;
+                return Ok(Ready::Woken);
             }
             if socket_ready {
                 return Ok(Ready::Queued);
@@ -594,7 +581,7 @@ impl CnProcSocket {
         });
         let mut fds = [
             PollFd::new(&self.fd, PollFlags::IN),
-            PollFd::new(&*self.wake, PollFlags::IN),
+            PollFd::new(&self.wake, PollFlags::IN),
         ];
         match rustix::event::poll(&mut fds, timeout.as_ref()) {
             Ok(_) => {}

@@ -12,7 +12,10 @@
 //!   opening a path as a regular file only (`openat2`, no magic links).
 //! - [`procfs`]: `/proc` through kept descriptors (`openat`, `pread`), the
 //!   open-file limit, and the kernel's count of tasks.
+//! - [`systemd`]: the socket systemd passes (socket activation) and its
+//!   notify protocol (ready, stopping, watchdog).
 //! - [`thread`]: the scheduling priority of procmond's own threads.
+//! - [`wake`]: an eventfd that ends another thread's `poll` (stopping).
 
 pub mod caps;
 pub mod cn_proc;
@@ -22,4 +25,6 @@ pub mod memfd;
 pub mod pidfd;
 pub mod procfs;
 pub mod socket;
+pub mod systemd;
 pub mod thread;
+pub mod wake;

@@ -20,6 +20,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::wake::Waker;
+
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
@@ -182,6 +184,65 @@ pub fn set_accept_timeout(listener: &UnixListener, timeout: Option<Duration>) ->
         timeout,
     )?;
     Ok(())
+}
+
+/// What [`accept_or_woken`] waited for.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A new connection (close-on-exec, blocking).
+    Connection(UnixStream),
+    /// The waker was woken; the wake is left pending, so every later call
+    /// returns this at once too (a stop is for good).
+    Woken,
+    /// The timeout passed first.
+    TimedOut,
+}
+
+/// Waits for the next connection on `listener`, a wake of `waker`, or
+/// `timeout` (`None`: no bound), whichever comes first; a pending wake wins.
+///
+/// The wait is a `poll` on both, so it neither changes the listener (its
+/// timeouts, its blocking mode, its receiving side) nor needs it to be
+/// shut down to end: a listener shared with another process, such as the
+/// one systemd passes to a socket-activated service and hands to its next
+/// instance, is left as it was. A connection that another thread took
+/// first, or that went before it was accepted, means waiting again.
+pub fn accept_or_woken(
+    listener: &UnixListener,
+    waker: &Waker,
+    timeout: Option<Duration>,
+) -> io::Result<Accepted> {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    use rustix::io::Errno;
+    let deadline = timeout.map(crate::deadline::after);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        // A wait too long for a timespec is as good as none.
+        let left = left.and_then(|left| Timespec::try_from(left).ok());
+        let mut fds = [
+            PollFd::new(waker, PollFlags::IN),
+            PollFd::new(listener, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, left.as_ref()) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+        if !fds[0].revents().is_empty() {
+            return Ok(Accepted::Woken);
+        }
+        if !fds[1].revents().is_empty() {
+            match rustix::net::accept_with(listener, rustix::net::SocketFlags::CLOEXEC) {
+                Ok(fd) => return Ok(Accepted::Connection(UnixStream::from(fd))),
+                // Taken or gone meanwhile, or a listener in non-blocking
+                // mode with nothing left: wait again.
+                Err(Errno::AGAIN | Errno::INTR | Errno::CONNABORTED) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Accepted::TimedOut);
+        }
+    }
 }
 
 /// Connects to the Unix stream socket at `path`, waiting no later than
@@ -368,6 +429,48 @@ mod tests {
             .recv_timeout(Duration::from_secs(10))
             .expect("accept still blocked after the shutdown");
         assert!(accepted.is_err());
+    }
+
+    #[test]
+    fn accept_or_woken_takes_a_connection_times_out_or_ends_at_a_wake() {
+        let dir = TempDir::new("woken");
+        let path = dir.0.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("bind");
+        let waker = Waker::new().expect("eventfd");
+        let short = Some(Duration::from_millis(20));
+        assert!(matches!(
+            accept_or_woken(&listener, &waker, short).expect("wait"),
+            Accepted::TimedOut
+        ));
+        let _client = UnixStream::connect(&path).expect("connect");
+        match accept_or_woken(&listener, &waker, None).expect("accept") {
+            Accepted::Connection(stream) => {
+                let flags = rustix::io::fcntl_getfd(&stream).expect("F_GETFD");
+                assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+            }
+            other => panic!("{other:?}"),
+        }
+        // From another thread, with no bound on the wait; the wake stays.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (waiter, listener) = (waker.clone(), std::sync::Arc::new(listener));
+        let shared = std::sync::Arc::clone(&listener);
+        std::thread::spawn(move || {
+            let _ = tx.send(accept_or_woken(&shared, &waiter, None).map(|a| format!("{a:?}")));
+        });
+        waker.wake().expect("wake");
+        let got = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("still waiting");
+        assert_eq!(got.expect("woken"), "Woken");
+        assert!(matches!(
+            accept_or_woken(&listener, &waker, None).expect("again"),
+            Accepted::Woken
+        ));
+        // The listener was left as it was: it still takes connections.
+        let _second = UnixStream::connect(&path).expect("connect after the wake");
+        listener.set_nonblocking(true).expect("O_NONBLOCK");
+        listener.accept().expect("the second connection is waiting");
     }
 
     #[test]
