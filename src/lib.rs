@@ -55,6 +55,7 @@
 //! they share. [`collector`], [`sys`], [`codec`], [`deadline`] and [`text`]
 //! are the parts procmond and the binaries are built from.
 
+pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod collector;

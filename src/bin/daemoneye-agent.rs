@@ -10,15 +10,15 @@
 
 use std::io::IsTerminal;
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use serde::Serialize;
 use tracing_subscriber::EnvFilter;
 
+use daemoneye_lib::cli::agent::{Args, Command, Format};
 use daemoneye_lib::client::{
     Agent, ChangeThresholds, ClientError, ClientOptions, Records, find_socket,
 };
@@ -31,102 +31,6 @@ use daemoneye_lib::text::{error_line, escape_controls};
 
 /// The system user `dist/systemd/procmond.service` runs procmond as.
 const SERVICE_USER: &str = "daemoneye";
-
-/// daemoneye-agent: asks procmond about processes.
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
-    /// procmond's control socket [default: $XDG_RUNTIME_DIR/daemoneye/procmond.sock
-    /// if it exists, else /run/daemoneye/procmond.sock]
-    #[arg(long, global = true)]
-    socket: Option<PathBuf>,
-    /// Also trust a procmond running as this uid (repeatable); root, this
-    /// user and the `daemoneye` service user (when it exists) always are
-    #[arg(long = "trust-server-uid", value_name = "UID", global = true)]
-    trust_server_uids: Vec<u32>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Format {
-    /// Aligned columns
-    Table,
-    /// One JSON object per line, field names as in the schema
-    Json,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// List processes
-    Enumerate {
-        /// Only processes with this exact name (repeatable)
-        #[arg(long = "name")]
-        names: Vec<String>,
-        /// Only this pid (repeatable)
-        #[arg(long = "pid")]
-        pids: Vec<u32>,
-        /// Only executables whose path matches this glob
-        #[arg(long)]
-        exe_pattern: Option<String>,
-        /// Also hash each executable
-        #[arg(long, conflicts_with = "watch")]
-        hash: bool,
-        /// Poll again and again, printing only what changed since the last
-        /// poll (the first prints everything): started or changed processes
-        /// as `updated`, exited ones as `gone`
-        #[arg(long)]
-        watch: bool,
-        /// With --watch: milliseconds between polls (10 to 3,600,000)
-        #[arg(long, default_value_t = 1000, requires = "watch",
-              value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
-        interval_ms: u64,
-        /// With --watch: stop after this many seconds [default: run until killed]
-        #[arg(long, requires = "watch")]
-        duration_s: Option<u64>,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
-    /// SHA-256 of a file, compared with --expected
-    HashCheck {
-        /// Path of the file (a relative one is taken from the current directory)
-        path: PathBuf,
-        /// Expected SHA-256, hex
-        #[arg(long)]
-        expected: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
-    /// Hash running images and flag those whose file was replaced or deleted
-    Verify {
-        /// Only this pid (repeatable)
-        #[arg(long = "pid")]
-        pids: Vec<u32>,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
-    /// procmond's status: version, privileges, event source, counters
-    Status {
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
-    /// Watch the process tree under some roots (all processes without any)
-    Monitor {
-        /// A root pid (repeatable)
-        #[arg(long = "pid")]
-        pids: Vec<u32>,
-        /// Longest wait in ms for a change to be batched with others (0:
-        /// each is sent at once); where procmond polls, its polling interval
-        /// (at least 10)
-        #[arg(long, default_value_t = 10)]
-        interval_ms: u64,
-        /// Stop after this many seconds [default: run until killed]
-        #[arg(long)]
-        duration_s: Option<u64>,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
-}
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()

@@ -21,69 +21,10 @@ use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use tracing_subscriber::EnvFilter;
 
+use daemoneye_lib::cli::procmond::Args;
 use daemoneye_lib::control::{AllowList, ControlListener, default_socket_path};
 use daemoneye_lib::server::{Server, ServerConfig, Supervisor};
 use daemoneye_lib::sys::systemd::{self, ActivationError, Notice};
-
-/// procmond: streams process data to daemoneye-agent through a shared-memory ring.
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
-    /// Control socket path [default: $XDG_RUNTIME_DIR/daemoneye/procmond.sock,
-    /// or /run/daemoneye/procmond.sock for root]
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// Bytes in each client's ring (a power of two, 64 KiB to 1 GiB)
-    #[arg(long, default_value_t = 1 << 20)]
-    ring_bytes: usize,
-    /// Largest result frame, at least 16 KiB [default: ring bytes / 8]
-    #[arg(long, value_parser = parse_max_frame)]
-    max_frame_bytes: Option<usize>,
-    /// Also allow this uid to connect (repeatable); procmond's own uid and
-    /// root always may
-    #[arg(long = "allow-uid", value_name = "UID")]
-    allow_uids: Vec<u32>,
-    /// Let this group reach the socket (0660 instead of 0600)
-    #[arg(long, value_name = "NAME")]
-    group: Option<String>,
-    /// Clients served at once; more are refused. With two or more, the
-    /// last is kept for root (and procmond's own uid)
-    #[arg(long, default_value_t = 8)]
-    max_clients: usize,
-    /// Connections one other uid may hold at once [default: half of
-    /// --max-clients, at least 1]
-    #[arg(long, value_name = "N")]
-    max_clients_per_uid: Option<usize>,
-    /// Seconds between the full /proc scans that check the event-fed
-    /// process table (1 to 3600)
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    scan_interval_s: u64,
-    /// Do not subscribe to the kernel's process events; poll /proc
-    #[arg(long)]
-    no_process_events: bool,
-    /// Run the process event thread at nice -10 instead of real-time
-    /// (SCHED_FIFO 1); more short-lived images are then missed
-    #[arg(long)]
-    no_realtime_events: bool,
-    /// The longest one open, stat or read of a file being hashed may take
-    /// (a hung NFS or FUSE file) before that task fails
-    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
-    hash_read_timeout_ms: u64,
-}
-
-/// The smallest `--max-frame-bytes`: room for a few records beside the
-/// result's own fields.
-const MIN_FRAME_BYTES: usize = 16 << 10;
-
-fn parse_max_frame(text: &str) -> Result<usize, String> {
-    let bytes: usize = text.parse().map_err(|e| format!("{e}"))?;
-    if bytes < MIN_FRAME_BYTES {
-        return Err(format!(
-            "{bytes} is below the minimum of {MIN_FRAME_BYTES} bytes (16 KiB)"
-        ));
-    }
-    Ok(bytes)
-}
 
 fn main() {
     // First of all, before anything opens a descriptor that could take the
