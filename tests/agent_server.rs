@@ -1,6 +1,8 @@
 //! The agent library against an in-process server (real sockets, rings,
 //! /proc): the server's configuration checks and stall timeout, and the
-//! agent's options, timeouts and streams.
+//! agent's options, timeouts and streams; and against a hand-made procmond
+//! (the real listener, handshake and ring) whose result frame lies, to see
+//! the agent close its ring on a wrong task id or corrupt bytes.
 
 mod child_support;
 mod collector_support;
@@ -15,6 +17,7 @@ use daemoneye_lib::client::{Agent, ClientError, ClientOptions, MonitorEvent};
 use daemoneye_lib::proto::{ProtoProcessFilter, ProtoProcessRecord};
 use daemoneye_lib::ring::{RingError, WaitStrategy};
 use daemoneye_lib::server::{Server, ServerConfig, ServerError};
+use daemoneye_lib::session::SessionError;
 use server_support::Serving;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -263,4 +266,188 @@ fn next_event_times_out_and_the_stream_goes_on_and_a_dropped_stream_frees_the_ag
     );
     drop(agent);
     serving.stop();
+}
+
+/// What a lying procmond saw after its lie.
+struct LieSeen {
+    /// The id of the agent's task the lie answered.
+    task_id: String,
+    /// Whether the agent had closed the ring when the test asked.
+    ring_closed: bool,
+    /// The next control frame after the task: the agent's goodbye, or
+    /// another task if the agent went on using the connection.
+    next_frame: &'static str,
+}
+
+/// A hand-made procmond (the real listener, handshake and ring) that
+/// answers the agent's first task with one frame of `lie(task_id)`'s bytes,
+/// marked END. It reports what it saw once `check` says the agent has had
+/// its error, and once the agent has gone.
+struct LyingProcmond {
+    socket: std::path::PathBuf,
+    check: std::sync::mpsc::Sender<()>,
+    seen: std::sync::mpsc::Receiver<LieSeen>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LyingProcmond {
+    fn start(dir: &TempDir, lie: fn(&str) -> Vec<u8>) -> LyingProcmond {
+        use daemoneye_lib::control::{
+            AllowList, ControlListener, EventSource, RingOffer, SocketOptions, accept_client,
+            client_frame,
+        };
+        use daemoneye_lib::ring::{Producer, RingConfig};
+        use daemoneye_lib::session::{Marker, RecordKind};
+        use std::os::fd::AsFd;
+
+        let socket = dir.join("procmond.sock");
+        let listener = ControlListener::bind(&socket, &SocketOptions::default()).unwrap();
+        let (check, checked) = std::sync::mpsc::channel();
+        let (report, seen) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let stream = listener.accept_timeout(WAIT).unwrap().expect("an agent");
+            let pending = accept_client(stream, &AllowList::new(), WAIT).unwrap();
+            let (mut producer, fds) =
+                Producer::create(&RingConfig::new(64 << 10).with_max_frame(4096)).unwrap();
+            let mut channel = pending
+                .welcome(&RingOffer {
+                    ring_bytes: producer.capacity() as u64,
+                    max_frame_bytes: producer.max_frame() as u32,
+                    fds: &[fds.data.as_fd(), fds.control.as_fd()],
+                    event_source: EventSource::Polling,
+                })
+                .unwrap();
+            let frame_name = |body| match body {
+                client_frame::Body::Task(_) => "a task",
+                client_frame::Body::Goodbye(_) => "a goodbye",
+                _ => "another frame",
+            };
+            let task_id = match channel.recv(Some(soon(WAIT))).unwrap().0 {
+                client_frame::Body::Task(request) => request.task.unwrap().task_id,
+                other => panic!("expected a task, got {}", frame_name(other)),
+            };
+            let end = Marker {
+                end: true,
+                kind: RecordKind::Result,
+                cancelled: false,
+                full: false,
+            };
+            producer
+                .write(&lie(&task_id), end.to_flags(), soon(WAIT))
+                .unwrap();
+            checked.recv_timeout(WAIT).expect("the test's check");
+            let ring_closed = producer.is_closed();
+            let next_frame = frame_name(channel.recv(Some(soon(WAIT))).unwrap().0);
+            let _ = report.send(LieSeen {
+                task_id,
+                ring_closed,
+                next_frame,
+            });
+        });
+        LyingProcmond {
+            socket,
+            check,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// What it saw; `agent` is dropped after the check (its goodbye ends
+    /// the lying procmond's wait).
+    fn seen(mut self, agent: Agent) -> LieSeen {
+        self.check.send(()).unwrap();
+        drop(agent);
+        match self.seen.recv_timeout(WAIT) {
+            Ok(seen) => seen,
+            // The thread panicked: its join says how.
+            Err(_) => {
+                self.thread.take().unwrap().join().unwrap();
+                panic!("the lying procmond ended without a report");
+            }
+        }
+    }
+}
+
+/// A valid END frame of one record for `task_id`.
+fn result_bytes(task_id: &str) -> Vec<u8> {
+    use prost::Message;
+    let record = ProtoProcessRecord {
+        pid: 1,
+        name: "init".into(),
+        ..Default::default()
+    };
+    daemoneye_lib::proto::DetectionResult::success(task_id, vec![record]).encode_to_vec()
+}
+
+/// Checks what a lie did: the agent got `err` (already matched by the
+/// caller), closed the ring, and the connection is unusable: the next call
+/// fails at once as procmond gone, and nothing more is sent but the goodbye.
+fn assert_the_ring_was_closed(mut agent: Agent, procmond: LyingProcmond) -> String {
+    let again = agent.enumerate(None, false).err();
+    assert!(
+        matches!(&again, Some(ClientError::PeerGone { detail }) if detail.contains("closed the ring")),
+        "a call after a corrupt stream: {again:?}"
+    );
+    let seen = procmond.seen(agent);
+    assert!(seen.ring_closed, "the agent did not close the ring");
+    assert_eq!(
+        seen.next_frame, "a goodbye",
+        "the agent sent more tasks after its ring broke"
+    );
+    seen.task_id
+}
+
+#[test]
+fn a_result_for_another_task_is_wrong_task_and_closes_the_ring() {
+    let _serial = serial();
+    let dir = TempDir::new("wrong-task");
+    let procmond = LyingProcmond::start(&dir, |_| result_bytes("someone-else\u{7}"));
+    let mut agent = Agent::connect(&procmond.socket).unwrap();
+    let err = agent
+        .enumerate(None, false)
+        .unwrap()
+        .with_deadline(soon(WAIT))
+        .next()
+        .expect("an item")
+        .unwrap_err();
+    let expected = match &err {
+        ClientError::Corrupt(SessionError::WrongTask { expected, got }) => {
+            assert_eq!(got, "someone-else\u{7}");
+            expected.clone()
+        }
+        other => panic!("expected WrongTask, got {other:?}"),
+    };
+    let task_id = assert_the_ring_was_closed(agent, procmond);
+    assert_eq!(expected, task_id, "the error names the task being read");
+    assert!(
+        err.to_string()
+            .starts_with("corrupt result stream: result frame for task"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_bytes_in_a_result_frame_are_corrupt_and_close_the_ring() {
+    let _serial = serial();
+    let dir = TempDir::new("corrupt");
+    // This task's result, its last byte cut off: the record's last field
+    // runs past the frame.
+    let procmond = LyingProcmond::start(&dir, |task_id| {
+        let mut bytes = result_bytes(task_id);
+        bytes.pop();
+        bytes
+    });
+    let mut agent = Agent::connect(&procmond.socket).unwrap();
+    let err = agent
+        .enumerate(None, false)
+        .unwrap()
+        .with_deadline(soon(WAIT))
+        .next()
+        .expect("an item")
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Corrupt(SessionError::Decode(_))),
+        "expected a decode error, got {err:?}"
+    );
+    assert_the_ring_was_closed(agent, procmond);
 }
