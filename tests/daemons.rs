@@ -221,21 +221,32 @@ impl Sleeper {
     /// kernel has begun the exec, before it reports the exec to procmond's
     /// table: an enumerate at once may still see the forked test binary.
     fn seen_by(&self, agent: &mut Agent) -> ProtoProcessRecord {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let found = collect(agent, filter(&[], &[self.pid()], None));
-            match found.as_slice() {
-                [record] if record.command_line.contains(&self.arg) => return record.clone(),
-                _ if Instant::now() >= deadline => {
-                    panic!(
-                        "procmond never showed sleeper {} exec'd: {found:?}",
-                        self.pid()
-                    )
-                }
-                // No signal says the table caught up; it does so within
-                // milliseconds.
-                _ => std::thread::sleep(Duration::from_millis(2)),
+        seen_as(agent, self.pid(), "the sleeper exec'd", |record| {
+            record.command_line.contains(&self.arg)
+        })
+    }
+}
+
+/// Enumerates `pid` until procmond's record of it is `what` (`is` says),
+/// failing after [`WAIT`]: procmond's table learns of an exec a little
+/// after the process runs its new image.
+fn seen_as(
+    agent: &mut Agent,
+    pid: u32,
+    what: &str,
+    is: impl Fn(&ProtoProcessRecord) -> bool,
+) -> ProtoProcessRecord {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found = collect(agent, filter(&[], &[pid], None));
+        match found.as_slice() {
+            [record] if is(record) => return record.clone(),
+            _ if Instant::now() >= deadline => {
+                panic!("procmond never showed {pid} as {what}: {found:?}")
             }
+            // No signal says the table caught up; it does so within
+            // milliseconds.
+            _ => std::thread::sleep(Duration::from_millis(2)),
         }
     }
 }
@@ -2076,5 +2087,227 @@ fn a_running_enumerate_or_verify_stops_at_a_cancel() {
     }
     drop(raw);
     drop(shells);
+    procmond.stop();
+}
+
+/// The keys of a JSON object, in the order they are written (a
+/// `serde_json::Value` sorts them).
+fn keys_in_order(line: &str) -> Vec<String> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Keys, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((key, serde::de::IgnoredAny)) = map.next_entry::<String, _>()? {
+                        keys.push(key);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    serde_json::from_str::<Keys>(line)
+        .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"))
+        .0
+}
+
+/// A record's JSON keys, in `ProtoProcessRecord`'s field order.
+const RECORD_KEYS: [&str; 14] = [
+    "pid",
+    "ppid",
+    "name",
+    "executable_path",
+    "command_line",
+    "start_time",
+    "cpu_usage",
+    "memory_usage",
+    "executable_hash",
+    "hash_algorithm",
+    "user_id",
+    "accessible",
+    "file_exists",
+    "collection_time",
+];
+
+/// Milliseconds since the epoch, as `collection_time` counts.
+fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+/// Checks a monitor JSON line field by field: `{"event": event, <the
+/// record's fields in struct order>}`, each field what procmond's record
+/// `want` (read through the library) says, but for the readings of the
+/// moment (CPU, memory: absent or plausible; collection time: within
+/// `since` and now).
+fn assert_event_line(line: &str, event: &str, want: &ProtoProcessRecord, since: i64) {
+    let mut keys = vec!["event"];
+    keys.extend(RECORD_KEYS);
+    assert_eq!(keys_in_order(line), keys, "{line}");
+    let got: serde_json::Value = serde_json::from_str(line).unwrap();
+    let want = serde_json::to_value(want).unwrap();
+    assert_eq!(got["event"], event, "{line}");
+    for key in RECORD_KEYS {
+        let value = &got[key];
+        match key {
+            "cpu_usage" => assert!(
+                value.is_null() || value.as_f64().is_some_and(|cpu| cpu >= 0.0),
+                "{key}: {line}"
+            ),
+            // A child read in the midst of its fork may show 0 resident.
+            "memory_usage" => assert!(value.is_null() || value.as_u64().is_some(), "{key}: {line}"),
+            "collection_time" => assert!(
+                value
+                    .as_i64()
+                    .is_some_and(|ms| (since..=unix_ms()).contains(&ms)),
+                "{key} not within the test ({since} ms on): {line}"
+            ),
+            _ => assert_eq!(value, &want[key], "{key}: {line}"),
+        }
+    }
+}
+
+#[test]
+fn monitor_json_lines_are_the_event_then_each_record_field_in_order() {
+    let since = unix_ms();
+    let procmond = Procmond::start(&[]);
+    let mut agent = procmond.agent();
+    // The tree: a shell that, line by line on its stdin, forks a subshell
+    // (started), lets it end (exited) and execs a sleep (exec); killed
+    // (exited).
+    let arg = format!("0.{}", unique().replace('-', ""));
+    let script = format!("echo ready; read a; ( read b ); exec /usr/bin/sleep 1000 {arg}");
+    let mut shell = spawn_retrying(
+        Command::new("/bin/sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let mut to_shell = shell.stdin.take().unwrap();
+    let shell_said = line_channel(shell.stdout.take().unwrap());
+    let shell = Collected::new(shell);
+    assert_eq!(next_line(&shell_said, "ready from the shell"), "ready");
+    let root = shell.pid();
+    let root_sh = seen_as(&mut agent, root, "the shell", |r| r.name == "sh");
+    assert_eq!(root_sh.ppid, Some(std::process::id()));
+    assert_eq!(root_sh.command_line, ["/bin/sh", "-c", &script]);
+    assert_eq!(
+        root_sh.user_id,
+        Some(rustix::process::geteuid().as_raw().to_string())
+    );
+
+    let root_arg = root.to_string();
+    let mut cli = spawn_retrying(
+        Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
+            .arg("--socket")
+            .arg(&procmond.socket)
+            .args(["monitor", "--pid", &root_arg, "--duration-s", "4"])
+            .args(["--format", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let lines = line_channel(cli.stdout.take().unwrap());
+    let cli = Collected::new(cli);
+
+    let line = next_line(&lines, "snapshot");
+    assert_event_line(&line, "snapshot", &root_sh, since);
+
+    to_shell.write_all(b"fork\n").unwrap();
+    let line = next_line(&lines, "started");
+    let sub = serde_json::from_str::<serde_json::Value>(&line).unwrap()["pid"]
+        .as_u64()
+        .and_then(|pid| u32::try_from(pid).ok())
+        .unwrap_or_else(|| panic!("no pid: {line}"));
+    assert_ne!(sub, root);
+    let sub_sh = seen_as(&mut agent, sub, "the subshell", |_| true);
+    assert_eq!(sub_sh.ppid, Some(root));
+    assert_eq!(sub_sh.name, "sh");
+    assert_event_line(&line, "started", &sub_sh, since);
+
+    to_shell.write_all(b"end\n").unwrap();
+    assert_event_line(&next_line(&lines, "exited"), "exited", &sub_sh, since);
+    let line = next_line(&lines, "exec");
+    let root_sleep = seen_as(&mut agent, root, "the sleep", |r| r.name == "sleep");
+    assert_eq!(
+        root_sleep.executable_path.as_deref(),
+        Some("/usr/bin/sleep")
+    );
+    assert_eq!(root_sleep.command_line, ["/usr/bin/sleep", "1000", &arg]);
+    assert_event_line(&line, "exec", &root_sleep, since);
+
+    shell.kill();
+    assert_event_line(&next_line(&lines, "exited"), "exited", &root_sleep, since);
+    // The duration ends the monitor: exit 0, nothing more printed.
+    let out = cli.output_within(WAIT, "daemoneye-agent monitor");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let more: Vec<String> = lines.try_iter().collect();
+    assert!(more.is_empty(), "more lines: {more:?}");
+    drop(agent);
+    procmond.stop();
+}
+
+#[test]
+fn hash_check_json_is_the_hash_result_field_by_field() {
+    let procmond = Procmond::start(&[]);
+    let dir = TempDir::new("hash-json");
+    let file = dir.0.join("data.bin");
+    std::fs::write(&file, b"abc").unwrap();
+    let want = sha256sum(&file);
+    // SHA-256 of "abc" (FIPS 180-2), so sha256sum is not the only witness.
+    assert_eq!(
+        want,
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    let path = file.to_string_lossy().into_owned();
+    let keys = [
+        "hash_value",
+        "algorithm",
+        "file_path",
+        "success",
+        "error_message",
+    ];
+    for (expected, code) in [
+        (None, 0),
+        (Some(want.to_uppercase()), 0),
+        (Some("0".repeat(64)), 1),
+    ] {
+        let mut args = vec!["hash-check", path.as_str(), "--format", "json"];
+        if let Some(expected) = &expected {
+            args.extend(["--expected", expected.as_str()]);
+        }
+        let out = agent_cli(&procmond.socket, &args, None);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let stdout = text(&out.stdout);
+        let [line] = stdout.lines().collect::<Vec<_>>()[..] else {
+            panic!("one line expected: {stdout:?}");
+        };
+        assert_eq!(keys_in_order(line), keys, "{line}");
+        let got: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(got["hash_value"], want.as_str(), "{line}");
+        assert_eq!(got["algorithm"], "sha256", "{line}");
+        assert_eq!(got["file_path"], path.as_str(), "{line}");
+        assert_eq!(got["success"], true, "{line}");
+        assert!(got["error_message"].is_null(), "{line}");
+    }
     procmond.stop();
 }
