@@ -5,11 +5,10 @@
 //! fence, see [`wait`](super::wait)). Every blocking call re-checks both
 //! closed flags after announcing a park, so a close ends a wait at once.
 
-use std::sync::Arc;
-use std::sync::atomic::{Ordering, fence};
-
 use super::segment::Shared;
+use super::sync::{Ordering, fence};
 use super::wait::wake_if_parked;
+use std::sync::Arc;
 
 /// A cloneable handle that closes one side of a ring from any thread.
 ///

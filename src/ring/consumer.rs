@@ -2,7 +2,6 @@
 //! them to the producer.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::close::{self, Closer};
@@ -10,6 +9,7 @@ use super::error::{CorruptKind, Position, RingError, TryReadError};
 use super::frame::{Frame, FrameHeader, FrameKind};
 use super::layout::{FRAME_ALIGN, FRAME_EMPTY, FRAME_HEADER_LEN, frame_size};
 use super::segment::{self, ConsumerFds, DataReader, Shared};
+use super::sync::Ordering;
 use super::wait::{self, WaitStrategy};
 use crate::sys::pidfd::PidFd;
 
@@ -94,7 +94,15 @@ impl Consumer {
     /// ```
     pub fn attach(fds: ConsumerFds, wait: WaitStrategy) -> Result<Consumer, RingError> {
         wait.validate()?;
-        let reader = segment::attach(&fds)?;
+        Consumer::with_reader(segment::attach(&fds)?, wait)
+    }
+
+    /// The consumer of the ring `reader` reads (its header checked), once
+    /// the positions it finds there check out.
+    pub(super) fn with_reader(
+        reader: DataReader,
+        wait: WaitStrategy,
+    ) -> Result<Consumer, RingError> {
         let shared = reader.shared();
         let capacity = shared.capacity() as u64;
         let max_frame = shared.max_frame() as u64;

@@ -80,10 +80,10 @@
 //!
 //! [`FrameHeader`]: super::FrameHeader
 
-use std::mem::{offset_of, size_of};
-use std::sync::atomic::{AtomicU32, AtomicU64};
-
 use crossbeam_utils::CachePadded;
+use std::mem::{offset_of, size_of};
+
+use super::sync::{AtomicU32, AtomicU64, FutexWord};
 
 /// The first word of the producer region: `"DEYERING"` read as a
 /// little-endian `u64`.
@@ -91,8 +91,9 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"DEYERING");
 /// The version of this layout. Bumped on any change to this file.
 pub const LAYOUT_VERSION: u32 = 2;
 
-/// The smallest data area: 64 KiB.
-pub const MIN_CAPACITY: usize = 64 << 10;
+/// The smallest data area: 64 KiB. (32 bytes under `cfg(loom)`, whose
+/// models run frames through a ring of four words.)
+pub const MIN_CAPACITY: usize = if cfg!(loom) { 32 } else { 64 << 10 };
 /// The largest data area: 1 GiB.
 pub const MAX_CAPACITY: usize = 1 << 30;
 /// The default data area: 1 MiB.
@@ -158,8 +159,8 @@ pub(crate) struct CloseLine {
 #[derive(Debug)]
 pub(crate) struct ConsumerLines {
     pub(crate) position: CachePadded<AtomicU64>,
-    pub(crate) consumer_wait: CachePadded<AtomicU32>,
-    pub(crate) producer_wait: CachePadded<AtomicU32>,
+    pub(crate) consumer_wait: CachePadded<FutexWord>,
+    pub(crate) producer_wait: CachePadded<FutexWord>,
     pub(crate) close: CachePadded<CloseLine>,
 }
 

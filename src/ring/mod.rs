@@ -70,6 +70,7 @@ pub mod layout;
 mod message;
 mod producer;
 mod segment;
+mod sync;
 mod wait;
 
 pub use close::Closer;
@@ -84,10 +85,25 @@ pub use wait::{DEFAULT_PARK_TIMEOUT, DEFAULT_SPINS, WaitStrategy};
 /// Creates a ring and attaches a consumer to it in this process: both ends,
 /// connected, each `Send` (for tests, benches, or a child process made with
 /// `fork`). The consumer waits with `config.wait` too.
+///
+/// Under `cfg(loom)` this is the only way to make a ring: its two regions
+/// are then on the heap, for loom to check the ring's protocol over them
+/// (`tests/loom_ring.rs`); `Producer::create` and `Consumer::attach`
+/// refuse.
 pub fn pair(config: &RingConfig) -> Result<(Producer, Consumer), RingError> {
-    let (producer, fds) = Producer::create(config)?;
-    let consumer = Consumer::attach(fds, config.wait)?;
-    Ok((producer, consumer))
+    #[cfg(not(loom))]
+    {
+        let (producer, fds) = Producer::create(config)?;
+        let consumer = Consumer::attach(fds, config.wait)?;
+        Ok((producer, consumer))
+    }
+    #[cfg(loom)]
+    {
+        config.validate()?;
+        let (writer, reader) = segment::heap_pair(config.capacity, config.max_frame)?;
+        let producer = Producer::with_writer(writer, config);
+        Ok((producer, Consumer::with_reader(reader, config.wait)?))
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::close::{self, Closer};
@@ -12,6 +11,7 @@ use super::error::{CorruptKind, Position, RingError, TryClaimError};
 use super::frame::FrameHeader;
 use super::layout::{FRAME_ALIGN, FRAME_EMPTY, FRAME_HEADER_LEN, frame_size};
 use super::segment::{self, ConsumerFds, DataWriter, Shared};
+use super::sync::Ordering;
 use super::wait::{self, WaitStrategy};
 use crate::sys::pidfd::PidFd;
 
@@ -66,7 +66,13 @@ impl Producer {
     pub fn create(config: &RingConfig) -> Result<(Producer, ConsumerFds), RingError> {
         config.validate()?;
         let (writer, fds) = segment::create(config.capacity, config.max_frame)?;
-        let producer = Producer {
+        Ok((Producer::with_writer(writer, config), fds))
+    }
+
+    /// The producer of a new ring (of the checked `config`) that `writer`
+    /// writes.
+    pub(super) fn with_writer(writer: DataWriter, config: &RingConfig) -> Producer {
+        Producer {
             writer,
             mask: config.capacity as u64 - 1,
             capacity: config.capacity as u64,
@@ -75,8 +81,7 @@ impl Producer {
             cached_head: 0,
             wait: config.wait,
             peer: None,
-        };
-        Ok((producer, fds))
+        }
     }
 
     #[inline]

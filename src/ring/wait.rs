@@ -35,14 +35,11 @@
 //! drains); no wake is lost in a pause, since the word reads `IDLE` then and
 //! the re-check after the next announcement sees what was published.
 
-use std::hint;
-use std::sync::atomic::{AtomicU32, Ordering, fence};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use super::error::RingError;
 use super::layout::{IDLE, PARKED};
-use crate::sys::futex;
+use super::sync::{self, FutexWord, Ordering, fence};
 use crate::sys::pidfd::PidFd;
 
 /// The default park timeout: how often a parked side wakes to check that
@@ -142,7 +139,7 @@ impl WaitStrategy {
 pub(crate) fn block<T>(
     strategy: WaitStrategy,
     deadline: Instant,
-    word: &AtomicU32,
+    word: &FutexWord,
     peer: Option<&PidFd>,
     mut poll: impl FnMut(bool) -> Option<Result<T, RingError>>,
 ) -> Result<T, RingError> {
@@ -187,9 +184,9 @@ pub(crate) fn block<T>(
             // spinning on would hold off the very hand-off it waits for.
             // (Busy-spin never does: it is for dedicated cores.)
             if spins % YIELD_EVERY == 0 && strategy != WaitStrategy::BusySpin {
-                thread::yield_now();
+                sync::yield_now();
             } else {
-                hint::spin_loop();
+                sync::spin_loop();
             }
             continue;
         }
@@ -207,7 +204,7 @@ pub(crate) fn block<T>(
             // The last wake found nothing changed: pause (the word reads
             // IDLE, so nobody wakes this side for nothing meanwhile; the
             // re-check below sees whatever was published).
-            thread::sleep(idle_pause(idle_wakes).min(deadline - now));
+            sync::sleep(idle_pause(idle_wakes).min(deadline - now));
             now = Instant::now();
             if now >= deadline {
                 return Err(RingError::TimedOut);
@@ -229,11 +226,11 @@ pub(crate) fn block<T>(
             word.store(IDLE, Ordering::Relaxed);
             return result;
         }
-        let woke = futex::wait(word, PARKED, park_timeout.min(deadline - now))
+        let woke = sync::futex_wait(word, PARKED, park_timeout.min(deadline - now))
             .map_err(RingError::sys("futex wait"));
         // Relaxed: as above; the next round re-checks everything anyway.
         word.store(IDLE, Ordering::Relaxed);
-        if woke? == futex::Wake::TimedOut {
+        if woke? == sync::Wake::TimedOut {
             idle_wakes = 0;
             if let Some(result) = check_peer(peer, &mut poll) {
                 return result;
@@ -278,7 +275,7 @@ fn check_peer<T>(
 /// side owning `word`. Costs a fence and a load when that side is not
 /// parked.
 #[inline]
-pub(crate) fn notify(word: &AtomicU32) {
+pub(crate) fn notify(word: &FutexWord) {
     // SeqCst fence: orders the caller's store (header word, position,
     // closed flag) before
     // the load of `word`, against the waiter's store of PARKED before its
@@ -290,7 +287,7 @@ pub(crate) fn notify(word: &AtomicU32) {
 /// Wakes the side owning `word` if it announced a park. The caller has
 /// issued the SeqCst fence of the protocol.
 #[inline]
-pub(crate) fn wake_if_parked(word: &AtomicU32) {
+pub(crate) fn wake_if_parked(word: &FutexWord) {
     // Relaxed load: a plain check to skip the swap and the system call in
     // the common case; the fence before it does the ordering.
     // Relaxed swap: an RMW always reads the latest value, so of several
@@ -300,7 +297,7 @@ pub(crate) fn wake_if_parked(word: &AtomicU32) {
     if word.load(Ordering::Relaxed) == PARKED && word.swap(IDLE, Ordering::Relaxed) == PARKED {
         // A failed wake (EFAULT cannot happen on our own mapping) leaves the
         // waiter to its timeout; nothing to report to the notifier.
-        let _ = futex::wake(word, 1);
+        let _ = sync::futex_wake(word, 1);
     }
 }
 
@@ -308,7 +305,7 @@ pub(crate) fn wake_if_parked(word: &AtomicU32) {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, AtomicU32};
 
     fn strategies() -> [WaitStrategy; 3] {
         [
