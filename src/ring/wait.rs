@@ -18,7 +18,8 @@
 //! `IDLE` before waking, so a W that has not reached `futex_wait` yet does
 //! not sleep (the kernel compares the word with `PARKED` atomically with
 //! queueing W). No wake-up is lost, and N makes the wake system call only
-//! when W asked for one. `tests/loom_ring.rs` checks this model.
+//! when W asked for one. `tests/loom_ring.rs` runs this code under loom
+//! (through `ring::sync`, with a futex that never times out).
 //!
 //! Parked waits time out (every `park_timeout`) even so, to notice a dead
 //! peer through [`watch_peer`](super::Producer::watch_peer) and to bound the
