@@ -127,6 +127,22 @@ fn model(bound: usize, f: impl Fn() + Sync + Send + 'static) {
     assert!(runs > 1, "loom explored a single interleaving");
 }
 
+/// Writes `frames` into a new ring while another thread reads them, each
+/// checked to arrive whole and in order.
+fn through(frames: &[(Vec<u8>, u16)]) {
+    let (mut producer, mut consumer) = ends();
+    let expected = frames.to_vec();
+    let reader = thread::spawn(move || {
+        for want in &expected {
+            assert_eq!(&read(&mut consumer).unwrap(), want);
+        }
+    });
+    for frame in frames {
+        write(&mut producer, frame).unwrap();
+    }
+    reader.join().unwrap();
+}
+
 /// Three two-word frames through the four-word ring, both sides parking:
 /// the producer waits for room before each write after the first (a frame
 /// and the empty word after it take three words), and the third reuses the
@@ -135,20 +151,7 @@ fn model(bound: usize, f: impl Fn() + Sync + Send + 'static) {
 /// is written or written before it is read (else a data race).
 #[test]
 fn frames_arrive_in_order_without_lost_wake_ups() {
-    model(3, || {
-        let (mut producer, mut consumer) = ends();
-        let frames: Vec<_> = (1..=3).map(|n| frame(n, MAX_FRAME)).collect();
-        let expected = frames.clone();
-        let reader = thread::spawn(move || {
-            for want in &expected {
-                assert_eq!(&read(&mut consumer).unwrap(), want);
-            }
-        });
-        for frame in &frames {
-            write(&mut producer, frame).unwrap();
-        }
-        reader.join().unwrap();
-    });
+    model(3, || through(&[1, 2, 3].map(|n| frame(n, MAX_FRAME))));
 }
 
 /// Frames of one, two and two words: the third does not fit before the
@@ -161,18 +164,7 @@ fn frames_arrive_in_order_without_lost_wake_ups() {
 #[test]
 fn padding_at_the_wrap_is_published_and_skipped() {
     model(3, || {
-        let (mut producer, mut consumer) = ends();
-        let frames = [frame(1, 0), frame(2, MAX_FRAME), frame(3, MAX_FRAME)];
-        let expected = frames.clone();
-        let reader = thread::spawn(move || {
-            for want in &expected {
-                assert_eq!(&read(&mut consumer).unwrap(), want);
-            }
-        });
-        for frame in &frames {
-            write(&mut producer, frame).unwrap();
-        }
-        reader.join().unwrap();
+        through(&[frame(1, 0), frame(2, MAX_FRAME), frame(3, MAX_FRAME)])
     });
 }
 
