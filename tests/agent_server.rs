@@ -397,19 +397,24 @@ fn assert_the_ring_was_closed(mut agent: Agent, procmond: LyingProcmond) -> Stri
     seen.task_id
 }
 
+/// The error the first item of an enumerate ends in (bounded by [`WAIT`]).
+fn first_item_error(agent: &mut Agent) -> ClientError {
+    agent
+        .enumerate(None, false)
+        .unwrap()
+        .with_deadline(soon(WAIT))
+        .next()
+        .expect("an item")
+        .unwrap_err()
+}
+
 #[test]
 fn a_result_for_another_task_is_wrong_task_and_closes_the_ring() {
     let _serial = serial();
     let dir = TempDir::new("wrong-task");
     let procmond = LyingProcmond::start(&dir, |_| result_bytes("someone-else\u{7}"));
     let mut agent = Agent::connect(&procmond.socket).unwrap();
-    let err = agent
-        .enumerate(None, false)
-        .unwrap()
-        .with_deadline(soon(WAIT))
-        .next()
-        .expect("an item")
-        .unwrap_err();
+    let err = first_item_error(&mut agent);
     let expected = match &err {
         ClientError::Corrupt(SessionError::WrongTask { expected, got }) => {
             assert_eq!(got, "someone-else\u{7}");
@@ -438,13 +443,7 @@ fn corrupt_bytes_in_a_result_frame_are_corrupt_and_close_the_ring() {
         bytes
     });
     let mut agent = Agent::connect(&procmond.socket).unwrap();
-    let err = agent
-        .enumerate(None, false)
-        .unwrap()
-        .with_deadline(soon(WAIT))
-        .next()
-        .expect("an item")
-        .unwrap_err();
+    let err = first_item_error(&mut agent);
     assert!(
         matches!(&err, ClientError::Corrupt(SessionError::Decode(_))),
         "expected a decode error, got {err:?}"
