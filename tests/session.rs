@@ -1,12 +1,14 @@
 //! The result stream through a real shared-memory ring: chunking, order,
 //! END, event kinds, truncation, failures and hostile frames.
 
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use daemoneye_lib::proto::encoded::{EncodedRecord, StableFields};
 use daemoneye_lib::proto::limits::MAX_PROCESSES_PER_RESULT;
 use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
-use daemoneye_lib::ring::{self, RingConfig};
+use daemoneye_lib::ring::{self, RingConfig, TryReadError};
 use daemoneye_lib::session::{Chunk, RecordKind, ResultWriter, SessionError, read_chunk};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -98,6 +100,39 @@ fn kinds_never_share_a_frame_and_flush_sends_at_once() {
     assert_eq!(last.marker.kind, RecordKind::Exited);
     assert!(last.marker.end);
     assert_eq!(last.result.processes, vec![record(3)]);
+}
+
+#[test]
+fn records_go_into_the_ring_as_pushed_but_are_seen_only_when_their_frame_is_published() {
+    let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10)).unwrap();
+    let max_frame = producer.max_frame();
+    let mut stream = ResultWriter::new(&mut producer, "t", WAIT);
+    stream.push(RecordKind::Result, record(1)).unwrap();
+    let stable = Arc::new(StableFields::encode(&record(2)));
+    stream
+        .push_encoded(RecordKind::Result, EncodedRecord::of(stable, &record(2)))
+        .unwrap();
+    // The open frame is a claim: nothing of it is published yet.
+    assert!(matches!(
+        consumer.try_read(|_| ()),
+        Err(TryReadError::Empty)
+    ));
+    stream.flush().unwrap();
+    let first = read_chunk(&mut consumer, Instant::now() + WAIT).unwrap();
+    assert_eq!(first.result.processes, vec![record(1), record(2)]);
+    assert!(!first.marker.end);
+    stream.push(RecordKind::Result, record(3)).unwrap();
+    let stats = stream.finish().unwrap();
+    assert_eq!((stats.frames, stats.records), (2, 3));
+    let last = read_chunk(&mut consumer, Instant::now() + WAIT).unwrap();
+    assert_eq!(last.result.processes, vec![record(3)]);
+    assert!(last.marker.end);
+    // Each frame claimed the largest frame but took only the bytes it used.
+    assert!(
+        producer.position() < max_frame as u64,
+        "two small frames took {} bytes of the ring",
+        producer.position()
+    );
 }
 
 #[test]
@@ -209,7 +244,7 @@ fn hostile_frames_are_named_errors() {
 }
 
 #[test]
-fn a_frame_of_too_many_tiny_records_is_refused_before_decoding() {
+fn a_frame_of_too_many_tiny_records_is_refused_at_the_limit() {
     let (mut producer, mut consumer) =
         ring::pair(&RingConfig::new(1 << 20).with_max_frame(256 << 10)).unwrap();
     let deadline = Instant::now() + WAIT;

@@ -231,14 +231,27 @@ impl EncodedRecord {
 
     /// The length of the record as field `field` of its parent message.
     pub fn field_len(&self, field: u32) -> usize {
-        let body = self.body_len();
-        encoding::key_len(field) + encoded_len_varint(body as u64) + body
+        Self::field_len_of(field, self.body_len())
+    }
+
+    /// The length as field `field` of a record whose
+    /// [`body_len`](Self::body_len) is `body_len`.
+    pub fn field_len_of(field: u32, body_len: usize) -> usize {
+        encoding::key_len(field) + encoded_len_varint(body_len as u64) + body_len
     }
 
     /// Writes the record as field `field` of its parent message.
     pub fn encode_field(&self, field: u32, buf: &mut impl BufMut) {
+        self.encode_field_of(field, self.body_len(), buf);
+    }
+
+    /// [`encode_field`](Self::encode_field) with the record's
+    /// [`body_len`](Self::body_len) counted already (a writer that sized
+    /// the record first counts it once).
+    pub fn encode_field_of(&self, field: u32, body_len: usize, buf: &mut impl BufMut) {
+        debug_assert_eq!(body_len, self.body_len());
         encode_key(field, WireType::LengthDelimited, buf);
-        encode_varint(self.body_len() as u64, buf);
+        encode_varint(body_len as u64, buf);
         self.encode_body(buf);
     }
 }

@@ -563,12 +563,63 @@ impl Claim<'_> {
     /// ```
     #[inline]
     pub fn commit_with_flags(self, used: usize, flags: u16) {
+        self.publish(used, flags);
+    }
+}
+
+impl<'a> Claim<'a> {
+    /// As [`commit_with_flags`](Self::commit_with_flags), then gives the
+    /// producer back: for a writer that keeps a claim open across calls
+    /// (filling it as records come) and claims again after.
+    ///
+    /// # Panics
+    /// If `used` is more than the claimed length.
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// let mut claim = producer.try_claim(8)?;
+    /// claim[0] = 1;
+    /// let producer = claim.publish(1, 0);
+    /// producer.try_write(&[2], 0)?;
+    /// assert_eq!(consumer.try_read(|frame| frame.bytes()[0])?, 1);
+    /// assert_eq!(consumer.try_read(|frame| frame.bytes()[0])?, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn publish(self, used: usize, flags: u16) -> &'a mut Producer {
         assert!(
             used <= self.len,
             "committed {used} bytes of a {}-byte claim",
             self.len
         );
         self.producer.commit(self.offset, used, flags);
+        self.producer
+    }
+
+    /// Abandons the claim (nothing is published) and gives the producer
+    /// back.
+    ///
+    /// # Examples
+    /// ```
+    /// # use daemoneye_lib::ring::{self, RingConfig};
+    /// let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10))?;
+    /// let producer = producer.try_claim(8)?.abandon();
+    /// assert_eq!(producer.position(), 0);
+    /// assert!(consumer.try_read(|_| ()).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn abandon(self) -> &'a mut Producer {
+        self.producer
+    }
+
+    /// The producer this claim is in (its limits and state, while the claim
+    /// is open).
+    #[inline]
+    pub fn producer(&self) -> &Producer {
+        self.producer
     }
 }
 

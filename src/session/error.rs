@@ -23,8 +23,8 @@ pub enum SessionError {
     /// A frame decodes but breaks the schema's rules.
     #[error("result frame breaks the schema's rules: {0}")]
     Invalid(#[from] ValidationError),
-    /// A frame holds more records than one result may (counted in its
-    /// bytes, before decoding).
+    /// A frame holds more records than one result may (the reader's one
+    /// pass stops at the first record past the limit).
     #[error("result frame holds {count} or more records; at most {max} are allowed")]
     TooManyRecords {
         /// Records counted (counting stops one past `max`).

@@ -17,9 +17,9 @@
 //!  └────────────────────┘ └────────────────────┘ └────────────────────┘
 //! ```
 //!
-//! [`ResultWriter`] packs records into frames up to the ring's largest frame
-//! with `encoded_len` arithmetic and has prost encode each frame straight
-//! into the ring's claim (no intermediate buffer). A [`ChunkReader`] copies
+//! [`ResultWriter`] encodes each record straight into the frame it is
+//! filling in the ring (a claim of the ring's largest frame, published when
+//! the next record would not fit: no intermediate buffer). A [`ChunkReader`] copies
 //! each frame once into a buffer it reuses and releases it, then checks that
 //! copy against the encoding and the schema's rules in one pass and views it
 //! in place ([`DetectionResultView`], borrowed `&str`s, nothing allocated per

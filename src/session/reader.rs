@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::error::SessionError;
 use super::marker::Marker;
-use super::view::{DetectionResultView, ProcessRecordView, Processes, RecordSlots, count_records};
+use super::view::{DetectionResultView, ProcessRecordView, Processes, RecordSlots, Stop};
 use crate::proto::DetectionResult;
 use crate::proto::limits::MAX_PROCESSES_PER_RESULT;
 use crate::ring::Consumer;
@@ -56,11 +56,11 @@ impl ChunkReader {
     /// and the schema's rules ([`SessionError::Invalid`]), in one pass
     /// ([`DetectionResultView::parse`]). The caller checks the task id.
     ///
-    /// Before that, the records are counted in the wire bytes: a frame
-    /// holding more than [`MAX_PROCESSES_PER_RESULT`] is
-    /// [`SessionError::TooManyRecords`]. Nothing is allocated once the
-    /// buffers (the frame's copy, and what the check notes of each record,
-    /// about 150 bytes a record) have grown to the largest frame read.
+    /// The pass stops at a record past the [`MAX_PROCESSES_PER_RESULT`]-th
+    /// ([`SessionError::TooManyRecords`]), so what it notes stays bounded
+    /// whatever the frame holds. Nothing is allocated once the buffers (the
+    /// frame's copy, and what the check notes of each record, about 150
+    /// bytes a record) have grown to the largest frame read.
     pub fn read_view(
         &mut self,
         consumer: &mut Consumer,
@@ -73,14 +73,15 @@ impl ChunkReader {
             ring_frame.flags()
         })?;
         let marker = Marker::from_flags(flags)?;
-        let count = count_records(frame);
-        if count > MAX_PROCESSES_PER_RESULT {
-            return Err(SessionError::TooManyRecords {
-                count,
-                max: MAX_PROCESSES_PER_RESULT,
-            });
-        }
-        let result = DetectionResultView::parse_into(frame, &mut self.records)?;
+        let result =
+            DetectionResultView::parse_into(frame, &mut self.records, MAX_PROCESSES_PER_RESULT)
+                .map_err(|stop| match stop {
+                    Stop::Broken(error) => SessionError::from(error),
+                    Stop::OverLimit => SessionError::TooManyRecords {
+                        count: MAX_PROCESSES_PER_RESULT + 1,
+                        max: MAX_PROCESSES_PER_RESULT,
+                    },
+                })?;
         Ok(ChunkView { result, marker })
     }
 
@@ -89,8 +90,8 @@ impl ChunkReader {
     ///
     /// A frame's decoded memory is at most its own bytes plus
     /// [`MAX_PROCESSES_PER_RESULT`] empty records (an empty record takes
-    /// 2 bytes on the wire but some 250 decoded, which is why the count
-    /// comes first).
+    /// 2 bytes on the wire but some 250 decoded, which is why the pass
+    /// stops at the limit).
     pub fn read(
         &mut self,
         consumer: &mut Consumer,

@@ -981,22 +981,55 @@ struct Head<'a> {
 /// The first record (index, error) that breaks the rules.
 type FirstBad = Option<(usize, ValidationError)>;
 
+/// Why a walk over a result's bytes stopped early.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// The bytes or the rules were broken.
+    Broken(ViewError),
+    /// More records than the walk's limit (one past it was found).
+    OverLimit,
+}
+
+impl From<WireError> for Stop {
+    fn from(error: WireError) -> Self {
+        Stop::Broken(ViewError::Wire(error))
+    }
+}
+
+impl From<ValidationError> for Stop {
+    fn from(error: ValidationError) -> Self {
+        Stop::Broken(ViewError::Invalid(error))
+    }
+}
+
+/// A walk's result with no limit on records (so never `OverLimit`).
+fn unlimited<T>(walked: Result<T, Stop>) -> Result<T, ViewError> {
+    walked.map_err(|stop| match stop {
+        Stop::Broken(error) => error,
+        Stop::OverLimit => unreachable!("a walk without a limit stopped at one"),
+    })
+}
+
 impl<'a> Head<'a> {
     /// One pass over `bytes`: the head's fields read, each record's noted
     /// into `records` and, given `first_bad`, checked against the rules
-    /// (the first to break them noted there).
+    /// (the first to break them noted there); a record past the `limit`-th
+    /// stops the walk ([`Stop::OverLimit`]), so `records` never holds more
+    /// than `limit`.
     fn read(
         bytes: &'a [u8],
         records: &mut Vec<RecordSlots>,
         mut first_bad: Option<&mut FirstBad>,
-    ) -> Result<Self, WireError> {
+        limit: usize,
+    ) -> Result<Self, Stop> {
         if bytes.len() > MAX_BYTES {
-            return Err(WireError {
+            return Err(Stop::from(WireError {
                 field: String::new(),
                 offset: 0,
                 problem: WireProblem::TooLarge,
-            });
+            }));
         }
+        let mut over = false;
         let mut head = Head::default();
         // A fault inside a record or the hash result, named at once (a
         // record's name needs its index); the walk is then stopped.
@@ -1009,6 +1042,10 @@ impl<'a> Head<'a> {
                 4 => {
                     let body = r.bytes_of(wire)?;
                     let (end, i) = (r.offset(), records.len());
+                    if i == limit {
+                        over = true;
+                        return Err(WireProblem::Truncated);
+                    }
                     // Read in place: a record's notes are some 150 bytes.
                     records.push(RecordSlots::default());
                     let slots = &mut records[i];
@@ -1039,15 +1076,22 @@ impl<'a> Head<'a> {
         });
         match walked {
             Ok(()) => Ok(head),
-            Err(fault) => Err(inner.unwrap_or_else(|| fault.named("", RESULT_FIELDS))),
+            Err(_) if over => Err(Stop::OverLimit),
+            Err(fault) => Err(inner
+                .unwrap_or_else(|| fault.named("", RESULT_FIELDS))
+                .into()),
         }
     }
 
     /// Reads `bytes` as [`read`](Self::read) does, then checks the result's
     /// rules in `DetectionResult::validate`'s order.
-    fn read_checked(bytes: &'a [u8], records: &mut Vec<RecordSlots>) -> Result<Self, ViewError> {
+    fn read_checked(
+        bytes: &'a [u8],
+        records: &mut Vec<RecordSlots>,
+        limit: usize,
+    ) -> Result<Self, Stop> {
         let mut first_bad = None;
-        let head = Head::read(bytes, records, Some(&mut first_bad))?;
+        let head = Head::read(bytes, records, Some(&mut first_bad), limit)?;
         ResultFields {
             task_id: head.task_id,
             success: head.success,
@@ -1107,7 +1151,11 @@ impl<'a> DetectionResultView<'a> {
     /// prost's decoder fails too.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, WireError> {
         let mut records = Vec::with_capacity(count_records(bytes));
-        let head = Head::read(bytes, &mut records, None)?;
+        let head = match Head::read(bytes, &mut records, None, usize::MAX) {
+            Ok(head) => head,
+            Err(Stop::Broken(ViewError::Wire(error))) => return Err(error),
+            Err(_) => unreachable!("a walk with no limit and no rules stops only on bad bytes"),
+        };
         Ok(Self::new(bytes, head, Cow::Owned(records)))
     }
 
@@ -1135,18 +1183,20 @@ impl<'a> DetectionResultView<'a> {
     /// ```
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ViewError> {
         let mut records = Vec::with_capacity(count_records(bytes));
-        let head = Head::read_checked(bytes, &mut records)?;
+        let head = unlimited(Head::read_checked(bytes, &mut records, usize::MAX))?;
         Ok(Self::new(bytes, head, Cow::Owned(records)))
     }
 
     /// [`parse`](Self::parse), the records' notes kept in `records` (which
-    /// is cleared first and reused: nothing is allocated once it has grown).
+    /// is cleared first and reused: nothing is allocated once it has grown),
+    /// stopping at the record past the `limit`-th.
     pub(crate) fn parse_into(
         bytes: &'a [u8],
         records: &'a mut Vec<RecordSlots>,
-    ) -> Result<Self, ViewError> {
+        limit: usize,
+    ) -> Result<Self, Stop> {
         records.clear();
-        let head = Head::read_checked(bytes, records)?;
+        let head = Head::read_checked(bytes, records, limit)?;
         Ok(Self::new(bytes, head, Cow::Borrowed(records)))
     }
 

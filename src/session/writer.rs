@@ -4,15 +4,14 @@
 use std::time::Duration;
 
 use prost::Message;
-use prost::bytes::{Buf, BufMut};
-use prost::encoding::{DecodeContext, WireType, message as field, skip_field};
+use prost::encoding::message as field;
 
 use super::error::SessionError;
 use super::marker::{Marker, RecordKind};
 use crate::proto::encoded::EncodedRecord;
 use crate::proto::limits::{MAX_ERROR_MESSAGE_BYTES, MAX_PROCESSES_PER_RESULT};
 use crate::proto::{DetectionResult, ProtoProcessRecord};
-use crate::ring::Producer;
+use crate::ring::{Claim, Producer, RingError, TryClaimError};
 
 /// The `processes` field number of `DetectionResult`.
 pub(super) const PROCESSES_FIELD: u32 = 4;
@@ -32,36 +31,38 @@ pub struct StreamStats {
 
 /// Writes one task's result stream into the ring.
 ///
-/// [`push`](Self::push) adds a record; when it would not fit in the frame
-/// being filled (the ring's largest frame, by `encoded_len` arithmetic),
-/// that frame is written first, marked MORE. [`flush`](Self::flush) writes
-/// the records so far at once (a monitor does after each poll);
-/// [`finish`](Self::finish) writes the last frame, marked END (with no
+/// [`push`](Self::push) adds a record, encoding it straight into the frame
+/// being filled: a claim of the ring's largest frame, opened at the frame's
+/// first record (waiting up to `stall` for room) with the result's own
+/// fields written first. When a record would not fit in it (by
+/// `encoded_len` arithmetic) or is of another [`RecordKind`], that frame is
+/// published first, marked MORE. [`flush`](Self::flush) publishes the
+/// records so far at once (a monitor does after each poll);
+/// [`finish`](Self::finish) publishes the last frame, marked END (with no
 /// records if there are none left); [`fail`](Self::fail) ends the stream with
-/// a failure instead. Records of different [`RecordKind`]s never share a
-/// frame. A record comes as a struct ([`push`](Self::push)) or with its
-/// stable fields encoded already ([`push_encoded`](Self::push_encoded));
-/// either way prost writes the frame once, straight into the ring's claim.
+/// a failure instead, abandoning the open frame. A record comes as a struct
+/// ([`push`](Self::push)) or with its stable fields encoded already
+/// ([`push_encoded`](Self::push_encoded)); either way it is written once,
+/// into the ring, with no buffer between.
 ///
 /// A record too large for a frame on its own has trailing command-line
 /// arguments dropped until it fits (counted in
 /// [`StreamStats::truncated`]); if it still does not fit without any, the
 /// push fails with [`SessionError::RecordTooLarge`] and the caller fails the
-/// task. Every frame write waits for room up to `stall` (a reader that reads
+/// task. Every claim waits for room up to `stall` (a reader that reads
 /// nothing for that long is given up on); closing the ring from another
 /// thread (its [`Closer`](crate::ring::Closer)) ends a wait at once.
 #[derive(Debug)]
 pub struct ResultWriter<'p> {
-    producer: &'p mut Producer,
-    /// The frame's own fields (its `processes` are in `items`).
+    frame: FrameState<'p>,
+    /// The frame's own fields (its records are encoded after them).
     result: DetectionResult,
-    /// The records of the frame being filled.
-    items: Vec<Item>,
+    /// The kind of the open frame's records.
     kind: RecordKind,
     /// Encoded length of `result` with no records.
     base_len: usize,
-    /// Encoded length of `result` as it is.
-    len: usize,
+    /// The ring's largest frame.
+    max_frame: usize,
     stall: Duration,
     stats: StreamStats,
     /// The stream ends as cancelled.
@@ -70,18 +71,32 @@ pub struct ResultWriter<'p> {
     full: bool,
 }
 
+/// The frame being filled, or the producer between frames.
+#[derive(Debug)]
+enum FrameState<'p> {
+    Idle(&'p mut Producer),
+    Open {
+        claim: Claim<'p>,
+        /// Bytes written into the claim: the result's fields, then records.
+        used: usize,
+        records: usize,
+    },
+    /// A claim failed after room was found: the ring closed under the
+    /// stream, and every later write fails.
+    Gone,
+}
+
 impl<'p> ResultWriter<'p> {
     /// A stream for `task_id` (which the caller has validated).
     pub fn new(producer: &'p mut Producer, task_id: impl Into<String>, stall: Duration) -> Self {
         let result = DetectionResult::success(task_id, Vec::new());
         let base_len = result.encoded_len();
         Self {
-            producer,
+            max_frame: producer.max_frame(),
+            frame: FrameState::Idle(producer),
             result,
-            items: Vec::new(),
             kind: RecordKind::Result,
             base_len,
-            len: base_len,
             stall,
             stats: StreamStats::default(),
             cancelled: false,
@@ -103,22 +118,29 @@ impl<'p> ResultWriter<'p> {
     /// Whether the ring is closed (by either side): every later write
     /// fails, so the caller may stop producing records.
     pub fn is_closed(&self) -> bool {
-        self.producer.is_closed()
+        match &self.frame {
+            FrameState::Idle(producer) => producer.is_closed(),
+            FrameState::Open { claim, .. } => claim.producer().is_closed(),
+            FrameState::Gone => true,
+        }
     }
 
-    /// Adds a record of `kind`, writing the frame being filled first when the
-    /// record does not fit in it or is of another kind.
+    /// Adds a record of `kind`, publishing the frame being filled first when
+    /// the record does not fit in it or is of another kind.
     pub fn push(
         &mut self,
         kind: RecordKind,
         mut record: ProtoProcessRecord,
     ) -> Result<(), SessionError> {
-        let max = self.producer.max_frame();
+        let max = self.max_frame;
         let mut record_len = field::encoded_len(PROCESSES_FIELD, &record);
         if self.base_len + record_len > max {
             record_len = self.fit(&mut record, max)?;
         }
-        self.add(kind, Item::Owned(record), record_len)
+        let mut buf = self.room(kind, record_len)?;
+        field::encode(PROCESSES_FIELD, &record, &mut buf);
+        debug_assert!(buf.is_empty(), "a record encodes to its encoded_len");
+        Ok(())
     }
 
     /// Adds a record whose stable fields are encoded already (procmond's
@@ -130,81 +152,149 @@ impl<'p> ResultWriter<'p> {
         kind: RecordKind,
         record: EncodedRecord,
     ) -> Result<(), SessionError> {
-        let record_len = record.field_len(PROCESSES_FIELD);
-        if self.base_len + record_len > self.producer.max_frame() {
+        let body_len = record.body_len();
+        let record_len = EncodedRecord::field_len_of(PROCESSES_FIELD, body_len);
+        if self.base_len + record_len > self.max_frame {
             return self.push(kind, record.to_record());
         }
-        self.add(kind, Item::Encoded(record), record_len)
-    }
-
-    fn add(&mut self, kind: RecordKind, item: Item, len: usize) -> Result<(), SessionError> {
-        let full = self.len + len > self.producer.max_frame()
-            || self.items.len() == MAX_PROCESSES_PER_RESULT;
-        if !self.items.is_empty() && (kind != self.kind || full) {
-            self.write(false)?;
-        }
-        self.kind = kind;
-        self.len += len;
-        self.items.push(item);
-        self.stats.records += 1;
+        let mut buf = self.room(kind, record_len)?;
+        record.encode_field_of(PROCESSES_FIELD, body_len, &mut buf);
+        debug_assert!(buf.is_empty(), "a record encodes to its field_len");
         Ok(())
     }
 
-    /// Writes the records added so far as a frame marked MORE (nothing when
-    /// there are none).
-    pub fn flush(&mut self) -> Result<(), SessionError> {
-        if self.items.is_empty() {
-            return Ok(());
+    /// The `len` bytes of the open frame a record of `kind` is written to
+    /// (publishing the open frame first when the record does not fit in it
+    /// or is of another kind, opening one when none is open), counted as
+    /// written.
+    fn room(&mut self, kind: RecordKind, len: usize) -> Result<&mut [u8], SessionError> {
+        if let FrameState::Open {
+            claim,
+            used,
+            records,
+        } = &self.frame
+            && (kind != self.kind
+                || used + len > claim.len()
+                || *records == MAX_PROCESSES_PER_RESULT)
+        {
+            self.write(false)?;
         }
-        self.write(false)
+        if let FrameState::Idle(_) = self.frame {
+            self.open(self.max_frame)?;
+        }
+        self.kind = kind;
+        self.stats.records += 1;
+        let FrameState::Open {
+            claim,
+            used,
+            records,
+        } = &mut self.frame
+        else {
+            return Err(gone());
+        };
+        let at = *used;
+        *used += len;
+        *records += 1;
+        Ok(&mut claim[at..at + len])
     }
 
-    /// Writes the last frame, marked END, with the records not yet written.
+    /// Opens a frame of `len` bytes and writes the result's own fields at
+    /// its start.
+    fn open(&mut self, len: usize) -> Result<(), SessionError> {
+        let FrameState::Idle(producer) = &mut self.frame else {
+            return Err(gone());
+        };
+        // Wait for room through a claim dropped at once (abandoned), then
+        // take the room for good: with one producer room only grows, so
+        // only a close (or a consumer lying about its position) makes the
+        // second claim fail, and the stream is over then.
+        drop(producer.claim(len, crate::deadline::after(self.stall))?);
+        let FrameState::Idle(producer) = std::mem::replace(&mut self.frame, FrameState::Gone)
+        else {
+            unreachable!("the frame was idle above");
+        };
+        let mut claim = producer.try_claim(len).map_err(|err| match err {
+            TryClaimError::Corrupt(kind) => RingError::Corrupt(kind),
+            _ => RingError::Closed,
+        })?;
+        let mut buf: &mut [u8] = &mut claim;
+        self.result.encode_raw(&mut buf);
+        debug_assert_eq!(buf.len(), len - self.base_len);
+        self.frame = FrameState::Open {
+            claim,
+            used: self.base_len,
+            records: 0,
+        };
+        Ok(())
+    }
+
+    /// Drops the open frame's records: nothing of it is published.
+    fn abandon(&mut self) {
+        if let FrameState::Open { .. } = self.frame
+            && let FrameState::Open { claim, .. } =
+                std::mem::replace(&mut self.frame, FrameState::Gone)
+        {
+            self.frame = FrameState::Idle(claim.abandon());
+        }
+    }
+
+    /// Publishes the records added so far as a frame marked MORE (nothing
+    /// when there are none).
+    pub fn flush(&mut self) -> Result<(), SessionError> {
+        match self.frame {
+            FrameState::Open { .. } => self.write(false),
+            _ => Ok(()),
+        }
+    }
+
+    /// Publishes the last frame, marked END, with the records not yet
+    /// published.
     pub fn finish(mut self) -> Result<StreamStats, SessionError> {
         self.write(true)?;
         Ok(self.stats)
     }
 
     /// Ends the stream with `DetectionResult::failure(task_id, message)`,
-    /// marked END; records not yet written are dropped. A message over the
+    /// marked END; records not yet published are dropped. A message over the
     /// schema's limit is cut.
     pub fn fail(mut self, message: &str) -> Result<StreamStats, SessionError> {
-        self.items.clear();
         self.stats.failed = true;
         let failure = DetectionResult::failure(
             std::mem::take(&mut self.result.task_id),
             cut(message, MAX_ERROR_MESSAGE_BYTES),
         );
-        self.len = failure.encoded_len();
-        self.result = failure;
-        self.write(true)?;
-        Ok(self.stats)
+        self.end_with(failure)
     }
 
     /// Ends the stream because the client cancelled the task: a failure
-    /// saying `message`, marked END and CANCELLED; records not yet written
-    /// are dropped.
+    /// saying `message`, marked END and CANCELLED; records not yet
+    /// published are dropped.
     pub fn cancelled(mut self, message: &str) -> Result<StreamStats, SessionError> {
         self.cancelled = true;
         self.fail(message)
     }
 
     /// Ends the stream with `result` (say, one carrying a hash result) as its
-    /// single END frame; records not yet written are dropped. `result`
+    /// single END frame; records not yet published are dropped. `result`
     /// should carry this stream's task id.
     pub fn finish_with(mut self, result: DetectionResult) -> Result<StreamStats, SessionError> {
         let len = result.encoded_len();
-        if len > self.producer.max_frame() {
+        if len > self.max_frame {
             return Err(SessionError::ResultTooLarge {
                 len,
-                max: self.producer.max_frame(),
+                max: self.max_frame,
             });
         }
         self.stats.failed |= !result.success;
-        self.result = result;
-        self.items.clear();
-        self.len = len;
         self.kind = RecordKind::Result;
+        self.end_with(result)
+    }
+
+    /// Abandons the open frame and publishes `result` alone, marked END.
+    fn end_with(mut self, result: DetectionResult) -> Result<StreamStats, SessionError> {
+        self.abandon();
+        self.base_len = result.encoded_len();
+        self.result = result;
         self.write(true)?;
         Ok(self.stats)
     }
@@ -227,9 +317,12 @@ impl<'p> ResultWriter<'p> {
         })
     }
 
-    /// Encodes the result being filled into one frame, in place, and starts
-    /// the next one.
+    /// Publishes the open frame (opening one with no records when none is
+    /// open); the next record opens another.
     fn write(&mut self, end: bool) -> Result<(), SessionError> {
+        if let FrameState::Idle(_) = self.frame {
+            self.open(self.base_len)?;
+        }
         let flags = Marker {
             end,
             kind: self.kind,
@@ -237,81 +330,20 @@ impl<'p> ResultWriter<'p> {
             full: self.full,
         }
         .to_flags();
-        let frame = FrameMessage {
-            result: &self.result,
-            items: &self.items,
-            len: self.len,
+        let FrameState::Open { claim, used, .. } =
+            std::mem::replace(&mut self.frame, FrameState::Gone)
+        else {
+            return Err(gone());
         };
-        debug_assert_eq!(self.len, frame.computed_len());
-        debug_assert!(self.len <= self.producer.max_frame() || !self.result.success);
-        self.producer
-            .encode(&frame, flags, crate::deadline::after(self.stall))?;
+        self.frame = FrameState::Idle(claim.publish(used, flags));
         self.stats.frames += 1;
-        self.items.clear();
-        self.len = self.base_len;
         Ok(())
     }
 }
 
-/// A record of the frame being filled.
-#[derive(Debug)]
-enum Item {
-    Owned(ProtoProcessRecord),
-    Encoded(EncodedRecord),
-}
-
-/// The frame being written, as one message for prost to encode into the
-/// claim: the result's own fields, then each item as one of its
-/// `processes` (field 4). Write-only: decoding into it skips every field.
-#[derive(Debug)]
-struct FrameMessage<'a> {
-    result: &'a DetectionResult,
-    items: &'a [Item],
-    /// The encoded length, as the writer tracked it.
-    len: usize,
-}
-
-impl FrameMessage<'_> {
-    /// The encoded length counted again (for a debug check of `len`).
-    fn computed_len(&self) -> usize {
-        self.result.encoded_len()
-            + self
-                .items
-                .iter()
-                .map(|item| match item {
-                    Item::Owned(record) => field::encoded_len(PROCESSES_FIELD, record),
-                    Item::Encoded(record) => record.field_len(PROCESSES_FIELD),
-                })
-                .sum::<usize>()
-    }
-}
-
-impl Message for FrameMessage<'_> {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        self.result.encode_raw(buf);
-        for item in self.items {
-            match item {
-                Item::Owned(record) => field::encode(PROCESSES_FIELD, record, buf),
-                Item::Encoded(record) => record.encode_field(PROCESSES_FIELD, buf),
-            }
-        }
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.len
-    }
-
-    fn clear(&mut self) {}
+/// The error of a writer whose producer was lost to a failed claim.
+fn gone() -> SessionError {
+    SessionError::Ring(RingError::Closed)
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.
