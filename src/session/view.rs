@@ -271,6 +271,22 @@ impl<'a> Reader<'a> {
             self.pos += 1;
             return Ok(u64::from(byte));
         }
+        // Ten bytes to hand (all but a record's last field): unrolled, each
+        // byte at a fixed index, so no bounds check and constant shifts.
+        if let Some(bytes) = rest.first_chunk::<10>() {
+            let mut value = 0u64;
+            for (i, &byte) in bytes.iter().enumerate() {
+                value |= u64::from(byte & 0x7f) << (7 * i);
+                if byte < 0x80 {
+                    if i == 9 && byte >= 2 {
+                        return Err(WireProblem::InvalidVarint);
+                    }
+                    self.pos += i + 1;
+                    return Ok(value);
+                }
+            }
+            return Err(WireProblem::InvalidVarint);
+        }
         let mut value = 0u64;
         for (i, &byte) in rest.iter().take(10).enumerate() {
             value |= u64::from(byte & 0x7f) << (7 * i);
@@ -1326,4 +1342,49 @@ pub(super) fn count_records(bytes: &[u8]) -> usize {
         }
     }
     count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A varint read as prost reads it, with ten bytes to hand (the
+    /// unrolled path) and without (the record's last field).
+    #[test]
+    fn varints_read_as_prost_reads_them_on_both_paths() {
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for value in [0u64, 1, 127, 128, 300, 1 << 35, u64::MAX >> 1, u64::MAX] {
+            let mut bytes = Vec::new();
+            prost::encoding::encode_varint(value, &mut bytes);
+            cases.push(bytes);
+        }
+        // Ten bytes whose last is 2 (overflow), eleven, and cut short.
+        cases.push([&[0xff; 9][..], &[0x02]].concat());
+        cases.push([&[0xff; 10][..], &[0x01]].concat());
+        cases.push(vec![0x80, 0x80]);
+        for case in cases {
+            for tail in [0usize, 10] {
+                let mut bytes = case.clone();
+                bytes.resize(case.len() + tail, 0);
+                let mut reader = Reader::new(&bytes, 0);
+                let ours = reader.varint();
+                let mut buf = bytes.as_slice();
+                let theirs = prost::encoding::decode_varint(&mut buf);
+                assert_eq!(ours.is_ok(), theirs.is_ok(), "{case:x?} + {tail}: {ours:?}");
+                if let (Ok(ours), Ok(theirs)) = (ours, theirs) {
+                    assert_eq!(ours, theirs, "{case:x?}");
+                    assert_eq!(reader.pos, bytes.len() - buf.len(), "{case:x?}");
+                }
+            }
+        }
+        let too_long = [0xffu8; 11];
+        assert_eq!(
+            Reader::new(&too_long, 0).varint(),
+            Err(WireProblem::InvalidVarint)
+        );
+        assert_eq!(
+            Reader::new(&[0x80, 0x80], 0).varint(),
+            Err(WireProblem::Truncated)
+        );
+    }
 }
