@@ -102,6 +102,7 @@ proptest! {
         prop_assert_eq!(encoded.body_len(), record.encoded_len());
         let mut bytes = Vec::new();
         encoded.encode_body(&mut bytes);
+        prop_assert_eq!(bytes.len(), encoded.body_len());
         let back = ProtoProcessRecord::decode(bytes.as_slice()).expect("decode");
         prop_assert!(same_bits(&back, &record));
     }

@@ -199,23 +199,37 @@ impl EncodedRecord {
 
     /// Writes the record's message (without key and length): the stable
     /// bytes, then this poll's fields.
+    ///
+    /// The scalars are gathered on the stack and written with one
+    /// `put_slice` each side of the hashes (a `BufMut` over a ring claim
+    /// checks and moves its cursor on every put, which byte by byte cost
+    /// more than the bytes); prost encodes the same bytes.
     pub fn encode_body(&self, buf: &mut impl BufMut) {
         buf.put_slice(&self.stable.bytes);
-        if let Some(cpu) = &self.cpu_usage {
-            encoding::double::encode(tag::CPU_USAGE, cpu, buf);
+        let mut scalars = Scalars::default();
+        if let Some(cpu) = self.cpu_usage {
+            scalars.key(tag::CPU_USAGE, WireType::SixtyFourBit);
+            scalars.bytes(&cpu.to_le_bytes());
         }
-        if let Some(memory) = &self.memory_usage {
-            encoding::uint64::encode(tag::MEMORY_USAGE, memory, buf);
+        if let Some(memory) = self.memory_usage {
+            scalars.key(tag::MEMORY_USAGE, WireType::Varint);
+            scalars.varint(memory);
         }
-        if let Some(hash) = &self.executable_hash {
-            encoding::string::encode(tag::EXECUTABLE_HASH, hash, buf);
-        }
-        if let Some(algorithm) = &self.hash_algorithm {
-            encoding::string::encode(tag::HASH_ALGORITHM, algorithm, buf);
+        if self.executable_hash.is_some() || self.hash_algorithm.is_some() {
+            buf.put_slice(scalars.take());
+            if let Some(hash) = &self.executable_hash {
+                encoding::string::encode(tag::EXECUTABLE_HASH, hash, buf);
+            }
+            if let Some(algorithm) = &self.hash_algorithm {
+                encoding::string::encode(tag::HASH_ALGORITHM, algorithm, buf);
+            }
         }
         if self.collection_time != 0 {
-            encoding::int64::encode(tag::COLLECTION_TIME, &self.collection_time, buf);
+            scalars.key(tag::COLLECTION_TIME, WireType::Varint);
+            // An int64 is encoded as its two's-complement u64, as prost does.
+            scalars.varint(self.collection_time as u64);
         }
+        buf.put_slice(scalars.take());
     }
 
     /// The record as a struct: what decoding its encoding gives.
@@ -253,6 +267,46 @@ impl EncodedRecord {
         encode_key(field, WireType::LengthDelimited, buf);
         encode_varint(body_len as u64, buf);
         self.encode_body(buf);
+    }
+}
+
+/// A poll's scalar fields, encoded on the stack: at most a double (9
+/// bytes) and two varints (11 bytes each) at a time.
+#[derive(Default)]
+struct Scalars {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Scalars {
+    /// The key of field `number` (under 16: one byte).
+    fn key(&mut self, number: u32, wire: WireType) {
+        debug_assert!(number < 16);
+        self.push((number << 3) as u8 | wire as u8);
+    }
+
+    fn varint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        self.push(value as u8);
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.bytes[self.len] = byte;
+        self.len += 1;
+    }
+
+    /// The bytes gathered, and the buffer emptied for more.
+    fn take(&mut self) -> &[u8] {
+        let len = std::mem::take(&mut self.len);
+        &self.bytes[..len]
     }
 }
 
