@@ -41,7 +41,7 @@ use child_support::{Collected, spawn_retrying};
 use collector_support::{Running, TempDir, copy_executable, sha256sum};
 use daemoneye_lib::client::{Agent, ClientError, ClientOptions};
 use daemoneye_lib::collector::{Collector, CollectorConfig};
-use daemoneye_lib::control::{Connector, EventSource};
+use daemoneye_lib::control::{Connector, ControlError, EventSource};
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter, ProtoProcessRecord};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -654,6 +654,27 @@ fn with_only_the_units_capabilities_procmond_sees_and_hashes_what_root_runs() {
 }
 
 #[test]
+fn on_a_socket_root_made_the_agent_checks_the_uid_procmond_answers_as() {
+    let Some(service) = Isolated::start(&[]) else {
+        return;
+    };
+    // This test (root) made the listening socket, so SO_PEERCRED names root,
+    // which is trusted; the hello comes from procmond as nobody, who is not.
+    match Agent::connect(&service.socket) {
+        Err(ClientError::Control(ControlError::UntrustedServer { uid, pid })) => {
+            assert_eq!((uid, pid), (NOBODY, service.pid()));
+        }
+        other => panic!("a procmond run as nobody, untrusted: {other:?}"),
+    }
+    let mut agent = agent(&service.socket);
+    assert_eq!(agent.server_pid(), service.pid());
+    assert_eq!(agent.status().expect("status").pid, service.pid());
+    drop(agent);
+    let log = service.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
 fn with_no_capabilities_procmond_degrades_with_clear_errors() {
     let root_only = RootOnly::new();
     let Some(service) = Isolated::start(&[]) else {
@@ -722,9 +743,10 @@ fn a_passed_socket_is_served_with_ready_watchdog_and_stopping_and_outlives_procm
     let mut procmond = start(&notifications);
     procmond = notifications.wait_for("READY=1", procmond);
     let mut agent = Agent::connect(&socket).expect("connect on the passed socket");
-    // SO_PEERCRED names whoever made the listening socket: this test here,
-    // systemd under the unit. procmond says who it is.
-    assert_eq!(agent.server_pid(), std::process::id());
+    // SO_PEERCRED names whoever made the listening socket (this test here,
+    // systemd under the unit); the agent takes procmond's pid from the
+    // credentials the kernel attached to its hello.
+    assert_eq!(agent.server_pid(), procmond.pid());
     assert_eq!(agent.status().expect("status").pid, procmond.pid());
     let me = records(&mut agent, only_pid(std::process::id()));
     assert_eq!(me.len(), 1, "{me:?}");

@@ -51,7 +51,7 @@ use crate::session::{
 };
 use crate::sys::fs::open_regular;
 use crate::sys::pidfd::PidFd;
-use crate::sys::socket::{connect_before, peer_credentials};
+use crate::sys::socket::connect_before;
 use watcher::{Gone, GoneReason};
 
 /// procmond's socket at its default place: the first of
@@ -88,8 +88,10 @@ pub struct ClientOptions {
     pub max_frame_bytes: usize,
     /// Server uids trusted besides root and this agent's own (a procmond
     /// run as a service user, such as `daemoneye`); a procmond under any
-    /// other uid is refused before anything is sent to it
-    /// ([`ControlError::UntrustedServer`](crate::control::ControlError::UntrustedServer)).
+    /// other uid is refused
+    /// ([`ControlError::UntrustedServer`](crate::control::ControlError::UntrustedServer)):
+    /// the socket's maker before anything is sent, the process that
+    /// answers before anything it wrote is read.
     /// Default: none.
     pub trusted_server_uids: Vec<u32>,
 }
@@ -197,7 +199,6 @@ impl Agent {
             }
         })?;
         let io = |context| move |source| ClientError::Io { context, source };
-        let server = peer_credentials(&stream).map_err(io("reading procmond's credentials"))?;
         let socket = stream
             .try_clone()
             .map_err(io("cloning the control socket"))?;
@@ -211,7 +212,7 @@ impl Agent {
             .timeout(deadline.saturating_duration_since(Instant::now()))
             .handshake(stream)
             .map_err(ClientError::from_control)?;
-        let event_source = welcome.event_source;
+        let (event_source, server) = (welcome.event_source, welcome.server);
         let Ok::<[_; 2], _>([data, control]) = welcome.fds.try_into() else {
             return Err(ClientError::Protocol {
                 problem: "the ring needs exactly 2 descriptors (data, control)".into(),
@@ -259,7 +260,9 @@ impl Agent {
         self.event_source
     }
 
-    /// procmond's pid, as the kernel reported it at connect time.
+    /// procmond's pid, as the kernel attached it to its hello (the process
+    /// that answered, even on a socket systemd made; 0 when procmond is outside
+    /// our pid namespace).
     pub fn server_pid(&self) -> u32 {
         self.server_pid
     }

@@ -170,7 +170,7 @@ pub enum ControlError {
     NotAllowed {
         /// The refused uid.
         uid: u32,
-        /// Its process, as `SO_PEERCRED` reported it (0 if unknown).
+        /// Its process, as the kernel reported it (0 if unknown).
         pid: u32,
     },
 
@@ -184,7 +184,7 @@ pub enum ControlError {
     UntrustedServer {
         /// The server's uid.
         uid: u32,
-        /// Its process, as `SO_PEERCRED` reported it (0 if unknown).
+        /// Its process, as the kernel reported it (0 if unknown).
         pid: u32,
     },
 

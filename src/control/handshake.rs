@@ -3,12 +3,13 @@
 //! ```text
 //! agent                                   procmond
 //!   │  connect ─────────────────────────────▶ │ SO_PEERCRED uid in the allow-list?
-//!   │                                         │   no: Refusal(NOT_ALLOWED), close
+//!   │  (SO_PEERCRED uid trusted? SO_PASSCRED) │   no: Refusal(NOT_ALLOWED), close
 //!   │  ClientFrame{hello: version, name} ───▶ │ version equal?
 //!   │                                         │   no: Refusal(VERSION_MISMATCH), close
 //!   │                                         │ (daemon: room for a client? make its ring)
 //!   │ ◀── ServerFrame{hello: sizes, fd_count} │
 //!   │     + the ring's descriptors (SCM_RIGHTS)
+//!   │  (its writer's uid trusted? peeked, SCM_CREDENTIALS)
 //! ```
 //!
 //! Every step has a deadline. A refused peer is told why in a
@@ -27,7 +28,7 @@ use crate::proto::control::{
     ClientFrame, ClientHello, EventSource, Refusal, RefusalCode, ServerFrame, ServerHello,
     client_frame, server_frame,
 };
-use crate::sys::socket::{PeerCred, peer_credentials};
+use crate::sys::socket::{PeerCred, Waiting, pass_credentials, peek_writer, peer_credentials};
 
 /// The control protocol's version. Both sides must speak the same one.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -223,6 +224,11 @@ pub struct Welcome {
     pub fds: Vec<OwnedFd>,
     /// How procmond learns of processes (unspecified from an older one).
     pub event_source: EventSource,
+    /// The process that answered: the credentials the kernel attached to
+    /// the server's hello (`SCM_CREDENTIALS`). Under socket activation
+    /// `SO_PEERCRED` names systemd, which made the socket; this names
+    /// procmond.
+    pub server: PeerCred,
 }
 
 /// The client's side of the handshake.
@@ -261,6 +267,11 @@ impl Connector {
             context: "reading the server's credentials",
             source,
         })?;
+        self.check_uid(server)
+    }
+
+    /// Refuses a server running as an untrusted uid.
+    fn check_uid(&self, server: PeerCred) -> Result<(), ControlError> {
         let me = rustix::process::geteuid().as_raw();
         if server.uid == 0 || server.uid == me || self.trusted_server_uids.contains(&server.uid) {
             Ok(())
@@ -269,6 +280,55 @@ impl Connector {
                 uid: server.uid,
                 pid: server.pid,
             })
+        }
+    }
+
+    /// Waits until `deadline` for the server's answer and checks who wrote
+    /// it, leaving it to be read. At the end of the stream (a server that
+    /// closed at once), or for bytes written before we asked (a refusal on
+    /// sight), the socket's credentials stand in: reading the answer then
+    /// says what happened.
+    fn answering_server(
+        &self,
+        stream: &UnixStream,
+        deadline: Instant,
+    ) -> Result<PeerCred, ControlError> {
+        const WAITING_FOR: &str = "the server hello";
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ControlError::Timeout {
+                    waiting_for: WAITING_FOR,
+                });
+            }
+            stream
+                .set_read_timeout(Some(left))
+                .map_err(|source| ControlError::Io {
+                    context: "setting the receive timeout",
+                    source,
+                })?;
+            match peek_writer(stream) {
+                Ok(Waiting::Bytes(Some(server))) => {
+                    self.check_uid(server)?;
+                    return Ok(server);
+                }
+                // The stream ended, or the server wrote (a refusal on sight)
+                // before we asked for credentials: reading says what it is.
+                Ok(Waiting::End | Waiting::Bytes(None)) => {
+                    return peer_credentials(stream).map_err(|source| ControlError::Io {
+                        context: "reading the server's credentials",
+                        source,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(ControlError::from_io(
+                        "reading the server's credentials",
+                        WAITING_FOR,
+                        e,
+                    ));
+                }
+            }
         }
     }
 
@@ -294,10 +354,19 @@ impl Connector {
     /// Runs the handshake on an already connected stream.
     ///
     /// First the server's uid is checked ([`ControlError::UntrustedServer`];
-    /// see [`trust_server_uid`](Self::trust_server_uid)). A refusal becomes a
+    /// see [`trust_server_uid`](Self::trust_server_uid)): the socket's
+    /// (`SO_PEERCRED`) before anything is sent, then that of the process
+    /// whose answer arrives (`SCM_CREDENTIALS`), before anything of it is
+    /// read: for a socket made by systemd the first is systemd's, the second
+    /// procmond's. A refusal becomes a
     /// typed error: [`ControlError::VersionMismatch`] naming both versions,
     /// or [`ControlError::Refused`] with the server's reason.
     pub fn handshake(&self, stream: UnixStream) -> Result<(ClientChannel, Welcome), ControlError> {
+        // First, so that whatever the server writes carries its writer.
+        pass_credentials(&stream, true).map_err(|source| ControlError::Io {
+            context: "asking for the server's credentials (SO_PASSCRED)",
+            source,
+        })?;
         self.check_server(&stream)?;
         let deadline = crate::deadline::after(self.timeout);
         let hello = ClientFrame {
@@ -313,6 +382,12 @@ impl Connector {
             Err(err) => return Err(err),
         }
 
+        let server = self.answering_server(&stream, deadline)?;
+        // Off again before anything is read: no later read has room for them.
+        pass_credentials(&stream, false).map_err(|source| ControlError::Io {
+            context: "asking for the server's credentials no more (SO_PASSCRED)",
+            source,
+        })?;
         let (frame, fds) = read_message::<ServerFrame>(
             &stream,
             MAX_FDS_PER_FRAME,
@@ -337,6 +412,7 @@ impl Connector {
                     ring_bytes: hello.ring_bytes,
                     max_frame_bytes: hello.max_frame_bytes,
                     fds,
+                    server,
                     event_source: EventSource::try_from(hello.event_source)
                         .unwrap_or(EventSource::Unspecified),
                 };

@@ -1,9 +1,10 @@
 //! Unix-socket calls of the control channel: the peer's credentials
-//! (`SO_PEERCRED`) and file descriptors passed with `SCM_RIGHTS`.
+//! (`SO_PEERCRED`, and `SCM_CREDENTIALS` on what it writes) and file
+//! descriptors passed with `SCM_RIGHTS`.
 //!
 //! Linux-specific; another platform would get its own file beside this one.
 //!
-//! Peer credentials come from nix. Descriptor passing uses rustix instead:
+//! Peer credentials come from nix (both kinds). Descriptor passing uses rustix instead:
 //! nix's `RecvMsg::cmsgs` refuses to iterate once the kernel reports
 //! `MSG_CTRUNC`, which would leave the descriptors that did arrive open and
 //! unreachable; rustix hands them out as `OwnedFd` and closes whatever is left
@@ -15,14 +16,17 @@ use std::error::Error;
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::wake::Waker;
 
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, UnixCredentials, getsockopt, recvmsg, setsockopt,
+    sockopt::{PassCred, PeerCredentials},
+};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -52,6 +56,80 @@ pub fn peer_credentials(stream: &UnixStream) -> io::Result<PeerCred> {
         uid: cred.uid(),
         gid: cred.gid(),
     })
+}
+
+/// Has the kernel attach the writer's credentials to what arrives on
+/// `stream`, for [`peek_writer`] (`SO_PASSCRED`; `on = false` stops it:
+/// while it is on, every read carries them, and a read with no room for
+/// them sees its control data cut short).
+pub fn pass_credentials(stream: &UnixStream, on: bool) -> io::Result<()> {
+    setsockopt(stream, PassCred, &on)?;
+    Ok(())
+}
+
+/// What waits to be read on a stream, and who wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// The stream ended.
+    End,
+    /// Bytes, with the credentials of the process that wrote them (`None`
+    /// when they were written before [`pass_credentials`], so nothing was
+    /// attached).
+    Bytes(Option<PeerCred>),
+}
+
+/// Waits for the next bytes on `stream` and says who wrote them, as the
+/// kernel attached it when they were written (which needs
+/// [`pass_credentials`] before that), leaving the bytes to be read. Waits as
+/// a read does (the socket's read timeout applies, as `WouldBlock`).
+///
+/// Unlike `SO_PEERCRED`, which names whoever made the socket (`listen` on
+/// the server's side: systemd for an activated socket), this names the
+/// process that answers. The kernel only lets a sender claim its own pid
+/// and ids (others need `CAP_SYS_ADMIN`/`CAP_SETUID`), and fills them in
+/// itself when the sender says nothing.
+///
+/// Descriptors travelling with those bytes arrive too (a peek hands out
+/// copies; the originals stay for the read): they are closed here. Room is
+/// made for the most one message can carry, so none is cut off; should
+/// the kernel still truncate (this process out of descriptors), the error
+/// is `ENOBUFS` and those it did install stay open (nix does not hand out
+/// a truncated message's descriptors). nix rather than rustix here: rustix
+/// reads a writer outside our pid namespace (pid 0) into a non-zero `Pid`.
+pub fn peek_writer(stream: &UnixStream) -> io::Result<Waiting> {
+    let mut byte = [0u8; 1];
+    let mut space = nix::cmsg_space!(UnixCredentials, [RawFd; MAX_FDS_PER_MESSAGE]);
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    if msg.bytes == 0 {
+        return Ok(Waiting::End);
+    }
+    let mut writer = None;
+    for message in msg.cmsgs()? {
+        match message {
+            ControlMessageOwned::ScmCredentials(credentials) => {
+                writer = Some(PeerCred {
+                    // 0 when the writer is outside our pid namespace.
+                    pid: u32::try_from(credentials.pid()).unwrap_or(0),
+                    uid: credentials.uid(),
+                    gid: credentials.gid(),
+                });
+            }
+            ControlMessageOwned::ScmRights(copies) => {
+                for fd in copies {
+                    // A copy this peek made: ours to close.
+                    let _ = nix::unistd::close(fd);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Waiting::Bytes(writer))
 }
 
 /// Sends `bytes` with `fds` attached to them (`SCM_RIGHTS`), returning how
@@ -311,6 +389,57 @@ mod tests {
             assert_eq!(cred.uid, rustix::process::geteuid().as_raw());
             assert_eq!(cred.gid, rustix::process::getegid().as_raw());
         }
+    }
+
+    #[test]
+    fn a_peek_names_the_writer_not_the_sockets_maker() {
+        use std::process::{Command, Stdio};
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        pass_credentials(&a, true).expect("SO_PASSCRED");
+        a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Another process writes on the socket this one made.
+        let mut child = Command::new("sh")
+            .args(["-c", "printf x"])
+            .stdout(Stdio::from(OwnedFd::from(b)))
+            .spawn()
+            .expect("spawn sh");
+        let writer = child.id();
+        assert!(child.wait().expect("wait").success());
+        let me = PeerCred {
+            pid: writer,
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+        };
+        assert_eq!(peek_writer(&a).expect("peek"), Waiting::Bytes(Some(me)));
+        assert_eq!(peer_credentials(&a).unwrap().pid, std::process::id());
+        // The bytes are still there, then the stream ends.
+        pass_credentials(&a, false).unwrap();
+        let mut byte = [0u8; 2];
+        assert_eq!((&a).read(&mut byte).unwrap(), 1);
+        assert_eq!(byte[0], b'x');
+        assert_eq!(peek_writer(&a).expect("peek at the end"), Waiting::End);
+    }
+
+    #[test]
+    fn a_peek_closes_the_descriptor_copies_it_is_handed() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        let (pipe_r, pipe_w) = pipe();
+        send_with_fds(&b, b"y", &[pipe_w.as_fd()]).expect("send");
+        drop(pipe_w);
+        // Written before SO_PASSCRED: no credentials came with it.
+        assert_eq!(peek_writer(&a).expect("peek"), Waiting::Bytes(None));
+        let mut buf = [0u8; 1];
+        let (n, fds) = recv_with_fds(&a, &mut buf, 1).expect("recv");
+        assert_eq!((n, fds.len()), (1, 1));
+        drop(fds);
+        // Every copy of the write end is closed, the peek's too: end of file
+        // (a copy left open would make this read would-block, not hang).
+        rustix::fs::fcntl_setfl(&pipe_r, rustix::fs::OFlags::NONBLOCK).unwrap();
+        let mut reader = std::fs::File::from(pipe_r);
+        assert_eq!(
+            reader.read(&mut buf).expect("end of file, not would-block"),
+            0
+        );
     }
 
     #[test]
