@@ -271,38 +271,14 @@ impl<'a> Reader<'a> {
             self.pos += 1;
             return Ok(u64::from(byte));
         }
-        // Ten bytes to hand (all but a record's last field): unrolled, each
-        // byte at a fixed index, so no bounds check and constant shifts.
-        if let Some(bytes) = rest.first_chunk::<10>() {
-            let mut value = 0u64;
-            for (i, &byte) in bytes.iter().enumerate() {
-                value |= u64::from(byte & 0x7f) << (7 * i);
-                if byte < 0x80 {
-                    if i == 9 && byte >= 2 {
-                        return Err(WireProblem::InvalidVarint);
-                    }
-                    self.pos += i + 1;
-                    return Ok(value);
-                }
-            }
-            return Err(WireProblem::InvalidVarint);
-        }
-        let mut value = 0u64;
-        for (i, &byte) in rest.iter().take(10).enumerate() {
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                if i == 9 && byte >= 2 {
-                    return Err(WireProblem::InvalidVarint);
-                }
-                self.pos += i + 1;
-                return Ok(value);
-            }
-        }
-        if rest.len() < 10 {
-            Err(WireProblem::Truncated)
-        } else {
-            Err(WireProblem::InvalidVarint)
-        }
+        // Ten bytes to hand (all but a record's last field): the same loop
+        // over a fixed-size array unrolls, with no bounds checks.
+        let (value, len) = match rest.first_chunk::<10>() {
+            Some(ten) => varint_in(ten)?,
+            None => varint_in(rest)?,
+        };
+        self.pos += len;
+        Ok(value)
     }
 
     #[inline(always)]
@@ -445,6 +421,27 @@ impl<'a> Reader<'a> {
             })?;
         }
         Ok(())
+    }
+}
+
+/// A varint at the start of `bytes`, as prost reads it (at most 10 bytes,
+/// the 10th 0 or 1): its value and length.
+#[inline(always)]
+fn varint_in(bytes: &[u8]) -> Result<(u64, usize), WireProblem> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            if i == 9 && byte >= 2 {
+                return Err(WireProblem::InvalidVarint);
+            }
+            return Ok((value, i + 1));
+        }
+    }
+    if bytes.len() < 10 {
+        Err(WireProblem::Truncated)
+    } else {
+        Err(WireProblem::InvalidVarint)
     }
 }
 
