@@ -136,6 +136,34 @@ fn records_go_into_the_ring_as_pushed_but_are_seen_only_when_their_frame_is_publ
 }
 
 #[test]
+fn with_no_room_for_a_largest_frame_a_record_goes_in_a_frame_of_its_own_size() {
+    let config = RingConfig::new(64 << 10).with_max_frame((32 << 10) - 8);
+    let (mut producer, mut consumer) = ring::pair(&config).unwrap();
+    // Three unread 16 KB frames leave some 17 KiB: room for a small frame,
+    // not for the largest.
+    for _ in 0..3 {
+        producer.try_write(&[0; 16_000], 0).unwrap();
+    }
+    let stats = {
+        let mut stream = ResultWriter::new(&mut producer, "t", Duration::from_millis(200));
+        stream.push(RecordKind::Result, record(1)).unwrap();
+        stream.push(RecordKind::Result, record(2)).unwrap();
+        stream.finish().unwrap()
+    };
+    // Each record in a frame of its own (a claim of what one record needs
+    // holds no second), the last marked END.
+    assert_eq!((stats.records, stats.frames), (2, 2), "{stats:?}");
+    for _ in 0..3 {
+        consumer.try_read(|frame| frame.len()).unwrap();
+    }
+    let records: Vec<_> = read_all(&mut consumer)
+        .into_iter()
+        .flat_map(|chunk| chunk.result.processes)
+        .collect();
+    assert_eq!(records, vec![record(1), record(2)]);
+}
+
+#[test]
 fn an_empty_stream_is_one_end_frame() {
     let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10)).unwrap();
     let stats = ResultWriter::new(&mut producer, "none", WAIT)

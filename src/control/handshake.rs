@@ -28,7 +28,10 @@ use crate::proto::control::{
     ClientFrame, ClientHello, EventSource, Refusal, RefusalCode, ServerFrame, ServerHello,
     client_frame, server_frame,
 };
-use crate::sys::socket::{PeerCred, Waiting, pass_credentials, peek_writer, peer_credentials};
+use crate::sys::socket::{
+    PeerCred, Waiting, connect_before, pass_credentials, peek_writer, peer_credentials,
+    readable_now,
+};
 
 /// The control protocol's version. Both sides must speak the same one.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -284,10 +287,9 @@ impl Connector {
     }
 
     /// Waits until `deadline` for the server's answer and checks who wrote
-    /// it, leaving it to be read. At the end of the stream (a server that
-    /// closed at once), or for bytes written before we asked (a refusal on
-    /// sight), the socket's credentials stand in: reading the answer then
-    /// says what happened.
+    /// it, leaving it to be read (the handshake has read whatever came
+    /// before credentials were asked for). At the end of the stream the
+    /// socket's credentials stand in: reading then says what happened.
     fn answering_server(
         &self,
         stream: &UnixStream,
@@ -312,12 +314,20 @@ impl Connector {
                     self.check_uid(server)?;
                     return Ok(server);
                 }
-                // The stream ended, or the server wrote (a refusal on sight)
-                // before we asked for credentials: reading says what it is.
-                Ok(Waiting::End | Waiting::Bytes(None)) => {
+                // The stream ended: reading says how.
+                Ok(Waiting::End) => {
                     return peer_credentials(stream).map_err(|source| ControlError::Io {
                         context: "reading the server's credentials",
                         source,
+                    });
+                }
+                Ok(Waiting::Bytes(None)) => {
+                    return Err(ControlError::Io {
+                        context: "reading the server's credentials",
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "the kernel attached none to the server's answer",
+                        ),
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -344,10 +354,15 @@ impl Connector {
         path: impl AsRef<Path>,
     ) -> Result<(ClientChannel, Welcome), ControlError> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path).map_err(|source| ControlError::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
+        // With SO_PASSCRED on from before the connect, so that even a
+        // refusal on sight names its writer.
+        let stream =
+            connect_before(path, crate::deadline::after(self.timeout)).map_err(|source| {
+                ControlError::Connect {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
         self.handshake(stream)
     }
 
@@ -369,6 +384,15 @@ impl Connector {
         })?;
         self.check_server(&stream)?;
         let deadline = crate::deadline::after(self.timeout);
+        // Bytes already waiting may have been written before we asked, and
+        // carry made-up credentials: nothing but a refusal on sight is
+        // taken from them (a server speaks first only to refuse).
+        if readable_now(&stream).map_err(|source| ControlError::Io {
+            context: "checking for a refusal on sight",
+            source,
+        })? {
+            return Err(self.early_answer(&stream, deadline));
+        }
         let hello = ClientFrame {
             body: Some(client_frame::Body::Hello(ClientHello {
                 protocol_version: self.protocol_version,
@@ -429,6 +453,31 @@ impl Connector {
         }
     }
 
+    /// What a server that wrote before the client's hello said: a refusal,
+    /// or a break of the protocol.
+    fn early_answer(&self, stream: &UnixStream, deadline: Instant) -> ControlError {
+        // Off first: a read with credentials coming has no room for them.
+        if let Err(source) = pass_credentials(stream, false) {
+            return ControlError::Io {
+                context: "asking for the server's credentials no more (SO_PASSCRED)",
+                source,
+            };
+        }
+        match read_message::<ServerFrame>(stream, 0, Some(deadline), "a refusal on sight") {
+            Ok((frame, _)) => match frame.body {
+                Some(server_frame::Body::Refusal(refusal)) => self.refusal_error(refusal),
+                Some(server_frame::Body::Error(error)) => ControlError::PeerError {
+                    message: error.message,
+                },
+                other => ControlError::UnexpectedFrame {
+                    expected: "nothing before the client's hello (a refusal at most)",
+                    got: frame_name_server(other.as_ref()),
+                },
+            },
+            Err(err) => err,
+        }
+    }
+
     fn refusal_error(&self, refusal: Refusal) -> ControlError {
         match refusal.code() {
             RefusalCode::VersionMismatch => ControlError::VersionMismatch {
@@ -483,6 +532,33 @@ mod tests {
                 theirs: 7
             }
         ));
+    }
+
+    #[test]
+    fn nothing_but_a_refusal_is_taken_from_a_server_that_speaks_first() {
+        // Written before the client asked for credentials: they name no one,
+        // so a hello here would be trusted on a made-up uid.
+        let (server_end, client_end) = UnixStream::pair().unwrap();
+        let hello = ServerFrame {
+            body: Some(server_frame::Body::Hello(ServerHello {
+                protocol_version: PROTOCOL_VERSION,
+                ..Default::default()
+            })),
+        };
+        write_message(&server_end, &hello, &[], None).unwrap();
+        let err = Connector::new("agent").handshake(client_end).unwrap_err();
+        assert!(
+            matches!(err, ControlError::UnexpectedFrame { got, .. } if got == "a server hello"),
+            "{err:?}"
+        );
+        // A refusal on sight is still read as one.
+        let (server_end, client_end) = UnixStream::pair().unwrap();
+        send_refusal(&server_end, RefusalCode::NotAllowed, "go away".into());
+        let err = Connector::new("agent").handshake(client_end).unwrap_err();
+        assert!(
+            matches!(&err, ControlError::Refused { reason, .. } if reason.contains("go away")),
+            "{err:?}"
+        );
     }
 
     #[test]

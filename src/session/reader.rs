@@ -31,10 +31,10 @@ pub struct ChunkView<'a> {
 }
 
 /// Reads a result stream's frames, each copied once into a private buffer
-/// it reuses, then counted, checked and viewed there.
+/// it reuses, then checked and viewed there.
 ///
 /// The copy is what makes the checks mean anything: procmond can still
-/// write the ring while the agent reads it, so bytes counted or validated
+/// write the ring while the agent reads it, so bytes validated
 /// in place could differ when read again. Copying a frame costs a fraction
 /// of decoding it, and releases its room in the ring sooner.
 #[derive(Debug, Default)]

@@ -32,9 +32,10 @@ pub struct StreamStats {
 /// Writes one task's result stream into the ring.
 ///
 /// [`push`](Self::push) adds a record, encoding it straight into the frame
-/// being filled: a claim of the ring's largest frame, opened at the frame's
-/// first record (waiting up to `stall` for room) with the result's own
-/// fields written first. When a record would not fit in it (by
+/// being filled: a claim of the ring's largest frame (or, when the ring has
+/// no room for that now, of what the record needs, waiting up to `stall`
+/// for it), opened at the frame's first record with the result's own fields
+/// written first. When a record would not fit in it (by
 /// `encoded_len` arithmetic) or is of another [`RecordKind`], that frame is
 /// published first, marked MORE. [`flush`](Self::flush) publishes the
 /// records so far at once (a monitor does after each poll);
@@ -180,10 +181,8 @@ impl<'p> ResultWriter<'p> {
             self.write(false)?;
         }
         if let FrameState::Idle(_) = self.frame {
-            self.open(self.max_frame)?;
+            self.open(self.max_frame, self.base_len + len)?;
         }
-        self.kind = kind;
-        self.stats.records += 1;
         let FrameState::Open {
             claim,
             used,
@@ -192,17 +191,26 @@ impl<'p> ResultWriter<'p> {
         else {
             return Err(gone());
         };
+        self.kind = kind;
+        self.stats.records += 1;
         let at = *used;
         *used += len;
         *records += 1;
         Ok(&mut claim[at..at + len])
     }
 
-    /// Opens a frame of `len` bytes and writes the result's own fields at
-    /// its start.
-    fn open(&mut self, len: usize) -> Result<(), SessionError> {
+    /// Opens a frame of `wanted` bytes when the ring has room for it now,
+    /// else of `needed` (waiting for that room: a slow reader then gets
+    /// frames as small as the records, as it would have before), and
+    /// writes the result's own fields at its start.
+    fn open(&mut self, wanted: usize, needed: usize) -> Result<(), SessionError> {
         let FrameState::Idle(producer) = &mut self.frame else {
             return Err(gone());
+        };
+        let len = if needed < wanted && producer.try_claim(wanted).is_err() {
+            needed
+        } else {
+            wanted
         };
         // Wait for room through a claim dropped at once (abandoned), then
         // take the room for good: with one producer room only grows, so
@@ -243,7 +251,8 @@ impl<'p> ResultWriter<'p> {
     pub fn flush(&mut self) -> Result<(), SessionError> {
         match self.frame {
             FrameState::Open { .. } => self.write(false),
-            _ => Ok(()),
+            FrameState::Idle(_) => Ok(()),
+            FrameState::Gone => Err(gone()),
         }
     }
 
@@ -321,7 +330,7 @@ impl<'p> ResultWriter<'p> {
     /// open); the next record opens another.
     fn write(&mut self, end: bool) -> Result<(), SessionError> {
         if let FrameState::Idle(_) = self.frame {
-            self.open(self.base_len)?;
+            self.open(self.base_len, self.base_len)?;
         }
         let flags = Marker {
             end,

@@ -67,14 +67,33 @@ pub fn pass_credentials(stream: &UnixStream, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether a read of `stream` would return at once (bytes waiting, or the
+/// end of the stream): one `poll(2)` with a zero timeout.
+pub fn readable_now(stream: &UnixStream) -> io::Result<bool> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let mut fds = [PollFd::new(stream, PollFlags::IN)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    loop {
+        match poll(&mut fds, Some(&zero)) {
+            Ok(n) => return Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 /// What waits to be read on a stream, and who wrote it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Waiting {
     /// The stream ended.
     End,
-    /// Bytes, with the credentials of the process that wrote them (`None`
-    /// when they were written before [`pass_credentials`], so nothing was
-    /// attached).
+    /// Bytes, with the credentials the kernel attached (`None`: none were,
+    /// which with [`pass_credentials`] on does not happen). Bytes written
+    /// before [`pass_credentials`] carry made-up ones (pid 0, the overflow
+    /// uid and gid): only bytes written after it name their writer.
     Bytes(Option<PeerCred>),
 }
 
@@ -85,9 +104,11 @@ pub enum Waiting {
 ///
 /// Unlike `SO_PEERCRED`, which names whoever made the socket (`listen` on
 /// the server's side: systemd for an activated socket), this names the
-/// process that answers. The kernel only lets a sender claim its own pid
-/// and ids (others need `CAP_SYS_ADMIN`/`CAP_SETUID`), and fills them in
-/// itself when the sender says nothing.
+/// process that answers. The kernel fills in the writer's pid and *real*
+/// uid and gid when the writer says nothing (`SO_PEERCRED` gives the
+/// effective ones); a writer may claim its effective or saved ids instead,
+/// and others only with `CAP_SETUID`/`CAP_SETGID` (`CAP_SYS_ADMIN` for the
+/// pid).
 ///
 /// Descriptors travelling with those bytes arrive too (a peek hands out
 /// copies; the originals stay for the read): they are closed here. Room is
@@ -327,7 +348,9 @@ pub fn accept_or_woken(
 /// `deadline` while the listener's backlog is full: Linux applies a
 /// socket's `SO_SNDTIMEO` to a Unix-socket `connect`, which then fails with
 /// `EAGAIN`, returned as [`io::ErrorKind::TimedOut`]. The send timeout is
-/// cleared once connected.
+/// cleared once connected. `SO_PASSCRED` is on from before the connect, so
+/// every byte the server writes carries its writer ([`peek_writer`]); turn
+/// it off ([`pass_credentials`]) once that has been read.
 pub fn connect_before(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
     use rustix::net::sockopt::{Timeout, set_socket_timeout};
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -338,6 +361,7 @@ pub fn connect_before(path: &Path, deadline: Instant) -> io::Result<UnixStream> 
         None,
     )?;
     let addr = SocketAddrUnix::new(path)?;
+    setsockopt(&fd, PassCred, &true)?;
     loop {
         // Zero means "no bound" to the kernel: the shortest real one is 1 µs.
         let left = deadline
@@ -421,12 +445,45 @@ mod tests {
     }
 
     #[test]
+    fn bytes_written_before_credentials_were_asked_for_name_no_one() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        (&b).write_all(b"early").unwrap();
+        pass_credentials(&a, true).expect("SO_PASSCRED");
+        (&b).write_all(b"late").unwrap();
+        // The kernel makes credentials up for the early bytes: pid 0, which
+        // is why the handshake trusts nothing that came before it asked.
+        let Waiting::Bytes(Some(early)) = peek_writer(&a).expect("peek") else {
+            panic!("credentials are attached once SO_PASSCRED is on");
+        };
+        assert_eq!(early.pid, 0, "{early:?}");
+        let mut buf = [0u8; 5];
+        (&a).read_exact(&mut buf).unwrap();
+        assert_eq!(
+            peek_writer(&a).expect("peek"),
+            Waiting::Bytes(Some(peer_credentials(&b).unwrap()))
+        );
+    }
+
+    #[test]
+    fn readable_now_sees_bytes_and_the_end_without_waiting() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        assert!(!readable_now(&a).unwrap());
+        (&b).write_all(b"x").unwrap();
+        assert!(readable_now(&a).unwrap());
+        let mut byte = [0u8; 1];
+        (&a).read_exact(&mut byte).unwrap();
+        assert!(!readable_now(&a).unwrap());
+        drop(b);
+        assert!(readable_now(&a).unwrap());
+    }
+
+    #[test]
     fn a_peek_closes_the_descriptor_copies_it_is_handed() {
         let (a, b) = UnixStream::pair().expect("socketpair");
         let (pipe_r, pipe_w) = pipe();
         send_with_fds(&b, b"y", &[pipe_w.as_fd()]).expect("send");
         drop(pipe_w);
-        // Written before SO_PASSCRED: no credentials came with it.
+        // SO_PASSCRED is off: no credentials come with it.
         assert_eq!(peek_writer(&a).expect("peek"), Waiting::Bytes(None));
         let mut buf = [0u8; 1];
         let (n, fds) = recv_with_fds(&a, &mut buf, 1).expect("recv");
