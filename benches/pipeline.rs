@@ -12,6 +12,13 @@
 //!   `ring_owned`: the owned path as it was (structs encoded by prost,
 //!   decoded by prost and `validate()`d); `ring_struct_encoder`: structs
 //!   encoded, views reading, to tell the two halves apart.
+//! - `stages_1000/*`: the reading side's steps alone, on one thread, over
+//!   one frame of the same pre-encoded records: `copy` (the frame's bytes
+//!   into a private buffer, as the agent's reader does), `parse` (checked
+//!   whole: `DetectionResultView::parse`), `parse_view` (then each record
+//!   viewed as above) and `owned` (prost's decode and `validate()`).
+//!   Both transports above end in the same parse and views: when those are
+//!   the slowest stage, they bound what any transport can gain.
 //!
 //! ```sh
 //! cargo bench --bench pipeline
@@ -284,5 +291,44 @@ fn stream_1000(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, enumerate, stream_1000);
+/// The reading side's steps alone (see the module docs).
+fn stages_1000(c: &mut Criterion) {
+    let poll = Poll::new();
+    let mut frame = DetectionResult::success("bench", vec![]).encode_to_vec();
+    for record in poll.encoded() {
+        record.encode_field(4, &mut frame);
+    }
+    let mut group = c.benchmark_group("stages_1000");
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    let mut copy = Vec::new();
+    group.bench_function("copy", |b| {
+        b.iter(|| {
+            copy.clear();
+            copy.extend_from_slice(black_box(&frame));
+            copy.len()
+        })
+    });
+    group.bench_function("parse", |b| {
+        b.iter(|| {
+            let result = DetectionResultView::parse(black_box(&frame)).expect("valid");
+            result.process_count()
+        })
+    });
+    group.bench_function("parse_view", |b| {
+        b.iter(|| {
+            let result = DetectionResultView::parse(black_box(&frame)).expect("valid");
+            view_records(&result)
+        })
+    });
+    group.bench_function("owned", |b| {
+        b.iter(|| {
+            let result = DetectionResult::decode(black_box(frame.as_slice())).expect("decode");
+            result.validate().expect("valid");
+            result.processes.len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, enumerate, stream_1000, stages_1000);
 criterion_main!(benches);
