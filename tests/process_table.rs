@@ -16,7 +16,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use collector_support::{LineReader, Running, TempDir, copy_executable};
+use collector_support::{
+    LineReader, Running, TempDir, alive_throughout, copy_executable, proc_processes,
+};
 use daemoneye_lib::collector::{
     Collector, CollectorConfig, ProcessTable, SharedHashCache, SourceKind, TableConfig, TableStats,
     TreeEvent, TreeMonitor,
@@ -457,16 +459,16 @@ fn lost_events_are_counted_and_a_resync_makes_the_table_match_proc() {
     // and after the table's answer is in it, and it holds nothing that was
     // in neither listing (an exited process kept by mistake).
     let (shell, _) = shell_saying("after");
-    let before = proc_pids();
+    let before = proc_processes();
     let table_pids: HashSet<u32> = collector
         .enumerate(None, false)
         .expect("enumerate")
         .iter()
         .map(|r| r.pid)
         .collect();
-    let after = proc_pids();
-    let missing: Vec<_> = before
-        .intersection(&after)
+    let after = proc_processes();
+    let missing: Vec<_> = alive_throughout(&before, &after)
+        .into_iter()
         .filter(|pid| !table_pids.contains(pid))
         .collect();
     assert!(
@@ -475,7 +477,7 @@ fn lost_events_are_counted_and_a_resync_makes_the_table_match_proc() {
     );
     let lingering: Vec<_> = table_pids
         .iter()
-        .filter(|pid| !before.contains(pid) && !after.contains(pid))
+        .filter(|pid| !before.contains_key(pid) && !after.contains_key(pid))
         .collect();
     assert!(
         lingering.is_empty(),
@@ -590,23 +592,6 @@ fn a_round_after_the_task_count_moved_unheard_lists_proc() {
     );
     zombie.wait().expect("reap");
     drop(pidfd);
-}
-
-/// The pids listed in `/proc` now, but zombies (exited, not yet reaped:
-/// the table leaves them out).
-fn proc_pids() -> HashSet<u32> {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // The state follows the name's closing parenthesis.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z' | 'X'))
-        })
-        .collect()
 }
 
 #[test]

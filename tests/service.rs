@@ -38,7 +38,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use child_support::{Collected, spawn_retrying};
-use collector_support::{Running, TempDir, copy_executable, sha256sum};
+use collector_support::{
+    Running, TempDir, alive_throughout, copy_executable, proc_processes, sha256sum,
+};
 use daemoneye_lib::client::{Agent, ClientError, ClientOptions};
 use daemoneye_lib::collector::{Collector, CollectorConfig};
 use daemoneye_lib::control::{Connector, ControlError, EventSource};
@@ -424,14 +426,6 @@ fn verified(agent: &mut Agent, pid: u32) -> ProtoProcessRecord {
     found.remove(0)
 }
 
-/// The pids in `/proc` now.
-fn proc_pids() -> Vec<u32> {
-    fs::read_dir("/proc")
-        .expect("list /proc")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
 /// What root runs and only root may read: a copy of `sleep` (mode 0700)
 /// running as root, and a file of mode 0600, both in a 0700 directory.
 struct RootOnly {
@@ -609,21 +603,20 @@ fn with_only_the_units_capabilities_procmond_sees_and_hashes_what_root_runs() {
     // Every process, as root sees it: each pid in /proc before the
     // enumerate and after it is listed, and accessible wherever a root
     // collector finds it so.
-    let before = proc_pids();
+    let before = proc_processes();
     let listed = records(&mut agent, None);
     let as_root = Collector::new(CollectorConfig::default())
         .enumerate(None, false)
         .expect("enumerate as root");
-    let after = proc_pids();
-    let missing: Vec<u32> = before
-        .iter()
-        .filter(|pid| after.contains(pid) && !listed.iter().any(|r| r.pid == **pid))
-        .copied()
+    let after = proc_processes();
+    let missing: Vec<u32> = alive_throughout(&before, &after)
+        .into_iter()
+        .filter(|pid| !listed.iter().any(|r| r.pid == *pid))
         .collect();
     assert!(missing.is_empty(), "procmond does not list {missing:?}");
     let hidden: Vec<u32> = listed
         .iter()
-        .filter(|r| !r.accessible && after.contains(&r.pid))
+        .filter(|r| !r.accessible && after.contains_key(&r.pid))
         .filter(|r| {
             as_root
                 .iter()

@@ -79,7 +79,7 @@ impl TreeMonitor {
         roots.dedup();
         table.refresh()?;
         let (subscription, keys) = table.subscribe();
-        let members: HashMap<u32, ProcKey> = if roots.is_empty() {
+        let mut members: HashMap<u32, ProcKey> = if roots.is_empty() {
             keys.iter().map(|key| (key.pid, *key)).collect()
         } else {
             let parents = table.parents(&keys);
@@ -93,6 +93,9 @@ impl TreeMonitor {
             snapshot.push(seen.record);
             std::ops::ControlFlow::Continue(())
         })?;
+        // A member that exited before the snapshot read it is in neither:
+        // nothing reported it alive, so its exit is not reported either.
+        members.retain(|pid, _| snapshot.binary_search_by_key(pid, |r| r.pid).is_ok());
         Ok(Self {
             roots,
             table: table.clone(),

@@ -202,3 +202,39 @@ pub fn let_settle(path: &Path) {
         std::thread::sleep(left);
     }
 }
+
+/// The processes listed in `/proc` now, but zombies (exited, not yet
+/// reaped: a table leaves them out), each with its start time (clock ticks
+/// since boot), so that two listings tell a process from a later one that
+/// reused its pid (pids wrap at 32,768 here, and a busy machine gets there
+/// in seconds).
+pub fn proc_processes() -> std::collections::HashMap<u32, u64> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After the name's closing parenthesis: state, then fields 4 to
+            // 22, start time the last of them.
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = fields.next()?;
+            let start = fields.nth(18)?.parse().ok()?;
+            (!matches!(state, "Z" | "X")).then_some((pid, start))
+        })
+        .collect()
+}
+
+/// The pids of processes in both listings with the same start time: alive
+/// from before `before` was taken until after `after` was.
+pub fn alive_throughout(
+    before: &std::collections::HashMap<u32, u64>,
+    after: &std::collections::HashMap<u32, u64>,
+) -> Vec<u32> {
+    let mut pids: Vec<u32> = before
+        .iter()
+        .filter(|(pid, start)| after.get(pid) == Some(start))
+        .map(|(pid, _)| *pid)
+        .collect();
+    pids.sort_unstable();
+    pids
+}
