@@ -6,7 +6,10 @@
 //!
 //! Input: byte 0 picks the side (bit 0 set: the agent's `Connector` reading
 //! a hostile procmond's welcome, else procmond's `accept_client` reading a
-//! hostile agent's hello); the rest is the peer's writes (layout in
+//! hostile agent's hello) and, for the agent's side, when the hostile
+//! procmond writes (bit 1 set: before the agent's hello, where only a
+//! refusal is heard; else as a procmond does, once the hello came); the
+//! rest is the peer's writes (layout in
 //! `peer.rs`: raw or framed bytes, 0 to 31 descriptors of five kinds on
 //! each, a real ring's two among them).
 //!
@@ -32,10 +35,11 @@ const TIMEOUT: Duration = Duration::from_millis(500);
 
 fuzz_target!(|input: &[u8]| {
     let client_side = input.first().is_some_and(|b| b & 1 != 0);
+    let speaks_first = input.first().is_some_and(|b| b & 2 != 0);
     let stream = input.get(1..).unwrap_or(&[]);
     peer::no_fd_leak(|| {
         if client_side {
-            connector_reads_hostile_server(stream);
+            connector_reads_hostile_server(stream, speaks_first);
         } else {
             acceptor_reads_hostile_client(stream);
         }
@@ -63,14 +67,32 @@ fn acceptor_reads_hostile_client(stream: &[u8]) {
     let _ = channel.recv(Instant::now().checked_add(TIMEOUT));
 }
 
-fn connector_reads_hostile_server(stream: &[u8]) {
+fn connector_reads_hostile_server(stream: &[u8], speaks_first: bool) {
     let (server_end, client_end) = UnixStream::pair().expect("socket pair");
-    let mut fds = peer::Fds::new();
-    peer::write_all(&server_end, stream, &mut fds);
-    let Ok((_channel, welcome)) = Connector::new("fuzz")
-        .timeout(TIMEOUT)
-        .handshake(client_end)
-    else {
+    let writes = stream.to_vec();
+    let server = std::thread::spawn(move || {
+        if !speaks_first {
+            // The client's hello first, as a procmond reads it.
+            let _ = server_end.set_read_timeout(Some(TIMEOUT));
+            let _ = std::io::Read::read(&mut &server_end, &mut [0u8; 4096]);
+        }
+        let mut fds = peer::Fds::new();
+        peer::write_all(&server_end, &writes, &mut fds);
+        server_end
+    });
+    let connector = Connector::new("fuzz").timeout(TIMEOUT);
+    let (handshake, _server_end) = if speaks_first {
+        // Its bytes are waiting before the handshake begins.
+        let server_end = server.join().expect("the hostile server's thread");
+        (connector.handshake(client_end), server_end)
+    } else {
+        let handshake = connector.handshake(client_end);
+        (
+            handshake,
+            server.join().expect("the hostile server's thread"),
+        )
+    };
+    let Ok((_channel, welcome)) = handshake else {
         return;
     };
     let Ok::<[_; 2], _>([data, control]) = welcome.fds.try_into() else {
