@@ -33,8 +33,8 @@ pub struct StreamStats {
 ///
 /// [`push`](Self::push) adds a record, encoding it straight into the frame
 /// being filled: a claim of the ring's largest frame (or, when the ring has
-/// no room for that now, of what the record needs, waiting up to `stall`
-/// for it), opened at the frame's first record with the result's own fields
+/// had no room for that for 10 ms, of what the record
+/// needs, waiting up to `stall` in all), opened at the frame's first record with the result's own fields
 /// written first. When a record would not fit in it (by
 /// `encoded_len` arithmetic) or is of another [`RecordKind`], that frame is
 /// published first, marked MORE. [`flush`](Self::flush) publishes the
@@ -207,8 +207,18 @@ impl<'p> ResultWriter<'p> {
         let FrameState::Idle(producer) = &mut self.frame else {
             return Err(gone());
         };
-        let len = if needed < wanted && producer.try_claim(wanted).is_err() {
-            needed
+        let deadline = crate::deadline::after(self.stall);
+        // Room for the largest frame, waited for a little: a reader that
+        // keeps up frees it within a frame's reading. Falling back at once
+        // would cut a ring kept full by a faster writer into one-record
+        // frames, each paying the reader's per-frame cost.
+        let len = if needed < wanted {
+            let soon = crate::deadline::after(self.stall.min(LARGEST_FRAME_WAIT));
+            match producer.claim(wanted, soon) {
+                Ok(_) => wanted,
+                Err(RingError::TimedOut) => needed,
+                Err(err) => return Err(err.into()),
+            }
         } else {
             wanted
         };
@@ -216,7 +226,7 @@ impl<'p> ResultWriter<'p> {
         // take the room for good: with one producer room only grows, so
         // only a close (or a consumer lying about its position) makes the
         // second claim fail, and the stream is over then.
-        drop(producer.claim(len, crate::deadline::after(self.stall))?);
+        drop(producer.claim(len, deadline)?);
         let FrameState::Idle(producer) = std::mem::replace(&mut self.frame, FrameState::Gone)
         else {
             unreachable!("the frame was idle above");
@@ -349,6 +359,10 @@ impl<'p> ResultWriter<'p> {
         Ok(())
     }
 }
+
+/// How long a frame's first record waits for room for the largest frame
+/// before it takes a frame of its own size instead (a reader that lags).
+const LARGEST_FRAME_WAIT: Duration = Duration::from_millis(10);
 
 /// The error of a writer whose producer was lost to a failed claim.
 fn gone() -> SessionError {
