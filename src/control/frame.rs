@@ -415,6 +415,34 @@ mod tests {
     }
 
     #[test]
+    fn a_message_at_the_cap_is_sent_and_one_byte_more_is_refused_unsent() {
+        // A goodbye whose reason makes the whole message encode to exactly
+        // the cap (the length varints are 3 bytes for all sizes near it).
+        let probe = MAX_FRAME_BYTES - 16;
+        let overhead = goodbye(&"x".repeat(probe)).encoded_len() - probe;
+        let at_cap = goodbye(&"x".repeat(MAX_FRAME_BYTES - overhead));
+        let over = goodbye(&"x".repeat(MAX_FRAME_BYTES - overhead + 1));
+        assert_eq!(at_cap.encoded_len(), MAX_FRAME_BYTES);
+
+        let (a, b) = UnixStream::pair().unwrap();
+        let sent = at_cap.clone();
+        let writer = std::thread::spawn(move || write_message(&a, &sent, &[], soon()).map(|()| a));
+        let (got, _) = read_message::<ClientFrame>(&b, 0, soon(), "a frame").unwrap();
+        assert_eq!(got, at_cap);
+        let a = writer.join().unwrap().unwrap();
+
+        let err = write_message(&a, &over, &[], soon()).unwrap_err();
+        assert!(
+            matches!(err, ControlError::FrameTooLarge { len, max: MAX_FRAME_BYTES } if len == MAX_FRAME_BYTES as u64 + 1),
+            "{err}"
+        );
+        // Nothing of it went out: the next frame is the next thing read.
+        write_message(&a, &goodbye("next"), &[], soon()).unwrap();
+        let (got, _) = read_message::<ClientFrame>(&b, 0, soon(), "a frame").unwrap();
+        assert_eq!(got, goodbye("next"));
+    }
+
+    #[test]
     fn garbage_is_malformed() {
         let (a, b) = UnixStream::pair().unwrap();
         write_frame(&a, &[0xff; 12], &[], soon()).unwrap();
