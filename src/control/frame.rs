@@ -507,9 +507,18 @@ mod tests {
 
     #[test]
     fn silence_times_out_at_the_deadline() {
-        let (_a, b) = UnixStream::pair().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
         let deadline = Instant::now() + Duration::from_millis(30);
-        let err = read_frame(&b, 0, Some(deadline), "the test frame").unwrap_err();
+        // Read in another thread, so that a reader ignoring its deadline
+        // fails this test instead of hanging it (unwinding drops `a`, and the
+        // reader sees the end of the stream).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(read_frame(&b, 0, Some(deadline), "the test frame")));
+        let err = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the read outlived its deadline by 10 s")
+            .unwrap_err();
+        drop(a);
         assert!(
             matches!(
                 err,
@@ -571,6 +580,19 @@ mod tests {
         assert_eq!(frame.payload, b"abcdefgh");
         let _a = writer.join().unwrap().unwrap();
 
+        // The same when only the length prefix came before the deadline:
+        // the frame began with it.
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&3u32.to_le_bytes()).unwrap();
+        let deadline = Instant::now() + Duration::from_millis(30);
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            a.write_all(b"xyz").map(|()| a)
+        });
+        let frame = read_frame(&b, 0, Some(deadline), "a frame").unwrap();
+        assert_eq!(frame.payload, b"xyz");
+        let _a = writer.join().unwrap().unwrap();
+
         // The same for a sender whose deadline passes while the reader is slow.
         let (a, b) = narrow_pair();
         let reader = std::thread::spawn(move || {
@@ -588,13 +610,44 @@ mod tests {
         // Nobody reads: the frame starts, then cannot complete.
         let err = write_frame(&a, &vec![1u8; MAX_FRAME_BYTES], &[], soon()).unwrap_err();
         assert!(matches!(err, ControlError::Timeout { .. }), "{err}");
-        // No half frame followed by a new one: the stream is closed.
-        assert!(write_frame(&a, b"next", &[], soon()).is_err());
+        // No half frame followed by a new one: the stream is closed at once
+        // (the reader sees its end, not a stall), and stays closed.
         let err = read_frame(&b, 0, soon(), "a frame").unwrap_err();
         assert!(
             matches!(err, ControlError::Truncated { expected, got } if expected == MAX_FRAME_BYTES + 4 && got < expected),
             "{err}"
         );
+        assert!(matches!(
+            write_frame(&a, b"next", &[], soon()),
+            Err(ControlError::PeerGone)
+        ));
+    }
+
+    #[test]
+    fn a_write_timing_out_before_its_first_byte_leaves_the_stream_usable() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let err = write_frame(&a, b"late", &[], Some(Instant::now())).unwrap_err();
+        assert!(matches!(err, ControlError::Timeout { .. }), "{err}");
+        write_frame(&a, b"next", &[], soon()).unwrap();
+        assert_eq!(
+            read_frame(&b, 0, soon(), "a frame").unwrap().payload,
+            b"next"
+        );
+    }
+
+    #[test]
+    fn descriptors_beyond_the_limit_are_refused_when_they_come_in_pieces() {
+        // A hostile peer sends one descriptor with the length prefix and
+        // another with the payload: two, where one is accepted.
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        assert_eq!(
+            send_with_fds(&a, &2u32.to_le_bytes(), &[r.as_fd()]).unwrap(),
+            4
+        );
+        assert_eq!(send_with_fds(&a, b"hi", &[w.as_fd()]).unwrap(), 2);
+        let err = read_frame(&b, 1, soon(), "a frame").unwrap_err();
+        assert!(matches!(err, ControlError::TooManyFds { max: 1 }), "{err}");
     }
 
     #[test]
