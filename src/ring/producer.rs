@@ -706,8 +706,26 @@ mod tests {
     }
 
     #[test]
+    fn reports_its_capacity_and_largest_frame() {
+        let config = RingConfig::new(1 << 20).with_max_frame(4096);
+        let (producer, _fds) = Producer::create(&config).unwrap();
+        assert_eq!((producer.capacity(), producer.max_frame()), (1 << 20, 4096));
+    }
+
+    #[test]
+    fn close_ends_claims() {
+        let (mut producer, _fds) = producer(100);
+        assert!(!producer.is_closed());
+        producer.try_write(b"before", 0).unwrap();
+        producer.close();
+        assert!(producer.is_closed());
+        assert!(matches!(producer.try_claim(1), Err(TryClaimError::Closed)));
+    }
+
+    #[test]
     fn closed_consumer_ends_claims() {
         let (mut producer, fds) = producer(100);
+        assert!(!producer.is_closed());
         let control = File::from(fds.control);
         control
             .write_all_at(
