@@ -850,3 +850,97 @@ fn refused_peer_child() {
         "{err:?}"
     );
 }
+
+/// A frame read or written across a stop and continue of its process
+/// (SIGSTOP, SIGCONT) arrives whole: the stop makes the blocked socket call,
+/// which has a timeout, fail with `EINTR` (signal(7)), and the frame code
+/// calls again instead of failing. The child stops itself twice, once with a
+/// reader blocked and once with a writer blocked; this test continues it.
+#[test]
+fn frames_survive_their_process_being_stopped_and_continued() {
+    let mut command = Command::new(std::env::current_exe().expect("test binary"));
+    command
+        .args(child_support::ignored_test_args(
+            "stopped_and_continued_child",
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = Collected::new(spawn_retrying(&mut command).expect("spawn the child"));
+    let pid = nix::unistd::Pid::from_raw(child.pid() as i32);
+    let stat = format!("/proc/{pid}/stat");
+    for stop in ["the reader", "the writer"] {
+        let deadline = Instant::now() + WAIT;
+        // A child that failed before stopping exits: its output says why.
+        loop {
+            match child_support::proc_state(&stat) {
+                Some('T') => break,
+                Some('Z') | None => break,
+                _ => assert!(
+                    Instant::now() < deadline,
+                    "the child never stopped itself with {stop} blocked"
+                ),
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        // The child is stopped or dead, not reaped: `pid` is still its.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    }
+    let stdout = child.stdout_within(WAIT);
+    assert!(stdout.contains("both frames went through"), "{stdout}");
+}
+
+#[test]
+#[ignore = "run by frames_survive_their_process_being_stopped_and_continued"]
+fn stopped_and_continued_child() {
+    use daemoneye_lib::control::MAX_FRAME_BYTES;
+    use daemoneye_lib::control::frame::read_frame;
+
+    /// Sends the thread `f` runs in a sleeping state, in a socket call
+    /// (nothing else in it sleeps), then stops this process until the parent
+    /// continues it.
+    fn stop_once_blocked<T: Send + 'static>(
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let handle = thread::spawn(move || {
+            tid_tx
+                .send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            f()
+        });
+        let tid = tid_rx.recv_timeout(WAIT).unwrap();
+        child_support::wait_for_state(
+            &format!("/proc/self/task/{tid}/stat"),
+            'S',
+            WAIT,
+            "the thread never blocked",
+        );
+        nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGSTOP)
+            .expect("stop this process");
+        handle
+    }
+
+    // A reader waiting for a frame.
+    let (a, b) = UnixStream::pair().unwrap();
+    let reader = stop_once_blocked(move || read_frame(&b, 0, deadline(), "a frame"));
+    write_frame(&a, b"after the stop", &[], deadline()).unwrap();
+    let frame = reader
+        .join()
+        .unwrap()
+        .expect("the read went on after EINTR");
+    assert_eq!(frame.payload, b"after the stop");
+
+    // A writer waiting for room: a send buffer of a few KiB, a 64 KiB frame.
+    let (a, b) = UnixStream::pair().unwrap();
+    nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    let writer = stop_once_blocked(move || {
+        write_frame(&a, &vec![7u8; MAX_FRAME_BYTES], &[], deadline()).map(|()| a)
+    });
+    let frame = read_frame(&b, 0, deadline(), "a frame").unwrap();
+    assert_eq!(frame.payload.len(), MAX_FRAME_BYTES);
+    let _a = writer
+        .join()
+        .unwrap()
+        .expect("the write went on after EINTR");
+    println!("both frames went through");
+}
