@@ -852,10 +852,13 @@ fn refused_peer_child() {
 }
 
 /// A frame read or written across a stop and continue of its process
-/// (SIGSTOP, SIGCONT) arrives whole: the stop makes the blocked socket call,
-/// which has a timeout, fail with `EINTR` (signal(7)), and the frame code
-/// calls again instead of failing. The child stops itself twice, once with a
-/// reader blocked and once with a writer blocked; this test continues it.
+/// (SIGSTOP, SIGCONT) arrives whole: the stop makes a blocked socket call
+/// that has a timeout and has moved no byte yet fail with `EINTR`
+/// (signal(7)), and the frame code calls again instead of failing. The child
+/// stops itself with a reader blocked, then twice with a writer blocked
+/// (the first stop ends the send that had started with a short count; the
+/// second comes while the next send waits with nothing moved); this test
+/// continues it each time.
 #[test]
 fn frames_survive_their_process_being_stopped_and_continued() {
     let mut command = Command::new(std::env::current_exe().expect("test binary"));
@@ -866,24 +869,18 @@ fn frames_survive_their_process_being_stopped_and_continued() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = Collected::new(spawn_retrying(&mut command).expect("spawn the child"));
-    let pid = nix::unistd::Pid::from_raw(child.pid() as i32);
-    let stat = format!("/proc/{pid}/stat");
-    for stop in ["the reader", "the writer"] {
+    let stat = format!("/proc/{}/stat", child.pid());
+    for stop in ["the reader", "the writer", "the writer again"] {
         let deadline = Instant::now() + WAIT;
         // A child that failed before stopping exits: its output says why.
-        loop {
-            match child_support::proc_state(&stat) {
-                Some('T') => break,
-                Some('Z') | None => break,
-                _ => assert!(
-                    Instant::now() < deadline,
-                    "the child never stopped itself with {stop} blocked"
-                ),
-            }
+        while !matches!(child_support::proc_state(&stat), Some('T' | 'Z') | None) {
+            assert!(
+                Instant::now() < deadline,
+                "the child never stopped itself with {stop} blocked"
+            );
             thread::sleep(Duration::from_millis(1));
         }
-        // The child is stopped or dead, not reaped: `pid` is still its.
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        child.signal(rustix::process::Signal::CONT);
     }
     let stdout = child.stdout_within(WAIT);
     assert!(stdout.contains("both frames went through"), "{stdout}");
@@ -895,12 +892,10 @@ fn stopped_and_continued_child() {
     use daemoneye_lib::control::MAX_FRAME_BYTES;
     use daemoneye_lib::control::frame::read_frame;
 
-    /// Sends the thread `f` runs in a sleeping state, in a socket call
-    /// (nothing else in it sleeps), then stops this process until the parent
-    /// continues it.
-    fn stop_once_blocked<T: Send + 'static>(
+    /// Runs `f` in a thread; returns it and its thread id.
+    fn spawn_with_tid<T: Send + 'static>(
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> thread::JoinHandle<T> {
+    ) -> (thread::JoinHandle<T>, i32) {
         let (tid_tx, tid_rx) = mpsc::channel();
         let handle = thread::spawn(move || {
             tid_tx
@@ -908,7 +903,12 @@ fn stopped_and_continued_child() {
                 .unwrap();
             f()
         });
-        let tid = tid_rx.recv_timeout(WAIT).unwrap();
+        (handle, tid_rx.recv_timeout(WAIT).unwrap())
+    }
+
+    /// Once thread `tid` sleeps, in a socket call (nothing else in it
+    /// sleeps), stops this process until the parent continues it.
+    fn stop_once_blocked(tid: i32) {
         child_support::wait_for_state(
             &format!("/proc/self/task/{tid}/stat"),
             'S',
@@ -917,12 +917,12 @@ fn stopped_and_continued_child() {
         );
         nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGSTOP)
             .expect("stop this process");
-        handle
     }
 
     // A reader waiting for a frame.
     let (a, b) = UnixStream::pair().unwrap();
-    let reader = stop_once_blocked(move || read_frame(&b, 0, deadline(), "a frame"));
+    let (reader, tid) = spawn_with_tid(move || read_frame(&b, 0, deadline(), "a frame"));
+    stop_once_blocked(tid);
     write_frame(&a, b"after the stop", &[], deadline()).unwrap();
     let frame = reader
         .join()
@@ -933,9 +933,11 @@ fn stopped_and_continued_child() {
     // A writer waiting for room: a send buffer of a few KiB, a 64 KiB frame.
     let (a, b) = UnixStream::pair().unwrap();
     nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
-    let writer = stop_once_blocked(move || {
+    let (writer, tid) = spawn_with_tid(move || {
         write_frame(&a, &vec![7u8; MAX_FRAME_BYTES], &[], deadline()).map(|()| a)
     });
+    stop_once_blocked(tid);
+    stop_once_blocked(tid);
     let frame = read_frame(&b, 0, deadline(), "a frame").unwrap();
     assert_eq!(frame.payload.len(), MAX_FRAME_BYTES);
     let _a = writer

@@ -77,8 +77,13 @@ impl Collected {
 
     /// SIGKILLs the child (best effort: it may have exited).
     pub fn kill(&self) {
+        self.signal(rustix::process::Signal::KILL);
+    }
+
+    /// Sends `signal` to the child (best effort: it may have exited).
+    pub fn signal(&self, signal: rustix::process::Signal) {
         if let Some(pidfd) = &self.pidfd {
-            let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+            let _ = rustix::process::pidfd_send_signal(pidfd, signal);
         }
     }
 
