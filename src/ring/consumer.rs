@@ -716,11 +716,12 @@ mod tests {
             consumer.set_wait(zero),
             Err(RingError::InvalidConfig { .. })
         ));
-        consumer
-            .set_wait(WaitStrategy::Park {
-                timeout: Duration::from_secs(5),
-            })
-            .unwrap();
+        assert_eq!(consumer.wait, WaitStrategy::default());
+        let park = WaitStrategy::Park {
+            timeout: Duration::from_secs(5),
+        };
+        consumer.set_wait(park).unwrap();
+        assert_eq!(consumer.wait, park);
         // Written from another thread, before or while the reader parks.
         let writer = std::thread::spawn(move || {
             producer.try_write(b"late", 7).unwrap();
@@ -851,9 +852,25 @@ mod tests {
     }
 
     #[test]
+    fn reports_the_capacity_and_largest_frame_of_the_ring() {
+        let config = RingConfig::new(1 << 20).with_max_frame(512);
+        let (_producer, consumer) = pair(&config).unwrap();
+        assert_eq!((consumer.capacity(), consumer.max_frame()), (1 << 20, 512));
+    }
+
+    #[test]
+    fn a_dropped_producer_closes_the_ring_for_the_consumer() {
+        let (producer, consumer) = ring(100);
+        assert!(!consumer.is_closed());
+        drop(producer);
+        assert!(consumer.is_closed());
+    }
+
+    #[test]
     fn own_close_ends_reads() {
         let (mut producer, mut consumer) = ring(100);
         producer.try_write(b"x", 0).unwrap();
+        assert!(!consumer.is_closed());
         consumer.close();
         assert!(consumer.is_closed());
         assert!(matches!(
