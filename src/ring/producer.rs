@@ -655,17 +655,24 @@ mod tests {
         Producer::create(&RingConfig::new(MIN_CAPACITY).with_max_frame(max_frame)).unwrap()
     }
 
+    /// Writes 1000-byte frames until a write fails; returns how many went
+    /// in and the error. Fails the test, instead of spinning for ever, when
+    /// more go in than a 64 KiB ring can hold.
+    fn fill_up(producer: &mut Producer) -> (usize, TryClaimError) {
+        let most = MIN_CAPACITY / frame_size(1000);
+        for written in 0..=most {
+            if let Err(err) = producer.try_write(&[7; 1000], 0) {
+                return (written, err);
+            }
+        }
+        panic!("more than {most} frames of 1000 bytes went into a 64 KiB ring");
+    }
+
     #[test]
     fn fills_up_then_reports_full() {
         let (mut producer, _fds) = producer(1000);
-        let mut written = 0;
-        loop {
-            match producer.try_write(&[7; 1000], 0) {
-                Ok(()) => written += 1,
-                Err(TryClaimError::Full) => break,
-                Err(other) => panic!("{other:?}"),
-            }
-        }
+        let (written, err) = fill_up(&mut producer);
+        assert!(matches!(err, TryClaimError::Full), "{err:?}");
         // 1008-byte frames: 65 fit in 64 KiB.
         assert_eq!(written, MIN_CAPACITY / 1008);
         assert_eq!(producer.position(), written as u64 * 1008);
@@ -741,7 +748,7 @@ mod tests {
     fn scribbled_consumer_position_is_corrupt() {
         use crate::ring::layout::CONSUMER_POSITION_OFFSET;
         let (mut producer, fds) = producer(1000);
-        while producer.try_write(&[0; 1000], 0).is_ok() {}
+        fill_up(&mut producer);
         let control = File::from(fds.control);
         let set = |value: u64| {
             control
@@ -763,7 +770,7 @@ mod tests {
         set(2016);
         producer.try_claim(1000).unwrap().commit(1000);
         set(1008);
-        while producer.try_write(&[0; 1000], 0).is_ok() {}
+        fill_up(&mut producer);
         assert!(matches!(
             producer.try_claim(1000),
             Err(TryClaimError::Corrupt(CorruptKind::PositionBackwards {
