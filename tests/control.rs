@@ -906,15 +906,26 @@ fn stopped_and_continued_child() {
         (handle, tid_rx.recv_timeout(WAIT).unwrap())
     }
 
-    /// Once thread `tid` sleeps, in a socket call (nothing else in it
-    /// sleeps), stops this process until the parent continues it.
-    fn stop_once_blocked(tid: i32) {
-        child_support::wait_for_state(
-            &format!("/proc/self/task/{tid}/stat"),
-            'S',
-            WAIT,
-            "the thread never blocked",
-        );
+    /// Once thread `tid` sleeps in system call `nr` (its state and its
+    /// `syscall` file in /proc, the kernel's view, are the only signal of
+    /// that), stops this process until the parent continues it.
+    fn stop_once_blocked(tid: i32, nr: nix::libc::c_long) {
+        let deadline = Instant::now() + WAIT;
+        let syscall = format!("/proc/self/task/{tid}/syscall");
+        let stat = format!("/proc/self/task/{tid}/stat");
+        loop {
+            let call = fs::read_to_string(&syscall).unwrap_or_default();
+            if child_support::proc_state(&stat) == Some('S')
+                && call.split(' ').next() == Some(&nr.to_string())
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the thread never blocked in system call {nr}"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
         nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGSTOP)
             .expect("stop this process");
     }
@@ -922,7 +933,7 @@ fn stopped_and_continued_child() {
     // A reader waiting for a frame.
     let (a, b) = UnixStream::pair().unwrap();
     let (reader, tid) = spawn_with_tid(move || read_frame(&b, 0, deadline(), "a frame"));
-    stop_once_blocked(tid);
+    stop_once_blocked(tid, nix::libc::SYS_recvmsg);
     write_frame(&a, b"after the stop", &[], deadline()).unwrap();
     let frame = reader
         .join()
@@ -936,8 +947,8 @@ fn stopped_and_continued_child() {
     let (writer, tid) = spawn_with_tid(move || {
         write_frame(&a, &vec![7u8; MAX_FRAME_BYTES], &[], deadline()).map(|()| a)
     });
-    stop_once_blocked(tid);
-    stop_once_blocked(tid);
+    stop_once_blocked(tid, nix::libc::SYS_sendmsg);
+    stop_once_blocked(tid, nix::libc::SYS_sendmsg);
     let frame = read_frame(&b, 0, deadline(), "a frame").unwrap();
     assert_eq!(frame.payload.len(), MAX_FRAME_BYTES);
     let _a = writer
