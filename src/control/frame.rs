@@ -564,34 +564,30 @@ mod tests {
         (a, b)
     }
 
-    #[test]
-    fn a_short_deadline_does_not_cut_a_frame_in_progress() {
+    /// Writes `first` at once and `rest` 150 ms later, after the reader's
+    /// 30 ms deadline, and reads one frame with that deadline.
+    fn read_with_late_rest(first: &[u8], rest: &'static [u8]) -> Vec<u8> {
         let (mut a, b) = UnixStream::pair().unwrap();
-        a.write_all(&8u32.to_le_bytes()).unwrap();
-        a.write_all(b"abc").unwrap();
+        a.write_all(first).unwrap();
         let deadline = Instant::now() + Duration::from_millis(30);
         let writer = std::thread::spawn(move || {
             // The rest comes after the reader's own deadline: only the clock
             // can be waited for.
             std::thread::sleep(Duration::from_millis(150));
-            a.write_all(b"defgh").map(|()| a)
+            a.write_all(rest).map(|()| a)
         });
         let frame = read_frame(&b, 0, Some(deadline), "a frame").unwrap();
-        assert_eq!(frame.payload, b"abcdefgh");
         let _a = writer.join().unwrap().unwrap();
+        frame.payload
+    }
 
+    #[test]
+    fn a_short_deadline_does_not_cut_a_frame_in_progress() {
+        let first = [&8u32.to_le_bytes()[..], b"abc"].concat();
+        assert_eq!(read_with_late_rest(&first, b"defgh"), b"abcdefgh");
         // The same when only the length prefix came before the deadline:
         // the frame began with it.
-        let (mut a, b) = UnixStream::pair().unwrap();
-        a.write_all(&3u32.to_le_bytes()).unwrap();
-        let deadline = Instant::now() + Duration::from_millis(30);
-        let writer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(150));
-            a.write_all(b"xyz").map(|()| a)
-        });
-        let frame = read_frame(&b, 0, Some(deadline), "a frame").unwrap();
-        assert_eq!(frame.payload, b"xyz");
-        let _a = writer.join().unwrap().unwrap();
+        assert_eq!(read_with_late_rest(&3u32.to_le_bytes(), b"xyz"), b"xyz");
 
         // The same for a sender whose deadline passes while the reader is slow.
         let (a, b) = narrow_pair();
