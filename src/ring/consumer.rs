@@ -753,6 +753,13 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_of_the_largest_size_is_read() {
+        let (mut producer, mut consumer) = ring(100);
+        producer.try_write(&[9; 100], 0).unwrap();
+        assert_eq!(consumer.try_read(|f| f.bytes().to_vec()).unwrap(), [9; 100]);
+    }
+
+    #[test]
     fn shortened_claim_delivers_only_what_was_committed() {
         let (mut producer, mut consumer) = ring(100);
         let mut claim = producer.try_claim(100).unwrap();
