@@ -760,6 +760,19 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_ending_exactly_at_the_end_of_the_data_area_is_read() {
+        // 1024-byte frames (header included) divide the ring: every 64th
+        // ends exactly at the end, with no padding after it.
+        let (mut producer, mut consumer) = ring(1016);
+        for round in 0..2 * MIN_CAPACITY / 1024 {
+            producer.try_write(&[round as u8; 1016], 0).unwrap();
+            let got = consumer.try_read(|f| f.bytes() == [round as u8; 1016]);
+            assert!(got.unwrap(), "frame {round} changed");
+        }
+        assert_eq!(consumer.position(), 2 * MIN_CAPACITY as u64);
+    }
+
+    #[test]
     fn shortened_claim_delivers_only_what_was_committed() {
         let (mut producer, mut consumer) = ring(100);
         let mut claim = producer.try_claim(100).unwrap();
