@@ -850,3 +850,109 @@ fn refused_peer_child() {
         "{err:?}"
     );
 }
+
+/// A frame read or written while its process takes a signal arrives whole:
+/// a signal handled while a socket call that has a timeout waits makes the
+/// call fail with `EINTR` (signal(7)), and the frame code calls again
+/// instead of failing. In a child process, which installs a handler that
+/// does nothing.
+#[test]
+fn frames_survive_a_signal_mid_wait() {
+    let mut command = Command::new(std::env::current_exe().expect("test binary"));
+    command
+        .args(child_support::ignored_test_args("signalled_child"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = Collected::new(spawn_retrying(&mut command).expect("spawn the child"));
+    let stdout = child.stdout_within(WAIT);
+    assert!(stdout.contains("both frames went through"), "{stdout}");
+}
+
+extern "C" fn ignore_signal(_: nix::libc::c_int) {}
+
+#[test]
+#[ignore = "run by frames_survive_a_signal_mid_wait"]
+fn signalled_child() {
+    use daemoneye_lib::control::MAX_FRAME_BYTES;
+    use daemoneye_lib::control::frame::read_frame;
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    use std::os::unix::thread::JoinHandleExt;
+
+    let action = SigAction::new(
+        SigHandler::Handler(ignore_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler does nothing, so it is async-signal-safe; it is
+    // installed in a child process that runs only this test.
+    unsafe { sigaction(Signal::SIGUSR1, &action) }.expect("install a SIGUSR1 handler");
+
+    /// Runs `f` in a thread; returns it and its thread id.
+    fn spawn_with_tid<T: Send + 'static>(
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> (thread::JoinHandle<T>, i32) {
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let handle = thread::spawn(move || {
+            tid_tx
+                .send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            f()
+        });
+        (handle, tid_rx.recv_timeout(WAIT).unwrap())
+    }
+
+    /// Once the thread of `handle` (id `tid`) sleeps in system call `nr`
+    /// (its state and its `syscall` file in /proc, the kernel's view, are
+    /// the only signal of that), sends it a SIGUSR1.
+    fn signal_once_blocked<T>(handle: &thread::JoinHandle<T>, tid: i32, nr: nix::libc::c_long) {
+        let deadline = Instant::now() + WAIT;
+        let syscall = format!("/proc/self/task/{tid}/syscall");
+        let stat = format!("/proc/self/task/{tid}/stat");
+        loop {
+            let call = fs::read_to_string(&syscall).unwrap_or_default();
+            if child_support::proc_state(&stat) == Some('S')
+                && call.split(' ').next() == Some(&nr.to_string())
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the thread never blocked in system call {nr}"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        // SAFETY: the thread has not been joined, so its pthread_t is valid.
+        let rc = unsafe { nix::libc::pthread_kill(handle.as_pthread_t(), nix::libc::SIGUSR1) };
+        assert_eq!(rc, 0, "pthread_kill");
+    }
+
+    // A reader waiting for a frame.
+    let (a, b) = UnixStream::pair().unwrap();
+    let (reader, tid) = spawn_with_tid(move || read_frame(&b, 0, deadline(), "a frame"));
+    signal_once_blocked(&reader, tid, nix::libc::SYS_recvmsg);
+    write_frame(&a, b"after the signal", &[], deadline()).unwrap();
+    let frame = reader
+        .join()
+        .unwrap()
+        .expect("the read went on after EINTR");
+    assert_eq!(frame.payload, b"after the signal");
+
+    // A writer waiting for room: a send buffer of a few KiB, a 64 KiB frame.
+    // A signal ends a send that moved bytes with a short count, not EINTR:
+    // the later ones come while a send waits with nothing moved.
+    let (a, b) = UnixStream::pair().unwrap();
+    nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    let (writer, tid) = spawn_with_tid(move || {
+        write_frame(&a, &vec![7u8; MAX_FRAME_BYTES], &[], deadline()).map(|()| a)
+    });
+    for _ in 0..3 {
+        signal_once_blocked(&writer, tid, nix::libc::SYS_sendmsg);
+    }
+    let frame = read_frame(&b, 0, deadline(), "a frame").unwrap();
+    assert_eq!(frame.payload.len(), MAX_FRAME_BYTES);
+    let _a = writer
+        .join()
+        .unwrap()
+        .expect("the write went on after EINTR");
+    println!("both frames went through");
+}

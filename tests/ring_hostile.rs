@@ -631,6 +631,17 @@ fn each_lie_is_named() {
         ),
         "{kind:?}"
     );
+    // The limit itself, 2^63, is accepted; the next aligned position is not.
+    let (mut consumer, _file) = hand_ring(1 << 63, 1 << 63, &[]).expect("attach at 2^63");
+    assert!(matches!(
+        consumer.try_read(|_| ()),
+        Err(TryReadError::Empty)
+    ));
+    let kind = attach_error((1 << 63) + 8, (1 << 63) + 8);
+    assert!(
+        matches!(kind, CorruptKind::PositionTooLarge { value, .. } if value == (1 << 63) + 8),
+        "{kind:?}"
+    );
 
     // A producer position that moves backwards after frames were read.
     let empties: Vec<_> = (0..8).map(|i| (i * 8, data(0))).collect();

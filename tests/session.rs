@@ -1,6 +1,8 @@
 //! The result stream through a real shared-memory ring: chunking, order,
 //! END, event kinds, truncation, failures and hostile frames.
 
+mod child_support;
+
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -311,22 +313,12 @@ fn closing_the_ring_ends_a_writer_that_waits_for_room() {
     // nothing else in it sleeps); the kernel's view in /proc is the only
     // signal of that.
     let tid = tid_rx.recv_timeout(WAIT).unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let stat =
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim().chars().next());
-        if state == Some('S') {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the writer never waited for room"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
+    child_support::wait_for_state(
+        &format!("/proc/self/task/{tid}/stat"),
+        'S',
+        WAIT,
+        "the writer never waited for room",
+    );
     closer.close();
     let result = writer.join().unwrap();
     assert!(

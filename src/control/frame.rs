@@ -415,6 +415,34 @@ mod tests {
     }
 
     #[test]
+    fn a_message_at_the_cap_is_sent_and_one_byte_more_is_refused_unsent() {
+        // A goodbye whose reason makes the whole message encode to exactly
+        // the cap (the length varints are 3 bytes for all sizes near it).
+        let probe = MAX_FRAME_BYTES - 16;
+        let overhead = goodbye(&"x".repeat(probe)).encoded_len() - probe;
+        let at_cap = goodbye(&"x".repeat(MAX_FRAME_BYTES - overhead));
+        let over = goodbye(&"x".repeat(MAX_FRAME_BYTES - overhead + 1));
+        assert_eq!(at_cap.encoded_len(), MAX_FRAME_BYTES);
+
+        let (a, b) = UnixStream::pair().unwrap();
+        let sent = at_cap.clone();
+        let writer = std::thread::spawn(move || write_message(&a, &sent, &[], soon()).map(|()| a));
+        let (got, _) = read_message::<ClientFrame>(&b, 0, soon(), "a frame").unwrap();
+        assert_eq!(got, at_cap);
+        let a = writer.join().unwrap().unwrap();
+
+        let err = write_message(&a, &over, &[], soon()).unwrap_err();
+        assert!(
+            matches!(err, ControlError::FrameTooLarge { len, max: MAX_FRAME_BYTES } if len == MAX_FRAME_BYTES as u64 + 1),
+            "{err}"
+        );
+        // Nothing of it went out: the next frame is the next thing read.
+        write_message(&a, &goodbye("next"), &[], soon()).unwrap();
+        let (got, _) = read_message::<ClientFrame>(&b, 0, soon(), "a frame").unwrap();
+        assert_eq!(got, goodbye("next"));
+    }
+
+    #[test]
     fn garbage_is_malformed() {
         let (a, b) = UnixStream::pair().unwrap();
         write_frame(&a, &[0xff; 12], &[], soon()).unwrap();
@@ -479,9 +507,18 @@ mod tests {
 
     #[test]
     fn silence_times_out_at_the_deadline() {
-        let (_a, b) = UnixStream::pair().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
         let deadline = Instant::now() + Duration::from_millis(30);
-        let err = read_frame(&b, 0, Some(deadline), "the test frame").unwrap_err();
+        // Read in another thread, so that a reader ignoring its deadline
+        // fails this test instead of hanging it (unwinding drops `a`, and the
+        // reader sees the end of the stream).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(read_frame(&b, 0, Some(deadline), "the test frame")));
+        let err = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the read outlived its deadline by 10 s")
+            .unwrap_err();
+        drop(a);
         assert!(
             matches!(
                 err,
@@ -527,21 +564,30 @@ mod tests {
         (a, b)
     }
 
-    #[test]
-    fn a_short_deadline_does_not_cut_a_frame_in_progress() {
+    /// Writes `first` at once and `rest` 150 ms later, after the reader's
+    /// 30 ms deadline, and reads one frame with that deadline.
+    fn read_with_late_rest(first: &[u8], rest: &'static [u8]) -> Vec<u8> {
         let (mut a, b) = UnixStream::pair().unwrap();
-        a.write_all(&8u32.to_le_bytes()).unwrap();
-        a.write_all(b"abc").unwrap();
+        a.write_all(first).unwrap();
         let deadline = Instant::now() + Duration::from_millis(30);
         let writer = std::thread::spawn(move || {
             // The rest comes after the reader's own deadline: only the clock
             // can be waited for.
             std::thread::sleep(Duration::from_millis(150));
-            a.write_all(b"defgh").map(|()| a)
+            a.write_all(rest).map(|()| a)
         });
         let frame = read_frame(&b, 0, Some(deadline), "a frame").unwrap();
-        assert_eq!(frame.payload, b"abcdefgh");
         let _a = writer.join().unwrap().unwrap();
+        frame.payload
+    }
+
+    #[test]
+    fn a_short_deadline_does_not_cut_a_frame_in_progress() {
+        let first = [&8u32.to_le_bytes()[..], b"abc"].concat();
+        assert_eq!(read_with_late_rest(&first, b"defgh"), b"abcdefgh");
+        // The same when only the length prefix came before the deadline:
+        // the frame began with it.
+        assert_eq!(read_with_late_rest(&3u32.to_le_bytes(), b"xyz"), b"xyz");
 
         // The same for a sender whose deadline passes while the reader is slow.
         let (a, b) = narrow_pair();
@@ -560,13 +606,44 @@ mod tests {
         // Nobody reads: the frame starts, then cannot complete.
         let err = write_frame(&a, &vec![1u8; MAX_FRAME_BYTES], &[], soon()).unwrap_err();
         assert!(matches!(err, ControlError::Timeout { .. }), "{err}");
-        // No half frame followed by a new one: the stream is closed.
-        assert!(write_frame(&a, b"next", &[], soon()).is_err());
+        // No half frame followed by a new one: the stream is closed at once
+        // (the reader sees its end, not a stall), and stays closed.
         let err = read_frame(&b, 0, soon(), "a frame").unwrap_err();
         assert!(
             matches!(err, ControlError::Truncated { expected, got } if expected == MAX_FRAME_BYTES + 4 && got < expected),
             "{err}"
         );
+        assert!(matches!(
+            write_frame(&a, b"next", &[], soon()),
+            Err(ControlError::PeerGone)
+        ));
+    }
+
+    #[test]
+    fn a_write_timing_out_before_its_first_byte_leaves_the_stream_usable() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let err = write_frame(&a, b"late", &[], Some(Instant::now())).unwrap_err();
+        assert!(matches!(err, ControlError::Timeout { .. }), "{err}");
+        write_frame(&a, b"next", &[], soon()).unwrap();
+        assert_eq!(
+            read_frame(&b, 0, soon(), "a frame").unwrap().payload,
+            b"next"
+        );
+    }
+
+    #[test]
+    fn descriptors_beyond_the_limit_are_refused_when_they_come_in_pieces() {
+        // A hostile peer sends one descriptor with the length prefix and
+        // another with the payload: two, where one is accepted.
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        assert_eq!(
+            send_with_fds(&a, &2u32.to_le_bytes(), &[r.as_fd()]).unwrap(),
+            4
+        );
+        assert_eq!(send_with_fds(&a, b"hi", &[w.as_fd()]).unwrap(), 2);
+        let err = read_frame(&b, 1, soon(), "a frame").unwrap_err();
+        assert!(matches!(err, ControlError::TooManyFds { max: 1 }), "{err}");
     }
 
     #[test]

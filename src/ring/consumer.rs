@@ -716,11 +716,12 @@ mod tests {
             consumer.set_wait(zero),
             Err(RingError::InvalidConfig { .. })
         ));
-        consumer
-            .set_wait(WaitStrategy::Park {
-                timeout: Duration::from_secs(5),
-            })
-            .unwrap();
+        assert_eq!(consumer.wait, WaitStrategy::default());
+        let park = WaitStrategy::Park {
+            timeout: Duration::from_secs(5),
+        };
+        consumer.set_wait(park).unwrap();
+        assert_eq!(consumer.wait, park);
         // Written from another thread, before or while the reader parks.
         let writer = std::thread::spawn(move || {
             producer.try_write(b"late", 7).unwrap();
@@ -749,6 +750,26 @@ mod tests {
             consumer.try_read(|_| ()),
             Err(TryReadError::Empty)
         ));
+    }
+
+    #[test]
+    fn a_frame_of_the_largest_size_is_read() {
+        let (mut producer, mut consumer) = ring(100);
+        producer.try_write(&[9; 100], 0).unwrap();
+        assert_eq!(consumer.try_read(|f| f.bytes().to_vec()).unwrap(), [9; 100]);
+    }
+
+    #[test]
+    fn a_frame_ending_exactly_at_the_end_of_the_data_area_is_read() {
+        // 1024-byte frames (header included) divide the ring: every 64th
+        // ends exactly at the end, with no padding after it.
+        let (mut producer, mut consumer) = ring(1016);
+        for round in 0..2 * MIN_CAPACITY / 1024 {
+            producer.try_write(&[round as u8; 1016], 0).unwrap();
+            let got = consumer.try_read(|f| f.bytes() == [round as u8; 1016]);
+            assert!(got.unwrap(), "frame {round} changed");
+        }
+        assert_eq!(consumer.position(), 2 * MIN_CAPACITY as u64);
     }
 
     #[test]
@@ -851,9 +872,25 @@ mod tests {
     }
 
     #[test]
+    fn reports_the_capacity_and_largest_frame_of_the_ring() {
+        let config = RingConfig::new(1 << 20).with_max_frame(512);
+        let (_producer, consumer) = pair(&config).unwrap();
+        assert_eq!((consumer.capacity(), consumer.max_frame()), (1 << 20, 512));
+    }
+
+    #[test]
+    fn a_dropped_producer_closes_the_ring_for_the_consumer() {
+        let (producer, consumer) = ring(100);
+        assert!(!consumer.is_closed());
+        drop(producer);
+        assert!(consumer.is_closed());
+    }
+
+    #[test]
     fn own_close_ends_reads() {
         let (mut producer, mut consumer) = ring(100);
         producer.try_write(b"x", 0).unwrap();
+        assert!(!consumer.is_closed());
         consumer.close();
         assert!(consumer.is_closed());
         assert!(matches!(

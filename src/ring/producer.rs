@@ -646,6 +646,7 @@ impl DerefMut for Claim<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::TryReadError;
     use crate::ring::layout::{MIN_CAPACITY, max_frame_limit};
     use std::fs::File;
     use std::os::unix::fs::FileExt;
@@ -655,22 +656,56 @@ mod tests {
         Producer::create(&RingConfig::new(MIN_CAPACITY).with_max_frame(max_frame)).unwrap()
     }
 
+    /// Writes `len`-byte frames until a write fails; returns how many went
+    /// in and the error. Fails the test, instead of spinning for ever, when
+    /// more go in than the ring can hold.
+    fn fill_up(producer: &mut Producer, len: usize) -> (usize, TryClaimError) {
+        let most = MIN_CAPACITY / frame_size(len);
+        for written in 0..=most {
+            if let Err(err) = producer.try_write(&vec![7; len], 0) {
+                return (written, err);
+            }
+        }
+        panic!("more than {most} frames of {len} bytes went into a 64 KiB ring");
+    }
+
     #[test]
     fn fills_up_then_reports_full() {
         let (mut producer, _fds) = producer(1000);
-        let mut written = 0;
-        loop {
-            match producer.try_write(&[7; 1000], 0) {
-                Ok(()) => written += 1,
-                Err(TryClaimError::Full) => break,
-                Err(other) => panic!("{other:?}"),
-            }
-        }
+        let (written, err) = fill_up(&mut producer, 1000);
+        assert!(matches!(err, TryClaimError::Full), "{err:?}");
         // 1008-byte frames: 65 fit in 64 KiB.
         assert_eq!(written, MIN_CAPACITY / 1008);
         assert_eq!(producer.position(), written as u64 * 1008);
         let err = producer.write(&[1; 1000], 0, Instant::now() + Duration::from_millis(10));
         assert!(matches!(err, Err(RingError::TimedOut)));
+    }
+
+    #[test]
+    fn a_full_ring_keeps_room_for_the_empty_word_after_its_last_frame() {
+        // 1024-byte frames (header included) divide the ring: the 64th would
+        // end exactly where the first begins, leaving no room for the empty
+        // header word written after it, which would land on the first
+        // frame's header before the consumer read it.
+        let (mut producer, fds) = producer(1016);
+        let (written, err) = fill_up(&mut producer, 1016);
+        assert!(matches!(err, TryClaimError::Full), "{err:?}");
+        assert_eq!(written, MIN_CAPACITY / 1024 - 1);
+        let mut consumer = crate::ring::Consumer::attach(fds, WaitStrategy::default()).unwrap();
+        let mut read = 0;
+        for _ in 0..=written {
+            match consumer.try_read(|frame| frame.bytes() == [7; 1016]) {
+                Ok(intact) => {
+                    assert!(intact, "frame {read} changed");
+                    read += 1;
+                }
+                Err(err) => {
+                    assert!(matches!(err, TryReadError::Empty), "{err:?}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(read, written);
     }
 
     #[test]
@@ -706,8 +741,26 @@ mod tests {
     }
 
     #[test]
+    fn reports_its_capacity_and_largest_frame() {
+        let config = RingConfig::new(1 << 20).with_max_frame(4096);
+        let (producer, _fds) = Producer::create(&config).unwrap();
+        assert_eq!((producer.capacity(), producer.max_frame()), (1 << 20, 4096));
+    }
+
+    #[test]
+    fn close_ends_claims() {
+        let (mut producer, _fds) = producer(100);
+        assert!(!producer.is_closed());
+        producer.try_write(b"before", 0).unwrap();
+        producer.close();
+        assert!(producer.is_closed());
+        assert!(matches!(producer.try_claim(1), Err(TryClaimError::Closed)));
+    }
+
+    #[test]
     fn closed_consumer_ends_claims() {
         let (mut producer, fds) = producer(100);
+        assert!(!producer.is_closed());
         let control = File::from(fds.control);
         control
             .write_all_at(
@@ -723,7 +776,7 @@ mod tests {
     fn scribbled_consumer_position_is_corrupt() {
         use crate::ring::layout::CONSUMER_POSITION_OFFSET;
         let (mut producer, fds) = producer(1000);
-        while producer.try_write(&[0; 1000], 0).is_ok() {}
+        fill_up(&mut producer, 1000);
         let control = File::from(fds.control);
         let set = |value: u64| {
             control
@@ -745,7 +798,7 @@ mod tests {
         set(2016);
         producer.try_claim(1000).unwrap().commit(1000);
         set(1008);
-        while producer.try_write(&[0; 1000], 0).is_ok() {}
+        fill_up(&mut producer, 1000);
         assert!(matches!(
             producer.try_claim(1000),
             Err(TryClaimError::Corrupt(CorruptKind::PositionBackwards {

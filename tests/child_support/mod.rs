@@ -6,7 +6,7 @@ use std::io;
 use std::process::{Child, Command, Output};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Spawns `command`, retrying a few times with a short backoff on
 /// `ETXTBSY`: a freshly copied executable stays "busy" while a process
@@ -77,8 +77,13 @@ impl Collected {
 
     /// SIGKILLs the child (best effort: it may have exited).
     pub fn kill(&self) {
+        self.signal(rustix::process::Signal::KILL);
+    }
+
+    /// Sends `signal` to the child (best effort: it may have exited).
+    pub fn signal(&self, signal: rustix::process::Signal) {
         if let Some(pidfd) = &self.pidfd {
-            let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+            let _ = rustix::process::pidfd_send_signal(pidfd, signal);
         }
     }
 
@@ -116,5 +121,26 @@ impl Drop for Collected {
         if !self.collected {
             self.kill();
         }
+    }
+}
+
+/// The state letter (`R`, `S`, `T`, `Z`, ...) in a `/proc/.../stat` file,
+/// e.g. `/proc/self/task/TID/stat` or `/proc/PID/stat`; `None` once it is
+/// gone.
+pub fn proc_state(stat_path: &str) -> Option<char> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim().chars().next())
+}
+
+/// Waits until the `/proc/.../stat` file at `stat_path` shows `state`,
+/// polling every millisecond (the kernel's view in /proc is the only signal
+/// of a thread sleeping or a process stopped); fails the test naming `what`
+/// after `limit`.
+pub fn wait_for_state(stat_path: &str, state: char, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    while proc_state(stat_path) != Some(state) {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        thread::sleep(Duration::from_millis(1));
     }
 }
