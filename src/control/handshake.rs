@@ -42,6 +42,18 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a refusal may take to send before the server gives up on it.
 const REFUSAL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Turns `SO_PASSCRED` on or off on the agent's side of the handshake.
+fn ask_credentials(stream: &UnixStream, on: bool) -> Result<(), ControlError> {
+    pass_credentials(stream, on).map_err(|source| ControlError::Io {
+        context: if on {
+            "asking for the server's credentials (SO_PASSCRED)"
+        } else {
+            "asking for the server's credentials no more (SO_PASSCRED)"
+        },
+        source,
+    })
+}
+
 /// Runs the server's side of the handshake up to the point where the daemon
 /// decides to take the client: checks the peer against `allow`, then reads
 /// and checks its hello, all within `timeout`.
@@ -378,10 +390,7 @@ impl Connector {
     /// or [`ControlError::Refused`] with the server's reason.
     pub fn handshake(&self, stream: UnixStream) -> Result<(ClientChannel, Welcome), ControlError> {
         // First, so that whatever the server writes carries its writer.
-        pass_credentials(&stream, true).map_err(|source| ControlError::Io {
-            context: "asking for the server's credentials (SO_PASSCRED)",
-            source,
-        })?;
+        ask_credentials(&stream, true)?;
         self.check_server(&stream)?;
         let deadline = crate::deadline::after(self.timeout);
         // Bytes already waiting may have been written before we asked, and
@@ -408,10 +417,7 @@ impl Connector {
 
         let server = self.answering_server(&stream, deadline)?;
         // Off again before anything is read: no later read has room for them.
-        pass_credentials(&stream, false).map_err(|source| ControlError::Io {
-            context: "asking for the server's credentials no more (SO_PASSCRED)",
-            source,
-        })?;
+        ask_credentials(&stream, false)?;
         let (frame, fds) = read_message::<ServerFrame>(
             &stream,
             MAX_FDS_PER_FRAME,
@@ -457,11 +463,8 @@ impl Connector {
     /// or a break of the protocol.
     fn early_answer(&self, stream: &UnixStream, deadline: Instant) -> ControlError {
         // Off first: a read with credentials coming has no room for them.
-        if let Err(source) = pass_credentials(stream, false) {
-            return ControlError::Io {
-                context: "asking for the server's credentials no more (SO_PASSCRED)",
-                source,
-            };
+        if let Err(err) = ask_credentials(stream, false) {
+            return err;
         }
         match read_message::<ServerFrame>(stream, 0, Some(deadline), "a refusal on sight") {
             Ok((frame, _)) => match frame.body {

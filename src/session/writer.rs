@@ -33,9 +33,9 @@ pub struct StreamStats {
 ///
 /// [`push`](Self::push) adds a record, encoding it straight into the frame
 /// being filled: a claim of the ring's largest frame (or, when the ring has
-/// had no room for that for 10 ms, of what the record
-/// needs, waiting up to `stall` in all), opened at the frame's first record with the result's own fields
-/// written first. When a record would not fit in it (by
+/// had no room for that for 10 ms, of what the record needs, waiting up to
+/// `stall` in all), opened at the frame's first record with the result's
+/// own fields written first. When a record would not fit in it (by
 /// `encoded_len` arithmetic) or is of another [`RecordKind`], that frame is
 /// published first, marked MORE. [`flush`](Self::flush) publishes the
 /// records so far at once (a monitor does after each poll);
@@ -199,9 +199,9 @@ impl<'p> ResultWriter<'p> {
         Ok(&mut claim[at..at + len])
     }
 
-    /// Opens a frame of `wanted` bytes when the ring has room for it now,
-    /// else of `needed` (waiting for that room: a slow reader then gets
-    /// frames as small as the records, as it would have before), and
+    /// Opens a frame of `wanted` bytes when the ring has room for it within
+    /// [`LARGEST_FRAME_WAIT`], else of `needed` (waiting for that room: a
+    /// reader that lags then gets frames as small as the records), and
     /// writes the result's own fields at its start.
     fn open(&mut self, wanted: usize, needed: usize) -> Result<(), SessionError> {
         let FrameState::Idle(producer) = &mut self.frame else {
@@ -212,21 +212,19 @@ impl<'p> ResultWriter<'p> {
         // keeps up frees it within a frame's reading. Falling back at once
         // would cut a ring kept full by a faster writer into one-record
         // frames, each paying the reader's per-frame cost.
-        let len = if needed < wanted {
-            let soon = crate::deadline::after(self.stall.min(LARGEST_FRAME_WAIT));
-            match producer.claim(wanted, soon) {
-                Ok(_) => wanted,
-                Err(RingError::TimedOut) => needed,
-                Err(err) => return Err(err.into()),
+        // Each wait is a claim dropped at once (abandoned); the room is
+        // taken for good below: with one producer room only grows, so only
+        // a close (or a consumer lying about its position) makes that
+        // claim fail, and the stream is over then.
+        let soon = crate::deadline::after(self.stall.min(LARGEST_FRAME_WAIT));
+        let len = match producer.claim(wanted, if needed < wanted { soon } else { deadline }) {
+            Ok(_) => wanted,
+            Err(RingError::TimedOut) if needed < wanted => {
+                drop(producer.claim(needed, deadline)?);
+                needed
             }
-        } else {
-            wanted
+            Err(err) => return Err(err.into()),
         };
-        // Wait for room through a claim dropped at once (abandoned), then
-        // take the room for good: with one producer room only grows, so
-        // only a close (or a consumer lying about its position) makes the
-        // second claim fail, and the stream is over then.
-        drop(producer.claim(len, deadline)?);
         let FrameState::Idle(producer) = std::mem::replace(&mut self.frame, FrameState::Gone)
         else {
             unreachable!("the frame was idle above");
