@@ -790,28 +790,26 @@ impl ProcessTable {
         listed.sort_unstable();
         let mut buf = [0u8; STAT_BUF_BYTES];
         let mut execed = Vec::new();
-        let (gone, unknown) = if kind == ScanKind::Census {
-            self.census(&listed)
+        let (gone, mut new) = if kind == ScanKind::Census {
+            let (gone, unknown) = self.census(&listed);
+            (gone, self.read_new(root, &unknown, &mut buf))
         } else {
-            self.check_known(root, kind, &listed, &mut buf, &mut execed)
+            // Pids the table does not know are read first, right after the
+            // listing: a process new since the last scan is the one likely
+            // to be gone by the time every known one has been checked (a
+            // `/bin/true` lives well under a millisecond).
+            let (_, fresh) = self.census(&listed);
+            let mut new = self.read_new(root, &fresh, &mut buf);
+            let (gone, unknown) = self.check_known(root, kind, &listed, &mut buf, &mut execed);
+            // What else is unknown: a known pid now held by another process.
+            let reused: Vec<u32> = unknown
+                .into_iter()
+                .filter(|pid| fresh.binary_search(pid).is_err())
+                .collect();
+            new.extend(self.read_new(root, &reused, &mut buf));
+            (gone, new)
         };
-        // New processes, parents before children (by start time).
-        let mut new: Vec<Arc<Entry>> = unknown
-            .into_iter()
-            .filter_map(|pid| {
-                let (handle, stat) = self.open_stat(root, pid, &mut buf)?;
-                if stat.is_exited() {
-                    self.release_handle(handle);
-                    return None;
-                }
-                let details = details::read_details(root, pid)?;
-                let key = ProcKey {
-                    pid,
-                    start_ticks: stat.start_ticks,
-                };
-                Some(self.new_entry(key, ppid_of(&stat), Arc::new(details), handle, Some(&stat)))
-            })
-            .collect();
+        // Parents before children (by start time).
         new.sort_by_key(|entry| entry.key.start_ticks);
 
         let unix_ms = unix_ms_now();
@@ -871,6 +869,35 @@ impl ProcessTable {
                 .fetch_add(differed, Ordering::Relaxed);
         }
         Ok(differed)
+    }
+
+    /// Entries for the processes `pids`, read from `/proc`: those gone (or
+    /// exited) by now are left out.
+    fn read_new(
+        &self,
+        root: &ProcRoot,
+        pids: &[u32],
+        buf: &mut [u8; STAT_BUF_BYTES],
+    ) -> Vec<Arc<Entry>> {
+        pids.iter()
+            .filter_map(|&pid| {
+                let (handle, stat) = self.open_stat(root, pid, buf)?;
+                // A zombie, or gone before its details could be read: its
+                // kept descriptor goes back to the budget.
+                let details = (!stat.is_exited())
+                    .then(|| details::read_details(root, pid))
+                    .flatten();
+                let Some(details) = details else {
+                    self.release_handle(handle);
+                    return None;
+                };
+                let key = ProcKey {
+                    pid,
+                    start_ticks: stat.start_ticks,
+                };
+                Some(self.new_entry(key, ppid_of(&stat), Arc::new(details), handle, Some(&stat)))
+            })
+            .collect()
     }
 
     /// The census: known processes `listed` (sorted) no longer holds, and
@@ -1126,5 +1153,55 @@ mod tests {
         // A full round reads them.
         table.scan(ScanKind::SafetyNet).unwrap();
         assert!(table.stats().scan_checks > checks);
+    }
+
+    #[test]
+    fn processes_that_exit_while_a_poll_reads_them_give_their_descriptor_back() {
+        let table = ProcessTable::polling();
+        table.scan(ScanKind::Poll).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let scanner = {
+            let (table, stop) = (table.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut scans = 0u32;
+                // Acquire/Release: only a stop flag; nothing else rides on it.
+                while !stop.load(Ordering::Acquire) {
+                    table.scan(ScanKind::Poll).unwrap();
+                    scans += 1;
+                }
+                scans
+            })
+        };
+        // Short-lived processes for the polls to catch mid-exit (between
+        // their `stat` and their details), from three threads, each
+        // process reaped at once.
+        // Stops the scanner also when a spawn fails.
+        struct Stop(Arc<AtomicBool>);
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let stopper = Stop(Arc::clone(&stop));
+        let spawners: Vec<_> = (0..3)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..300 {
+                        Command::new("/bin/true").status().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for spawner in spawners {
+            spawner.join().unwrap();
+        }
+        drop(stopper);
+        assert!(scanner.join().unwrap() > 0);
+        table.scan(ScanKind::Poll).unwrap();
+        // Every process the table holds keeps one descriptor (far below the
+        // budget here), and nothing else is counted as kept.
+        let held = table.keys().len() as u64;
+        assert!(held as usize <= table.shared.fd_budget);
+        assert_eq!(table.stats().kept_descriptors, held);
     }
 }
