@@ -11,10 +11,13 @@
 //!   at 10 ms: the share of their pids reported, and the share reported
 //!   with the new image's path and command line.
 //! - exec-to-agent latency (in the `capture` rows): to the agent holding
-//!   the first event that carries the new image, from the `spawn` call (an
-//!   upper bound: fork, exec and the loader included) and from its return
-//!   (std returns once the exec happened; negative when the agent was
-//!   first), with the monitor's interval at 0 and at the default 10 ms.
+//!   the first event that carries the new image, from the kernel's
+//!   timestamp of the exec (`from_exec`, heard on a connector subscription
+//!   of the bench's own) and from the `spawn` call (`from_spawn`, an upper
+//!   bound: fork, exec and the loader included), with the monitor's
+//!   interval at 0 and at the default 10 ms, and the agent's reading thread
+//!   ordinary and real-time (`agent_realtime`, `SCHED_FIFO` 1 where
+//!   allowed).
 //! - `enumerate`: `Agent::enumerate` p50 / p99 with 0, 1,000 and 10,000
 //!   extra processes (polling: 0 and 1,000; sleepers this bench forks and
 //!   reaps), per process
@@ -45,16 +48,19 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use daemoneye_lib::client::{Agent, ChangeThresholds, ClientError, MonitorEvent};
-use daemoneye_lib::collector::TableConfig;
+use daemoneye_lib::collector::{
+    self, Event, EventSourceConfig, ProcEvent, ProcessEvent, TableConfig,
+};
 use daemoneye_lib::control::EventSource;
 use daemoneye_lib::server::{Server, ServerConfig};
 use daemoneye_lib::sys::pidfd::PidFd;
 use daemoneye_lib::sys::procfs::{self, ProcRoot};
+use daemoneye_lib::sys::thread::RealtimeGuard;
 use nix::sys::signal::{self, SigSet, Signal};
 use nix::unistd::Pid;
 
@@ -206,29 +212,29 @@ fn measure_with(run: &Run, procmond: &Procmond, polling: bool) -> Result<()> {
         );
     }
     // Capture and latency: the monitor's interval at 10 ms (and at 0 with
-    // the event source).
-    let intervals: &[u64] = if polling { &[10] } else { &[0, 10] };
-    for &interval_ms in intervals {
-        let capture = capture(&procmond.socket, run.execs, interval_ms)?;
+    // the event source), the agent's reading thread ordinary and, where
+    // allowed, real-time as a latency-bound agent would run it.
+    let rows: &[(u64, bool)] = if polling {
+        &[(10, false)]
+    } else {
+        &[(0, false), (0, true), (10, true)]
+    };
+    for &(interval_ms, agent_realtime) in rows {
+        let capture = capture(&procmond.socket, run.execs, interval_ms, agent_realtime)?;
         report(
             run,
             &[
                 ("row", Value::S("capture")),
                 ("source", Value::S(source)),
                 ("interval_ms", Value::U(interval_ms)),
+                ("agent_realtime", Value::B(capture.agent_realtime)),
                 ("execs", Value::U(run.execs as u64)),
                 ("reported", Value::F(capture.reported)),
                 ("with_image", Value::F(capture.with_image)),
-                ("from_spawn_p50_us", Value::F(capture.latency_p50_us)),
-                ("from_spawn_p99_us", Value::F(capture.latency_p99_us)),
-                (
-                    "after_spawn_return_p50_us",
-                    Value::F(capture.after_return_p50_us),
-                ),
-                (
-                    "after_spawn_return_p99_us",
-                    Value::F(capture.after_return_p99_us),
-                ),
+                ("from_exec_p50_us", Value::F(capture.from_exec_p50_us)),
+                ("from_exec_p99_us", Value::F(capture.from_exec_p99_us)),
+                ("from_spawn_p50_us", Value::F(capture.from_spawn_p50_us)),
+                ("from_spawn_p99_us", Value::F(capture.from_spawn_p99_us)),
             ],
         );
     }
@@ -355,22 +361,73 @@ fn measure_with(run: &Run, procmond: &Procmond, polling: bool) -> Result<()> {
 struct Capture {
     reported: f64,
     with_image: f64,
-    latency_p50_us: f64,
-    latency_p99_us: f64,
-    after_return_p50_us: f64,
-    after_return_p99_us: f64,
+    /// The monitor's reading thread ran real-time (asked, and allowed).
+    agent_realtime: bool,
+    /// From the kernel's timestamp of the exec (heard on this bench's own
+    /// subscription to the process connector; NaN without one) to the
+    /// agent holding the first event with the new image.
+    from_exec_p50_us: f64,
+    from_exec_p99_us: f64,
+    /// From the spawn call: an upper bound (fork, exec and the loader
+    /// included) that needs no subscription.
+    from_spawn_p50_us: f64,
+    from_spawn_p99_us: f64,
 }
 
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of the process
+/// connector's timestamps.
+fn monotonic_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+/// Each pid's first exec, in `CLOCK_MONOTONIC` nanoseconds.
+type ExecTimes = Arc<Mutex<HashMap<u32, u64>>>;
+
+/// The kernel's time of each process's first exec, from a subscription of
+/// this bench's own (root only; `None` where the connector is refused).
+fn exec_times() -> Option<(collector::EventSource, ExecTimes)> {
+    let times = ExecTimes::default();
+    let sink = Arc::clone(&times);
+    let source = collector::EventSource::start(EventSourceConfig::default(), move |event| {
+        if let Event::Process(ProcessEvent {
+            event: ProcEvent::Exec { tgid },
+            timestamp_ns,
+            ..
+        }) = event
+            && let Ok(mut times) = sink.lock()
+        {
+            times.entry(tgid).or_insert(timestamp_ns);
+        }
+    })
+    .ok()?;
+    Some((source, times))
+}
+
+/// What the monitor's thread hears: pid, when (both clocks), and whether
+/// the record carries `/bin/true x`'s image.
+type Heard = (u32, Instant, u64, bool);
+
 /// Runs `n` `/bin/true x` one after another while a monitor of every
-/// process (in another thread, its own connection) records what it hears.
-fn capture(socket: &Path, n: usize, interval_ms: u64) -> Result<Capture> {
+/// process (in another thread, its own connection, real-time when
+/// `agent_realtime` and allowed) records what it hears.
+fn capture(socket: &Path, n: usize, interval_ms: u64, agent_realtime: bool) -> Result<Capture> {
     let mut agent = Agent::connect(socket)?;
-    let (tx, rx) = mpsc::channel::<(u32, Instant, bool, bool)>();
-    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let kernel = exec_times();
+    let (tx, rx) = mpsc::channel::<Heard>();
+    let (ready_tx, ready_rx) = mpsc::channel::<bool>();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let watcher = thread::spawn(move || -> std::result::Result<(), ClientError> {
+        let realtime = agent_realtime
+            .then(|| RealtimeGuard::enter(1).ok())
+            .flatten();
         let mut stream = agent.monitor(&[], Duration::from_millis(interval_ms))?;
         let mut ready = Some(ready_tx);
+        let announce = |ready: &mut Option<mpsc::Sender<bool>>| {
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(realtime.is_some());
+            }
+        };
         loop {
             if stop_rx.try_recv().is_ok() {
                 return stream.cancel();
@@ -379,83 +436,78 @@ fn capture(socket: &Path, n: usize, interval_ms: u64) -> Result<Capture> {
             match stream.next_event(deadline) {
                 Ok(Some(MonitorEvent::Snapshot(_))) => {}
                 Ok(Some(event)) => {
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(());
-                    }
-                    let at = Instant::now();
+                    announce(&mut ready);
+                    let (at, at_ns) = (Instant::now(), monotonic_ns());
                     let r = event.record();
                     let image = r
                         .executable_path
                         .as_deref()
                         .is_some_and(|p| p.ends_with("/true"))
                         && r.command_line == ["/bin/true", "x"];
-                    let exited = matches!(event, MonitorEvent::Exited(_));
-                    let _ = tx.send((r.pid, at, image, exited));
+                    let _ = tx.send((r.pid, at, at_ns, image));
                 }
                 Ok(None) => return Ok(()),
-                Err(ClientError::Timeout { .. }) => {
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(());
-                    }
-                }
+                Err(ClientError::Timeout { .. }) => announce(&mut ready),
                 Err(error) => return Err(error),
             }
         }
     });
-    ready_rx.recv_timeout(DEADLINE)?;
+    let agent_realtime = ready_rx.recv_timeout(DEADLINE)?;
     let mut spawned = Vec::with_capacity(n);
     for _ in 0..n {
         let called = Instant::now();
         let mut child = Command::new("/bin/true").arg("x").spawn()?;
-        let returned = Instant::now();
-        spawned.push((child.id(), called, returned));
+        spawned.push((child.id(), called));
         child.wait()?;
     }
     // Let the last exits arrive: the monitor's batching interval and a
     // margin.
     let settle = Instant::now() + Duration::from_millis(500 + interval_ms * 2);
-    let mut heard: HashMap<u32, (Option<Instant>, bool)> = HashMap::new();
+    let mut heard: HashMap<u32, Option<(Instant, u64)>> = HashMap::new();
     while let Some(left) = settle.checked_duration_since(Instant::now()) {
-        let Ok((pid, at, image, exited)) = rx.recv_timeout(left) else {
+        let Ok((pid, at, at_ns, image)) = rx.recv_timeout(left) else {
             break;
         };
-        let seen = heard.entry(pid).or_insert((None, false));
-        if image && seen.0.is_none() {
-            seen.0 = Some(at);
+        let seen = heard.entry(pid).or_insert(None);
+        if image && seen.is_none() {
+            *seen = Some((at, at_ns));
         }
-        seen.1 |= exited || image;
     }
     let _ = stop_tx.send(());
     watcher.join().map_err(|_| "monitor thread panicked")??;
+    let exec_ns: HashMap<u32, u64> = match kernel {
+        Some((source, times)) => {
+            source.stop()?;
+            let times = times.lock().map_err(|_| "exec times poisoned")?;
+            times.clone()
+        }
+        None => HashMap::new(),
+    };
     let reported = spawned
         .iter()
-        .filter(|(pid, _, _)| heard.contains_key(pid))
+        .filter(|(pid, _)| heard.contains_key(pid))
         .count();
-    // The exec happens between the spawn call and its return (std waits for
-    // it): from the call is an upper bound (fork, exec and the loader
-    // included); from the return, negative when the agent had the event
-    // before the spawning thread ran again.
-    let mut from_call = Vec::with_capacity(n);
-    let mut from_return = Vec::with_capacity(n);
-    for (pid, called, returned) in &spawned {
-        let Some(at) = heard.get(pid).and_then(|seen| seen.0) else {
+    let mut from_spawn = Vec::with_capacity(n);
+    let mut from_exec = Vec::with_capacity(n);
+    for (pid, called) in &spawned {
+        let Some((at, at_ns)) = heard.get(pid).copied().flatten() else {
             continue;
         };
-        from_call.push(at.saturating_duration_since(*called).as_secs_f64() * 1e6);
-        from_return.push(match at.checked_duration_since(*returned) {
-            Some(after) => after.as_secs_f64() * 1e6,
-            None => -(returned.duration_since(at).as_secs_f64() * 1e6),
-        });
+        if let Some(&exec) = exec_ns.get(pid) {
+            from_exec.push(at_ns.saturating_sub(exec) as f64 / 1e3);
+        }
+        from_spawn.push(at.saturating_duration_since(*called).as_secs_f64() * 1e6);
     }
-    from_call.sort_by(f64::total_cmp);
-    from_return.sort_by(f64::total_cmp);
+    from_spawn.sort_by(f64::total_cmp);
+    from_exec.sort_by(f64::total_cmp);
     Ok(Capture {
         reported: reported as f64 / n as f64,
-        with_image: from_call.len() as f64 / n as f64,
-        latency_p50_us: percentile(&from_call, 0.50),
-        latency_p99_us: percentile(&from_call, 0.99),
-        after_return_p50_us: percentile(&from_return, 0.50),
-        after_return_p99_us: percentile(&from_return, 0.99),
+        with_image: from_spawn.len() as f64 / n as f64,
+        agent_realtime,
+        from_exec_p50_us: percentile(&from_exec, 0.50),
+        from_exec_p99_us: percentile(&from_exec, 0.99),
+        from_spawn_p50_us: percentile(&from_spawn, 0.50),
+        from_spawn_p99_us: percentile(&from_spawn, 0.99),
     })
 }
 
@@ -716,6 +768,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 // ---- output ----
 
 enum Value {
+    B(bool),
     S(&'static str),
     U(u64),
     F(f64),
@@ -727,6 +780,7 @@ fn report(run: &Run, fields: &[(&str, Value)]) {
             .iter()
             .map(|(k, v)| {
                 let v = match v {
+                    Value::B(b) => serde_json::Value::from(*b),
                     Value::S(s) => serde_json::Value::from(*s),
                     Value::U(u) => serde_json::Value::from(*u),
                     Value::F(f) => serde_json::Value::from((f * 1000.0).round() / 1000.0),
@@ -739,6 +793,7 @@ fn report(run: &Run, fields: &[(&str, Value)]) {
         let line: Vec<String> = fields
             .iter()
             .map(|(k, v)| match v {
+                Value::B(b) => format!("{k}={b}"),
                 Value::S(s) => format!("{k}={s}"),
                 Value::U(u) => format!("{k}={u}"),
                 Value::F(f) => format!("{k}={f:.3}"),

@@ -45,8 +45,9 @@ pub mod procmond {
         /// Do not subscribe to the kernel's process events; poll /proc
         #[arg(long)]
         pub no_process_events: bool,
-        /// Run the process event thread at nice -10 instead of real-time
-        /// (SCHED_FIFO 1); more short-lived images are then missed
+        /// Run the process event thread at nice -10, and monitor streams
+        /// as ordinary threads, instead of real-time (SCHED_FIFO 1); more
+        /// short-lived images are then missed and exec events wait longer
         #[arg(long)]
         pub no_realtime_events: bool,
         /// The longest one open, stat or read of a file being hashed may take

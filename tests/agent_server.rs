@@ -7,6 +7,7 @@
 mod child_support;
 mod collector_support;
 mod server_support;
+mod skip_support;
 
 use std::path::Path;
 use std::process::Command;
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use collector_support::{Running, TempDir};
 use daemoneye_lib::client::{Agent, ClientError, ClientOptions, MonitorEvent};
+use daemoneye_lib::collector::TableConfig;
+use daemoneye_lib::control::EventSource;
 use daemoneye_lib::proto::{ProtoProcessFilter, ProtoProcessRecord};
 use daemoneye_lib::ring::{RingError, WaitStrategy};
 use daemoneye_lib::server::{Server, ServerConfig, ServerError};
@@ -449,4 +452,98 @@ fn corrupt_bytes_in_a_result_frame_are_corrupt_and_close_the_ring() {
         "expected a decode error, got {err:?}"
     );
     assert_the_ring_was_closed(agent, procmond);
+}
+
+/// Threads of this process in the real-time class `SCHED_FIFO` (the
+/// `policy` field, 41st of each thread's `stat`).
+fn realtime_threads() -> usize {
+    let mut fifo = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // the thread ended
+        };
+        // Fields after the name (which may hold anything, up to its last
+        // `)`) start at the 3rd.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy: u32 = after.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        fifo += usize::from(policy == 1);
+    }
+    fifo
+}
+
+/// Waits (bounded) until `realtime_threads()` is `want`.
+fn until_realtime_threads(want: usize, what: &str) {
+    let deadline = soon(WAIT);
+    while realtime_threads() != want {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} real-time threads, not {want}",
+            realtime_threads()
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_monitor_stream_runs_real_time_while_events_feed_it_and_gives_it_back_after() {
+    let _serial = serial();
+    if !skip_support::is_root_or_skip("a real-time thread (CAP_SYS_NICE)") {
+        return;
+    }
+    let dir = TempDir::new("realtime");
+    let serving =
+        Serving::start(Server::bind(ServerConfig::new(dir.join("procmond.sock"))).unwrap());
+    let mut agent = Agent::connect(serving.server.socket_path()).unwrap();
+    assert_eq!(agent.event_source(), EventSource::Connector);
+    // The event thread alone.
+    until_realtime_threads(1, "before the monitor");
+    {
+        let mut stream = agent.monitor(&[], Duration::ZERO).unwrap();
+        assert!(matches!(
+            stream.next_event(soon(WAIT)).unwrap(),
+            Some(MonitorEvent::Snapshot(_))
+        ));
+        until_realtime_threads(2, "while the monitor streams");
+        stream.cancel().unwrap();
+    }
+    // The worker thread serves other tasks as an ordinary thread again.
+    until_realtime_threads(1, "after the monitor");
+    assert_eq!(this_process(&mut agent).len(), 1);
+    drop(agent);
+    serving.stop();
+
+    // A polling monitor scans `/proc` on its thread: never real-time.
+    let mut config = ServerConfig::new(dir.join("polling.sock"));
+    config.table = TableConfig {
+        use_connector: false,
+        ..TableConfig::default()
+    };
+    let serving = Serving::start(Server::bind(config).unwrap());
+    let mut agent = Agent::connect(serving.server.socket_path()).unwrap();
+    assert_eq!(agent.event_source(), EventSource::Polling);
+    until_realtime_threads(0, "polling, before the monitor");
+    {
+        let mut stream = agent
+            .monitor(&[std::process::id()], Duration::ZERO)
+            .unwrap();
+        // The snapshot is taken before any of it is sent.
+        let first = stream.next_event(soon(WAIT)).unwrap();
+        assert!(
+            matches!(first, Some(MonitorEvent::Snapshot(_))),
+            "{first:?}"
+        );
+        let other = sleeper();
+        // The stream's loop has scanned once it reports the new child.
+        loop {
+            match stream.next_event(soon(WAIT)).unwrap() {
+                Some(MonitorEvent::Started(r)) if r.pid == other.pid => break,
+                Some(_) => {}
+                None => panic!("the stream ended"),
+            }
+        }
+        assert_eq!(realtime_threads(), 0, "a polling monitor ran real-time");
+        stream.cancel().unwrap();
+    }
+    drop(agent);
+    serving.stop();
 }

@@ -134,6 +134,13 @@ impl TreeMonitor {
         self.table.source()
     }
 
+    /// Whether the thread that streams this tree should run real-time
+    /// while it waits for events (see `TableConfig::realtime_events`):
+    /// only while events feed the table, never while it is polled.
+    pub fn wants_realtime(&self) -> bool {
+        self.table.realtime_streams()
+    }
+
     /// A handle that makes [`next_batch`](Self::next_batch) return at once,
     /// from another thread (to stop the monitor).
     pub fn waker(&self) -> Waker {

@@ -262,6 +262,8 @@ pub(crate) struct Shared {
     counters: Counters,
     /// The kernel event source, once started.
     feed: OnceLock<Arc<Feed>>,
+    /// Monitor streams may run real-time (`TableConfig::realtime_events`).
+    realtime: AtomicBool,
 }
 
 /// The live process table; cheap to clone (a handle on shared state).
@@ -293,7 +295,9 @@ pub struct TableConfig {
     pub receive_buffer_bytes: usize,
     /// Run the event thread real-time (`SCHED_FIFO` 1) where allowed, so it
     /// reads a new image before even a `/bin/true` exits; else (or when
-    /// not allowed) at nice -10. Default true.
+    /// not allowed) at nice -10. Monitor streams then run real-time too
+    /// while they wait for and send events, so an exec reaches the agent
+    /// within a millisecond on a busy host. Default true.
     pub realtime_events: bool,
 }
 
@@ -331,6 +335,11 @@ impl ProcessTable {
             match feed::start(&table, config) {
                 Ok(feed) => {
                     table.set_source(SourceKind::Connector);
+                    // Relaxed: set before the table is shared.
+                    table
+                        .shared
+                        .realtime
+                        .store(config.realtime_events, Ordering::Relaxed);
                     let _ = table.shared.feed.set(feed);
                     tracing::info!("process events from the kernel's connector");
                     return table;
@@ -365,6 +374,7 @@ impl ProcessTable {
                 fd_budget,
                 counters: Counters::default(),
                 feed: OnceLock::new(),
+                realtime: AtomicBool::new(false),
             }),
         }
     }
@@ -380,6 +390,14 @@ impl ProcessTable {
     /// Where the table's news comes from now.
     pub fn source(&self) -> SourceKind {
         *lock(&self.shared.source)
+    }
+
+    /// Whether a monitor stream should run real-time: events drive the
+    /// table (a polling monitor scans `/proc`, which must not run ahead of
+    /// every ordinary thread) and `TableConfig::realtime_events` allows it.
+    pub(crate) fn realtime_streams(&self) -> bool {
+        // Relaxed: written once, before the table was shared.
+        self.source() == SourceKind::Connector && self.shared.realtime.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_source(&self, source: SourceKind) {

@@ -14,6 +14,7 @@ use crate::proto::limits::MAX_ERROR_MESSAGE_BYTES;
 use crate::proto::{DetectionResult, ProtoTaskType};
 use crate::ring::{Producer, RingError};
 use crate::session::{RecordKind, ResultWriter, SessionError, StreamStats};
+use crate::sys::thread::RealtimeGuard;
 
 /// Runs work with `collector` (this connection's own, whose hash cache may be
 /// shared) until the queue closes or the ring fails (the client left or
@@ -362,7 +363,26 @@ fn stream_events(
     signals: &TaskSignals,
     interval: Duration,
 ) -> Result<(), MonitorFailure> {
+    // Real-time while events feed the tree: woken by the table, this thread
+    // then runs ahead of the ordinary threads that keep a busy host's cores
+    // (the exec'd process itself, often), so an exec reaches the ring within
+    // a millisecond. Its work is bounded: one batch's records, and at most
+    // the ring's spin (about 300 µs) before it parks on a full ring. Given
+    // back before a polling monitor scans and when the stream ends (the
+    // thread serves other tasks next).
+    let mut realtime = None;
     while !signals.halted() {
+        if !tree.wants_realtime() {
+            realtime = None;
+        } else if realtime.is_none() {
+            realtime = match RealtimeGuard::enter(MONITOR_FIFO) {
+                Ok(guard) => Some(guard),
+                Err(error) => {
+                    tracing::debug!(%error, "the monitor stream is not real-time");
+                    None
+                }
+            };
+        }
         // The waker ends the wait early; the bound is only a backstop.
         let until = Instant::now()
             .checked_add(MONITOR_BACKSTOP)
@@ -385,6 +405,10 @@ fn stream_events(
     }
     Ok(())
 }
+
+/// The real-time priority of a monitor stream (the event thread's, so
+/// neither preempts the other).
+const MONITOR_FIFO: i32 = 1;
 
 /// The longest a monitor waits for process changes before it looks at its
 /// stop conditions again without being woken.

@@ -33,3 +33,97 @@ pub fn set_current_thread_fifo(priority: i32) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// The calling thread in `SCHED_FIFO` at `priority` until the guard is
+/// dropped, then back in the scheduling class and priority it had (its
+/// nice value is kept through both changes). For a thread of a pool that
+/// serves one latency-bound task real-time and then goes back to ordinary
+/// work. Must be dropped on the thread that made it (it is `!Send`).
+#[derive(Debug)]
+pub struct RealtimeGuard {
+    policy: i32,
+    param: libc::sched_param,
+    /// `!Send`: the scheduling class belongs to the thread that set it.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl RealtimeGuard {
+    /// Makes the calling thread real-time; fails (and changes nothing) as
+    /// [`set_current_thread_fifo`] does.
+    pub fn enter(priority: i32) -> io::Result<RealtimeGuard> {
+        // SAFETY: `sched_getscheduler` takes no pointer; pid 0 is the
+        // calling thread.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        if policy < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `sched_getparam` writes one `sched_param` into `param`,
+        // which is valid for writes and lives across the call.
+        if unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        set_current_thread_fifo(priority)?;
+        Ok(RealtimeGuard {
+            policy,
+            param,
+            _thread: std::marker::PhantomData,
+        })
+    }
+}
+
+impl Drop for RealtimeGuard {
+    fn drop(&mut self) {
+        // SAFETY: as in `set_current_thread_fifo`: the kernel reads the one
+        // `sched_param`, alive across the call. Going back to a class the
+        // thread had needs no privilege, so this only fails if the thread
+        // was moved meanwhile; it then stays real-time, which is logged.
+        let rc = unsafe { libc::sched_setscheduler(0, self.policy, &self.param) };
+        if rc != 0 {
+            tracing::warn!(
+                error = %io::Error::last_os_error(),
+                "a thread could not leave the real-time class"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // SAFETY (both helpers): `sched_getscheduler` takes no pointer and
+    // `sched_getparam` writes one `sched_param` into a local; pid 0 is the
+    // calling thread.
+    fn class() -> (i32, i32) {
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        let mut param = libc::sched_param { sched_priority: 0 };
+        assert_eq!(unsafe { libc::sched_getparam(0, &mut param) }, 0);
+        (policy, param.sched_priority)
+    }
+
+    #[test]
+    fn a_realtime_guard_gives_the_thread_back_its_class_and_nice_value() {
+        std::thread::spawn(|| {
+            // An ordinary thread at a nice value of its own (raising it
+            // needs no privilege).
+            set_current_thread_nice(3).unwrap();
+            let before = class();
+            assert_eq!(before, (libc::SCHED_OTHER, 0));
+            match RealtimeGuard::enter(1) {
+                Ok(guard) => {
+                    assert_eq!(class(), (libc::SCHED_FIFO, 1));
+                    drop(guard);
+                }
+                // Not allowed here (no CAP_SYS_NICE, no RLIMIT_RTPRIO): the
+                // thread must be left as it was.
+                Err(error) => assert_eq!(error.raw_os_error(), Some(libc::EPERM), "{error}"),
+            }
+            assert_eq!(class(), before);
+            let tid = rustix::thread::gettid();
+            assert_eq!(rustix::process::getpriority_process(Some(tid)).unwrap(), 3);
+        })
+        .join()
+        .unwrap();
+    }
+}
