@@ -839,6 +839,7 @@ fn sleepers(n: usize) -> Result<()> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.thread_block()?;
+    let mut children = Vec::with_capacity(n);
     for _ in 0..n {
         // SAFETY: this process is single-threaded here (no thread was
         // started), so the child may run any code; it only calls prctl and
@@ -850,13 +851,19 @@ fn sleepers(n: usize) -> Result<()> {
                     nix::unistd::pause();
                 }
             }
-            nix::unistd::ForkResult::Parent { .. } => {}
+            nix::unistd::ForkResult::Parent { child } => children.push(child),
         }
     }
     println!("{READY}");
     let _ = signals.wait();
-    // Kill the children (the whole group), then reap them.
-    let _ = signal::killpg(nix::unistd::getpgrp(), Signal::SIGKILL);
+    // Kill the children, then reap them before exiting: left to init, they
+    // would linger as zombies that the next rows' scans list and read.
+    for &child in &children {
+        let _ = signal::kill(child, Signal::SIGKILL);
+    }
+    for child in children {
+        let _ = nix::sys::wait::waitpid(child, None);
+    }
     Ok(())
 }
 
