@@ -181,6 +181,11 @@ pub mod agent {
             /// Stop after this many seconds [default: run until killed]
             #[arg(long)]
             duration_s: Option<u64>,
+            /// Read the stream real-time (SCHED_FIFO 1; needs CAP_SYS_NICE or
+            /// an RLIMIT_RTPRIO of 1), so events reach this agent within a
+            /// millisecond even while the host's cores are busy
+            #[arg(long)]
+            realtime: bool,
             #[arg(long, value_enum, default_value_t = Format::Table)]
             format: Format,
         },

@@ -2311,3 +2311,32 @@ fn hash_check_json_is_the_hash_result_field_by_field() {
     }
     procmond.stop();
 }
+
+#[test]
+fn monitor_realtime_reads_real_time_where_allowed_and_says_why_not_elsewhere() {
+    let Some(procmond) = procmond_for_nobody(&[]) else {
+        return;
+    };
+    let sleeper = Sleeper::spawn(Path::new("/usr/bin/sleep"));
+    let pid = sleeper.pid().to_string();
+    let args = ["monitor", "--realtime", "--pid", &pid, "--duration-s", "1"];
+    // Root may: the snapshot row, then the end of the duration.
+    let out = agent_cli(&procmond.socket, &args, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).lines().any(|line| line.contains(&pid)),
+        "{}",
+        text(&out.stdout)
+    );
+    // nobody (no CAP_SYS_NICE, an RLIMIT_RTPRIO of 0) may not: a clear
+    // error, not a stream read at the wrong priority.
+    let nobody = PublicAgent::new();
+    let out = agent_cli(&procmond.socket, &args, Some(&nobody));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--realtime") && stderr.contains("not permitted"),
+        "{stderr}"
+    );
+    procmond.stop();
+}

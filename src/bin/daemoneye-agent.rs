@@ -27,6 +27,7 @@ use daemoneye_lib::deadline;
 use daemoneye_lib::proto::control::Status;
 use daemoneye_lib::proto::{ProtoHashCheck, ProtoProcessFilter};
 use daemoneye_lib::session::ProcessRecordView;
+use daemoneye_lib::sys::thread::RealtimeGuard;
 use daemoneye_lib::text::{error_line, escape_controls};
 
 /// The system user `dist/systemd/procmond.service` runs procmond as.
@@ -173,8 +174,15 @@ fn run(args: Args) -> Result<ExitCode> {
             pids,
             interval_ms,
             duration_s,
+            realtime,
             format,
         } => {
+            // Held for the loop below; this thread only reads and prints.
+            let _realtime = if realtime {
+                Some(RealtimeGuard::enter(1).context("--realtime")?)
+            } else {
+                None
+            };
             let until = duration_s.map(|s| deadline::after(Duration::from_secs(s)));
             let mut stream = agent.monitor(&pids, Duration::from_millis(interval_ms))?;
             if let Format::Table = format {
