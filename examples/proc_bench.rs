@@ -14,10 +14,10 @@
 //!   the first event that carries the new image, from the kernel's
 //!   timestamp of the exec (`from_exec`, heard on a connector subscription
 //!   of the bench's own) and from the `spawn` call (`from_spawn`, an upper
-//!   bound: fork, exec and the loader included), with the monitor's
-//!   interval at 0 and at the default 10 ms, and the agent's reading thread
-//!   ordinary and real-time (`agent_realtime`, `SCHED_FIFO` 1 where
-//!   allowed).
+//!   bound: fork, exec and the loader included): with the monitor's
+//!   interval at 0, the agent's reading thread ordinary and real-time
+//!   (`agent_realtime`, `SCHED_FIFO` 1 where allowed), and at the default
+//!   10 ms with it real-time.
 //! - `enumerate`: `Agent::enumerate` p50 / p99 with 0, 1,000 and 10,000
 //!   extra processes (polling: 0 and 1,000; sleepers this bench forks and
 //!   reaps), per process

@@ -61,6 +61,8 @@ pub struct TreeMonitor {
     /// `started` event stands in `ready`.
     pending: HashMap<u32, usize>,
     next_scan: Instant,
+    /// The table's source when `next_batch` last looked.
+    source: SourceKind,
 }
 
 impl std::fmt::Debug for TreeMonitor {
@@ -106,6 +108,7 @@ impl TreeMonitor {
             first_at: None,
             pending: HashMap::new(),
             next_scan: Instant::now(),
+            source: table.source(),
         })
     }
 
@@ -151,13 +154,22 @@ impl TreeMonitor {
     /// first event has waited `batch` (at once for zero), at `until` with
     /// what there is (possibly nothing), or when woken. Without an event
     /// source, the process table is scanned every `batch` (at least
-    /// [`MIN_POLL_INTERVAL`]).
+    /// [`MIN_POLL_INTERVAL`]). When the table's source changed since the
+    /// last call, returns at once with what was ready (possibly nothing).
     pub fn next_batch(
         &mut self,
         batch: Duration,
         until: Instant,
     ) -> Result<Vec<TreeEvent>, CollectError> {
-        let polling = self.table.source() == SourceKind::Polling;
+        let source = self.table.source();
+        if source != self.source {
+            // Events stopped (the table is polled from now on): the caller
+            // hears it before this monitor scans, so that a thread run
+            // real-time for events can go back to its class first.
+            self.source = source;
+            return Ok(self.flush());
+        }
+        let polling = source == SourceKind::Polling;
         loop {
             let now = Instant::now();
             let flush_at = self

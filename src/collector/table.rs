@@ -335,7 +335,8 @@ impl ProcessTable {
             match feed::start(&table, config) {
                 Ok(feed) => {
                     table.set_source(SourceKind::Connector);
-                    // Relaxed: set before the table is shared.
+                    // Relaxed: the event thread never reads it, and
+                    // connections get the table once `start` returns.
                     table
                         .shared
                         .realtime

@@ -118,6 +118,19 @@ impl Producer {
         self.max_frame
     }
 
+    /// How this producer waits for room.
+    pub fn wait_strategy(&self) -> WaitStrategy {
+        self.wait
+    }
+
+    /// Waits for room as `wait` says from now on; a zero park timeout is
+    /// refused as by [`RingConfig`](super::RingConfig).
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) -> Result<(), RingError> {
+        wait.validate()?;
+        self.wait = wait;
+        Ok(())
+    }
+
     /// Bytes published so far (frames, their headers, padding).
     ///
     /// # Examples

@@ -107,6 +107,31 @@ impl Default for WaitStrategy {
 }
 
 impl WaitStrategy {
+    /// The same waits without the spin: parks at once, as long at a time.
+    /// For a real-time thread, whose spin would keep the ordinary thread it
+    /// waits for off its core (`sched_yield` makes way only for real-time
+    /// threads).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use daemoneye_lib::ring::WaitStrategy;
+    ///
+    /// let park_timeout = Duration::from_millis(50);
+    /// let spinning = WaitStrategy::SpinThenPark { spins: 100, park_timeout };
+    /// assert_eq!(spinning.parking(), WaitStrategy::Park { timeout: park_timeout });
+    /// ```
+    pub fn parking(self) -> WaitStrategy {
+        match self {
+            WaitStrategy::BusySpin => WaitStrategy::Park {
+                timeout: DEFAULT_PARK_TIMEOUT,
+            },
+            WaitStrategy::SpinThenPark { park_timeout, .. } => WaitStrategy::Park {
+                timeout: park_timeout,
+            },
+            park @ WaitStrategy::Park { .. } => park,
+        }
+    }
+
     /// Checks the parked timeouts: a zero timeout would make every park a
     /// busy system call loop.
     pub(crate) fn validate(&self) -> Result<(), RingError> {

@@ -92,8 +92,16 @@ fn run_job(
     let task_id = job.task.task_id.as_str();
     let started = Instant::now();
     tracing::debug!(task_id, kind = job.kind.as_str_name(), "task started");
+    // A monitor stream may run real-time (see `stream_events`): its waits
+    // for room then park at once, since its spin would keep the agent it
+    // waits for off that core.
+    let spinning = producer.wait_strategy();
+    if job.kind == ProtoTaskType::MonitorProcessTree && collector.table().realtime_streams() {
+        // Cannot fail: a valid strategy's park timeout is kept.
+        let _ = producer.set_wait_strategy(spinning.parking());
+    }
     let stream = ResultWriter::new(producer, task_id, stall);
-    let stats = match job.kind {
+    let outcome = match job.kind {
         ProtoTaskType::EnumerateProcesses => collect(
             stream,
             collector,
@@ -116,7 +124,9 @@ fn run_job(
             hash_check(stream, collector, signals, &job, file, requester)
         }
         ProtoTaskType::MonitorProcessTree => monitor(stream, collector, signals, &job),
-    }?;
+    };
+    let _ = producer.set_wait_strategy(spinning);
+    let stats = outcome?;
     // Debug: a monitor polled every 10 ms would flood the log at info.
     tracing::debug!(
         task_id,
@@ -366,22 +376,23 @@ fn stream_events(
     // Real-time while events feed the tree: woken by the table, this thread
     // then runs ahead of the ordinary threads that keep a busy host's cores
     // (the exec'd process itself, often), so an exec reaches the ring within
-    // a millisecond. Its work is bounded: one batch's records, and at most
-    // the ring's spin (about 300 µs) before it parks on a full ring. Given
-    // back before a polling monitor scans and when the stream ends (the
-    // thread serves other tasks next).
-    let mut realtime = None;
+    // a millisecond. Its work is bounded: one batch's records; on a full
+    // ring it parks at once (`run_job`). Given back before a polling monitor
+    // scans and when the stream ends (the thread serves other tasks next).
+    let (mut realtime, mut refused) = (None, false);
     while !signals.halted() {
         if !tree.wants_realtime() {
             realtime = None;
-        } else if realtime.is_none() {
-            realtime = match RealtimeGuard::enter(MONITOR_FIFO) {
-                Ok(guard) => Some(guard),
+        } else if realtime.is_none() && !refused {
+            match RealtimeGuard::enter(MONITOR_FIFO) {
+                Ok(guard) => realtime = Some(guard),
                 Err(error) => {
+                    // Not allowed (no CAP_SYS_NICE, no RLIMIT_RTPRIO): not
+                    // asked again for this stream.
                     tracing::debug!(%error, "the monitor stream is not real-time");
-                    None
+                    refused = true;
                 }
-            };
+            }
         }
         // The waker ends the wait early; the bound is only a backstop.
         let until = Instant::now()

@@ -75,9 +75,11 @@ impl RealtimeGuard {
 impl Drop for RealtimeGuard {
     fn drop(&mut self) {
         // SAFETY: as in `set_current_thread_fifo`: the kernel reads the one
-        // `sched_param`, alive across the call. Going back to a class the
-        // thread had needs no privilege, so this only fails if the thread
-        // was moved meanwhile; it then stays real-time, which is logged.
+        // `sched_param`, alive across the call. Going back to an ordinary
+        // class needs no privilege; it fails where the class the thread had
+        // cannot be set again (`SCHED_DEADLINE`, or a real-time priority
+        // above `RLIMIT_RTPRIO` without `CAP_SYS_NICE`). The thread then
+        // stays real-time, which is logged.
         let rc = unsafe { libc::sched_setscheduler(0, self.policy, &self.param) };
         if rc != 0 {
             tracing::warn!(
@@ -92,12 +94,14 @@ impl Drop for RealtimeGuard {
 mod tests {
     use super::*;
 
-    // SAFETY (both helpers): `sched_getscheduler` takes no pointer and
-    // `sched_getparam` writes one `sched_param` into a local; pid 0 is the
-    // calling thread.
+    /// The calling thread's scheduling class and priority.
     fn class() -> (i32, i32) {
+        // SAFETY: `sched_getscheduler` takes no pointer; pid 0 is the
+        // calling thread.
         let policy = unsafe { libc::sched_getscheduler(0) };
         let mut param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: writes one `sched_param` into the local `param`, valid
+        // for writes across the call.
         assert_eq!(unsafe { libc::sched_getparam(0, &mut param) }, 0);
         (policy, param.sched_priority)
     }
