@@ -669,6 +669,23 @@ mod tests {
         Producer::create(&RingConfig::new(MIN_CAPACITY).with_max_frame(max_frame)).unwrap()
     }
 
+    #[test]
+    fn a_wait_strategy_is_changed_only_to_a_valid_one() {
+        let (mut producer, _fds) = producer(4096);
+        assert_eq!(producer.wait_strategy(), WaitStrategy::default());
+        let zero = WaitStrategy::Park {
+            timeout: Duration::ZERO,
+        };
+        assert!(matches!(
+            producer.set_wait_strategy(zero),
+            Err(RingError::InvalidConfig { .. })
+        ));
+        assert_eq!(producer.wait_strategy(), WaitStrategy::default());
+        let parking = WaitStrategy::default().parking();
+        producer.set_wait_strategy(parking).unwrap();
+        assert_eq!(producer.wait_strategy(), parking);
+    }
+
     /// Writes `len`-byte frames until a write fails; returns how many went
     /// in and the error. Fails the test, instead of spinning for ever, when
     /// more go in than the ring can hold.
