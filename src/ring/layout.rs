@@ -249,6 +249,8 @@ mod tests {
         assert_eq!(CONSUMER_CLOSED_OFFSET, 384);
         assert_eq!(CONSUMER_ATTACHED_OFFSET, 388);
         assert_eq!(CONTROL_LEN, 512);
+        // The producer region: the header lines, then the data area.
+        assert_eq!(data_region_len(4096), 384 + 4096);
     }
 
     #[test]
