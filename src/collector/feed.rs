@@ -42,6 +42,9 @@ const FULL_SAFETY_NET_EVERY: u64 = 12;
 /// status can report its counters.
 pub(crate) struct Feed {
     source: Mutex<Option<EventSource>>,
+    /// [`TableConfig::realtime_events`]: monitor streams may run real-time
+    /// too.
+    pub(crate) realtime: bool,
 }
 
 impl Feed {
@@ -89,6 +92,7 @@ pub(crate) fn start(
     }
     Ok(Arc::new(Feed {
         source: Mutex::new(Some(source)),
+        realtime: config.realtime_events,
     }))
 }
 

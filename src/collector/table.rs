@@ -262,8 +262,6 @@ pub(crate) struct Shared {
     counters: Counters,
     /// The kernel event source, once started.
     feed: OnceLock<Arc<Feed>>,
-    /// Monitor streams may run real-time (`TableConfig::realtime_events`).
-    realtime: AtomicBool,
 }
 
 /// The live process table; cheap to clone (a handle on shared state).
@@ -335,12 +333,6 @@ impl ProcessTable {
             match feed::start(&table, config) {
                 Ok(feed) => {
                     table.set_source(SourceKind::Connector);
-                    // Relaxed: the event thread never reads it, and
-                    // connections get the table once `start` returns.
-                    table
-                        .shared
-                        .realtime
-                        .store(config.realtime_events, Ordering::Relaxed);
                     let _ = table.shared.feed.set(feed);
                     tracing::info!("process events from the kernel's connector");
                     return table;
@@ -375,7 +367,6 @@ impl ProcessTable {
                 fd_budget,
                 counters: Counters::default(),
                 feed: OnceLock::new(),
-                realtime: AtomicBool::new(false),
             }),
         }
     }
@@ -397,8 +388,8 @@ impl ProcessTable {
     /// table (a polling monitor scans `/proc`, which must not run ahead of
     /// every ordinary thread) and `TableConfig::realtime_events` allows it.
     pub(crate) fn realtime_streams(&self) -> bool {
-        // Relaxed: written once, before the table was shared.
-        self.source() == SourceKind::Connector && self.shared.realtime.load(Ordering::Relaxed)
+        self.source() == SourceKind::Connector
+            && self.shared.feed.get().is_some_and(|feed| feed.realtime)
     }
 
     pub(crate) fn set_source(&self, source: SourceKind) {
@@ -1191,9 +1182,6 @@ mod tests {
                 scans
             })
         };
-        // Short-lived processes for the polls to catch mid-exit (between
-        // their `stat` and their details), from three threads, each
-        // process reaped at once.
         // Stops the scanner also when a spawn fails.
         struct Stop(Arc<AtomicBool>);
         impl Drop for Stop {
@@ -1202,6 +1190,9 @@ mod tests {
             }
         }
         let stopper = Stop(Arc::clone(&stop));
+        // Short-lived processes for the polls to catch mid-exit (between
+        // their `stat` and their details), from three threads, each
+        // process reaped at once.
         let spawners: Vec<_> = (0..3)
             .map(|_| {
                 std::thread::spawn(|| {

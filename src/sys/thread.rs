@@ -34,6 +34,23 @@ pub fn set_current_thread_fifo(priority: i32) -> io::Result<()> {
     }
 }
 
+/// The calling thread's scheduling class (policy) and its parameters.
+fn current_class() -> io::Result<(i32, libc::sched_param)> {
+    // SAFETY: `sched_getscheduler` takes no pointer; pid 0 is the calling
+    // thread.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    if policy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `sched_getparam` writes one `sched_param` into `param`, which
+    // is valid for writes and lives across the call.
+    if unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((policy, param))
+}
+
 /// The calling thread in `SCHED_FIFO` at `priority` until the guard is
 /// dropped, then back in the scheduling class and priority it had (its
 /// nice value is kept through both changes). For a thread of a pool that
@@ -51,18 +68,7 @@ impl RealtimeGuard {
     /// Makes the calling thread real-time; fails (and changes nothing) as
     /// [`set_current_thread_fifo`] does.
     pub fn enter(priority: i32) -> io::Result<RealtimeGuard> {
-        // SAFETY: `sched_getscheduler` takes no pointer; pid 0 is the
-        // calling thread.
-        let policy = unsafe { libc::sched_getscheduler(0) };
-        if policy < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `sched_getparam` writes one `sched_param` into `param`,
-        // which is valid for writes and lives across the call.
-        if unsafe { libc::sched_getparam(0, &mut param) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let (policy, param) = current_class()?;
         set_current_thread_fifo(priority)?;
         Ok(RealtimeGuard {
             policy,
@@ -96,13 +102,7 @@ mod tests {
 
     /// The calling thread's scheduling class and priority.
     fn class() -> (i32, i32) {
-        // SAFETY: `sched_getscheduler` takes no pointer; pid 0 is the
-        // calling thread.
-        let policy = unsafe { libc::sched_getscheduler(0) };
-        let mut param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: writes one `sched_param` into the local `param`, valid
-        // for writes across the call.
-        assert_eq!(unsafe { libc::sched_getparam(0, &mut param) }, 0);
+        let (policy, param) = current_class().unwrap();
         (policy, param.sched_priority)
     }
 
