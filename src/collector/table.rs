@@ -28,7 +28,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::CollectError;
 use super::details::{self, Details, ExeLink};
 use super::feed::{self, Feed};
-use super::usage::{self, STAT_BUF_BYTES, Stat, StatHandle, Units, Usage};
+use super::usage::{self, Reading, STAT_BUF_BYTES, Stat, StatHandle, Units, Usage};
 use crate::proto::ProtoProcessRecord;
 use crate::proto::encoded::{EncodedRecord, StableFields};
 use crate::sys::procfs::{self, ProcRoot};
@@ -546,8 +546,9 @@ impl ProcessTable {
         Ok(())
     }
 
-    /// Reads `stat` for a fresh usage reading; false when the process has
-    /// gone (or its pid now names another process).
+    /// Reads `stat` (a kernel thread's `schedstat`) for a fresh usage
+    /// reading; false when the process has gone (or its pid now names
+    /// another process).
     fn read_usage(
         &self,
         root: &ProcRoot,
@@ -561,9 +562,20 @@ impl ProcessTable {
             .counters
             .usage_reads
             .fetch_add(1, Ordering::Relaxed);
+        if let StatHandle::KernelThread(fd) = &state.stat {
+            // Its descriptor names it alone; a kernel thread is reaped as it
+            // exits and keeps its parent, kthreadd.
+            return match usage::read_schedstat(fd, buf) {
+                Ok(cpu_ns) => {
+                    state.usage.record(Reading::of_kernel_thread(cpu_ns), now);
+                    true
+                }
+                Err(_) => false,
+            };
+        }
         match usage::read_stat(root, entry.key.pid, &state.stat, buf) {
             Ok(stat) if stat.start_ticks == entry.key.start_ticks && !stat.is_exited() => {
-                state.usage.record(&stat, &self.shared.units, now);
+                state.usage.record(self.shared.units.reading(&stat), now);
                 state.ppid = ppid_of(&stat);
                 true
             }
@@ -638,8 +650,8 @@ impl ProcessTable {
                 .get(&parent)
                 .map(|entry| Arc::clone(&lock(&entry.state).details))
         };
-        let (key, ppid, handle, stat) = match opened {
-            Some((handle, stat)) => (
+        let (key, ppid, handle, stat, first) = match opened {
+            Some((handle, stat, first)) => (
                 ProcKey {
                     pid: child,
                     start_ticks: stat.start_ticks,
@@ -647,6 +659,7 @@ impl ProcessTable {
                 ppid_of(&stat),
                 handle,
                 Some(stat),
+                Some(first),
             ),
             None => (
                 ProcKey {
@@ -656,6 +669,7 @@ impl ProcessTable {
                 },
                 Some(parent),
                 StatHandle::Reopen,
+                None,
                 None,
             ),
         };
@@ -670,7 +684,7 @@ impl ProcessTable {
                     .unwrap_or_else(|| Details::unknown(String::new())),
             ),
         };
-        let entry = self.new_entry(key, ppid, details, handle, stat.as_ref());
+        let entry = self.new_entry(key, ppid, details, handle, first);
         let mut map = lock(&self.shared.map);
         if let Some(old) = map.procs.get(&child) {
             if old.key == key {
@@ -701,7 +715,7 @@ impl ProcessTable {
             None => {
                 // Not seen forking (it predates a resync): read it whole.
                 let mut buf = [0u8; STAT_BUF_BYTES];
-                let Some((handle, stat)) = self.open_stat(root, pid, &mut buf) else {
+                let Some((handle, stat, first)) = self.open_stat(root, pid, &mut buf) else {
                     return;
                 };
                 let key = ProcKey {
@@ -712,7 +726,7 @@ impl ProcessTable {
                     .clone()
                     .unwrap_or_else(|| Details::unknown(String::new()));
                 let entry =
-                    self.new_entry(key, ppid_of(&stat), Arc::new(details), handle, Some(&stat));
+                    self.new_entry(key, ppid_of(&stat), Arc::new(details), handle, Some(first));
                 let mut map = lock(&self.shared.map);
                 map.procs.insert(pid, Arc::clone(&entry));
                 entry
@@ -891,7 +905,7 @@ impl ProcessTable {
     ) -> Vec<Arc<Entry>> {
         pids.iter()
             .filter_map(|&pid| {
-                let (handle, stat) = self.open_stat(root, pid, buf)?;
+                let (handle, stat, first) = self.open_stat(root, pid, buf)?;
                 // A zombie, or gone before its details could be read: its
                 // kept descriptor goes back to the budget.
                 let details = (!stat.is_exited())
@@ -905,7 +919,7 @@ impl ProcessTable {
                     pid,
                     start_ticks: stat.start_ticks,
                 };
-                Some(self.new_entry(key, ppid_of(&stat), Arc::new(details), handle, Some(&stat)))
+                Some(self.new_entry(key, ppid_of(&stat), Arc::new(details), handle, Some(first)))
             })
             .collect()
     }
@@ -989,24 +1003,39 @@ impl ProcessTable {
     // ---- helpers ----
 
     /// Opens and reads `stat` of `pid`, keeping the descriptor when the
-    /// budget allows. `None` when the process has gone.
+    /// budget allows (for a kernel thread, its `schedstat` instead, where
+    /// the kernel keeps the statistics), and the first usage reading.
+    /// `None` when the process has gone.
     fn open_stat(
         &self,
         root: &ProcRoot,
         pid: u32,
         buf: &mut [u8; STAT_BUF_BYTES],
-    ) -> Option<(StatHandle, Stat)> {
+    ) -> Option<(StatHandle, Stat, Reading)> {
         let fd = root.open_file(pid, "stat").ok()?;
         let handle = StatHandle::Kept(fd);
         let stat = usage::read_stat(root, pid, &handle, buf).ok()?;
         // Relaxed: a budget; going a little over under a race is harmless.
-        let handle = if self.shared.kept.fetch_add(1, Ordering::Relaxed) < self.shared.fd_budget {
-            handle
-        } else {
+        if self.shared.kept.fetch_add(1, Ordering::Relaxed) >= self.shared.fd_budget {
             self.shared.kept.fetch_sub(1, Ordering::Relaxed);
-            StatHandle::Reopen
-        };
-        Some((handle, stat))
+            return Some((StatHandle::Reopen, stat, self.shared.units.reading(&stat)));
+        }
+        if stat.kernel_thread {
+            // The baseline comes from `schedstat` too: `stat`'s CPU time is
+            // the same clock cut to ticks, which would skew the first window.
+            let kernel_thread = root.open_file(pid, "schedstat").ok().and_then(|fd| {
+                let cpu_ns = usage::read_schedstat(&fd, buf).ok()?;
+                Some((
+                    StatHandle::KernelThread(fd),
+                    Reading::of_kernel_thread(cpu_ns),
+                ))
+            });
+            if let Some((handle, first)) = kernel_thread {
+                return Some((handle, stat, first));
+            }
+        }
+        let first = self.shared.units.reading(&stat);
+        Some((handle, stat, first))
     }
 
     fn new_entry(
@@ -1015,11 +1044,11 @@ impl ProcessTable {
         ppid: Option<u32>,
         details: Arc<Details>,
         stat: StatHandle,
-        first: Option<&Stat>,
+        first: Option<Reading>,
     ) -> Arc<Entry> {
         let mut usage = Usage::default();
         if let Some(first) = first {
-            usage.record(first, &self.shared.units, Instant::now());
+            usage.record(first, Instant::now());
         }
         Arc::new(Entry {
             key,
@@ -1040,7 +1069,7 @@ impl ProcessTable {
     }
 
     fn release_handle(&self, handle: StatHandle) {
-        if let StatHandle::Kept(fd) = handle {
+        if let Some(fd) = handle.into_kept() {
             drop(fd);
             // Relaxed: a budget counter.
             self.shared.kept.fetch_sub(1, Ordering::Relaxed);
@@ -1141,6 +1170,67 @@ mod tests {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
+    }
+
+    #[test]
+    fn kernel_threads_are_read_through_schedstat_and_the_rest_through_stat() {
+        let table = ProcessTable::polling();
+        table.scan(ScanKind::Poll).unwrap();
+        let me = std::process::id();
+        let entries: Vec<Arc<Entry>> = lock(&table.shared.map).procs.values().cloned().collect();
+        let mut kernel_threads = Vec::new();
+        for entry in &entries {
+            let state = lock(&entry.state);
+            match &state.stat {
+                StatHandle::KernelThread(_) => {
+                    kernel_threads.push(Arc::clone(entry));
+                    assert_eq!(state.usage.memory_bytes(), Some(0));
+                    assert!(state.details.exe.is_none(), "{}", entry.key.pid);
+                }
+                StatHandle::Kept(_) | StatHandle::Reopen => {
+                    let root = table.root().unwrap();
+                    let mut buf = [0u8; STAT_BUF_BYTES];
+                    if let Ok(stat) =
+                        usage::read_stat(root, entry.key.pid, &StatHandle::Reopen, &mut buf)
+                    {
+                        assert!(!stat.kernel_thread, "{} read through stat", entry.key.pid);
+                    }
+                }
+            }
+        }
+        let own = entries.iter().find(|entry| entry.key.pid == me).unwrap();
+        assert!(matches!(lock(&own.state).stat, StatHandle::Kept(_)));
+        let in_ci = std::env::var("CI").is_ok_and(|value| value == "true");
+        assert!(
+            !kernel_threads.is_empty() || !in_ci,
+            "no kernel thread is visible"
+        );
+        // A window later, each has a CPU usage (a share of the machine's
+        // cores at most) from its `schedstat`.
+        std::thread::sleep(usage::USAGE_WINDOW); // the window's length, not a wait for an event
+        let reads = table.stats().usage_reads;
+        let mut checked = 0;
+        table
+            .walk(None, |entry, state, _| {
+                if matches!(state.stat, StatHandle::KernelThread(_)) {
+                    let cpu = state.usage.cpu_usage().unwrap_or(-1.0);
+                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    assert!(
+                        (0.0..=100.0 * cores as f64 + 1.0).contains(&cpu),
+                        "pid {}: {cpu}",
+                        entry.key.pid
+                    );
+                    checked += 1;
+                }
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert!(
+            checked + 5 >= kernel_threads.len(),
+            "{checked} of {}",
+            kernel_threads.len()
+        );
+        assert!(table.stats().usage_reads >= reads + checked as u64);
     }
 
     #[test]
