@@ -30,7 +30,7 @@ fn chmod(path: &Path, mode: u32) {
 
 /// A requester other than root.
 fn stranger() -> Requester {
-    Requester { uid: 65534 }
+    Requester::other(65534)
 }
 
 /// The failure result procmond would send for `outcome` must itself be valid.

@@ -121,6 +121,9 @@ fn run(
     config.table.scan_interval = Duration::from_secs(args.scan_interval_s);
     config.table.use_connector = !args.no_process_events;
     config.table.realtime_events = !args.no_realtime_events;
+    // Only the process connector needs it, and only to subscribe: the table
+    // starts (in `Server::bind`) before any thread but this one.
+    config.table.give_up_net_admin = true;
     config.collector.hash_read_timeout = Duration::from_millis(args.hash_read_timeout_ms);
 
     let server = match passed {

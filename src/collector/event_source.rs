@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::events::{Counters, Decoder, Event, EventStats, Tally};
+use crate::sys::caps;
 use crate::sys::cn_proc::{self, CnProcSocket, QueueProbe, Ready, Received, SubscribeError, Waker};
 
 /// Bytes of the buffer datagrams are received into: a connector datagram
@@ -73,6 +74,12 @@ pub struct EventSourceConfig {
     /// How often the handler gets [`Event::Tick`]; `None` (the default):
     /// never.
     pub tick: Option<Duration>,
+    /// Once subscribed (or refused), give up `CAP_NET_ADMIN` for good on
+    /// the calling thread, before the event thread starts (it inherits
+    /// that): joining the connector's group and forcing the receive buffer
+    /// are all it is needed for. For a process that has no other thread
+    /// yet (procmond). Default false.
+    pub give_up_net_admin: bool,
 }
 
 impl Default for EventSourceConfig {
@@ -83,6 +90,7 @@ impl Default for EventSourceConfig {
             stop_timeout: Duration::from_secs(1),
             thread_name: "cn-proc".to_string(),
             tick: None,
+            give_up_net_admin: false,
         }
     }
 }
@@ -152,6 +160,15 @@ struct SyncState {
     applying: Mutex<()>,
 }
 
+/// [`caps::give_up_net_admin`], its failure logged (it cannot fail unless
+/// the kernel lacks capabilities).
+pub(crate) fn give_up_net_admin() {
+    match caps::give_up_net_admin() {
+        Ok(()) => tracing::debug!("CAP_NET_ADMIN given up"),
+        Err(error) => tracing::warn!(%error, "cannot give up CAP_NET_ADMIN"),
+    }
+}
+
 impl EventSource {
     /// Subscribes to the kernel's process events and starts the thread that
     /// calls `handler` for each. Fails with [`SubscribeError::Disabled`]
@@ -164,7 +181,11 @@ impl EventSource {
         if cn_proc::disabled_by_env() {
             return Err(SubscribeError::Disabled);
         }
-        let socket = CnProcSocket::subscribe(config.recv_buffer_bytes, config.ack_timeout)?;
+        let socket = CnProcSocket::subscribe(config.recv_buffer_bytes, config.ack_timeout);
+        if config.give_up_net_admin {
+            give_up_net_admin();
+        }
+        let socket = socket?;
         let decoder = Decoder::new();
         let counters = decoder.counters();
         let stop = Arc::new(AtomicBool::new(false));

@@ -74,6 +74,7 @@ pub(crate) fn start(
             recv_buffer_bytes: config.receive_buffer_bytes,
             tick: Some(config.scan_interval),
             thread_name: "procmond-events".into(),
+            give_up_net_admin: config.give_up_net_admin,
             ..EventSourceConfig::default()
         },
         Applier {

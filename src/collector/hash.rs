@@ -1,10 +1,11 @@
 //! SHA-256 of a file: streamed in large blocks, capped in size, refusing
 //! anything that is not a regular file, and cached by file version.
 //!
-//! A path is opened by [`open_regular`]: resolved once without opening
-//! anything, refused unless that is a regular file, and only then that same
-//! inode opened for reading, so no device or FIFO is ever opened, whatever
-//! is renamed in between. Paths through `/proc`'s magic links
+//! A path is opened by [`open_regular_on_host`]: resolved once, as the
+//! host sees it (below init's root, so a service's private `/tmp` does not
+//! hide root's files there), without opening anything, refused unless that
+//! is a regular file, and only then that same inode opened for reading, so
+//! no device or FIFO is ever opened, whatever is renamed in between. Paths through `/proc`'s magic links
 //! (`/proc/self/fd/N` would reach procmond's own descriptors) are refused.
 //! Every later decision is made on the `fstat` and `fstatfs` of the opened
 //! descriptor: it must be a regular file, not on a pseudo file system
@@ -15,6 +16,7 @@
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::blocking::{IoThread, Waited};
 use super::cache::{CacheStats, Digest, FileKey, SharedHashCache, only_root_writes};
-use crate::sys::fs::{OpenRegularError, file_system, non_regular_kind, open_regular};
+use crate::sys::fs::{OpenRegularError, file_system, non_regular_kind, open_regular_below};
 
 /// Longest part of a path quoted in an error message, in bytes: results
 /// carrying the message stay within
@@ -56,6 +58,19 @@ pub enum HashError {
     NotFound {
         /// The path asked for.
         path: PathBuf,
+    },
+    /// The path names nothing in procmond's mount namespace, where it was
+    /// looked up since the requester's own (through `/proc/<pid>/root`) was
+    /// out of reach: procmond lacks `CAP_SYS_PTRACE` over the requester.
+    #[error(
+        "{}: no such file in procmond's mount namespace (the agent's, /proc/{pid}/root, is out of reach without CAP_SYS_PTRACE)",
+        shown(path)
+    )]
+    NotFoundOutsideRequesterRoot {
+        /// The path asked for.
+        path: PathBuf,
+        /// The requester's pid.
+        pid: u32,
     },
     /// The path exists but may not be read by this process.
     #[error("{}: permission denied", shown(path))]
@@ -264,14 +279,29 @@ impl Hasher {
     }
 
     /// Hashes the regular file at `path` (opened by procmond: only for
-    /// root's tasks and procmond's own use): see the module documentation
-    /// for what is refused.
-    pub(crate) fn hash_path(&mut self, path: &Path) -> Result<Digest, HashError> {
+    /// root's tasks and procmond's own use), looked up below `root` when
+    /// given (see [`Requester`](super::Requester)): see the module
+    /// documentation for what is refused.
+    pub(crate) fn hash_path(
+        &mut self,
+        path: &Path,
+        root: Option<BorrowedFd<'_>>,
+    ) -> Result<Digest, HashError> {
         // Never a device: opening some has side effects (a watchdog starts,
         // a tape rewinds, a terminal becomes controlling).
         let owned = path.to_path_buf();
+        let root = root.map(|root| root.try_clone_to_owned()).transpose();
+        let root = root.map_err(|e| HashError::from_io(path, e))?;
         let file = self
-            .blocking(path, move || open_regular(&owned))?
+            .blocking(path, move || {
+                match open_regular_below(root.as_ref().map(AsFd::as_fd), &owned) {
+                    // No `openat2`: looked up in procmond's namespace.
+                    Err(OpenRegularError::Io(e)) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                        open_regular_below(None, &owned)
+                    }
+                    opened => opened,
+                }
+            })?
             .map_err(|e| HashError::from_open(path, e))?;
         self.hash_file(file, path)
     }
@@ -430,7 +460,7 @@ mod tests {
             Duration::from_secs(5),
             SharedHashCache::new(4),
         );
-        match hasher.hash_path(Path::new("/dev/zero")) {
+        match hasher.hash_path(Path::new("/dev/zero"), None) {
             Err(HashError::NotRegularFile { kind, .. }) => assert_eq!(kind, "character device"),
             other => panic!("expected NotRegularFile, got {other:?}"),
         }

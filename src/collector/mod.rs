@@ -319,7 +319,7 @@ impl Collector {
     /// };
     /// let outcome = collector.check_hash_for(&check, Requester::root());
     /// assert!(matches!(outcome.error, Some(HashError::PseudoFileSystem { fs: "proc", .. })));
-    /// let outcome = collector.check_hash_for(&check, Requester { uid: 1000 });
+    /// let outcome = collector.check_hash_for(&check, Requester::other(1000));
     /// assert!(matches!(outcome.error, Some(HashError::PathNotAllowed { uid: 1000, .. })));
     /// ```
     pub fn check_hash_for(&mut self, check: &ProtoHashCheck, requester: Requester) -> HashOutcome {
@@ -414,7 +414,15 @@ impl Collector {
                     path: path.to_path_buf(),
                 });
             }
-            Source::Path(_) => self.hasher.hash_path(path)?,
+            Source::Path(requester) => match self.hasher.hash_path(path, requester.root_dir()) {
+                Err(HashError::NotFound { path }) if requester.unreached_root().is_some() => {
+                    return Err(HashError::NotFoundOutsideRequesterRoot {
+                        path,
+                        pid: requester.unreached_root().unwrap_or_default(),
+                    });
+                }
+                hashed => hashed?,
+            },
         };
         let hex = hash::to_hex(&digest);
         let matched = (!expected.is_empty()).then(|| expected.eq_ignore_ascii_case(&hex));

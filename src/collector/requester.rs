@@ -3,24 +3,96 @@
 //! other peer opens the file itself, so the kernel (mode bits, ACLs, LSMs,
 //! its own mount namespace) decides what it may hash, and attaches the
 //! descriptor to the task.
+//!
+//! Root's paths are looked up as root's agent sees them: below its root
+//! directory, reached through `/proc/<pid>/root` when it connected (a
+//! descriptor of that very process: it cannot come to name another one
+//! later, whatever reuses the pid). So procmond's own mount namespace (a
+//! service's private `/tmp`) does not change which file a path names, and
+//! an agent in a container or chroot has its own files hashed.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::sys::procfs;
 
 /// The peer a CHECK_PROCESS_HASH is carried out for; see
 /// [`Collector::check_hash_for`](super::Collector::check_hash_for).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Requester {
     /// The peer's user id (from `SO_PEERCRED`).
     pub uid: u32,
+    lookup: Lookup,
+}
+
+/// Where the paths a requester names are looked up.
+#[derive(Clone, Debug)]
+enum Lookup {
+    /// In this process's mount namespace (a caller in this process).
+    Own,
+    /// Below the peer's root directory.
+    PeerRoot(Arc<OwnedFd>),
+    /// In this process's namespace, since the root of the peer (this pid)
+    /// was out of reach (no `CAP_SYS_PTRACE` over it).
+    OwnFallback(u32),
 }
 
 impl Requester {
-    /// Root: may have procmond open a path (pseudo file systems, magic links
-    /// and non-regular files are still refused).
+    /// Root, in this process: may have procmond open a path (pseudo file
+    /// systems, magic links and non-regular files are still refused),
+    /// looked up in this process's mount namespace.
     pub fn root() -> Self {
-        Self { uid: 0 }
+        Self {
+            uid: 0,
+            lookup: Lookup::Own,
+        }
+    }
+
+    /// Another uid: names no path (it attaches the file it wants hashed).
+    pub fn other(uid: u32) -> Self {
+        Self {
+            uid,
+            lookup: Lookup::Own,
+        }
+    }
+
+    /// The peer `pid` of uid `uid`, as a connection knows it: for root, its
+    /// root directory is taken now, so its paths are looked up as it sees
+    /// them.
+    pub(crate) fn peer(uid: u32, pid: u32) -> Self {
+        let lookup = if uid != 0 {
+            Lookup::Own
+        } else {
+            match procfs::open_root_of(pid) {
+                Ok(root) => Lookup::PeerRoot(Arc::new(root)),
+                Err(error) => {
+                    tracing::warn!(pid, %error, "cannot reach the agent's root; its paths are looked up in procmond's mount namespace");
+                    Lookup::OwnFallback(pid)
+                }
+            }
+        };
+        Self { uid, lookup }
     }
 
     /// Whether procmond may open a path this peer names.
-    pub(crate) fn may_name_paths(self) -> bool {
+    pub(crate) fn may_name_paths(&self) -> bool {
         self.uid == 0
+    }
+
+    /// The directory its paths are resolved below (`None`: this process's
+    /// root, in its own namespace).
+    pub(crate) fn root_dir(&self) -> Option<BorrowedFd<'_>> {
+        match &self.lookup {
+            Lookup::PeerRoot(root) => Some(std::os::fd::AsFd::as_fd(&**root)),
+            Lookup::Own | Lookup::OwnFallback(_) => None,
+        }
+    }
+
+    /// The peer whose root was out of reach, if so.
+    pub(crate) fn unreached_root(&self) -> Option<u32> {
+        match self.lookup {
+            Lookup::OwnFallback(pid) => Some(pid),
+            Lookup::Own | Lookup::PeerRoot(_) => None,
+        }
     }
 }

@@ -297,6 +297,11 @@ pub struct TableConfig {
     /// while they wait for and send events, so an exec reaches the agent
     /// within a millisecond on a busy host. Default true.
     pub realtime_events: bool,
+    /// Give up `CAP_NET_ADMIN` once the connector is subscribed or refused
+    /// ([`EventSourceConfig::give_up_net_admin`](super::EventSourceConfig)):
+    /// for procmond, which starts its table before any other thread.
+    /// Default false.
+    pub give_up_net_admin: bool,
 }
 
 impl Default for TableConfig {
@@ -306,6 +311,7 @@ impl Default for TableConfig {
             scan_interval: std::time::Duration::from_secs(10),
             receive_buffer_bytes: 8 << 20,
             realtime_events: true,
+            give_up_net_admin: false,
         }
     }
 }
@@ -343,6 +349,9 @@ impl ProcessTable {
             }
         } else {
             tracing::info!("process events not asked for; polling /proc");
+        }
+        if config.give_up_net_admin {
+            super::event_source::give_up_net_admin();
         }
         if let Err(error) = table.scan(ScanKind::Poll) {
             tracing::warn!(%error, "cannot read the process table");

@@ -108,7 +108,7 @@ pub(super) fn serve(stream: UnixStream, config: &ServerConfig, mut slot: Held, s
         Err(error) => tracing::debug!(pid = peer.pid, %error, "cannot watch the client's process"),
     }
     // Only root may have procmond open a path; anyone else attaches the file.
-    let requester = Requester { uid: peer.uid };
+    let requester = Requester::peer(peer.uid, peer.pid);
     let reason = run(channel, producer, config, requester, shared, slot);
     tracing::info!(uid = peer.uid, pid = peer.pid, %reason, "connection closed; ring freed");
 }
@@ -149,7 +149,7 @@ fn run(
             .spawn(move || {
                 let _finished = finished;
                 let (producer, why) = worker::run(
-                    producer, &queue, &signals, collector, requester, stall, &counters,
+                    producer, &queue, &signals, collector, &requester, stall, &counters,
                 );
                 if let Some(why) = why {
                     let _ = ended.set(why);

@@ -27,7 +27,7 @@ pub(super) fn run(
     queue: &Receiver<Work>,
     signals: &TaskSignals,
     mut collector: Collector,
-    requester: Requester,
+    requester: &Requester,
     stall: Duration,
     counters: &Counters,
 ) -> (Producer, Option<String>) {
@@ -85,7 +85,7 @@ fn run_job(
     baseline: &mut Baseline,
     signals: &TaskSignals,
     mut job: Job,
-    requester: Requester,
+    requester: &Requester,
     stall: Duration,
 ) -> Result<StreamStats, SessionError> {
     let file = job.file.take();
@@ -271,7 +271,7 @@ fn hash_check(
     signals: &TaskSignals,
     job: &Job,
     file: Option<std::fs::File>,
-    requester: Requester,
+    requester: &Requester,
 ) -> Result<StreamStats, SessionError> {
     let Some(check) = job.task.hash_check.as_ref() else {
         // Validation requires it; answer rather than trust that.
@@ -279,7 +279,7 @@ fn hash_check(
     };
     let mut outcome = match file {
         Some(file) => collector.check_hash_of(check, file),
-        None => collector.check_hash_for(check, requester),
+        None => collector.check_hash_for(check, requester.clone()),
     }
     .result;
     if signals.halted() {
@@ -465,7 +465,7 @@ mod tests {
             &mut Baseline::default(),
             &signals,
             job,
-            Requester::root(),
+            &Requester::root(),
             Duration::from_secs(5),
         );
         assert!(

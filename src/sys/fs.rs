@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
@@ -143,16 +143,38 @@ pub fn non_regular_kind(mode: u32) -> Option<&'static str> {
 /// are resolved as text, which a magic link's target (`/memfd:ring
 /// (deleted)`, `pipe:[123]`) does not (`ELOOP` otherwise).
 pub fn open_regular(path: &Path) -> Result<File, OpenRegularError> {
+    open_regular_below(None, path)
+}
+
+/// [`open_regular`] of `path` resolved below the directory `root`
+/// (`RESOLVE_IN_ROOT`: absolute paths and symbolic links stay below it, as
+/// they would for a process whose root it is) or, without one, as
+/// `open_regular` does. With a root and no `openat2` (before Linux 5.6),
+/// `ENOSYS`.
+pub fn open_regular_below(
+    root: Option<BorrowedFd<'_>>,
+    path: &Path,
+) -> Result<File, OpenRegularError> {
     let flags = OFlags::PATH | OFlags::CLOEXEC;
-    let resolved = match rustix::fs::openat2(
-        rustix::fs::CWD,
-        path,
-        flags,
-        Mode::empty(),
-        ResolveFlags::NO_MAGICLINKS,
-    ) {
+    let resolved = match root {
+        Some(root) => rustix::fs::openat2(
+            root,
+            path,
+            flags,
+            Mode::empty(),
+            ResolveFlags::NO_MAGICLINKS | ResolveFlags::IN_ROOT,
+        ),
+        None => rustix::fs::openat2(
+            rustix::fs::CWD,
+            path,
+            flags,
+            Mode::empty(),
+            ResolveFlags::NO_MAGICLINKS,
+        ),
+    };
+    let resolved = match resolved {
         Ok(fd) => fd,
-        Err(rustix::io::Errno::NOSYS) => {
+        Err(rustix::io::Errno::NOSYS) if root.is_none() => {
             let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(io::Error::from)?;
             let checked = rustix::fs::fstat(&fd).map_err(io::Error::from)?;
             let same = std::fs::canonicalize(path)

@@ -60,6 +60,18 @@ impl ProcRoot {
     }
 }
 
+/// The root directory of process `pid` (`/proc/<pid>/root`, a path-only
+/// descriptor): lookups below it see that process's mounts and chroot.
+/// The kernel allows it only to whoever may ptrace-read the process (its
+/// own uid, or `CAP_SYS_PTRACE`).
+pub fn open_root_of(pid: u32) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        format!("/proc/{pid}/root").as_str(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// Reads from offset 0 of `fd` into `buf`, returning the bytes read. One
 /// `pread`: a `/proc` file shorter than `buf` is read whole at once.
 pub fn read_at_start(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
