@@ -783,7 +783,9 @@ fn with_no_capabilities_procmond_degrades_with_clear_errors() {
     match root_only.hash_check(&mut agent) {
         Err(ClientError::TaskFailed { message, .. }) => {
             assert!(
-                message.contains("out of reach without CAP_SYS_PTRACE"),
+                message.contains(
+                    "is out of reach: procmond may not ptrace-read it (no CAP_SYS_PTRACE)"
+                ),
                 "{message}"
             );
         }
@@ -819,7 +821,8 @@ fn with_no_capabilities_procmond_degrades_with_clear_errors() {
     .output_within(WAIT, "daemoneye-agent hash-check");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
     assert!(
-        text(&out.stderr).contains("out of reach without CAP_SYS_PTRACE"),
+        text(&out.stderr)
+            .contains("is out of reach: procmond may not ptrace-read it (no CAP_SYS_PTRACE)"),
         "{}",
         text(&out.stderr)
     );

@@ -1,11 +1,12 @@
 //! SHA-256 of a file: streamed in large blocks, capped in size, refusing
 //! anything that is not a regular file, and cached by file version.
 //!
-//! A path is opened by [`open_regular_on_host`]: resolved once, as the
-//! host sees it (below init's root, so a service's private `/tmp` does not
-//! hide root's files there), without opening anything, refused unless that
-//! is a regular file, and only then that same inode opened for reading, so
-//! no device or FIFO is ever opened, whatever is renamed in between. Paths through `/proc`'s magic links
+//! A path is opened by [`open_regular_below`]: resolved once, as the root
+//! agent that names it sees it (below its root directory, so a service's
+//! private `/tmp` does not hide root's files there), without opening
+//! anything, refused unless that is a regular file, and only then that same
+//! inode opened for reading, so no device or FIFO is ever opened, whatever
+//! is renamed in between. Paths through `/proc`'s magic links
 //! (`/proc/self/fd/N` would reach procmond's own descriptors) are refused.
 //! Every later decision is made on the `fstat` and `fstatfs` of the opened
 //! descriptor: it must be a regular file, not on a pseudo file system
@@ -61,9 +62,10 @@ pub enum HashError {
     },
     /// The path names nothing in procmond's mount namespace, where it was
     /// looked up since the requester's own (through `/proc/<pid>/root`) was
-    /// out of reach: procmond lacks `CAP_SYS_PTRACE` over the requester.
+    /// out of reach (procmond lacks `CAP_SYS_PTRACE` over the requester,
+    /// say).
     #[error(
-        "{}: no such file in procmond's mount namespace (the agent's, /proc/{pid}/root, is out of reach without CAP_SYS_PTRACE)",
+        "{}: no such file in procmond's mount namespace (the agent's, through /proc/{pid}/root, is out of reach: {why})",
         shown(path)
     )]
     NotFoundOutsideRequesterRoot {
@@ -71,6 +73,8 @@ pub enum HashError {
         path: PathBuf,
         /// The requester's pid.
         pid: u32,
+        /// Why its root was out of reach.
+        why: String,
     },
     /// The path exists but may not be read by this process.
     #[error("{}: permission denied", shown(path))]

@@ -415,12 +415,16 @@ impl Collector {
                 });
             }
             Source::Path(requester) => match self.hasher.hash_path(path, requester.root_dir()) {
-                Err(HashError::NotFound { path }) if requester.unreached_root().is_some() => {
-                    return Err(HashError::NotFoundOutsideRequesterRoot {
-                        path,
-                        pid: requester.unreached_root().unwrap_or_default(),
-                    });
-                }
+                Err(HashError::NotFound { path }) => match requester.unreached_root() {
+                    Some((pid, why)) => {
+                        return Err(HashError::NotFoundOutsideRequesterRoot {
+                            path,
+                            pid,
+                            why: why.to_owned(),
+                        });
+                    }
+                    None => return Err(HashError::NotFound { path }),
+                },
                 hashed => hashed?,
             },
         };

@@ -5,11 +5,13 @@
 //! descriptor to the task.
 //!
 //! Root's paths are looked up as root's agent sees them: below its root
-//! directory, reached through `/proc/<pid>/root` when it connected (a
-//! descriptor of that very process: it cannot come to name another one
-//! later, whatever reuses the pid). So procmond's own mount namespace (a
-//! service's private `/tmp`) does not change which file a path names, and
-//! an agent in a container or chroot has its own files hashed.
+//! directory, opened through `/proc/<pid>/root` when it connects, once a
+//! descriptor of `/proc/<pid>` shows that process runs as root (the pid is
+//! the one `SO_PEERCRED` recorded at `connect`: should the agent be gone
+//! and its pid reused by then, only another root process could pass). So
+//! procmond's own mount namespace (a service's private `/tmp`) does not
+//! change which file a path names, and an agent in a container or chroot
+//! has its own files hashed.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -33,8 +35,9 @@ enum Lookup {
     /// Below the peer's root directory.
     PeerRoot(Arc<OwnedFd>),
     /// In this process's namespace, since the root of the peer (this pid)
-    /// was out of reach (no `CAP_SYS_PTRACE` over it).
-    OwnFallback(u32),
+    /// was out of reach (why: without `CAP_SYS_PTRACE` over it, permission
+    /// denied).
+    OwnFallback(u32, Arc<str>),
 }
 
 impl Requester {
@@ -63,11 +66,16 @@ impl Requester {
         let lookup = if uid != 0 {
             Lookup::Own
         } else {
-            match procfs::open_root_of(pid) {
+            match procfs::open_root_of(pid, uid) {
                 Ok(root) => Lookup::PeerRoot(Arc::new(root)),
                 Err(error) => {
                     tracing::warn!(pid, %error, "cannot reach the agent's root; its paths are looked up in procmond's mount namespace");
-                    Lookup::OwnFallback(pid)
+                    let why = if error.kind() == std::io::ErrorKind::PermissionDenied {
+                        "procmond may not ptrace-read it (no CAP_SYS_PTRACE)".to_owned()
+                    } else {
+                        error.to_string()
+                    };
+                    Lookup::OwnFallback(pid, why.into())
                 }
             }
         };
@@ -84,14 +92,14 @@ impl Requester {
     pub(crate) fn root_dir(&self) -> Option<BorrowedFd<'_>> {
         match &self.lookup {
             Lookup::PeerRoot(root) => Some(std::os::fd::AsFd::as_fd(&**root)),
-            Lookup::Own | Lookup::OwnFallback(_) => None,
+            Lookup::Own | Lookup::OwnFallback(..) => None,
         }
     }
 
-    /// The peer whose root was out of reach, if so.
-    pub(crate) fn unreached_root(&self) -> Option<u32> {
-        match self.lookup {
-            Lookup::OwnFallback(pid) => Some(pid),
+    /// The peer whose root was out of reach, and why, if so.
+    pub(crate) fn unreached_root(&self) -> Option<(u32, &str)> {
+        match &self.lookup {
+            Lookup::OwnFallback(pid, why) => Some((*pid, why)),
             Lookup::Own | Lookup::PeerRoot(_) => None,
         }
     }

@@ -743,6 +743,14 @@ impl ProcessTable {
         };
         {
             let mut state = lock(&entry.state);
+            if matches!(state.stat, StatHandle::KernelThread(_)) {
+                // A usermode helper (before Linux 5.17) that began as a
+                // kernel thread: a process now, with threads and memory
+                // `schedstat` does not show, and a CPU clock in other units.
+                let old = std::mem::replace(&mut state.stat, StatHandle::Reopen);
+                self.release_handle(old);
+                state.usage = Usage::default();
+            }
             state.usage.expire();
             state.details = Arc::new(fresh.unwrap_or_else(|| {
                 // Gone before its new image could be read: its name from the
@@ -1199,10 +1207,14 @@ mod tests {
                 StatHandle::Kept(_) | StatHandle::Reopen => {
                     let root = table.root().unwrap();
                     let mut buf = [0u8; STAT_BUF_BYTES];
-                    if let Ok(stat) =
-                        usage::read_stat(root, entry.key.pid, &StatHandle::Reopen, &mut buf)
-                    {
-                        assert!(!stat.kernel_thread, "{} read through stat", entry.key.pid);
+                    // A kernel thread here only where its `schedstat` is not
+                    // to be trusted (a kernel without scheduler statistics).
+                    let stat = usage::read_stat(root, entry.key.pid, &StatHandle::Reopen, &mut buf);
+                    if stat.is_ok_and(|stat| stat.kernel_thread) {
+                        let schedstat = root
+                            .open_file(entry.key.pid, "schedstat")
+                            .and_then(|fd| usage::read_schedstat(&fd, &mut buf));
+                        assert!(schedstat.is_err(), "{} read through stat", entry.key.pid);
                     }
                 }
             }

@@ -304,7 +304,8 @@ pub enum SubscribeError {
     /// and pid namespaces, which is the usual cause.
     #[error(
         "no acknowledgement from the process connector within {waited:?}: the kernel ignores \
-         listeners outside the initial user and pid namespaces"
+         listeners outside the initial user and pid namespaces (and some kernels, listeners \
+         without CAP_NET_ADMIN)"
     )]
     NoAck {
         /// How long the ack was waited for.

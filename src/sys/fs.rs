@@ -94,6 +94,10 @@ fn find(table: &[(u32, &'static str)], magic: u32) -> Option<&'static str> {
         .map(|(_, name)| *name)
 }
 
+/// How often a lookup below a root is tried when the kernel says a rename
+/// or mount raced it (`EAGAIN`).
+const RESOLVE_TRIES: usize = 3;
+
 /// Why [`open_regular`] opened nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenRegularError {
@@ -157,13 +161,20 @@ pub fn open_regular_below(
 ) -> Result<File, OpenRegularError> {
     let flags = OFlags::PATH | OFlags::CLOEXEC;
     let resolved = match root {
-        Some(root) => rustix::fs::openat2(
-            root,
-            path,
-            flags,
-            Mode::empty(),
-            ResolveFlags::NO_MAGICLINKS | ResolveFlags::IN_ROOT,
-        ),
+        // `EAGAIN`: a rename or mount raced a `..` step below the root;
+        // the kernel asks for another try.
+        Some(root) => (0..RESOLVE_TRIES)
+            .map(|_| {
+                rustix::fs::openat2(
+                    root,
+                    path,
+                    flags,
+                    Mode::empty(),
+                    ResolveFlags::NO_MAGICLINKS | ResolveFlags::IN_ROOT,
+                )
+            })
+            .find(|tried| !matches!(tried, Err(rustix::io::Errno::AGAIN)))
+            .unwrap_or(Err(rustix::io::Errno::AGAIN)),
         None => rustix::fs::openat2(
             rustix::fs::CWD,
             path,
@@ -234,6 +245,54 @@ mod tests {
         // An ordinary path still opens.
         let exe = std::env::current_exe().unwrap();
         assert!(open_regular(&exe).is_ok());
+    }
+
+    #[test]
+    fn below_a_root_absolute_paths_links_and_dot_dots_stay_inside_it() {
+        struct Removed(std::path::PathBuf);
+        impl Drop for Removed {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir = Removed(std::env::temp_dir().join(format!("de-fs-root-{}", std::process::id())));
+        let root = &dir.0;
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/hostname"), b"inside").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("absolute")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc/hostname", root.join("etc/up")).unwrap();
+        let fifo = root.join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let base = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let read = |path: &str| -> String {
+            let file = open_regular_below(Some(base.as_fd()), Path::new(path)).unwrap();
+            std::io::read_to_string(file).unwrap()
+        };
+        for path in [
+            "/etc/hostname",
+            "/absolute",
+            "/etc/up",
+            "/../../etc/hostname",
+            "etc/hostname",
+        ] {
+            assert_eq!(read(path), "inside", "{path} left the root");
+        }
+        assert!(matches!(
+            open_regular_below(Some(base.as_fd()), Path::new("/fifo")),
+            Err(OpenRegularError::NotRegular { kind: "FIFO" })
+        ));
+        // Nothing of the real root is reached: no /proc below this one.
+        assert!(matches!(
+            open_regular_below(Some(base.as_fd()), Path::new("/proc/self/stat")),
+            Err(OpenRegularError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound
+        ));
     }
 
     #[test]

@@ -61,12 +61,39 @@ impl ProcRoot {
 }
 
 /// The root directory of process `pid` (`/proc/<pid>/root`, a path-only
-/// descriptor): lookups below it see that process's mounts and chroot.
-/// The kernel allows it only to whoever may ptrace-read the process (its
-/// own uid, or `CAP_SYS_PTRACE`).
-pub fn open_root_of(pid: u32) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::open(
-        format!("/proc/{pid}/root").as_str(),
+/// descriptor) if its effective uid is `euid`: lookups below it see that
+/// process's mounts and chroot. Both are read through one descriptor of
+/// `/proc/<pid>`, which names that process only (never a later holder of
+/// the pid), so the uid checked is the uid of the process whose root is
+/// returned. The kernel lets only whoever may ptrace-read the process (its
+/// own uid, or `CAP_SYS_PTRACE`) open its root.
+pub fn open_root_of(pid: u32, euid: u32) -> io::Result<OwnedFd> {
+    let dir = rustix::fs::open(
+        format!("/proc/{pid}").as_str(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let status = rustix::fs::openat(
+        &dir,
+        "status",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut buf = [0u8; 4096];
+    let n = read_at_start(&status, &mut buf)?;
+    let text = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
+    let found = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1)?.parse::<u32>().ok());
+    if found != Some(euid) {
+        return Err(io::Error::other(format!(
+            "process {pid} now runs as uid {found:?}, not {euid}: not the peer that connected"
+        )));
+    }
+    Ok(rustix::fs::openat(
+        &dir,
+        "root",
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
