@@ -330,6 +330,7 @@ pub(crate) fn wake_if_parked(word: &FutexWord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU32};
 
@@ -433,6 +434,115 @@ mod tests {
         });
         assert_eq!(got.unwrap(), 5);
         child.wait().unwrap();
+    }
+
+    /// Runs `block` on another thread and gives its result, or fails the
+    /// test if it has not returned within `within`: a spin that never reads
+    /// the clock again would otherwise hang the run.
+    fn block_within<T: Send + 'static>(
+        within: Duration,
+        run: impl FnOnce() -> Result<T, RingError> + Send + 'static,
+    ) -> Result<T, RingError> {
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(run());
+        });
+        result
+            .recv_timeout(within)
+            .expect("the wait did not end (its clock is never read again?)")
+    }
+
+    #[test]
+    fn spin_then_park_polls_its_spins_then_parks_once_with_a_thorough_poll() {
+        for limit in [0, 1, 5, CLOCK_EVERY + 1, YIELD_EVERY + 3] {
+            let word = AtomicU32::new(IDLE);
+            let strategy = WaitStrategy::SpinThenPark {
+                spins: limit,
+                park_timeout: Duration::from_secs(5),
+            };
+            let start = Instant::now();
+            let deadline = start + Duration::from_secs(10);
+            let mut polls = Vec::new();
+            // Ready at the first poll after the park was announced.
+            let got = block(strategy, deadline, &word, None, |thorough| {
+                let parked = word.load(Ordering::Relaxed) == PARKED;
+                polls.push(thorough);
+                parked.then(|| Ok(polls.len()))
+            });
+            // The first poll, one after each spin, then the re-check.
+            assert_eq!(got.unwrap(), limit as usize + 2, "spins {limit}");
+            let (recheck, before) = polls.split_last().unwrap();
+            assert!(*recheck, "the re-check after announcing is thorough");
+            // The spins took microseconds: no liveness round was due, so
+            // none was thorough (unless this thread was held off the CPU
+            // for a whole liveness interval).
+            if start.elapsed() < BUSY_LIVENESS_INTERVAL {
+                assert!(
+                    before.iter().all(|thorough| !thorough),
+                    "spins {limit}: {polls:?}"
+                );
+            }
+            assert_eq!(word.load(Ordering::Relaxed), IDLE);
+        }
+    }
+
+    #[test]
+    fn a_busy_spin_ends_at_its_deadline() {
+        let word = Arc::new(AtomicU32::new(IDLE));
+        let polls = Arc::new(AtomicU32::new(0));
+        let (w, p) = (Arc::clone(&word), Arc::clone(&polls));
+        let deadline = Instant::now() + Duration::from_millis(30);
+        let got: Result<(), _> = block_within(Duration::from_secs(20), move || {
+            block(WaitStrategy::BusySpin, deadline, &w, None, |_| {
+                p.fetch_add(1, Ordering::Relaxed);
+                None
+            })
+        });
+        assert!(matches!(got, Err(RingError::TimedOut)), "{got:?}");
+        assert!(Instant::now() >= deadline);
+        // It spun (never parked) until then.
+        assert!(polls.load(Ordering::Relaxed) > CLOCK_EVERY);
+        assert_eq!(word.load(Ordering::Relaxed), IDLE);
+    }
+
+    #[test]
+    fn a_spinning_waiter_sees_its_peer_die_without_parking() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pidfd = PidFd::open(child.id()).unwrap();
+        assert!(pidfd.wait_exit(Duration::from_secs(10)).unwrap());
+        child.wait().unwrap();
+        for strategy in [
+            WaitStrategy::BusySpin,
+            // Never reaches its park within the test.
+            WaitStrategy::SpinThenPark {
+                spins: u32::MAX,
+                park_timeout: Duration::from_secs(60),
+            },
+        ] {
+            let pidfd = PidFd::from_owned(pidfd.as_fd().try_clone_to_owned().unwrap());
+            let word = Arc::new(AtomicU32::new(IDLE));
+            let w = Arc::clone(&word);
+            // A deadline far off: only the liveness check while spinning
+            // ends this wait in time.
+            let deadline = Instant::now() + Duration::from_secs(600);
+            let thorough_polls = Arc::new(AtomicU32::new(0));
+            let t = Arc::clone(&thorough_polls);
+            let got: Result<(), _> = block_within(Duration::from_secs(20), move || {
+                block(strategy, deadline, &w, Some(&pidfd), |thorough| {
+                    if thorough {
+                        t.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None
+                })
+            });
+            assert!(
+                matches!(got, Err(RingError::PeerGone)),
+                "{strategy:?}: {got:?}"
+            );
+            // The last look before giving up was a thorough poll.
+            assert!(thorough_polls.load(Ordering::Relaxed) >= 1);
+            assert_eq!(word.load(Ordering::Relaxed), IDLE, "{strategy:?} parked");
+        }
     }
 
     #[test]
