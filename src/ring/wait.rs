@@ -467,7 +467,7 @@ mod tests {
             let got = block(strategy, deadline, &word, None, |thorough| {
                 let parked = word.load(Ordering::Relaxed) == PARKED;
                 polls.push(thorough);
-                parked.then(|| Ok(polls.len()))
+                parked.then_some(Ok(polls.len()))
             });
             // The first poll, one after each spin, then the re-check.
             assert_eq!(got.unwrap(), limit as usize + 2, "spins {limit}");
