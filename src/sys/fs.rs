@@ -247,29 +247,35 @@ mod tests {
         assert!(open_regular(&exe).is_ok());
     }
 
+    /// A temporary directory, removed on drop (also when the test fails).
+    struct Removed(std::path::PathBuf);
+
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn make_fifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+    }
+
     #[test]
     fn below_a_root_absolute_paths_links_and_dot_dots_stay_inside_it() {
-        struct Removed(std::path::PathBuf);
-        impl Drop for Removed {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
         let dir = Removed(std::env::temp_dir().join(format!("de-fs-root-{}", std::process::id())));
         let root = &dir.0;
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(root.join("etc/hostname"), b"inside").unwrap();
         std::os::unix::fs::symlink("/etc/hostname", root.join("absolute")).unwrap();
         std::os::unix::fs::symlink("../../../../etc/hostname", root.join("etc/up")).unwrap();
-        let fifo = root.join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        make_fifo(&root.join("fifo"));
         let base = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
         let read = |path: &str| -> String {
             let file = open_regular_below(Some(base.as_fd()), Path::new(path)).unwrap();
@@ -301,22 +307,14 @@ mod tests {
             Err(OpenRegularError::NotRegular { kind }) => assert_eq!(kind, "character device"),
             other => panic!("/dev/null: {other:?}"),
         }
-        let dir = std::env::temp_dir().join(format!("de-fs-fifo-{}", std::process::id()));
-        std::fs::create_dir(&dir).unwrap();
-        let fifo = dir.join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        let dir = Removed(std::env::temp_dir().join(format!("de-fs-fifo-{}", std::process::id())));
+        std::fs::create_dir(&dir.0).unwrap();
+        let fifo = dir.0.join("fifo");
+        make_fifo(&fifo);
         let refused = open_regular(&fifo);
         // A writer opening without blocking fails (ENXIO) while the FIFO
         // has no reader: resolving it opened nothing.
         let writer = rustix::fs::open(&fifo, OFlags::WRONLY | OFlags::NONBLOCK, Mode::empty());
-        let _ = std::fs::remove_dir_all(&dir);
         assert!(
             matches!(refused, Err(OpenRegularError::NotRegular { kind: "FIFO" })),
             "{refused:?}"
