@@ -6,9 +6,11 @@
 //!
 //! Root's paths are looked up as root's agent sees them: below its root
 //! directory, opened through `/proc/<pid>/root` when it connects, once a
-//! descriptor of `/proc/<pid>` shows that process runs as root (the pid is
-//! the one `SO_PEERCRED` recorded at `connect`: should the agent be gone
-//! and its pid reused by then, only another root process could pass). So
+//! descriptor of `/proc/<pid>` shows that process runs as root, and the
+//! agent's own pidfd (`SO_PEERPIDFD`) shows it still alive after: then the
+//! pid was still the agent's (without `SO_PEERPIDFD`, before Linux 6.5,
+//! the pidfd is opened from the pid, and an agent gone with its pid reused
+//! by then could only be stood in for by another root process). So
 //! procmond's own mount namespace (a service's private `/tmp`) does not
 //! change which file a path names, and an agent in a container or chroot
 //! has its own files hashed.
@@ -16,6 +18,7 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use crate::sys::pidfd::PidFd;
 use crate::sys::procfs;
 
 /// The peer a CHECK_PROCESS_HASH is carried out for; see
@@ -61,12 +64,22 @@ impl Requester {
 
     /// The peer `pid` of uid `uid`, as a connection knows it: for root, its
     /// root directory is taken now, so its paths are looked up as it sees
-    /// them.
-    pub(crate) fn peer(uid: u32, pid: u32) -> Self {
+    /// them. `process`, a pidfd of the peer itself (`SO_PEERPIDFD`), shows
+    /// the root taken is its own: alive after the root was opened, the peer
+    /// still held its pid then.
+    pub(crate) fn peer(uid: u32, pid: u32, process: Option<&PidFd>) -> Self {
         let lookup = if uid != 0 {
             Lookup::Own
         } else {
-            match procfs::open_root_of(pid, uid) {
+            let root = procfs::open_root_of(pid, uid).and_then(|root| {
+                match process.map(PidFd::has_exited).transpose()? {
+                    Some(true) => Err(std::io::Error::other(
+                        "the agent exited before its root could be taken",
+                    )),
+                    Some(false) | None => Ok(root),
+                }
+            });
+            match root {
                 Ok(root) => Lookup::PeerRoot(Arc::new(root)),
                 Err(error) => {
                     tracing::warn!(pid, %error, "cannot reach the agent's root; its paths are looked up in procmond's mount namespace");

@@ -22,6 +22,7 @@ use crate::control::{
 use crate::proto::control::Error as ErrorFrame;
 use crate::ring::Producer;
 use crate::sys::pidfd::PidFd;
+use crate::sys::socket;
 use crate::text;
 
 /// Tasks a client may have waiting behind the running one.
@@ -103,12 +104,15 @@ pub(super) fn serve(stream: UnixStream, config: &ServerConfig, mut slot: Held, s
     // The client has its copies; ours would keep nothing alive but memory.
     drop(fds);
     tracing::info!(uid = peer.uid, pid = peer.pid, client = %client_name, "connection accepted");
-    match PidFd::open(peer.pid) {
+    // The process that connected (where the kernel can say), else the pid
+    // it had then, which it still holds unless it has exited since.
+    let pidfd = socket::peer_pidfd(&channel).or_else(|_| PidFd::open(peer.pid));
+    // Only root may have procmond open a path; anyone else attaches the file.
+    let requester = Requester::peer(peer.uid, peer.pid, pidfd.as_ref().ok());
+    match pidfd {
         Ok(pidfd) => producer.watch_peer(pidfd),
         Err(error) => tracing::debug!(pid = peer.pid, %error, "cannot watch the client's process"),
     }
-    // Only root may have procmond open a path; anyone else attaches the file.
-    let requester = Requester::peer(peer.uid, peer.pid);
     let reason = run(channel, producer, config, requester, shared, slot);
     tracing::info!(uid = peer.uid, pid = peer.pid, %reason, "connection closed; ring freed");
 }

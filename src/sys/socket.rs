@@ -16,7 +16,7 @@ use std::error::Error;
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use super::wake::Waker;
 
 use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, UnixCredentials, getsockopt, recvmsg, setsockopt,
-    sockopt::{PassCred, PeerCredentials},
+    sockopt::{PassCred, PeerCredentials, PeerPidfd},
 };
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
@@ -56,6 +56,15 @@ pub fn peer_credentials(stream: &UnixStream) -> io::Result<PeerCred> {
         uid: cred.uid(),
         gid: cred.gid(),
     })
+}
+
+/// A pidfd of the peer that connected (`SO_PEERPIDFD`, Linux 6.5+): the
+/// process itself, so unlike a pidfd opened later from `SO_PEERCRED`'s pid
+/// it cannot name another process that reused the pid meanwhile (it reads
+/// as exited once the peer has). `ENOPROTOOPT` on older kernels.
+pub fn peer_pidfd(stream: &impl AsFd) -> io::Result<super::pidfd::PidFd> {
+    let fd = getsockopt(stream, PeerPidfd)?;
+    Ok(super::pidfd::PidFd::from_owned(fd))
 }
 
 /// Has the kernel attach the writer's credentials to what arrives on
@@ -402,6 +411,55 @@ mod tests {
 
     fn pipe() -> (OwnedFd, OwnedFd) {
         nix::unistd::pipe().expect("pipe")
+    }
+
+    /// The pid a pidfd names, from its `fdinfo` (`Pid:`; -1 once reaped).
+    fn pid_of(pidfd: &super::super::pidfd::PidFd) -> i64 {
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_fd().as_raw_fd()))
+                .expect("fdinfo");
+        info.lines()
+            .find_map(|line| line.strip_prefix("Pid:"))
+            .and_then(|pid| pid.trim().parse().ok())
+            .expect("a pidfd's fdinfo has Pid:")
+    }
+
+    #[test]
+    fn the_peers_pidfd_names_the_process_that_connected_even_once_it_is_gone() {
+        let (a, _b) = UnixStream::pair().expect("socketpair");
+        let pidfd = peer_pidfd(&a).expect("SO_PEERPIDFD (Linux 6.5+)");
+        assert_eq!(pid_of(&pidfd), i64::from(std::process::id()));
+        assert!(!pidfd.has_exited().unwrap());
+        // A child connects and exits: its pidfd says so, and names no
+        // process that might take its pid.
+        let dir = std::env::temp_dir().join(format!("de-peer-pidfd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        struct Removed(std::path::PathBuf);
+        impl Drop for Removed {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir = Removed(dir);
+        let path = dir.0.join("s");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])",
+            ])
+            .arg(&path)
+            .spawn()
+            .unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let child_pid = child.id();
+        let status = child.wait().unwrap();
+        assert!(status.success());
+        let pidfd = peer_pidfd(&stream).expect("SO_PEERPIDFD");
+        assert!(pidfd.has_exited().unwrap(), "the child has exited");
+        let named = pid_of(&pidfd);
+        assert!(named == -1 || named == i64::from(child_pid), "{named}");
     }
 
     #[test]
