@@ -194,7 +194,7 @@ fn split_cmdline(raw: &[u8]) -> Vec<String> {
 }
 
 /// The effective uid: the second of the four ids on the `Uid:` line.
-fn parse_euid(status: &str) -> Option<u32> {
+pub(crate) fn parse_euid(status: &str) -> Option<u32> {
     let line = status.lines().find(|line| line.starts_with("Uid:"))?;
     line["Uid:".len()..].split_whitespace().nth(1)?.parse().ok()
 }

@@ -298,13 +298,7 @@ impl Hasher {
         let root = root.map_err(|e| HashError::from_io(path, e))?;
         let file = self
             .blocking(path, move || {
-                match open_regular_below(root.as_ref().map(AsFd::as_fd), &owned) {
-                    // No `openat2`: looked up in procmond's namespace.
-                    Err(OpenRegularError::Io(e)) if e.raw_os_error() == Some(libc::ENOSYS) => {
-                        open_regular_below(None, &owned)
-                    }
-                    opened => opened,
-                }
+                open_regular_below(root.as_ref().map(AsFd::as_fd), &owned)
             })?
             .map_err(|e| HashError::from_open(path, e))?;
         self.hash_file(file, path)

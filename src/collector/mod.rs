@@ -414,19 +414,20 @@ impl Collector {
                     path: path.to_path_buf(),
                 });
             }
-            Source::Path(requester) => match self.hasher.hash_path(path, requester.root_dir()) {
-                Err(HashError::NotFound { path }) => match requester.unreached_root() {
-                    Some((pid, why)) => {
-                        return Err(HashError::NotFoundOutsideRequesterRoot {
-                            path,
-                            pid,
-                            why: why.to_owned(),
-                        });
-                    }
-                    None => return Err(HashError::NotFound { path }),
-                },
-                hashed => hashed?,
-            },
+            Source::Path(requester) => {
+                self.hasher
+                    .hash_path(path, requester.root_dir())
+                    .map_err(|error| match (error, requester.unreached_root()) {
+                        (HashError::NotFound { path }, Some((pid, why))) => {
+                            HashError::NotFoundOutsideRequesterRoot {
+                                path,
+                                pid,
+                                why: why.to_owned(),
+                            }
+                        }
+                        (error, _) => error,
+                    })?
+            }
         };
         let hex = hash::to_hex(&digest);
         let matched = (!expected.is_empty()).then(|| expected.eq_ignore_ascii_case(&hex));

@@ -18,6 +18,7 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use super::details;
 use crate::sys::pidfd::PidFd;
 use crate::sys::procfs;
 
@@ -71,7 +72,8 @@ impl Requester {
         let lookup = if uid != 0 {
             Lookup::Own
         } else {
-            let root = procfs::open_root_of(pid, uid).and_then(|root| {
+            let still_root = |status: &str| details::parse_euid(status) == Some(uid);
+            let root = procfs::open_root_of(pid, still_root).and_then(|root| {
                 match process.map(PidFd::has_exited).transpose()? {
                     Some(true) => Err(std::io::Error::other(
                         "the agent exited before its root could be taken",

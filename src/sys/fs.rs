@@ -153,8 +153,8 @@ pub fn open_regular(path: &Path) -> Result<File, OpenRegularError> {
 /// [`open_regular`] of `path` resolved below the directory `root`
 /// (`RESOLVE_IN_ROOT`: absolute paths and symbolic links stay below it, as
 /// they would for a process whose root it is) or, without one, as
-/// `open_regular` does. With a root and no `openat2` (before Linux 5.6),
-/// `ENOSYS`.
+/// `open_regular` does. Without `openat2` (before Linux 5.6) `path` is
+/// resolved in this process's namespace either way.
 pub fn open_regular_below(
     root: Option<BorrowedFd<'_>>,
     path: &Path,
@@ -185,7 +185,7 @@ pub fn open_regular_below(
     };
     let resolved = match resolved {
         Ok(fd) => fd,
-        Err(rustix::io::Errno::NOSYS) if root.is_none() => {
+        Err(rustix::io::Errno::NOSYS) => {
             let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(io::Error::from)?;
             let checked = rustix::fs::fstat(&fd).map_err(io::Error::from)?;
             let same = std::fs::canonicalize(path)

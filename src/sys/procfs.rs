@@ -61,13 +61,13 @@ impl ProcRoot {
 }
 
 /// The root directory of process `pid` (`/proc/<pid>/root`, a path-only
-/// descriptor) if its effective uid is `euid`: lookups below it see that
+/// descriptor) if `accept` takes its `status`: lookups below it see that
 /// process's mounts and chroot. Both are read through one descriptor of
 /// `/proc/<pid>`, which names that process only (never a later holder of
-/// the pid), so the uid checked is the uid of the process whose root is
+/// the pid), so the status checked is that of the process whose root is
 /// returned. The kernel lets only whoever may ptrace-read the process (its
 /// own uid, or `CAP_SYS_PTRACE`) open its root.
-pub fn open_root_of(pid: u32, euid: u32) -> io::Result<OwnedFd> {
+pub fn open_root_of(pid: u32, accept: impl FnOnce(&str) -> bool) -> io::Result<OwnedFd> {
     let dir = rustix::fs::open(
         format!("/proc/{pid}").as_str(),
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -81,14 +81,9 @@ pub fn open_root_of(pid: u32, euid: u32) -> io::Result<OwnedFd> {
     )?;
     let mut buf = [0u8; 4096];
     let n = read_at_start(&status, &mut buf)?;
-    let text = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
-    let found = text
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1)?.parse::<u32>().ok());
-    if found != Some(euid) {
+    if !accept(&String::from_utf8_lossy(buf.get(..n).unwrap_or_default())) {
         return Err(io::Error::other(format!(
-            "process {pid} now runs as uid {found:?}, not {euid}: not the peer that connected"
+            "process {pid} is not the peer that connected (its status does not match)"
         )));
     }
     Ok(rustix::fs::openat(
