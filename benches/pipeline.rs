@@ -8,7 +8,8 @@
 //!   frames, encode → transport → decode, on two threads; reported as
 //!   records per second. `ring` and `unix_socket`: pre-encoded records
 //!   (stable fields kept, the poll's fields encoded), read with the
-//!   agent's views (checked whole, then each record viewed);
+//!   agent's `ChunkReader` and views (checked whole, then each record
+//!   viewed);
 //!   `ring_owned`: the owned path as it was (structs encoded by prost,
 //!   decoded by prost and `validate()`d); `ring_struct_encoder`: structs
 //!   encoded, views reading, to tell the two halves apart.
@@ -16,7 +17,9 @@
 //!   one frame of the same pre-encoded records: `copy` (the frame's bytes
 //!   into a private buffer, as the agent's reader does), `parse` (checked
 //!   whole: `DetectionResultView::parse`), `parse_view` (then each record
-//!   viewed as above) and `owned` (prost's decode and `validate()`).
+//!   viewed as above), `reader` (all of that as the agent's `ChunkReader`
+//!   does it, its buffers reused: copy, check, view) and `owned` (prost's
+//!   decode and `validate()`).
 //!   Both transports above end in the same parse and views: when those are
 //!   the slowest stage, they bound what any transport can gain.
 //!
@@ -265,6 +268,7 @@ fn stream_1000(c: &mut Criterion) {
             let reader = thread::spawn(move || {
                 let mut got = 0u64;
                 let mut buf = Vec::new();
+                let mut reader = ChunkReader::new();
                 for _ in 0..iters {
                     loop {
                         let mut prefix = [0u8; 4];
@@ -273,8 +277,14 @@ fn stream_1000(c: &mut Criterion) {
                         let end = len & (1 << 31) != 0;
                         buf.resize(len & !(1 << 31), 0);
                         rx.read_exact(&mut buf).expect("payload");
-                        let result = DetectionResultView::parse(&buf).expect("valid");
-                        got += view_records(&result);
+                        let marker = Marker {
+                            end,
+                            kind: RecordKind::Result,
+                            cancelled: false,
+                            full: false,
+                        };
+                        let chunk = reader.view_frame(&buf, marker.to_flags()).expect("valid");
+                        got += view_records(&chunk.result);
                         if end {
                             break;
                         }
@@ -318,6 +328,20 @@ fn stages_1000(c: &mut Criterion) {
         b.iter(|| {
             let result = DetectionResultView::parse(black_box(&frame)).expect("valid");
             view_records(&result)
+        })
+    });
+    let mut reader = ChunkReader::new();
+    let flags = Marker {
+        end: true,
+        kind: RecordKind::Result,
+        cancelled: false,
+        full: false,
+    }
+    .to_flags();
+    group.bench_function("reader", |b| {
+        b.iter(|| {
+            let chunk = reader.view_frame(black_box(&frame), flags).expect("valid");
+            view_records(&chunk.result)
         })
     });
     group.bench_function("owned", |b| {

@@ -24,8 +24,8 @@
 //! copy against the encoding and the schema's rules in one pass and views it
 //! in place ([`DetectionResultView`], borrowed `&str`s, nothing allocated per
 //! record; procmond can still write the ring meanwhile, so nothing is
-//! checked in the ring); a reader's memory is about one frame (and some 150
-//! bytes a record of notes on it). A failure is
+//! checked in the ring); a reader's memory is about one frame (and some 180
+//! bytes a record and 16 an argument of notes on it). A failure is
 //! `DetectionResult::failure(task_id, message)` with END.
 //!
 //! ```
@@ -61,6 +61,7 @@
 mod error;
 mod marker;
 mod reader;
+mod text;
 mod view;
 mod writer;
 

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use super::error::SessionError;
 use super::marker::Marker;
-use super::view::{DetectionResultView, ProcessRecordView, Processes, RecordSlots, Stop};
+use super::text::CheckedFrame;
+use super::view::{DetectionResultView, Notes, ProcessRecordView, Processes, Stop};
 use crate::proto::DetectionResult;
 use crate::proto::limits::MAX_PROCESSES_PER_RESULT;
 use crate::ring::Consumer;
@@ -39,9 +40,9 @@ pub struct ChunkView<'a> {
 /// of decoding it, and releases its room in the ring sooner.
 #[derive(Debug, Default)]
 pub struct ChunkReader {
-    frame: Vec<u8>,
-    /// What the check noted of each record of `frame`.
-    records: Vec<RecordSlots>,
+    frame: CheckedFrame,
+    /// What the check noted of `frame`'s records.
+    notes: Notes,
 }
 
 impl ChunkReader {
@@ -59,8 +60,8 @@ impl ChunkReader {
     /// The pass stops at a record past the [`MAX_PROCESSES_PER_RESULT`]-th
     /// ([`SessionError::TooManyRecords`]), so what it notes stays bounded
     /// whatever the frame holds. Nothing is allocated once the buffers (the
-    /// frame's copy, and what the check notes of each record, about 150
-    /// bytes a record) have grown to the largest frame read.
+    /// frame's copy, and what the check notes: about 180 bytes a record and
+    /// 16 an argument) have grown to the largest frame read.
     pub fn read_view(
         &mut self,
         consumer: &mut Consumer,
@@ -68,13 +69,42 @@ impl ChunkReader {
     ) -> Result<ChunkView<'_>, SessionError> {
         let frame = &mut self.frame;
         let flags = consumer.read(deadline, |ring_frame| {
-            frame.clear();
-            frame.extend_from_slice(ring_frame.bytes());
+            frame.replace(ring_frame.bytes());
             ring_frame.flags()
         })?;
+        self.view_copy(flags)
+    }
+
+    /// [`read_view`](Self::read_view) of a frame that came another way (a
+    /// socket, a file): `bytes` and the ring frame header's `flags` (the
+    /// [`Marker`]), copied into the reader's buffer, checked and viewed
+    /// there, with the same errors.
+    ///
+    /// ```
+    /// use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
+    /// use daemoneye_lib::session::{ChunkReader, Marker, RecordKind};
+    /// use prost::Message;
+    ///
+    /// let record = ProtoProcessRecord { pid: 7, name: "init".into(), ..Default::default() };
+    /// let bytes = DetectionResult::success("t-1", vec![record]).encode_to_vec();
+    /// let flags = Marker { end: true, kind: RecordKind::Result, cancelled: false, full: false }.to_flags();
+    ///
+    /// let mut reader = ChunkReader::new();
+    /// let chunk = reader.view_frame(&bytes, flags)?;
+    /// assert!(chunk.marker.end);
+    /// assert_eq!(chunk.result.processes().map(|p| p.name()).collect::<Vec<_>>(), ["init"]);
+    /// # Ok::<(), daemoneye_lib::session::SessionError>(())
+    /// ```
+    pub fn view_frame(&mut self, bytes: &[u8], flags: u16) -> Result<ChunkView<'_>, SessionError> {
+        self.frame.replace(bytes);
+        self.view_copy(flags)
+    }
+
+    /// Checks and views the frame just copied, whose header carried `flags`.
+    fn view_copy(&mut self, flags: u16) -> Result<ChunkView<'_>, SessionError> {
         let marker = Marker::from_flags(flags)?;
         let result =
-            DetectionResultView::parse_into(frame, &mut self.records, MAX_PROCESSES_PER_RESULT)
+            DetectionResultView::parse_into(&self.frame, &mut self.notes, MAX_PROCESSES_PER_RESULT)
                 .map_err(|stop| match stop {
                     Stop::Broken(error) => SessionError::from(error),
                     Stop::OverLimit => SessionError::TooManyRecords {
@@ -106,7 +136,7 @@ impl ChunkReader {
 
     /// The records of the last frame read (checked when it was read).
     pub(crate) fn records(&self) -> Processes<'_> {
-        Processes::new(&self.frame, &self.records)
+        Processes::new(self.frame.checked(), &self.notes)
     }
 }
 

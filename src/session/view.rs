@@ -16,16 +16,18 @@
 //! (`DetectionResult::validate`, the same code and field paths).
 //!
 //! The one pass notes each record's scalars and where its strings are
-//! ([`RecordSlots`], about 150 bytes a record, in a vector the
-//! [`ChunkReader`](super::ChunkReader) reuses), so handing records out after
-//! the whole frame is checked reads nothing again but each string's UTF-8
-//! as it is asked for.
+//! ([`RecordSlots`], about 180 bytes a record, and each argument's span, 16
+//! bytes, in vectors the [`ChunkReader`](super::ChunkReader) reuses), so
+//! handing records out after the whole frame is checked reads nothing
+//! again: each string is a slice of the bytes, its UTF-8 checked once, in
+//! the pass ([`super::text`] says why that is sound).
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
+use super::text::{Checked, CheckedFrame, TextSpan};
 use crate::proto::limits::MAX_PROCESSES_PER_RESULT;
 use crate::proto::{
     DetectionResult, HashResultFields, ProtoHashResult, ProtoProcessRecord, RecordFields,
@@ -199,8 +201,8 @@ impl Fault {
     }
 }
 
-/// A place in the bytes viewed: offset and length (32-bit, so a record's
-/// notes stay small).
+/// A place in the bytes viewed, not text: offset and length (32-bit, so a
+/// record's notes stay small).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Span {
     start: u32,
@@ -214,24 +216,6 @@ impl Span {
             .get(start..start + self.len as usize)
             .unwrap_or_default()
     }
-
-    /// The text at this span, checked when it was noted (so never the
-    /// empty fallback).
-    fn text(self, bytes: &[u8]) -> &str {
-        let text = std::str::from_utf8(self.of(bytes));
-        debug_assert!(text.is_ok(), "a checked span is text");
-        text.unwrap_or_default()
-    }
-}
-
-/// UTF-8, as prost checks it (ASCII first, which is most of it).
-#[inline(always)]
-fn check_text(bytes: &[u8]) -> Result<(), WireProblem> {
-    if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
-        Ok(())
-    } else {
-        Err(WireProblem::NotUtf8)
-    }
 }
 
 /// Reads one message's bytes; `base` is their offset in what is viewed.
@@ -243,11 +227,17 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8], base: usize) -> Self {
+    /// Reads `bytes` as a whole.
+    fn new(bytes: &'a [u8]) -> Self {
+        Self::within(bytes, 0, bytes.len())
+    }
+
+    /// Reads `all[start..end]`.
+    fn within(all: &'a [u8], start: usize, end: usize) -> Self {
         Self {
-            bytes,
+            bytes: &all[start..end],
             pos: 0,
-            base,
+            base: start,
         }
     }
 
@@ -350,16 +340,12 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.bytes_of(wire)?).map_err(|_| WireProblem::NotUtf8)
     }
 
-    /// Where a string field's text is, its wire type and UTF-8 checked.
+    /// Where a string field's text is in `viewed` (what this reader's
+    /// offsets count from), its wire type and UTF-8 checked.
     #[inline(always)]
-    fn text_span_of(&mut self, wire: Wire) -> Result<Span, WireProblem> {
-        let text = self.bytes_of(wire)?;
-        check_text(text)?;
-        // The offset fits: the viewed bytes are under 4 GiB.
-        Ok(Span {
-            start: (self.offset() - text.len()) as u32,
-            len: text.len() as u32,
-        })
+    fn text_span_of(&mut self, wire: Wire, viewed: Checked<'_>) -> Result<TextSpan, WireProblem> {
+        let len = self.bytes_of(wire)?.len();
+        viewed.check(self.offset() - len, len)
     }
 
     /// Skips an unknown field as prost's `skip_field` does, `budget` being
@@ -465,19 +451,22 @@ fn expect(found: Wire, expected: Wire) -> Result<(), WireProblem> {
 pub(crate) struct RecordSlots {
     pid: u32,
     ppid: Option<u32>,
-    name: Span,
-    executable_path: Option<Span>,
+    name: TextSpan,
+    executable_path: Option<TextSpan>,
     /// From the first argument's key to the end of the last argument.
     command_line: Span,
     args: u32,
+    /// Where the first argument's span is among a frame's noted arguments
+    /// (see [`read`](Self::read)).
+    first_arg: u32,
     /// The arguments' bytes together, for the rules.
     args_bytes: u32,
     start_time: Option<i64>,
     cpu_usage: Option<f64>,
     memory_usage: Option<u64>,
-    executable_hash: Option<Span>,
-    hash_algorithm: Option<Span>,
-    user_id: Option<Span>,
+    executable_hash: Option<TextSpan>,
+    hash_algorithm: Option<TextSpan>,
+    user_id: Option<TextSpan>,
     accessible: bool,
     file_exists: bool,
     collection_time: i64,
@@ -485,24 +474,36 @@ pub(crate) struct RecordSlots {
 
 impl RecordSlots {
     /// Reads the record whose body is `frame[start..end]` into `self` (a
-    /// default), `budget` being the recursion left inside it.
-    fn read(&mut self, frame: &[u8], start: usize, end: usize, budget: u32) -> Result<(), Fault> {
-        let mut reader = Reader::new(&frame[start..end], start);
-        self.read_in_order(&mut reader)?;
+    /// default), `budget` being the recursion left inside it. Given `args`,
+    /// each argument's span is pushed there too, so that its command line
+    /// is read from the spans and not walked again; a frame's records share
+    /// one vector (each record's arguments one after another, from
+    /// `first_arg`). At most one span per two bytes of the frame: an
+    /// argument takes at least a key and a length.
+    fn read(
+        &mut self,
+        frame: Checked<'_>,
+        start: usize,
+        end: usize,
+        budget: u32,
+        mut args: Option<&mut Vec<TextSpan>>,
+    ) -> Result<(), Fault> {
+        let mut reader = Reader::within(frame.bytes(), start, end);
+        self.read_in_order(&mut reader, frame, &mut args)?;
         let s = self;
         reader.fields(|r, number, wire, at| {
             match number {
                 1 => s.pid = r.varint_of(wire)? as u32,
                 2 => s.ppid = Some(r.varint_of(wire)? as u32),
-                3 => s.name = r.text_span_of(wire)?,
-                4 => s.executable_path = Some(r.text_span_of(wire)?),
-                5 => s.note_arg(at, r.text_span_of(wire)?),
+                3 => s.name = r.text_span_of(wire, frame)?,
+                4 => s.executable_path = Some(r.text_span_of(wire, frame)?),
+                5 => s.note_arg(at, r.text_span_of(wire, frame)?, &mut args),
                 6 => s.start_time = Some(r.varint_of(wire)? as i64),
                 7 => s.cpu_usage = Some(r.double_of(wire)?),
                 8 => s.memory_usage = Some(r.varint_of(wire)?),
-                9 => s.executable_hash = Some(r.text_span_of(wire)?),
-                10 => s.hash_algorithm = Some(r.text_span_of(wire)?),
-                11 => s.user_id = Some(r.text_span_of(wire)?),
+                9 => s.executable_hash = Some(r.text_span_of(wire, frame)?),
+                10 => s.hash_algorithm = Some(r.text_span_of(wire, frame)?),
+                11 => s.user_id = Some(r.text_span_of(wire, frame)?),
                 12 => s.accessible = r.varint_of(wire)? != 0,
                 13 => s.file_exists = r.varint_of(wire)? != 0,
                 14 => s.collection_time = r.varint_of(wire)? as i64,
@@ -521,15 +522,20 @@ impl RecordSlots {
     /// them). A branch per expected field, taken the same way record after
     /// record, costs less than dispatching on each field's number.
     #[inline(always)]
-    fn read_in_order(&mut self, r: &mut Reader<'_>) -> Result<(), Fault> {
+    fn read_in_order(
+        &mut self,
+        r: &mut Reader<'_>,
+        frame: Checked<'_>,
+        args: &mut Option<&mut Vec<TextSpan>>,
+    ) -> Result<(), Fault> {
         // If `r` is at the one-byte key `$key` of field `$number`: the
         // value read by `$read`, `Fault`s naming that field.
         macro_rules! field {
-            ($key:literal, $number:literal, $read:ident $(($wire:expr))?) => {
+            ($key:literal, $number:literal, $read:ident $(($($arg:expr),*))?) => {
                 if r.bytes.get(r.pos) == Some(&$key) {
                     let at = r.offset();
                     r.pos += 1;
-                    match r.$read($($wire)?) {
+                    match r.$read($($($arg),*)?) {
                         Ok(value) => Some(value),
                         Err(problem) => {
                             return Err(Fault {
@@ -553,23 +559,23 @@ impl RecordSlots {
         if let Some(ppid) = field!(0x10, 2, varint) {
             self.ppid = Some(ppid as u32);
         }
-        if let Some(name) = field!(0x1a, 3, text_span_of(TEXT)) {
+        if let Some(name) = field!(0x1a, 3, text_span_of(TEXT, frame)) {
             self.name = name;
         }
-        if let Some(path) = field!(0x22, 4, text_span_of(TEXT)) {
+        if let Some(path) = field!(0x22, 4, text_span_of(TEXT, frame)) {
             self.executable_path = Some(path);
         }
         loop {
             let at = r.offset();
-            match field!(0x2a, 5, text_span_of(TEXT)) {
-                Some(arg) => self.note_arg(at, arg),
+            match field!(0x2a, 5, text_span_of(TEXT, frame)) {
+                Some(arg) => self.note_arg(at, arg, args),
                 None => break,
             }
         }
         if let Some(start) = field!(0x30, 6, varint) {
             self.start_time = Some(start as i64);
         }
-        if let Some(uid) = field!(0x5a, 11, text_span_of(TEXT)) {
+        if let Some(uid) = field!(0x5a, 11, text_span_of(TEXT, frame)) {
             self.user_id = Some(uid);
         }
         if let Some(accessible) = field!(0x60, 12, varint) {
@@ -584,10 +590,10 @@ impl RecordSlots {
         if let Some(memory) = field!(0x40, 8, varint) {
             self.memory_usage = Some(memory);
         }
-        if let Some(hash) = field!(0x4a, 9, text_span_of(TEXT)) {
+        if let Some(hash) = field!(0x4a, 9, text_span_of(TEXT, frame)) {
             self.executable_hash = Some(hash);
         }
-        if let Some(algorithm) = field!(0x52, 10, text_span_of(TEXT)) {
+        if let Some(algorithm) = field!(0x52, 10, text_span_of(TEXT, frame)) {
             self.hash_algorithm = Some(algorithm);
         }
         if let Some(time) = field!(0x70, 14, varint) {
@@ -596,33 +602,41 @@ impl RecordSlots {
         Ok(())
     }
 
-    /// Notes a command-line argument whose key is at `at`.
+    /// Notes a command-line argument whose key is at `at` (in `args` too,
+    /// given it).
     #[inline(always)]
-    fn note_arg(&mut self, at: usize, arg: Span) {
+    fn note_arg(&mut self, at: usize, arg: TextSpan, args: &mut Option<&mut Vec<TextSpan>>) {
+        // Offsets and counts fit in 32 bits: the bytes are under 4 GiB.
         let start = if self.args == 0 {
+            if let Some(args) = args {
+                self.first_arg = args.len() as u32;
+            }
             at as u32
         } else {
             self.command_line.start
         };
+        if let Some(args) = args {
+            args.push(arg);
+        }
         self.args += 1;
-        self.args_bytes = self.args_bytes.saturating_add(arg.len);
+        self.args_bytes = self.args_bytes.saturating_add(arg.len() as u32);
         self.command_line = Span {
             start,
-            len: arg.start + arg.len - start,
+            len: (arg.start() + arg.len()) as u32 - start,
         };
     }
 
     /// The fields the schema's rules look at, `bytes` being those viewed.
-    fn fields<'a>(&self, bytes: &'a [u8]) -> RecordFields<'a> {
+    fn fields<'a>(&self, bytes: Checked<'a>) -> RecordFields<'a> {
         RecordFields {
-            name_len: self.name.len as usize,
-            executable_path_len: self.executable_path.map(|p| p.len as usize),
+            name_len: self.name.len(),
+            executable_path_len: self.executable_path.map(TextSpan::len),
             command_line_args: self.args as usize,
             command_line_bytes: self.args_bytes as usize,
             cpu_usage: self.cpu_usage,
-            executable_hash: self.executable_hash.map(|h| h.text(bytes)),
-            hash_algorithm: self.hash_algorithm.map(|a| a.text(bytes)),
-            user_id_len: self.user_id.map(|u| u.len as usize),
+            executable_hash: self.executable_hash.map(|h| bytes.text(h)),
+            hash_algorithm: self.hash_algorithm.map(|a| bytes.text(a)),
+            user_id_len: self.user_id.map(TextSpan::len),
         }
     }
 }
@@ -634,11 +648,14 @@ impl RecordSlots {
 #[derive(Clone, Default)]
 pub struct ProcessRecordView<'a> {
     /// The bytes the slots point into.
-    bytes: &'a [u8],
+    bytes: Checked<'a>,
     slots: Slots<'a>,
+    /// Its arguments' spans, when its frame noted them (else its command
+    /// line is walked).
+    args: Option<&'a [TextSpan]>,
 }
 
-/// A record view's notes: the frame's own (no copy of some 150 bytes per
+/// A record view's notes: the frame's own (no copy of some 180 bytes per
 /// record as a frame is walked), or its own for a record decoded alone.
 #[derive(Clone, Copy)]
 enum Slots<'a> {
@@ -668,15 +685,17 @@ impl<'a> ProcessRecordView<'a> {
             problem: WireProblem::TooLarge,
         };
         let mut slots = RecordSlots::default();
-        if bytes.len() > MAX_BYTES {
+        let bytes = Checked::new(bytes);
+        if bytes.bytes().len() > MAX_BYTES {
             Err(too_large)
         } else {
-            slots.read(bytes, 0, bytes.len(), RECURSION_LIMIT)
+            slots.read(bytes, 0, bytes.bytes().len(), RECURSION_LIMIT, None)
         }
         .map_err(|fault| fault.named("", RECORD_FIELDS))?;
         Ok(ProcessRecordView {
             bytes,
             slots: Slots::Own(slots),
+            args: None,
         })
     }
 
@@ -728,18 +747,33 @@ impl<'a> ProcessRecordView<'a> {
     }
     /// Process name.
     pub fn name(&self) -> &'a str {
-        self.slots().name.text(self.bytes)
+        self.bytes.text(self.slots().name)
     }
     /// Full executable path.
     pub fn executable_path(&self) -> Option<&'a str> {
-        self.slots().executable_path.map(|s| s.text(self.bytes))
+        self.slots().executable_path.map(|s| self.bytes.text(s))
     }
     /// Command-line arguments, read lazily from the record's bytes.
     pub fn command_line(&self) -> CommandLine<'a> {
-        CommandLine::new(
-            self.slots().command_line.of(self.bytes),
-            self.slots().args as usize,
-        )
+        let slots = self.slots();
+        match self.args {
+            Some(args) => {
+                let first = slots.first_arg as usize;
+                let spans = args
+                    .get(first..first + slots.args as usize)
+                    .unwrap_or_default();
+                debug_assert_eq!(
+                    spans.len(),
+                    slots.args as usize,
+                    "a record's noted arguments"
+                );
+                CommandLine::noted(self.bytes, spans)
+            }
+            None => CommandLine::walk(
+                slots.command_line.of(self.bytes.bytes()),
+                slots.args as usize,
+            ),
+        }
     }
     /// Start time (Unix timestamp).
     pub fn start_time(&self) -> Option<i64> {
@@ -755,15 +789,15 @@ impl<'a> ProcessRecordView<'a> {
     }
     /// Executable hash (hex).
     pub fn executable_hash(&self) -> Option<&'a str> {
-        self.slots().executable_hash.map(|s| s.text(self.bytes))
+        self.slots().executable_hash.map(|s| self.bytes.text(s))
     }
     /// Hash algorithm name.
     pub fn hash_algorithm(&self) -> Option<&'a str> {
-        self.slots().hash_algorithm.map(|s| s.text(self.bytes))
+        self.slots().hash_algorithm.map(|s| self.bytes.text(s))
     }
     /// User id.
     pub fn user_id(&self) -> Option<&'a str> {
-        self.slots().user_id.map(|s| s.text(self.bytes))
+        self.slots().user_id.map(|s| self.bytes.text(s))
     }
     /// Whether procmond could read the process's details.
     pub fn accessible(&self) -> bool {
@@ -824,34 +858,69 @@ impl Serialize for ProcessRecordView<'_> {
     }
 }
 
-/// A record's command-line arguments, read one by one from the span of its
-/// bytes that holds them (other fields in between are skipped).
-///
-/// Each argument was checked as UTF-8 when the record was; the iterator
-/// checks again, as its strings come from bytes. It does so once for the
-/// whole span where it can: a span of short arguments, one after another,
-/// is text as a whole (keys and lengths under 128 are ASCII bytes), and
-/// each argument is then a slice of that text. Otherwise (a long argument,
-/// other fields in between) each argument is checked on its own.
-#[derive(Clone, Debug, Default)]
+/// A record's command-line arguments, one by one: from the spans its frame
+/// noted of them as it was checked (a record of a [`DetectionResultView`]),
+/// or read again from the span of its bytes that holds them (a record
+/// [`decode`](ProcessRecordView::decode)d alone, which notes no spans so as
+/// to allocate nothing).
+#[derive(Clone, Default)]
 pub struct CommandLine<'a> {
-    /// From the first argument's key to the end of the last argument.
-    span: &'a [u8],
-    /// `span` as text, when it is text as a whole.
-    text: Option<&'a str>,
-    /// Offset in `span` of the next argument's key.
-    pos: usize,
-    /// Arguments not yet yielded.
-    left: usize,
+    inner: Args<'a>,
+}
+
+#[derive(Clone)]
+enum Args<'a> {
+    /// Each argument's checked span.
+    Noted {
+        bytes: Checked<'a>,
+        spans: std::slice::Iter<'a, TextSpan>,
+    },
+    /// The bytes from the first argument's key to the end of the last, read
+    /// again. Each argument was checked as UTF-8 with the record; read
+    /// again from bytes, each is checked again. That is done once for the
+    /// whole span where it can: a span of short arguments, one after
+    /// another, is text as a whole (keys and lengths under 128 are ASCII
+    /// bytes), and each argument is then a slice of that text. Otherwise
+    /// (a long argument, other fields in between) each argument is checked
+    /// on its own.
+    Walk {
+        span: &'a [u8],
+        /// `span` as text, when it is text as a whole.
+        text: Option<&'a str>,
+        /// Offset in `span` of the next argument's key.
+        pos: usize,
+        /// Arguments not yet yielded.
+        left: usize,
+    },
+}
+
+impl Default for Args<'_> {
+    fn default() -> Self {
+        Args::Noted {
+            bytes: Checked::default(),
+            spans: [].iter(),
+        }
+    }
 }
 
 impl<'a> CommandLine<'a> {
-    fn new(span: &'a [u8], args: usize) -> Self {
+    fn noted(bytes: Checked<'a>, spans: &'a [TextSpan]) -> Self {
         CommandLine {
-            span,
-            text: std::str::from_utf8(span).ok(),
-            pos: 0,
-            left: args,
+            inner: Args::Noted {
+                bytes,
+                spans: spans.iter(),
+            },
+        }
+    }
+
+    fn walk(span: &'a [u8], args: usize) -> Self {
+        CommandLine {
+            inner: Args::Walk {
+                span,
+                text: std::str::from_utf8(span).ok(),
+                pos: 0,
+                left: args,
+            },
         }
     }
 }
@@ -859,51 +928,80 @@ impl<'a> CommandLine<'a> {
 impl<'a> Iterator for CommandLine<'a> {
     type Item = &'a str;
 
+    #[inline]
     fn next(&mut self) -> Option<&'a str> {
-        if self.left == 0 {
-            return None;
-        }
-        // The usual case first: text as a whole, the next field an argument
-        // (key 0x2a) shorter than 128 bytes (a one-byte length).
-        if let (Some(text), Some(&[0x2a, len])) = (self.text, self.span.get(self.pos..self.pos + 2))
-            && len < 0x80
-        {
-            let start = self.pos + 2;
-            if let Some(arg) = text.get(start..start + usize::from(len)) {
-                self.pos = start + usize::from(len);
-                self.left -= 1;
-                return Some(arg);
-            }
-        }
-        let mut reader = Reader::new(self.span, 0);
-        reader.pos = self.pos;
-        let arg = reader.next_checked(5).and_then(|bytes| {
-            let end = reader.pos;
-            match self.text {
-                Some(text) => text.get(end - bytes.len()..end),
-                None => std::str::from_utf8(bytes).ok(),
-            }
-        });
-        match arg {
-            Some(arg) => {
-                self.pos = reader.pos;
-                self.left -= 1;
-                Some(arg)
-            }
-            None => {
-                debug_assert!(false, "a checked command line reads again");
-                self.left = 0;
-                None
-            }
+        match &mut self.inner {
+            Args::Noted { bytes, spans } => spans.next().map(|&span| bytes.text(span)),
+            Args::Walk {
+                span,
+                text,
+                pos,
+                left,
+            } => walk_next(span, *text, pos, left),
         }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.left, Some(self.left))
+        let left = match &self.inner {
+            Args::Noted { spans, .. } => spans.len(),
+            Args::Walk { left, .. } => *left,
+        };
+        (left, Some(left))
+    }
+}
+
+/// The next argument of a walked command line (see [`Args::Walk`]).
+fn walk_next<'a>(
+    span: &'a [u8],
+    text: Option<&'a str>,
+    pos: &mut usize,
+    left: &mut usize,
+) -> Option<&'a str> {
+    if *left == 0 {
+        return None;
+    }
+    // The usual case first: text as a whole, the next field an argument
+    // (key 0x2a) shorter than 128 bytes (a one-byte length).
+    if let (Some(text), Some(&[0x2a, len])) = (text, span.get(*pos..*pos + 2))
+        && len < 0x80
+    {
+        let start = *pos + 2;
+        if let Some(arg) = text.get(start..start + usize::from(len)) {
+            *pos = start + usize::from(len);
+            *left -= 1;
+            return Some(arg);
+        }
+    }
+    let mut reader = Reader::new(span);
+    reader.pos = *pos;
+    let arg = reader.next_checked(5).and_then(|bytes| {
+        let end = reader.pos;
+        match text {
+            Some(text) => text.get(end - bytes.len()..end),
+            None => std::str::from_utf8(bytes).ok(),
+        }
+    });
+    match arg {
+        Some(arg) => {
+            *pos = reader.pos;
+            *left -= 1;
+            Some(arg)
+        }
+        None => {
+            debug_assert!(false, "a checked command line reads again");
+            *left = 0;
+            None
+        }
     }
 }
 
 impl ExactSizeIterator for CommandLine<'_> {}
+
+impl fmt::Debug for CommandLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
+}
 
 impl Serialize for CommandLine<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -926,7 +1024,7 @@ impl<'a> HashResultView<'a> {
     /// (protobuf merges a repeated message field: each field's last
     /// occurrence wins).
     fn merge(&mut self, bytes: &'a [u8], start: usize, end: usize) -> Result<(), Fault> {
-        Reader::new(&bytes[start..end], start).fields(|r, number, wire, _| {
+        Reader::within(bytes, start, end).fields(|r, number, wire, _| {
             match number {
                 1 => self.hash_value = r.text_of(wire)?,
                 2 => self.algorithm = r.text_of(wire)?,
@@ -1024,17 +1122,19 @@ fn unlimited<T>(walked: Result<T, Stop>) -> Result<T, ViewError> {
 }
 
 impl<'a> Head<'a> {
-    /// One pass over `bytes`: the head's fields read, each record's noted
-    /// into `records` and, given `first_bad`, checked against the rules
-    /// (the first to break them noted there); a record past the `limit`-th
-    /// stops the walk ([`Stop::OverLimit`]), so `records` never holds more
-    /// than `limit`.
+    /// One pass over `viewed`: the head's fields read, each record's noted
+    /// into `records` (its arguments' spans into `args`) and, given
+    /// `first_bad`, checked against the rules (the first to break them
+    /// noted there); a record past the `limit`-th stops the walk
+    /// ([`Stop::OverLimit`]), so `records` never holds more than `limit`.
     fn read(
-        bytes: &'a [u8],
-        records: &mut Vec<RecordSlots>,
+        viewed: Checked<'a>,
+        notes: &mut Notes,
         mut first_bad: Option<&mut FirstBad>,
         limit: usize,
     ) -> Result<Self, Stop> {
+        let bytes = viewed.bytes();
+        let Notes { records, args } = notes;
         if bytes.len() > MAX_BYTES {
             return Err(Stop::from(WireError {
                 field: String::new(),
@@ -1047,7 +1147,7 @@ impl<'a> Head<'a> {
         // A fault inside a record or the hash result, named at once (a
         // record's name needs its index); the walk is then stopped.
         let mut inner = None;
-        let walked = Reader::new(bytes, 0).fields(|r, number, wire, _| {
+        let walked = Reader::new(bytes).fields(|r, number, wire, _| {
             match number {
                 1 => head.task_id = r.text_of(wire)?,
                 2 => head.success = r.varint_of(wire)? != 0,
@@ -1059,13 +1159,20 @@ impl<'a> Head<'a> {
                         over = true;
                         return Err(WireProblem::Truncated);
                     }
-                    // Read in place: a record's notes are some 150 bytes.
+                    // Read in place: a record's notes are some 180 bytes.
                     records.push(RecordSlots::default());
                     let slots = &mut records[i];
-                    match slots.read(bytes, end - body.len(), end, RECURSION_LIMIT - 1) {
+                    let read = slots.read(
+                        viewed,
+                        end - body.len(),
+                        end,
+                        RECURSION_LIMIT - 1,
+                        Some(&mut *args),
+                    );
+                    match read {
                         Ok(()) => {
                             if let Some(bad @ None) = first_bad.as_deref_mut() {
-                                *bad = slots.fields(bytes).validate().err().map(|e| (i, e));
+                                *bad = slots.fields(viewed).validate().err().map(|e| (i, e));
                             }
                         }
                         Err(fault) => {
@@ -1098,18 +1205,14 @@ impl<'a> Head<'a> {
 
     /// Reads `bytes` as [`read`](Self::read) does, then checks the result's
     /// rules in `DetectionResult::validate`'s order.
-    fn read_checked(
-        bytes: &'a [u8],
-        records: &mut Vec<RecordSlots>,
-        limit: usize,
-    ) -> Result<Self, Stop> {
+    fn read_checked(viewed: Checked<'a>, notes: &mut Notes, limit: usize) -> Result<Self, Stop> {
         let mut first_bad = None;
-        let head = Head::read(bytes, records, Some(&mut first_bad), limit)?;
+        let head = Head::read(viewed, notes, Some(&mut first_bad), limit)?;
         ResultFields {
             task_id: head.task_id,
             success: head.success,
             error_message: head.error_message,
-            processes: records.len(),
+            processes: notes.records.len(),
             hash_result: head.hash_result.as_ref().map(HashResultView::fields),
         }
         .validate(|| first_bad)?;
@@ -1119,6 +1222,26 @@ impl<'a> Head<'a> {
 
 /// Offsets are 32-bit: bytes viewed are under 4 GiB.
 const MAX_BYTES: usize = u32::MAX as usize;
+
+/// What one pass notes of a result's records: each record's slots, and its
+/// arguments' spans (all records' together, in order). No lifetime, so a
+/// reader can keep and reuse them ([`ChunkReader`](super::ChunkReader)):
+/// about 200 bytes a record and 16 an argument.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Notes {
+    records: Vec<RecordSlots>,
+    args: Vec<TextSpan>,
+}
+
+impl Notes {
+    /// Notes sized for `records` records.
+    fn for_records(records: usize) -> Self {
+        Notes {
+            records: Vec::with_capacity(records),
+            args: Vec::new(),
+        }
+    }
+}
 
 /// A `DetectionResult`'s bytes, viewed: its scalars and strings, its hash
 /// result, and its records one by one ([`processes`](Self::processes)).
@@ -1147,15 +1270,15 @@ const MAX_BYTES: usize = u32::MAX as usize;
 /// ```
 #[derive(Clone)]
 pub struct DetectionResultView<'a> {
-    bytes: &'a [u8],
+    bytes: Checked<'a>,
     head: Head<'a>,
-    records: Cow<'a, [RecordSlots]>,
+    notes: Cow<'a, Notes>,
 }
 
 impl<'a> DetectionResultView<'a> {
     /// Views `bytes` as an encoded `DetectionResult`: what
     /// `DetectionResult::decode` accepts, every record included, without
-    /// the schema's rules. Allocates once, for the records' notes
+    /// the schema's rules. Allocates for the records' notes
     /// ([`ChunkReader`](super::ChunkReader) reuses its own).
     ///
     /// # Errors
@@ -1163,13 +1286,14 @@ impl<'a> DetectionResultView<'a> {
     /// [`WireError`] naming the first bad field (`processes[3].name`), where
     /// prost's decoder fails too.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, WireError> {
-        let mut records = Vec::with_capacity(count_records(bytes));
-        let head = match Head::read(bytes, &mut records, None, usize::MAX) {
+        let mut notes = Notes::for_records(count_records(bytes));
+        let bytes = Checked::new(bytes);
+        let head = match Head::read(bytes, &mut notes, None, usize::MAX) {
             Ok(head) => head,
             Err(Stop::Broken(ViewError::Wire(error))) => return Err(error),
             Err(_) => unreachable!("a walk with no limit and no rules stops only on bad bytes"),
         };
-        Ok(Self::new(bytes, head, Cow::Owned(records)))
+        Ok(Self::new(bytes, head, Cow::Owned(notes)))
     }
 
     /// [`decode`](Self::decode) and the schema's rules in one pass: what
@@ -1195,30 +1319,29 @@ impl<'a> DetectionResultView<'a> {
     /// assert_eq!(err, DetectionResult::decode(&bytes[..]).unwrap().validate().unwrap_err());
     /// ```
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ViewError> {
-        let mut records = Vec::with_capacity(count_records(bytes));
-        let head = unlimited(Head::read_checked(bytes, &mut records, usize::MAX))?;
-        Ok(Self::new(bytes, head, Cow::Owned(records)))
+        let mut notes = Notes::for_records(count_records(bytes));
+        let bytes = Checked::new(bytes);
+        let head = unlimited(Head::read_checked(bytes, &mut notes, usize::MAX))?;
+        Ok(Self::new(bytes, head, Cow::Owned(notes)))
     }
 
-    /// [`parse`](Self::parse), the records' notes kept in `records` (which
-    /// is cleared first and reused: nothing is allocated once it has grown),
-    /// stopping at the record past the `limit`-th.
+    /// [`parse`](Self::parse) of a reused frame, its notes kept in `notes`
+    /// (which are cleared first and reused: nothing is allocated once they
+    /// have grown), stopping at the record past the `limit`-th.
     pub(crate) fn parse_into(
-        bytes: &'a [u8],
-        records: &'a mut Vec<RecordSlots>,
+        frame: &'a CheckedFrame,
+        notes: &'a mut Notes,
         limit: usize,
     ) -> Result<Self, Stop> {
-        records.clear();
-        let head = Head::read_checked(bytes, records, limit)?;
-        Ok(Self::new(bytes, head, Cow::Borrowed(records)))
+        notes.records.clear();
+        notes.args.clear();
+        let bytes = frame.checked();
+        let head = Head::read_checked(bytes, notes, limit)?;
+        Ok(Self::new(bytes, head, Cow::Borrowed(notes)))
     }
 
-    fn new(bytes: &'a [u8], head: Head<'a>, records: Cow<'a, [RecordSlots]>) -> Self {
-        DetectionResultView {
-            bytes,
-            head,
-            records,
-        }
+    fn new(bytes: Checked<'a>, head: Head<'a>, notes: Cow<'a, Notes>) -> Self {
+        DetectionResultView { bytes, head, notes }
     }
 
     /// The owned result: exactly what prost decodes from the same bytes.
@@ -1250,15 +1373,12 @@ impl<'a> DetectionResultView<'a> {
     }
     /// How many records the result holds.
     pub fn process_count(&self) -> usize {
-        self.records.len()
+        self.notes.records.len()
     }
     /// The records, in order (checked with the result: nothing is read
     /// again but their strings' UTF-8, as each is asked for).
     pub fn processes(&self) -> Processes<'_> {
-        Processes {
-            bytes: self.bytes,
-            records: self.records.iter(),
-        }
+        Processes::new(self.bytes, &self.notes)
     }
 }
 
@@ -1277,16 +1397,26 @@ impl fmt::Debug for DetectionResultView<'_> {
 /// The records of a [`DetectionResultView`], in order.
 #[derive(Clone, Debug)]
 pub struct Processes<'a> {
-    bytes: &'a [u8],
+    bytes: Checked<'a>,
     records: std::slice::Iter<'a, RecordSlots>,
+    args: &'a [TextSpan],
 }
 
 impl<'a> Processes<'a> {
-    /// The records of `bytes` noted in `records`.
-    pub(crate) fn new(bytes: &'a [u8], records: &'a [RecordSlots]) -> Self {
+    /// The records of `bytes` noted in `notes`.
+    pub(super) fn new(bytes: Checked<'a>, notes: &'a Notes) -> Self {
         Processes {
             bytes,
-            records: records.iter(),
+            records: notes.records.iter(),
+            args: &notes.args,
+        }
+    }
+
+    fn view(&self, slots: &'a RecordSlots) -> ProcessRecordView<'a> {
+        ProcessRecordView {
+            bytes: self.bytes,
+            slots: Slots::Noted(slots),
+            args: Some(self.args),
         }
     }
 }
@@ -1296,10 +1426,7 @@ impl<'a> Iterator for Processes<'a> {
 
     fn next(&mut self) -> Option<ProcessRecordView<'a>> {
         let slots = self.records.next()?;
-        Some(ProcessRecordView {
-            bytes: self.bytes,
-            slots: Slots::Noted(slots),
-        })
+        Some(self.view(slots))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -1308,10 +1435,7 @@ impl<'a> Iterator for Processes<'a> {
 
     fn nth(&mut self, n: usize) -> Option<ProcessRecordView<'a>> {
         let slots = self.records.nth(n)?;
-        Some(ProcessRecordView {
-            bytes: self.bytes,
-            slots: Slots::Noted(slots),
-        })
+        Some(self.view(slots))
     }
 }
 
@@ -1321,7 +1445,7 @@ impl ExactSizeIterator for Processes<'_> {}
 /// counted without reading them. Stops at the first malformed field (the
 /// decoder then names it) and counts no further than one past the limit.
 pub(super) fn count_records(bytes: &[u8]) -> usize {
-    let mut reader = Reader::new(bytes, 0);
+    let mut reader = Reader::new(bytes);
     let mut count = 0;
     while !reader.at_end() && count <= MAX_PROCESSES_PER_RESULT {
         let Ok((number, wire)) = reader.key() else {
@@ -1363,7 +1487,7 @@ mod tests {
             for tail in [0usize, 10] {
                 let mut bytes = case.clone();
                 bytes.resize(case.len() + tail, 0);
-                let mut reader = Reader::new(&bytes, 0);
+                let mut reader = Reader::new(&bytes);
                 let ours = reader.varint();
                 let mut buf = bytes.as_slice();
                 let theirs = prost::encoding::decode_varint(&mut buf);
@@ -1376,11 +1500,11 @@ mod tests {
         }
         let too_long = [0xffu8; 11];
         assert_eq!(
-            Reader::new(&too_long, 0).varint(),
+            Reader::new(&too_long).varint(),
             Err(WireProblem::InvalidVarint)
         );
         assert_eq!(
-            Reader::new(&[0x80, 0x80], 0).varint(),
+            Reader::new(&[0x80, 0x80]).varint(),
             Err(WireProblem::Truncated)
         );
     }

@@ -1,0 +1,236 @@
+//! Text checked once: where a string field's bytes are in a buffer, noted
+//! only after they were found to be UTF-8, and read back as `&str` without
+//! a second check.
+//!
+//! The views note each string as a [`TextSpan`] while they check a frame;
+//! handing the strings out then costs a slice, not another UTF-8 pass
+//! (which took about a quarter of the agent's time per record).
+//!
+//! Why that is sound, here and nowhere else: every buffer spans are checked
+//! in is a [`Checked`], which carries an id no other buffer has had (a
+//! 64-bit counter, never reused), and every span carries the id of the
+//! buffer it was checked in. A `Checked` borrows its bytes immutably, so
+//! they cannot change while it lives; the one buffer that is reused,
+//! [`CheckedFrame`], takes a new id whenever its bytes change. A span is
+//! read back without a check only from the buffer with its own id; from
+//! any other (a bug) it reads as "". So no code outside this module can
+//! make a span read bytes that were not checked, whatever it does.
+
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::view::WireProblem;
+
+/// The empty buffer's id (never handed out). Ids are not zero, so that an
+/// `Option<TextSpan>` takes no more room than a span.
+const EMPTY: NonZeroU64 = NonZeroU64::MIN;
+
+/// The last id handed out.
+static IDS: AtomicU64 = AtomicU64::new(EMPTY.get());
+
+/// An id no buffer has had. Relaxed is enough: only uniqueness matters,
+/// and every read-modify-write of one atomic sees a distinct value.
+fn fresh_id() -> NonZeroU64 {
+    let last = IDS.fetch_add(1, Ordering::Relaxed);
+    // 2^64 buffers are never made; were they, an id would come again.
+    assert!(last != u64::MAX, "text buffer ids ran out");
+    NonZeroU64::MIN.saturating_add(last)
+}
+
+/// A range of a [`Checked`] buffer whose bytes are UTF-8: made only by
+/// [`Checked::check`], which looks. The default is the empty span, which
+/// reads as "" from any buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct TextSpan {
+    start: u32,
+    len: u32,
+    /// The id of the buffer it was checked in.
+    buffer: NonZeroU64,
+}
+
+impl Default for TextSpan {
+    fn default() -> Self {
+        TextSpan {
+            start: 0,
+            len: 0,
+            buffer: EMPTY,
+        }
+    }
+}
+
+impl TextSpan {
+    /// Its length in bytes.
+    #[inline(always)]
+    pub(super) fn len(self) -> usize {
+        self.len as usize
+    }
+
+    /// Offset of its first byte in its buffer.
+    #[inline(always)]
+    pub(super) fn start(self) -> usize {
+        self.start as usize
+    }
+}
+
+/// Bytes that spans are checked in and read back from: a borrow of them,
+/// and the id those spans carry.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Checked<'a> {
+    bytes: &'a [u8],
+    id: NonZeroU64,
+}
+
+impl Default for Checked<'_> {
+    /// No bytes, the id of no other buffer: only the empty span checks in
+    /// it, and every span reads from it as "".
+    fn default() -> Self {
+        Checked {
+            bytes: &[],
+            id: EMPTY,
+        }
+    }
+}
+
+impl<'a> Checked<'a> {
+    /// `bytes`, under an id of their own.
+    pub(super) fn new(bytes: &'a [u8]) -> Self {
+        Checked {
+            bytes,
+            id: fresh_id(),
+        }
+    }
+
+    /// The bytes.
+    #[inline(always)]
+    pub(super) fn bytes(self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The span `bytes[start..start + len]`, once its bytes are checked to
+    /// be UTF-8 (ASCII first, which is most of them, as prost does).
+    ///
+    /// # Errors
+    ///
+    /// [`WireProblem::NotUtf8`] for bytes that are not UTF-8,
+    /// [`WireProblem::Truncated`] for a range outside the bytes, and
+    /// [`WireProblem::TooLarge`] for offsets over 32 bits.
+    #[inline(always)]
+    pub(super) fn check(self, start: usize, len: usize) -> Result<TextSpan, WireProblem> {
+        let end = start.checked_add(len).ok_or(WireProblem::Truncated)?;
+        let text = self.bytes.get(start..end).ok_or(WireProblem::Truncated)?;
+        if !(text.is_ascii() || std::str::from_utf8(text).is_ok()) {
+            return Err(WireProblem::NotUtf8);
+        }
+        let narrow = |n: usize| u32::try_from(n).map_err(|_| WireProblem::TooLarge);
+        Ok(TextSpan {
+            start: narrow(start)?,
+            len: narrow(len)?,
+            buffer: self.id,
+        })
+    }
+
+    /// The text at `span`, not checked again when `span` was checked in
+    /// these bytes; "" for a span of another buffer (never, but for a bug,
+    /// which debug builds stop at).
+    #[inline(always)]
+    pub(super) fn text(self, span: TextSpan) -> &'a str {
+        let start = span.start as usize;
+        let bytes = match self.bytes.get(start..start + span.len as usize) {
+            Some(bytes) if span.buffer == self.id => bytes,
+            _ => {
+                debug_assert!(span.len == 0, "a text span read from another buffer");
+                return "";
+            }
+        };
+        // SAFETY: `check` made `span` (its fields are private to this
+        // module and never change) after finding these very bytes UTF-8:
+        // the ids match, no two buffers share an id (`fresh_id`; the empty
+        // buffer's `EMPTY` admits only empty spans), and the bytes under an id
+        // never change (`self.bytes` is a shared borrow, and
+        // `CheckedFrame::replace` takes a new id).
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+}
+
+/// A buffer reused for frame after frame (the agent's private copy of
+/// each), with a new id for each: spans checked in one frame never read
+/// from the next.
+#[derive(Debug)]
+pub(crate) struct CheckedFrame {
+    bytes: Vec<u8>,
+    id: NonZeroU64,
+}
+
+impl Default for CheckedFrame {
+    /// No bytes yet, as the empty buffer.
+    fn default() -> Self {
+        CheckedFrame {
+            bytes: Vec::new(),
+            id: EMPTY,
+        }
+    }
+}
+
+impl CheckedFrame {
+    /// Makes the buffer a copy of `bytes` (growing it if need be), under a
+    /// new id.
+    pub(crate) fn replace(&mut self, bytes: &[u8]) {
+        self.bytes.clear();
+        self.bytes.extend_from_slice(bytes);
+        self.id = fresh_id();
+    }
+
+    /// The bytes, for checking spans in and reading them back.
+    pub(super) fn checked(&self) -> Checked<'_> {
+        Checked {
+            bytes: &self.bytes,
+            id: self.id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_utf8_inside_the_buffer_is_noted() {
+        let buffer = Checked::new("ab\u{e9}cd".as_bytes()); // é: two bytes, at 2..4
+        let whole = buffer.check(0, 6).expect("text");
+        assert_eq!(buffer.text(whole), "ab\u{e9}cd");
+        let e = buffer.check(2, 2).expect("text");
+        assert_eq!((e.start(), e.len()), (2, 2));
+        assert_eq!(buffer.text(e), "\u{e9}");
+        // Half a character, a range past the end, an overflowing range.
+        assert_eq!(buffer.check(2, 1), Err(WireProblem::NotUtf8));
+        assert_eq!(buffer.check(3, 9), Err(WireProblem::Truncated));
+        assert_eq!(buffer.check(usize::MAX, 2), Err(WireProblem::Truncated));
+        let bad = Checked::new(&[0xff, b'a']);
+        assert_eq!(bad.check(0, 2), Err(WireProblem::NotUtf8));
+        assert_eq!(bad.text(TextSpan::default()), "");
+        assert_eq!(Checked::default().text(TextSpan::default()), "");
+    }
+
+    /// A span read from bytes it was not checked in gives "", even where
+    /// those bytes are not UTF-8 (debug builds stop there instead).
+    #[test]
+    #[cfg_attr(debug_assertions, should_panic(expected = "another buffer"))]
+    fn a_span_reads_only_from_its_own_buffer() {
+        let same_bytes = Checked::new(b"text");
+        let span = Checked::new(b"text").check(0, 4).expect("text");
+        assert_eq!(same_bytes.text(span), "");
+    }
+
+    /// A reused frame's spans do not survive a new frame, even one whose
+    /// bytes break UTF-8 where the old span was.
+    #[test]
+    #[cfg_attr(debug_assertions, should_panic(expected = "another buffer"))]
+    fn a_frames_spans_are_void_once_it_is_replaced() {
+        let mut frame = CheckedFrame::default();
+        frame.replace(b"name");
+        let span = frame.checked().check(0, 4).expect("text");
+        assert_eq!(frame.checked().text(span), "name");
+        frame.replace(b"\xff\xfe\xfd\xfc");
+        assert_eq!(frame.checked().text(span), "");
+    }
+}
