@@ -9,8 +9,9 @@
 //! Which unit options are reproduced (`isolated_command`): `User=` (uid and
 //! gid 65534, no supplementary groups), `AmbientCapabilities=` and
 //! `CapabilityBoundingSet=` (read from the unit), `NoNewPrivileges=`,
-//! `LimitRTPRIO=` (read from the unit), `UMask=`, `ProtectSystem=strict` and
-//! `ProtectHome=read-only` (every mount read-only), `ProtectKernelTunables=`
+//! `LimitRTPRIO=` (read from the unit), `UMask=`, `ProtectSystem=strict`
+//! (every mount read-only), `ProtectHome=yes` (`/home`, `/root` and
+//! `/run/user` empty), `ProtectKernelTunables=`
 //! (`/proc/sys` and `/sys` read-only), `ProtectControlGroups=` (the cgroup
 //! mounts read-only), `ProtectKernelLogs=` (`/proc/kmsg` hidden),
 //! `PrivateDevices=` (a private `/dev` with the pseudo devices and the
@@ -21,12 +22,15 @@
 //! `RestrictNamespaces=`, `RestrictSUIDSGID=`, `ProtectClock=`,
 //! `ProtectKernelModules=`, `SystemCallArchitectures=`, `DevicePolicy=`,
 //! `IPAddressDeny=`), which need systemd itself to apply; `.ci/run` checks
-//! them statically with `systemd-analyze`.
+//! them statically with `systemd-analyze`, and
+//! `procmond_makes_no_system_call_the_units_filters_refuse` traces procmond
+//! at work (`strace -f`) against the first three.
 
 mod child_support;
 mod collector_support;
 mod skip_support;
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -114,13 +118,17 @@ mount --move "$dev" /dev
 # ProtectKernelTunables=: /proc/sys read-only (and /sys below).
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
-# ProtectSystem=strict, ProtectHome=read-only, ProtectControlGroups=: every
-# mount read-only but /proc and /dev.
+# ProtectSystem=strict, ProtectControlGroups=: every mount read-only but
+# /proc and /dev.
 findmnt -rn -o TARGET | while read -r target; do
     case "$target" in
         /proc|/proc/*|/dev|/dev/*) ;;
         *) mount -o remount,bind,ro "$target" ;;
     esac
+done
+# ProtectHome=yes: /home, /root and /run/user empty, inaccessible, read-only.
+for home in /home /root /run/user; do
+    [ ! -d "$home" ] || mount -t tmpfs -o mode=000,ro,nosuid,nodev,noexec tmpfs "$home"
 done
 # PrivateTmp=: a /tmp and /var/tmp of its own, empty and writable.
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
@@ -536,6 +544,13 @@ struct Isolated {
 
 impl Isolated {
     fn start(caps: &[String]) -> Option<Isolated> {
+        Isolated::start_traced(caps, None)
+    }
+
+    /// [`start`](Self::start), with every system call of procmond (and of
+    /// the commands that set it up) written to `trace` by
+    /// `strace -f -D` (the tracer detached, so procmond keeps its pid).
+    fn start_traced(caps: &[String], trace: Option<&Path>) -> Option<Isolated> {
         if !skip_support::is_root_or_skip("starting procmond as another uid in new namespaces") {
             return None;
         }
@@ -546,7 +561,15 @@ impl Isolated {
         let mut notifications = Notifications::bind(&dir);
         let mut launch = Launch::new().passing(listener.try_clone().unwrap(), ListenPid::Own);
         let rtprio = unit_rtprio();
-        launch.wrapper = isolated_command(&dev, dir.path(), caps, rtprio);
+        if let Some(trace) = trace {
+            launch.wrapper = ["strace", "-f", "-q", "-D", "-o"]
+                .map(OsString::from)
+                .to_vec();
+            launch.wrapper.push(trace.into());
+        }
+        launch
+            .wrapper
+            .extend(isolated_command(&dev, dir.path(), caps, rtprio));
         launch.notify = Some(notifications.path.clone());
         let procmond = notifications.wait_for("READY=1", launch.spawn());
         Some(Isolated {
@@ -658,6 +681,12 @@ fn with_only_the_units_capabilities_procmond_sees_and_hashes_what_root_runs() {
     }
     assert!(mounts.iter().any(|(target, _)| target == "/dev/shm"));
     assert!(mounts.iter().any(|(target, _)| target == "/tmp"));
+    // ProtectHome=yes: the home directories are mounts of their own, empty.
+    for home in ["/home", "/root"] {
+        if Path::new(home).is_dir() {
+            assert!(mounts.iter().any(|(target, _)| target == home), "{home}");
+        }
+    }
     let procmonds_tmp = format!("/proc/{}/root{}", service.pid(), root_only.exe.display());
     assert!(
         !Path::new(&procmonds_tmp).exists(),
@@ -751,6 +780,226 @@ fn on_a_socket_root_made_the_agent_checks_the_uid_procmond_answers_as() {
     drop(agent);
     let log = service.stop();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The system calls the unit's `SystemCallFilter=` lines allow, as
+/// systemd reads them: the first line an allow list, each later `~` line
+/// taken out of it, each later plain line added; groups (`@system-service`)
+/// expanded by `systemd-analyze` itself.
+fn unit_allowed_syscalls() -> BTreeSet<String> {
+    let mut allowed = BTreeSet::new();
+    for (i, line) in unit_lines("SystemCallFilter").iter().enumerate() {
+        let (deny, list) = match line.strip_prefix('~') {
+            Some(list) => (true, list),
+            None => (false, line.as_str()),
+        };
+        assert!(i > 0 || !deny, "the unit's first SystemCallFilter= denies");
+        let mut names = BTreeSet::new();
+        for item in list.split_whitespace() {
+            expand_syscalls(item, &mut names);
+        }
+        if deny {
+            allowed.retain(|name| !names.contains(name));
+        } else {
+            allowed.extend(names);
+        }
+    }
+    assert!(allowed.len() > 100, "the unit allows only {allowed:?}");
+    allowed
+}
+
+/// The raw values of the unit's `key=` lines, one per line.
+fn unit_lines(key: &str) -> Vec<String> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/systemd/procmond.service");
+    fs::read_to_string(&unit)
+        .expect("read procmond.service")
+        .lines()
+        .filter_map(|line| Some(line.strip_prefix(key)?.strip_prefix('=')?.to_owned()))
+        .collect()
+}
+
+/// Adds `item`'s system calls to `names`: itself, or a group's members
+/// (nested groups too) as `systemd-analyze syscall-filter` lists them.
+fn expand_syscalls(item: &str, names: &mut BTreeSet<String>) {
+    if !item.starts_with('@') {
+        names.insert(item.to_owned());
+        return;
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["syscall-filter", "--no-pager", item])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run systemd-analyze (the systemd package)");
+    assert!(
+        out.status.success(),
+        "systemd-analyze syscall-filter {item}"
+    );
+    // The group's name, then its members, one a line; comments start `#`.
+    for member in text(&out.stdout).lines().skip(1).map(str::trim) {
+        if !member.is_empty() && !member.starts_with('#') {
+            expand_syscalls(member, names);
+        }
+    }
+}
+
+/// Every system call in an `strace -f` log made once process `pid` had
+/// exec'd procmond (from `/proc/self/fd/4`): procmond forks and execs
+/// nothing, so each later line is its own or its threads'. As (name,
+/// line).
+fn procmond_calls(trace: &str, pid: u32) -> Vec<(String, String)> {
+    let mut lines = trace.lines();
+    assert!(
+        lines.any(|line| traced(line).is_some_and(|(by, call)| {
+            by == pid && call.starts_with("execve(\"/proc/self/fd/4\"") && call.ends_with("= 0")
+        })),
+        "no exec of procmond by {pid} in the trace"
+    );
+    lines
+        .filter_map(|line| {
+            // `PID name(args) = result` or `PID name(args <unfinished ...>`;
+            // resumptions, signals and exits name no new call.
+            let (_, call) = traced(line)?;
+            let (name, _) = call.split_once('(')?;
+            let is_name = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            is_name.then(|| (name.to_owned(), line.to_owned()))
+        })
+        .collect()
+}
+
+/// A line of an `strace -f` log: the process it is about, and the rest.
+fn traced(line: &str) -> Option<(u32, &str)> {
+    let (pid, rest) = line.split_once(' ')?;
+    Some((pid.parse().ok()?, rest.trim_start()))
+}
+
+/// The unit's seccomp options are applied by systemd alone, which does not
+/// run here; what can be shown is that procmond, run as the unit runs it
+/// and doing each kind of work (every task, status, a monitor stream, a
+/// changes-only poll, SIGTERM), makes no system call the unit's
+/// `SystemCallFilter=` refuses (with `SystemCallErrorNumber=EPERM` a
+/// refused call fails quietly: `capset` did, so procmond kept
+/// `CAP_NET_ADMIN` under the unit), maps no memory both writable and
+/// executable (`MemoryDenyWriteExecute=`), and opens sockets of the unit's
+/// `RestrictAddressFamilies=` only: `strace -f` records every call.
+#[test]
+fn procmond_makes_no_system_call_the_units_filters_refuse() {
+    if !skip_support::is_root_or_skip("tracing procmond") {
+        return;
+    }
+    if Command::new("strace").arg("-V").output().is_err() {
+        skip_support::skip("no strace here (apt install strace)");
+        return;
+    }
+    let allowed = unit_allowed_syscalls();
+    let families = unit_values("RestrictAddressFamilies");
+    assert!(!families.is_empty(), "the unit restricts no address family");
+    let caps = unit_capabilities();
+    let root_only = RootOnly::new();
+    let traces = TempDir::new("service-trace");
+    let trace = traces.join("strace.log");
+    let Some(service) = Isolated::start_traced(&caps, Some(&trace)) else {
+        return;
+    };
+    let pid = service.pid();
+    let mut agent = agent(&service.socket);
+    let status = agent.status().expect("status");
+    assert!(
+        !status.capabilities.iter().any(|cap| cap == "CAP_NET_ADMIN"),
+        "{:?}",
+        status.capabilities
+    );
+    let seen = root_only.seen_by(&mut agent);
+    assert!(seen.accessible, "{seen:?}");
+    let hashed: Vec<_> = agent
+        .enumerate(only_pid(root_only.sleeper.pid), true)
+        .expect("enumerate with hashes")
+        .collect::<Result<_, _>>()
+        .expect("records");
+    assert!(hashed[0].executable_hash.is_some(), "{hashed:?}");
+    verified(&mut agent, root_only.sleeper.pid);
+    assert!(root_only.hash_check(&mut agent).expect("hash check"));
+    let mut monitor = agent
+        .monitor(&[root_only.sleeper.pid], Duration::from_millis(10))
+        .expect("monitor");
+    let event = monitor
+        .next_event(Instant::now() + WAIT)
+        .expect("a monitor event");
+    assert!(event.is_some(), "no snapshot within {WAIT:?}");
+    monitor.cancel().expect("cancel the monitor");
+    for _ in 0..2 {
+        agent
+            .enumerate_changes(None, Default::default())
+            .expect("a changes-only enumerate");
+    }
+    drop(agent);
+    service.stop();
+
+    // The tracer is not this process's child, and nothing signals its last
+    // write: its log ends with procmond's exit, looked for every 10 ms.
+    let deadline = Instant::now() + WAIT;
+    let log = loop {
+        let log = fs::read_to_string(&trace).unwrap_or_default();
+        let exit = |line| {
+            traced(line).is_some_and(|(by, rest)| by == pid && rest.starts_with("+++ exited"))
+        };
+        if log.lines().any(exit) {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "strace never logged procmond's exit; it ends: {:#?}",
+            log.lines().rev().take(5).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let calls = procmond_calls(&log, pid);
+    let names: BTreeSet<&str> = calls.iter().map(|(name, _)| name.as_str()).collect();
+    println!(
+        "procmond made {} calls of {} kinds: {names:?}",
+        calls.len(),
+        names.len()
+    );
+    for needed in ["capset", "socket", "sendmsg", "futex", "openat"] {
+        assert!(names.contains(needed), "no {needed} traced: {names:?}");
+    }
+    let refused: Vec<&(String, String)> = calls
+        .iter()
+        .filter(|(name, _)| !allowed.contains(name))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "calls SystemCallFilter= refuses: {refused:#?}"
+    );
+    let write_exec: Vec<&String> = calls
+        .iter()
+        .filter(|(name, line)| {
+            ["mmap", "mprotect", "pkey_mprotect"].contains(&name.as_str())
+                && line.contains("PROT_WRITE")
+                && line.contains("PROT_EXEC")
+        })
+        .map(|(_, line)| line)
+        .collect();
+    assert!(
+        write_exec.is_empty(),
+        "writable and executable: {write_exec:#?}"
+    );
+    let other_families: Vec<&String> = calls
+        .iter()
+        .filter(|(name, line)| {
+            (name == "socket" || name == "socketpair")
+                && !families
+                    .iter()
+                    .any(|family| line.contains(&format!("({family},")))
+        })
+        .map(|(_, line)| line)
+        .collect();
+    assert!(
+        other_families.is_empty(),
+        "sockets of other families: {other_families:#?}"
+    );
 }
 
 #[test]
