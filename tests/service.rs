@@ -882,8 +882,10 @@ fn traced(line: &str) -> Option<(u32, &str)> {
 /// `SystemCallFilter=` refuses (with `SystemCallErrorNumber=EPERM` a
 /// refused call fails quietly: `capset` did, so procmond kept
 /// `CAP_NET_ADMIN` under the unit), maps no memory both writable and
-/// executable (`MemoryDenyWriteExecute=`), and opens sockets of the unit's
-/// `RestrictAddressFamilies=` only: `strace -f` records every call.
+/// executable (`MemoryDenyWriteExecute=`), opens sockets of the unit's
+/// `RestrictAddressFamilies=` only, and makes no namespace, personality or
+/// mode change (`RestrictNamespaces=`, `LockPersonality=`,
+/// `RestrictSUIDSGID=`): `strace -f` records every call.
 #[test]
 fn procmond_makes_no_system_call_the_units_filters_refuse() {
     if !skip_support::is_root_or_skip("tracing procmond") {
@@ -999,6 +1001,29 @@ fn procmond_makes_no_system_call_the_units_filters_refuse() {
     assert!(
         other_families.is_empty(),
         "sockets of other families: {other_families:#?}"
+    );
+    // RestrictNamespaces=, LockPersonality=, RestrictSUIDSGID=: no new
+    // namespace, no personality, no mode change at all.
+    let restricted: Vec<&String> = calls
+        .iter()
+        .filter(|(name, line)| {
+            [
+                "unshare",
+                "setns",
+                "personality",
+                "chmod",
+                "fchmod",
+                "fchmodat",
+                "fchmodat2",
+            ]
+            .contains(&name.as_str())
+                || (name.starts_with("clone") && line.contains("CLONE_NEW"))
+        })
+        .map(|(_, line)| line)
+        .collect();
+    assert!(
+        restricted.is_empty(),
+        "calls the unit restricts: {restricted:#?}"
     );
 }
 
