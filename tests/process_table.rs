@@ -119,10 +119,11 @@ fn every_one_of_a_thousand_short_lived_execs_is_reported_with_its_image() {
     // A /bin/true lives about a millisecond. Whether its image can be read
     // in that time depends on the event thread being on a CPU then, which
     // on a shared VM the host can take away (steal time, counted and
-    // printed per trial). So the share is measured in up to three trials
-    // and the best must reach 99 %: an event thread that is not real-time
-    // (nice -10: 889, 894 and 912 of 1000) fails all three, one trial with
-    // the host busy does not. Every other check holds in every trial.
+    // printed per trial). So the share is measured in up to three trials:
+    // each must reach 95 % and the best 99 %. An event thread that is not
+    // real-time (nice -10: 889, 894 and 912 of 1000) fails the first, one
+    // trial with the host busy (970 of 1000 is the worst seen) does not.
+    // Every other check holds in every trial.
     const TRIALS: usize = 3;
     let Some((_serial, table)) = event_table(TableConfig::default()) else {
         return;
@@ -132,13 +133,14 @@ fn every_one_of_a_thousand_short_lived_execs_is_reported_with_its_image() {
     for trial in 1..=TRIALS {
         let stolen = steal_ticks();
         let with_image = short_lived_execs(&mut collector, N);
-        let stolen = steal_ticks() - stolen;
+        let stolen = steal_ticks().saturating_sub(stolen);
         let share = with_image as f64 / N as f64;
         println!(
             "trial {trial}: {with_image} of {N} reported with /bin/true's image and command \
              line; {stolen} ticks of steal time meanwhile"
         );
         shares.push(share);
+        assert!(share >= 0.95, "only {share:.3} carried the new image");
         if share >= 0.99 {
             return;
         }

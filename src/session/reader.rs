@@ -78,7 +78,7 @@ impl ChunkReader {
     /// [`read_view`](Self::read_view) of a frame that came another way (a
     /// socket, a file): `bytes` and the ring frame header's `flags` (the
     /// [`Marker`]), copied into the reader's buffer, checked and viewed
-    /// there, with the same errors.
+    /// there, with the same flag, decode and rule errors.
     ///
     /// ```
     /// use daemoneye_lib::proto::{DetectionResult, ProtoProcessRecord};
@@ -102,6 +102,8 @@ impl ChunkReader {
 
     /// Checks and views the frame just copied, whose header carried `flags`.
     fn view_copy(&mut self, flags: u16) -> Result<ChunkView<'_>, SessionError> {
+        // The last frame's notes go with it, whatever happens next.
+        self.notes.clear();
         let marker = Marker::from_flags(flags)?;
         let result =
             DetectionResultView::parse_into(&self.frame, &mut self.notes, MAX_PROCESSES_PER_RESULT)

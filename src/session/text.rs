@@ -6,15 +6,17 @@
 //! handing the strings out then costs a slice, not another UTF-8 pass
 //! (which took about a quarter of the agent's time per record).
 //!
-//! Why that is sound, here and nowhere else: every buffer spans are checked
-//! in is a [`Checked`], which carries an id no other buffer has had (a
-//! 64-bit counter, never reused), and every span carries the id of the
-//! buffer it was checked in. A `Checked` borrows its bytes immutably, so
-//! they cannot change while it lives; the one buffer that is reused,
-//! [`CheckedFrame`], takes a new id whenever its bytes change. A span is
-//! read back without a check only from the buffer with its own id; from
-//! any other (a bug) it reads as "". So no code outside this module can
-//! make a span read bytes that were not checked, whatever it does.
+//! Why that is sound, here and nowhere else: the text is read back
+//! unchecked only from a [`CheckedFrame`], a private buffer that owns its
+//! bytes (the agent's copy of each frame), and only by a span checked in
+//! those very bytes. Every span carries the id of the buffer it was
+//! checked in, ids are never reused (a 64-bit counter), and a
+//! `CheckedFrame` takes a new id before its bytes change; a span read from
+//! a buffer with another id reads as "" (a bug, which debug builds stop
+//! at). Bytes a caller lends ([`Checked::new`]: the views' public `parse`
+//! and `decode`) are checked again as each string is read: a `&[u8]` may
+//! be memory another process writes (a ring frame's, whose producer may be
+//! hostile), so what was UTF-8 at the check may not be by the read.
 
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,10 +33,18 @@ static IDS: AtomicU64 = AtomicU64::new(EMPTY.get());
 /// An id no buffer has had. Relaxed is enough: only uniqueness matters,
 /// and every read-modify-write of one atomic sees a distinct value.
 fn fresh_id() -> NonZeroU64 {
-    let last = IDS.fetch_add(1, Ordering::Relaxed);
-    // 2^64 buffers are never made; were they, an id would come again.
-    assert!(last != u64::MAX, "text buffer ids ran out");
-    NonZeroU64::MIN.saturating_add(last)
+    let next = IDS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+        last.checked_add(1)
+    });
+    match next
+        .ok()
+        .and_then(|last| NonZeroU64::new(last.wrapping_add(1)))
+    {
+        Some(id) => id,
+        // 2^64 buffers are never made; were they, an id would come again,
+        // so nothing may go on (not even by unwinding past a caught panic).
+        None => std::process::abort(),
+    }
 }
 
 /// A range of a [`Checked`] buffer whose bytes are UTF-8: made only by
@@ -73,11 +83,13 @@ impl TextSpan {
 }
 
 /// Bytes that spans are checked in and read back from: a borrow of them,
-/// and the id those spans carry.
+/// the id those spans carry, and whether their text is checked again when
+/// read (bytes a caller lent, which may change: see the module docs).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Checked<'a> {
     bytes: &'a [u8],
     id: NonZeroU64,
+    recheck: bool,
 }
 
 impl Default for Checked<'_> {
@@ -87,16 +99,19 @@ impl Default for Checked<'_> {
         Checked {
             bytes: &[],
             id: EMPTY,
+            recheck: false,
         }
     }
 }
 
 impl<'a> Checked<'a> {
-    /// `bytes`, under an id of their own.
+    /// Bytes a caller lends, under an id of their own; their text is
+    /// checked again as it is read.
     pub(super) fn new(bytes: &'a [u8]) -> Self {
         Checked {
             bytes,
             id: fresh_id(),
+            recheck: true,
         }
     }
 
@@ -129,9 +144,10 @@ impl<'a> Checked<'a> {
         })
     }
 
-    /// The text at `span`, not checked again when `span` was checked in
-    /// these bytes; "" for a span of another buffer (never, but for a bug,
-    /// which debug builds stop at).
+    /// The text at `span`: from a [`CheckedFrame`], not checked again
+    /// when `span` was checked in its bytes; "" for a span of another
+    /// buffer (never, but for a bug, which debug builds stop at), and for
+    /// lent bytes that are no longer UTF-8 there.
     #[inline(always)]
     pub(super) fn text(self, span: TextSpan) -> &'a str {
         let start = span.start as usize;
@@ -142,12 +158,18 @@ impl<'a> Checked<'a> {
                 return "";
             }
         };
-        // SAFETY: `check` made `span` (its fields are private to this
-        // module and never change) after finding these very bytes UTF-8:
-        // the ids match, no two buffers share an id (`fresh_id`; the empty
-        // buffer's `EMPTY` admits only empty spans), and the bytes under an id
-        // never change (`self.bytes` is a shared borrow, and
-        // `CheckedFrame::replace` takes a new id).
+        if self.recheck {
+            return std::str::from_utf8(bytes).unwrap_or_default();
+        }
+        // SAFETY: `recheck` is false only for a `CheckedFrame`'s own bytes
+        // (`CheckedFrame::checked`), which nothing else can write, and the
+        // empty buffer's. `check` made `span` (its fields are private to
+        // this module and never change) after finding these very bytes
+        // UTF-8: the ids match, no two buffers share an id (`fresh_id`;
+        // the empty buffer's `EMPTY` admits only empty spans), and a
+        // `CheckedFrame`'s bytes never change under an id (`replace`
+        // takes a new one first, and needs `&mut`, so no `Checked` of the
+        // old bytes is alive).
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 }
@@ -175,16 +197,17 @@ impl CheckedFrame {
     /// Makes the buffer a copy of `bytes` (growing it if need be), under a
     /// new id.
     pub(crate) fn replace(&mut self, bytes: &[u8]) {
+        self.id = fresh_id();
         self.bytes.clear();
         self.bytes.extend_from_slice(bytes);
-        self.id = fresh_id();
     }
 
-    /// The bytes, for checking spans in and reading them back.
+    /// The bytes, for checking spans in and reading them back unchecked.
     pub(super) fn checked(&self) -> Checked<'_> {
         Checked {
             bytes: &self.bytes,
             id: self.id,
+            recheck: false,
         }
     }
 }

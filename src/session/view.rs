@@ -1226,7 +1226,7 @@ const MAX_BYTES: usize = u32::MAX as usize;
 /// What one pass notes of a result's records: each record's slots, and its
 /// arguments' spans (all records' together, in order). No lifetime, so a
 /// reader can keep and reuse them ([`ChunkReader`](super::ChunkReader)):
-/// about 200 bytes a record and 16 an argument.
+/// about 180 bytes a record and 16 an argument.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Notes {
     records: Vec<RecordSlots>,
@@ -1240,6 +1240,12 @@ impl Notes {
             records: Vec::with_capacity(records),
             args: Vec::new(),
         }
+    }
+
+    /// No notes (their room kept).
+    pub(super) fn clear(&mut self) {
+        self.records.clear();
+        self.args.clear();
     }
 }
 
@@ -1333,8 +1339,7 @@ impl<'a> DetectionResultView<'a> {
         notes: &'a mut Notes,
         limit: usize,
     ) -> Result<Self, Stop> {
-        notes.records.clear();
-        notes.args.clear();
+        notes.clear();
         let bytes = frame.checked();
         let head = Head::read_checked(bytes, notes, limit)?;
         Ok(Self::new(bytes, head, Cow::Borrowed(notes)))
