@@ -181,3 +181,42 @@ impl RecordCursor {
 pub fn read_chunk(consumer: &mut Consumer, deadline: Instant) -> Result<Chunk, SessionError> {
     ChunkReader::new().read(consumer, deadline)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ProtoProcessRecord;
+    use prost::Message;
+
+    /// A cursor hands out each record of its frame once, in order, counting
+    /// down what is left, and then nothing (the client's streams stop on
+    /// `left() == 0` and on `None`: a cursor that did not end would keep them
+    /// looping, not failing).
+    #[test]
+    fn a_cursor_hands_out_each_record_once_then_none() {
+        let records = [7, 8, 9].map(|pid| ProtoProcessRecord {
+            pid,
+            name: format!("proc-{pid}"),
+            ..Default::default()
+        });
+        let bytes = DetectionResult::success("t-1", records.to_vec()).encode_to_vec();
+        let mut reader = ChunkReader::new();
+        let mut cursor = RecordCursor::all(&reader.view_frame(&bytes, 0).expect("a frame").result);
+        assert_eq!(cursor.left(), 3);
+        let mut seen = Vec::new();
+        while let Some(record) = cursor.next(&reader) {
+            seen.push((record.pid(), record.name().to_owned()));
+            assert_eq!(cursor.left(), 3 - seen.len().min(3));
+            // Bounded, so a cursor that never ends fails here.
+            if seen.len() > records.len() {
+                break;
+            }
+        }
+        let want: Vec<_> = records.iter().map(|r| (r.pid, r.name.clone())).collect();
+        assert_eq!(seen, want);
+        assert_eq!(cursor.left(), 0);
+        assert!(cursor.next(&reader).is_none());
+        assert_eq!(RecordCursor::default().left(), 0);
+        assert!(RecordCursor::default().next(&reader).is_none());
+    }
+}
