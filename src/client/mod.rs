@@ -100,6 +100,11 @@ pub struct ClientOptions {
 /// procmond's default (its ring's size / 8, 128 KiB for a 1 MiB ring).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 << 20;
 
+/// How long a reader that finds the ring closed waits for the socket
+/// watcher to say why (procmond's reason is already on the socket then; the
+/// watcher only has to be scheduled).
+const GONE_REASON_WAIT: Duration = Duration::from_secs(2);
+
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
@@ -626,8 +631,7 @@ impl Agent {
         mut request: TaskRequest,
         file: Option<BorrowedFd<'_>>,
     ) -> Result<(), ClientError> {
-        let gone = self.gone.lock().map_or(true, |why| why.is_some());
-        if gone || self.consumer.is_closed() {
+        if self.gone.is_known() || self.consumer.is_closed() {
             return Err(self.gone_error());
         }
         let frame = ClientFrame {
@@ -739,8 +743,17 @@ impl Agent {
         }
     }
 
+    /// Why the ring ended, as the watcher tells it. Unless this agent
+    /// closed the ring itself, the watcher is sure to tell soon: procmond
+    /// says why before its ring closes, and a procmond that died has closed
+    /// the socket too.
     fn gone_error(&self) -> ClientError {
-        match self.gone.lock().ok().and_then(|why| why.clone()) {
+        let within = if self.consumer.closer().is_closed() {
+            Duration::ZERO
+        } else {
+            GONE_REASON_WAIT
+        };
+        match self.gone.wait(within) {
             Some(Gone::Ended(reason)) => ClientError::Ended { reason },
             Some(Gone::Lost(detail)) => ClientError::PeerGone { detail },
             None => ClientError::PeerGone {

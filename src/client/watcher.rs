@@ -3,15 +3,50 @@
 //! returns at once, after what procmond published before it went.
 
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use crate::control::{ClientChannel, ControlError};
 use crate::proto::control::{Status, server_frame};
 use crate::ring::Closer;
 
-/// Why the connection ended, once it has.
-pub(super) type GoneReason = Arc<Mutex<Option<Gone>>>;
+/// Why the connection ended, once the watcher knows: shared by the agent
+/// and its watcher.
+///
+/// procmond says why before it closes a ring, but the agent's reader can
+/// see the ring closed before the watcher has read that frame (on a busy
+/// machine, by milliseconds), so a reader that finds the ring closed
+/// waits for the watcher's verdict ([`GoneReason::wait`]).
+#[derive(Clone, Debug, Default)]
+pub(super) struct GoneReason(Arc<(Mutex<Option<Gone>>, Condvar)>);
+
+impl GoneReason {
+    /// Whether the watcher has said why.
+    pub(super) fn is_known(&self) -> bool {
+        self.0.0.lock().map_or(true, |why| why.is_some())
+    }
+
+    /// Why, as soon as the watcher knows, waiting at most `within`.
+    pub(super) fn wait(&self, within: Duration) -> Option<Gone> {
+        let (slot, known) = &*self.0;
+        let slot = slot.lock().ok()?;
+        // wait_timeout_while measures `within` itself: no deadline to overflow.
+        let (slot, _) = known
+            .wait_timeout_while(slot, within, |why| why.is_none())
+            .ok()?;
+        slot.clone()
+    }
+
+    /// Records why (the first reason stands) and wakes every waiter.
+    fn set(&self, why: Gone) {
+        let (slot, known) = &*self.0;
+        if let Ok(mut slot) = slot.lock() {
+            slot.get_or_insert(why);
+        }
+        known.notify_all();
+    }
+}
 
 /// How the connection ended.
 #[derive(Clone, Debug)]
@@ -50,9 +85,7 @@ pub(super) fn spawn(
                     Err(other) => break Gone::Lost(format!("control socket failed: {other}")),
                 }
             };
-            if let Ok(mut slot) = gone.lock() {
-                slot.get_or_insert(why);
-            }
+            gone.set(why);
             closer.mark_peer_gone();
         })
 }
