@@ -294,7 +294,7 @@ proptest! {
         for (record, view) in result.processes.iter().zip(view.processes()) {
             prop_assert!(same_bits(&view.to_owned(), record));
             let alone = record.encode_to_vec();
-            prop_assert!(same_bits(&ProcessRecordView::decode(&alone).unwrap().to_owned(), record));
+            prop_assert!(same_bits(&ProcessRecordView::decode(&alone).unwrap().view().to_owned(), record));
         }
         agree(&bytes);
     }

@@ -54,7 +54,8 @@ fuzz_target!(|input: &[u8]| {
     // The same bytes as one record.
     let owned = CODEC.decode::<ProtoProcessRecord>(input);
     match (owned, ProcessRecordView::decode(input)) {
-        (Ok(owned), Ok(view)) => {
+        (Ok(owned), Ok(decoded)) => {
+            let view = decoded.view();
             assert_eq!(
                 CODEC.encode(&view.to_owned()).unwrap(),
                 CODEC.encode(&owned).unwrap()

@@ -70,7 +70,7 @@ pub use marker::{Marker, RecordKind};
 pub(crate) use reader::RecordCursor;
 pub use reader::{Chunk, ChunkReader, ChunkView, read_chunk};
 pub use view::{
-    CommandLine, DetectionResultView, HashResultView, ProcessRecordView, Processes, ViewError,
-    WireError, WireProblem,
+    CommandLine, DecodedRecord, DetectionResultView, HashResultView, ProcessRecordView, Processes,
+    ViewError, WireError, WireProblem,
 };
 pub use writer::{ResultWriter, StreamStats};

@@ -60,15 +60,18 @@ pub(super) struct TextSpan {
 
 impl Default for TextSpan {
     fn default() -> Self {
-        TextSpan {
-            start: 0,
-            len: 0,
-            buffer: EMPTY,
-        }
+        TextSpan::EMPTY
     }
 }
 
 impl TextSpan {
+    /// The empty span (the default), as a constant.
+    pub(super) const EMPTY: TextSpan = TextSpan {
+        start: 0,
+        len: 0,
+        buffer: EMPTY,
+    };
+
     /// Its length in bytes.
     #[inline(always)]
     pub(super) fn len(self) -> usize {

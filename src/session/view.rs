@@ -447,7 +447,7 @@ fn expect(found: Wire, expected: Wire) -> Result<(), WireProblem> {
 /// What one pass noted of a `ProcessRecord`: its scalars, and where its
 /// strings are in the bytes viewed (checked UTF-8). No lifetime, so a
 /// reader can keep a frame's worth in a vector it reuses.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct RecordSlots {
     pid: u32,
     ppid: Option<u32>,
@@ -472,7 +472,35 @@ pub(crate) struct RecordSlots {
     collection_time: i64,
 }
 
+impl Default for RecordSlots {
+    fn default() -> Self {
+        RecordSlots::EMPTY
+    }
+}
+
 impl RecordSlots {
+    /// An empty record's notes (the default), as a constant, so that a
+    /// default view can borrow them for `'static`.
+    const EMPTY: RecordSlots = RecordSlots {
+        pid: 0,
+        ppid: None,
+        name: TextSpan::EMPTY,
+        executable_path: None,
+        command_line: Span { start: 0, len: 0 },
+        args: 0,
+        first_arg: 0,
+        args_bytes: 0,
+        start_time: None,
+        cpu_usage: None,
+        memory_usage: None,
+        executable_hash: None,
+        hash_algorithm: None,
+        user_id: None,
+        accessible: false,
+        file_exists: false,
+        collection_time: 0,
+    };
+
     /// Reads the record whose body is `frame[start..end]` into `self` (a
     /// default), `budget` being the recursion left inside it. Given `args`,
     /// each argument's span is pushed there too, so that its command line
@@ -642,43 +670,83 @@ impl RecordSlots {
 }
 
 /// A `ProcessRecord`'s bytes, viewed: scalars, `&str`s into the bytes, and
-/// the command line as a lazy iterator. Built by [`ProcessRecordView::decode`]
-/// or by [`DetectionResultView::processes`]; nothing is allocated. The
-/// default is the view of an empty record.
-#[derive(Clone, Default)]
+/// the command line as a lazy iterator. Handed out by
+/// [`DetectionResultView::processes`] (or by [`DecodedRecord::view`] for a
+/// record decoded alone); nothing is allocated, and a view is a few
+/// pointers, so handing out one per record costs no copy of its notes.
+/// The default is the view of an empty record.
+#[derive(Clone, Copy)]
 pub struct ProcessRecordView<'a> {
     /// The bytes the slots point into.
     bytes: Checked<'a>,
-    slots: Slots<'a>,
+    /// What the pass noted of the record: its frame's, or a
+    /// [`DecodedRecord`]'s.
+    slots: &'a RecordSlots,
     /// Its arguments' spans, when its frame noted them (else its command
     /// line is walked).
     args: Option<&'a [TextSpan]>,
 }
 
-/// A record view's notes: the frame's own (no copy of some 180 bytes per
-/// record as a frame is walked), or its own for a record decoded alone.
-#[derive(Clone, Copy)]
-enum Slots<'a> {
-    Noted(&'a RecordSlots),
-    Own(RecordSlots),
+impl Default for ProcessRecordView<'_> {
+    fn default() -> Self {
+        ProcessRecordView {
+            bytes: Checked::default(),
+            slots: &RecordSlots::EMPTY,
+            args: None,
+        }
+    }
 }
 
-impl Default for Slots<'_> {
-    fn default() -> Self {
-        Slots::Own(RecordSlots::default())
+/// One `ProcessRecord` decoded alone ([`ProcessRecordView::decode`]): the
+/// notes of its one pass, which [`view`](Self::view) lends out.
+///
+/// ```
+/// use daemoneye_lib::proto::ProtoProcessRecord;
+/// use daemoneye_lib::session::ProcessRecordView;
+/// use prost::Message;
+///
+/// let record = ProtoProcessRecord {
+///     pid: 42,
+///     name: "sshd".into(),
+///     command_line: vec!["sshd".into(), "-D".into()],
+///     ..Default::default()
+/// };
+/// let bytes = record.encode_to_vec();
+/// let decoded = ProcessRecordView::decode(&bytes)?;
+/// let view = decoded.view();
+/// assert_eq!((view.pid(), view.name()), (42, "sshd"));
+/// assert_eq!(view.command_line().collect::<Vec<_>>(), ["sshd", "-D"]);
+/// assert_eq!(view.to_owned(), record);
+/// # Ok::<(), daemoneye_lib::session::WireError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct DecodedRecord<'a> {
+    bytes: Checked<'a>,
+    slots: RecordSlots,
+}
+
+impl DecodedRecord<'_> {
+    /// The record, viewed.
+    pub fn view(&self) -> ProcessRecordView<'_> {
+        ProcessRecordView {
+            bytes: self.bytes,
+            slots: &self.slots,
+            args: None,
+        }
     }
 }
 
 impl<'a> ProcessRecordView<'a> {
-    /// Views `bytes` as one encoded `ProcessRecord` (what
-    /// `ProcessRecord::decode` accepts); the protobuf encoding only, not the
-    /// schema's rules ([`validate`](Self::validate)).
+    /// Reads `bytes` as one encoded `ProcessRecord` (what
+    /// `ProcessRecord::decode` accepts), in one pass whose notes the
+    /// [`DecodedRecord`] keeps (see its example); the protobuf encoding
+    /// only, not the schema's rules ([`validate`](Self::validate)).
     ///
     /// # Errors
     ///
     /// [`WireError`] naming the first bad field, where prost's decoder
     /// fails too.
-    pub fn decode(bytes: &'a [u8]) -> Result<Self, WireError> {
+    pub fn decode(bytes: &'a [u8]) -> Result<DecodedRecord<'a>, WireError> {
         let too_large = Fault {
             at: 0,
             place: Place::Key,
@@ -692,11 +760,7 @@ impl<'a> ProcessRecordView<'a> {
             slots.read(bytes, 0, bytes.bytes().len(), RECURSION_LIMIT, None)
         }
         .map_err(|fault| fault.named("", RECORD_FIELDS))?;
-        Ok(ProcessRecordView {
-            bytes,
-            slots: Slots::Own(slots),
-            args: None,
-        })
+        Ok(DecodedRecord { bytes, slots })
     }
 
     /// Checks the schema's rules, exactly as
@@ -730,11 +794,8 @@ impl<'a> ProcessRecordView<'a> {
     }
 
     #[inline(always)]
-    fn slots(&self) -> &RecordSlots {
-        match &self.slots {
-            Slots::Noted(slots) => slots,
-            Slots::Own(slots) => slots,
-        }
+    fn slots(&self) -> &'a RecordSlots {
+        self.slots
     }
 
     /// Process id.
@@ -1420,7 +1481,7 @@ impl<'a> Processes<'a> {
     fn view(&self, slots: &'a RecordSlots) -> ProcessRecordView<'a> {
         ProcessRecordView {
             bytes: self.bytes,
-            slots: Slots::Noted(slots),
+            slots,
             args: Some(self.args),
         }
     }
