@@ -85,6 +85,15 @@ impl TextSpan {
     }
 }
 
+/// Bytes of a [`Checked`] buffer found ASCII: `start..end` of the buffer
+/// with id `buffer`. Made only by [`Checked::ascii_run`], which looks.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct AsciiRun {
+    start: usize,
+    end: usize,
+    buffer: NonZeroU64,
+}
+
 /// Bytes that spans are checked in and read back from: a borrow of them,
 /// the id those spans carry, and whether their text is checked again when
 /// read (bytes a caller lent, which may change: see the module docs).
@@ -147,6 +156,62 @@ impl<'a> Checked<'a> {
         })
     }
 
+    /// The ASCII run of `bytes[from..to]` from its start: where its first
+    /// byte over 0x7f is (or `to`), looked for a word at a time. A record's
+    /// name, path and arguments, with the one-byte keys and lengths between
+    /// them, are usually one such run, checked once here rather than string
+    /// by string ([`check_in`](Self::check_in)).
+    #[inline(always)]
+    pub(super) fn ascii_run(self, from: usize, to: usize) -> AsciiRun {
+        let bytes = self.bytes.get(from..to).unwrap_or_default();
+        let (words, tail) = bytes.as_chunks::<8>();
+        let mut len = 0;
+        let mut high = None;
+        for word in words {
+            let word = u64::from_le_bytes(*word) & 0x8080_8080_8080_8080;
+            if word != 0 {
+                // Little-endian: the lowest set bit is the first such byte.
+                high = Some(len + word.trailing_zeros() as usize / 8);
+                break;
+            }
+            len += 8;
+        }
+        let len =
+            high.unwrap_or_else(|| len + tail.iter().position(|&b| b > 0x7f).unwrap_or(tail.len()));
+        AsciiRun {
+            start: from,
+            end: from + len,
+            buffer: self.id,
+        }
+    }
+
+    /// [`check`](Self::check), but no test of the bytes when they lie in
+    /// `run` (found ASCII in these bytes).
+    #[inline(always)]
+    pub(super) fn check_in(
+        self,
+        run: AsciiRun,
+        start: usize,
+        len: usize,
+    ) -> Result<TextSpan, WireProblem> {
+        match start.checked_add(len) {
+            Some(end)
+                if run.buffer == self.id
+                    && run.start <= start
+                    && end <= run.end
+                    && end <= self.bytes.len() =>
+            {
+                let narrow = |n: usize| u32::try_from(n).map_err(|_| WireProblem::TooLarge);
+                Ok(TextSpan {
+                    start: narrow(start)?,
+                    len: narrow(len)?,
+                    buffer: self.id,
+                })
+            }
+            _ => self.check(start, len),
+        }
+    }
+
     /// The text at `span`: from a [`CheckedFrame`], not checked again
     /// when `span` was checked in its bytes; "" for a span of another
     /// buffer (never, but for a bug, which debug builds stop at), and for
@@ -166,9 +231,11 @@ impl<'a> Checked<'a> {
         }
         // SAFETY: `recheck` is false only for a `CheckedFrame`'s own bytes
         // (`CheckedFrame::checked`), which nothing else can write, and the
-        // empty buffer's. `check` made `span` (its fields are private to
-        // this module and never change) after finding these very bytes
-        // UTF-8: the ids match, no two buffers share an id (`fresh_id`;
+        // empty buffer's. `check` or `check_in` made `span` (its fields are
+        // private to this module and never change) after finding these
+        // very bytes UTF-8, themselves or as part of an `AsciiRun` found in
+        // the buffer with the same id (ASCII is UTF-8, and so is any part
+        // of it): the ids match, no two buffers share an id (`fresh_id`;
         // the empty buffer's `EMPTY` admits only empty spans), and a
         // `CheckedFrame`'s bytes never change under an id (`replace`
         // takes a new one first, and needs `&mut`, so no `Checked` of the
@@ -235,6 +302,51 @@ mod tests {
         assert_eq!(bad.check(0, 2), Err(WireProblem::NotUtf8));
         assert_eq!(bad.text(TextSpan::default()), "");
         assert_eq!(Checked::default().text(TextSpan::default()), "");
+    }
+
+    /// A run ends at the first byte over 0x7f wherever it is (in a word
+    /// or in the tail), and only spans inside it go unchecked.
+    #[test]
+    fn an_ascii_run_ends_at_the_first_high_byte_and_vouches_only_inside() {
+        for len in 0..40 {
+            for high in 0..=len {
+                let mut bytes = vec![b'a'; len];
+                if high < len {
+                    bytes[high] = 0xc3;
+                }
+                let buffer = Checked::new(&bytes);
+                let run = buffer.ascii_run(0, len);
+                assert_eq!(
+                    (run.start, run.end),
+                    (0, high),
+                    "{len} bytes, high at {high}"
+                );
+                // From an offset, and within a bound short of the bytes.
+                let from = high.min(3);
+                let to = len.saturating_sub(1).max(from);
+                let part = buffer.ascii_run(from, to);
+                assert_eq!((part.start, part.end), (from, high.min(to).max(from)));
+            }
+        }
+        // "ab" then half an é (0xc3 alone), then ASCII again.
+        let bytes = b"ab\xc3cd";
+        let buffer = Checked::new(bytes);
+        let run = buffer.ascii_run(0, bytes.len());
+        assert!(buffer.check_in(run, 0, 2).is_ok());
+        assert_eq!(buffer.check_in(run, 1, 2), Err(WireProblem::NotUtf8));
+        assert_eq!(buffer.check_in(run, 2, 1), Err(WireProblem::NotUtf8));
+        assert!(
+            buffer.check_in(run, 3, 2).is_ok(),
+            "outside the run: checked alone"
+        );
+        assert_eq!(buffer.check_in(run, 4, 9), Err(WireProblem::Truncated));
+        assert_eq!(
+            buffer.check_in(run, usize::MAX, 2),
+            Err(WireProblem::Truncated)
+        );
+        // Another buffer's run vouches for nothing here.
+        let other = Checked::new(b"abcde").ascii_run(0, 5);
+        assert_eq!(buffer.check_in(other, 1, 2), Err(WireProblem::NotUtf8));
     }
 
     /// A span read from bytes it was not checked in gives "", even where

@@ -27,7 +27,7 @@ use std::fmt;
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-use super::text::{Checked, CheckedFrame, TextSpan};
+use super::text::{AsciiRun, Checked, CheckedFrame, TextSpan};
 use crate::proto::limits::MAX_PROCESSES_PER_RESULT;
 use crate::proto::{
     DetectionResult, HashResultFields, ProtoHashResult, ProtoProcessRecord, RecordFields,
@@ -348,6 +348,19 @@ impl<'a> Reader<'a> {
         viewed.check(self.offset() - len, len)
     }
 
+    /// [`text_span_of`](Self::text_span_of), the text found in `run`
+    /// needing no check of its own.
+    #[inline(always)]
+    fn text_span_in(
+        &mut self,
+        wire: Wire,
+        viewed: Checked<'_>,
+        run: AsciiRun,
+    ) -> Result<TextSpan, WireProblem> {
+        let len = self.bytes_of(wire)?.len();
+        viewed.check_in(run, self.offset() - len, len)
+    }
+
     /// Skips an unknown field as prost's `skip_field` does, `budget` being
     /// the recursion prost has left at this level.
     fn skip(&mut self, wire: Wire, number: u32, budget: u32) -> Result<(), WireProblem> {
@@ -587,15 +600,20 @@ impl RecordSlots {
         if let Some(ppid) = field!(0x10, 2, varint) {
             self.ppid = Some(ppid as u32);
         }
-        if let Some(name) = field!(0x1a, 3, text_span_of(TEXT, frame)) {
+        // From here, the strings are checked for ASCII in one run: name,
+        // path and arguments, with their one-byte keys and lengths, are one
+        // when their text is ASCII and each is under 128 bytes (a string
+        // outside the run is checked alone).
+        let run = frame.ascii_run(r.offset(), r.base + r.bytes.len());
+        if let Some(name) = field!(0x1a, 3, text_span_in(TEXT, frame, run)) {
             self.name = name;
         }
-        if let Some(path) = field!(0x22, 4, text_span_of(TEXT, frame)) {
+        if let Some(path) = field!(0x22, 4, text_span_in(TEXT, frame, run)) {
             self.executable_path = Some(path);
         }
         loop {
             let at = r.offset();
-            match field!(0x2a, 5, text_span_of(TEXT, frame)) {
+            match field!(0x2a, 5, text_span_in(TEXT, frame, run)) {
                 Some(arg) => self.note_arg(at, arg, args),
                 None => break,
             }
