@@ -164,11 +164,14 @@ impl<'a> Checked<'a> {
     #[inline(always)]
     pub(super) fn ascii_run(self, from: usize, to: usize) -> AsciiRun {
         let bytes = self.bytes.get(from..to).unwrap_or_default();
-        let (words, tail) = bytes.as_chunks::<8>();
+        let words = bytes.chunks_exact(8);
+        let tail = words.remainder();
         let mut len = 0;
         let mut high = None;
         for word in words {
-            let word = u64::from_le_bytes(*word) & 0x8080_8080_8080_8080;
+            // Always 8 bytes (`chunks_exact`): the zeros are never used.
+            let word = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+            let word = word & 0x8080_8080_8080_8080;
             if word != 0 {
                 // Little-endian: the lowest set bit is the first such byte.
                 high = Some(len + word.trailing_zeros() as usize / 8);
