@@ -350,6 +350,33 @@ mod tests {
         // Another buffer's run vouches for nothing here.
         let other = Checked::new(b"abcde").ascii_run(0, 5);
         assert_eq!(buffer.check_in(other, 1, 2), Err(WireProblem::NotUtf8));
+        // A run from an offset vouches for nothing before it.
+        let late = buffer.ascii_run(3, bytes.len());
+        assert_eq!((late.start, late.end), (3, 5));
+        assert_eq!(buffer.check_in(late, 1, 3), Err(WireProblem::NotUtf8));
+        assert!(buffer.check_in(late, 3, 2).is_ok());
+        // An empty run past the end vouches for no span there.
+        let past = buffer.ascii_run(9, 12);
+        assert_eq!(buffer.check_in(past, 9, 0), Err(WireProblem::Truncated));
+        // DEL (0x7f) is ASCII, in a whole word and in the tail alike.
+        let del = b"\x7fabcdefg\x7f\x7f";
+        assert_eq!(Checked::new(del).ascii_run(0, del.len()).end, del.len());
+    }
+
+    #[test]
+    fn inside_a_run_the_bytes_are_not_tested_again() {
+        // A run is the caller's word that the bytes are ASCII; inside it
+        // check_in trusts that word (the speed it is for). A forged run
+        // over bytes that are not UTF-8 shows the trust.
+        let bytes = b"ab\xc3cd";
+        let buffer = Checked::new(bytes);
+        let forged = AsciiRun {
+            start: 0,
+            end: bytes.len(),
+            buffer: buffer.id,
+        };
+        assert!(buffer.check_in(forged, 1, 2).is_ok());
+        assert_eq!(buffer.check(1, 2), Err(WireProblem::NotUtf8));
     }
 
     /// A span read from bytes it was not checked in gives "", even where
