@@ -146,12 +146,23 @@ fn with_no_room_for_a_largest_frame_a_record_goes_in_a_frame_of_its_own_size() {
     for _ in 0..3 {
         producer.try_write(&[0; 16_000], 0).unwrap();
     }
-    let stats = {
-        let mut stream = ResultWriter::new(&mut producer, "t", Duration::from_millis(200));
-        stream.push(RecordKind::Result, record(1)).unwrap();
-        stream.push(RecordKind::Result, record(2)).unwrap();
-        stream.finish().unwrap()
-    };
+    // With a stall timeout of a minute, the writer waits only briefly for
+    // the largest frame's room (10 ms a frame), not for the stall: well
+    // within the 10 s it is given here.
+    let (done, finished) = std::sync::mpsc::channel();
+    let writer = thread::spawn(move || {
+        let stats = {
+            let mut stream = ResultWriter::new(&mut producer, "t", Duration::from_secs(60));
+            stream.push(RecordKind::Result, record(1)).unwrap();
+            stream.push(RecordKind::Result, record(2)).unwrap();
+            stream.finish().unwrap()
+        };
+        done.send(stats).unwrap();
+    });
+    let stats = finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the writer waited for the largest frame's room, not for a smaller frame");
+    writer.join().unwrap();
     // Each record in a frame of its own (a claim of what one record needs
     // holds no second), the last marked END.
     assert_eq!((stats.records, stats.frames), (2, 2), "{stats:?}");
@@ -190,10 +201,18 @@ fn a_record_larger_than_a_frame_loses_trailing_arguments() {
     let chunks = read_all(&mut consumer);
     let got = &chunks[0].result.processes[0];
     assert!(got.command_line.len() < 100 && !got.command_line.is_empty());
-    assert_eq!(
-        got.command_line[..],
-        big.command_line[..got.command_line.len()]
-    );
+    let n = got.command_line.len();
+    assert_eq!(got.command_line[..], big.command_line[..n]);
+    // Only as many arguments as must go: one more would not fit.
+    let len = |args: usize| {
+        let mut r = big.clone();
+        r.command_line.truncate(args);
+        prost::Message::encoded_len(&DetectionResult {
+            processes: vec![r],
+            ..DetectionResult::success("big", vec![])
+        })
+    };
+    assert!(len(n) <= 1024 && len(n + 1) > 1024, "{n} arguments kept");
     assert_eq!(got.name, big.name);
 }
 
@@ -204,6 +223,12 @@ fn a_record_that_cannot_fit_fails_with_its_pid() {
     let mut huge = record(9);
     huge.executable_path = Some("/x".repeat(100));
     let mut stream = ResultWriter::new(&mut producer, "huge", WAIT);
+    let mut bare = huge.clone();
+    bare.command_line.clear();
+    let needed = prost::Message::encoded_len(&DetectionResult {
+        processes: vec![bare],
+        ..DetectionResult::success("huge", vec![])
+    });
     let err = stream.push(RecordKind::Result, huge).unwrap_err();
     assert!(
         matches!(
@@ -211,8 +236,8 @@ fn a_record_that_cannot_fit_fails_with_its_pid() {
             SessionError::RecordTooLarge {
                 pid: 9,
                 max: 64,
-                ..
-            }
+                len,
+            } if len == needed
         ),
         "{err}"
     );
@@ -223,15 +248,18 @@ fn a_failure_ends_the_stream_and_drops_pending_records() {
     let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10)).unwrap();
     let mut stream = ResultWriter::new(&mut producer, "bad", WAIT);
     stream.push(RecordKind::Result, record(1)).unwrap();
-    let long = "é".repeat(5000); // over the 4 KiB error message limit
-    stream.fail(&long).unwrap();
+    // Over the 4 KiB error message limit, byte 4096 inside an "é".
+    let long = format!("a{}", "é".repeat(5000));
+    let stats = stream.fail(&long).unwrap();
+    assert!(stats.failed);
     let chunks = read_all(&mut consumer);
     assert_eq!(chunks.len(), 1);
     let result = &chunks[0].result;
     assert!(!result.success);
     assert!(result.processes.is_empty());
     let message = result.error_message.as_deref().unwrap();
-    assert!(message.len() <= 4096 && message.starts_with("éé"));
+    assert_eq!(message.len(), 4095, "cut at the last whole character");
+    assert!(long.starts_with(message));
 }
 
 #[test]
@@ -346,4 +374,186 @@ fn finish_with_sends_a_whole_result_as_the_end_frame() {
     let chunks = read_all(&mut consumer);
     assert_eq!(chunks.len(), 1);
     assert_eq!(chunks[0].result, result);
+}
+
+/// A record of `pid` whose field in a result is `len` bytes (its name
+/// padded), if one is.
+fn record_of_len(pid: u32, len: usize) -> Option<ProtoProcessRecord> {
+    (0..len).find_map(|pad| {
+        let mut r = record(pid);
+        r.name.push_str(&"x".repeat(pad));
+        let field = prost::Message::encoded_len(&DetectionResult {
+            processes: vec![r.clone()],
+            ..Default::default()
+        });
+        (field == len).then_some(r)
+    })
+}
+
+#[test]
+fn a_record_that_ends_exactly_at_the_largest_frame_shares_it_and_one_byte_more_does_not() {
+    const MAX: usize = 1024;
+    let head = prost::Message::encoded_len(&DetectionResult::success("exact", vec![]));
+    let field = |r: &ProtoProcessRecord| {
+        prost::Message::encoded_len(&DetectionResult {
+            processes: vec![r.clone()],
+            ..Default::default()
+        })
+    };
+    let firsts: Vec<_> = (1..=5).map(record).collect();
+    let used = head + firsts.iter().map(field).sum::<usize>();
+    for encoded in [false, true] {
+        for (extra, frames) in [(0, 1), (1, 2)] {
+            let last = record_of_len(9, MAX - used + extra).expect("a padded record");
+            let config = RingConfig::new(64 << 10).with_max_frame(MAX);
+            let (mut producer, mut consumer) = ring::pair(&config).unwrap();
+            let mut stream = ResultWriter::new(&mut producer, "exact", WAIT);
+            for r in firsts.iter().chain([&last]) {
+                if encoded {
+                    let stable = Arc::new(StableFields::encode(r));
+                    let record = EncodedRecord::of(stable, r);
+                    stream.push_encoded(RecordKind::Result, record).unwrap();
+                } else {
+                    stream.push(RecordKind::Result, r.clone()).unwrap();
+                }
+            }
+            let stats = stream.finish().unwrap();
+            let chunks = read_all(&mut consumer);
+            let what = format!("encoded {encoded}, {extra} byte(s) over");
+            assert_eq!(chunks.len(), frames, "{what}");
+            assert_eq!(stats.frames, frames as u64, "{what}");
+            assert_eq!(stats.truncated, 0, "{what}");
+            let got: Vec<_> = chunks
+                .iter()
+                .flat_map(|c| c.result.processes.clone())
+                .collect();
+            let want: Vec<_> = firsts.iter().chain([&last]).cloned().collect();
+            assert_eq!(got, want, "{what}");
+            if extra == 0 {
+                assert_eq!(prost::Message::encoded_len(&chunks[0].result), MAX);
+            }
+        }
+        // A record that fills a frame alone is not cut, one byte more is.
+        for (extra, truncated) in [(0, 0), (1, 1)] {
+            let alone = record_of_len(9, MAX - head + extra).expect("a padded record");
+            let config = RingConfig::new(64 << 10).with_max_frame(MAX);
+            let (mut producer, mut consumer) = ring::pair(&config).unwrap();
+            let mut stream = ResultWriter::new(&mut producer, "exact", WAIT);
+            if encoded {
+                let stable = Arc::new(StableFields::encode(&alone));
+                let record = EncodedRecord::of(stable, &alone);
+                stream.push_encoded(RecordKind::Result, record).unwrap();
+            } else {
+                stream.push(RecordKind::Result, alone.clone()).unwrap();
+            }
+            let stats = stream.finish().unwrap();
+            assert_eq!(
+                stats.truncated, truncated,
+                "encoded {encoded}, {extra} over"
+            );
+            let chunks = read_all(&mut consumer);
+            assert_eq!(chunks.len(), 1);
+            let got = &chunks[0].result.processes[0];
+            assert_eq!(
+                got.command_line.len() == alone.command_line.len(),
+                extra == 0
+            );
+        }
+    }
+}
+
+#[test]
+fn a_stream_says_its_task_marks_its_frames_full_and_sees_its_ring_closed() {
+    let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10)).unwrap();
+    let mut stream = ResultWriter::new(&mut producer, "full-task", WAIT);
+    assert_eq!(stream.task_id(), "full-task");
+    assert!(!stream.is_closed());
+    stream.mark_full();
+    stream.push(RecordKind::Snapshot, record(1)).unwrap();
+    stream.flush().unwrap();
+    stream.push(RecordKind::Snapshot, record(2)).unwrap();
+    stream.finish().unwrap();
+    let chunks = read_all(&mut consumer);
+    assert_eq!(chunks.len(), 2);
+    assert!(chunks.iter().all(|c| c.marker.full), "{chunks:?}");
+
+    let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10)).unwrap();
+    let mut stream = ResultWriter::new(&mut producer, "plain", WAIT);
+    stream.push(RecordKind::Snapshot, record(1)).unwrap();
+    assert!(!stream.is_closed(), "a frame open, the ring open");
+    consumer.close();
+    assert!(stream.is_closed(), "the reader closed the ring");
+}
+
+#[test]
+fn a_frame_holds_at_most_the_schemas_records_and_the_next_goes_in_another() {
+    let config = RingConfig::new(4 << 20).with_max_frame(1 << 20);
+    let (mut producer, mut consumer) = ring::pair(&config).unwrap();
+    let writer = thread::spawn(move || {
+        let mut stream = ResultWriter::new(&mut producer, "many", WAIT);
+        for pid in 0..=MAX_PROCESSES_PER_RESULT as u32 {
+            let tiny = ProtoProcessRecord {
+                pid,
+                ..Default::default()
+            };
+            stream.push(RecordKind::Result, tiny).unwrap();
+        }
+        stream.finish().unwrap()
+    });
+    let chunks = read_all(&mut consumer);
+    writer.join().unwrap();
+    let counts: Vec<_> = chunks.iter().map(|c| c.result.processes.len()).collect();
+    assert_eq!(counts, [MAX_PROCESSES_PER_RESULT, 1]);
+}
+
+#[test]
+fn a_cancelled_stream_ends_failed_and_marked_and_a_whole_result_says_whether_it_failed() {
+    let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10)).unwrap();
+    let mut stream = ResultWriter::new(&mut producer, "gone", WAIT);
+    stream.push(RecordKind::Result, record(1)).unwrap();
+    let stats = stream.cancelled("cancelled by the client").unwrap();
+    assert!(stats.failed);
+    let chunks = read_all(&mut consumer);
+    assert_eq!(chunks.len(), 1);
+    assert!(chunks[0].marker.cancelled && chunks[0].marker.end);
+    assert!(!chunks[0].result.success);
+    assert_eq!(
+        chunks[0].result.error_message.as_deref(),
+        Some("cancelled by the client")
+    );
+
+    const MAX: usize = 1024;
+    for (success, extra) in [(true, 0), (false, 0), (true, 1)] {
+        let config = RingConfig::new(64 << 10).with_max_frame(MAX);
+        let (mut producer, mut consumer) = ring::pair(&config).unwrap();
+        let stream = ResultWriter::new(&mut producer, "whole", WAIT);
+        let mut result = if success {
+            DetectionResult::success("whole", vec![])
+        } else {
+            DetectionResult::failure("whole", String::new())
+        };
+        // Padded to MAX (+ extra) bytes with an error message.
+        let pad = (0..MAX).find(|&n| {
+            let mut padded = result.clone();
+            padded.error_message = Some("e".repeat(n));
+            prost::Message::encoded_len(&padded) == MAX + extra
+        });
+        result.error_message = Some("e".repeat(pad.expect("a padding")));
+        match stream.finish_with(result) {
+            Ok(stats) => {
+                assert_eq!(extra, 0);
+                assert_eq!(stats.failed, !success);
+                let chunks = read_all(&mut consumer);
+                assert_eq!(chunks[0].result.success, success);
+                assert!(!chunks[0].marker.cancelled);
+            }
+            Err(err) => {
+                assert_eq!(extra, 1, "{err}");
+                assert!(
+                    matches!(err, SessionError::ResultTooLarge { len, max: MAX } if len == MAX + 1),
+                    "{err}"
+                );
+            }
+        }
+    }
 }
