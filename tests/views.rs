@@ -499,3 +499,64 @@ fn rule_errors_are_the_owned_paths() {
     assert_eq!(err, result.validate().unwrap_err());
     agree(&bytes);
 }
+
+#[test]
+fn a_command_line_split_by_other_fields_is_its_arguments_only() {
+    // Arguments with the name, a path and an unknown string between them:
+    // walking the command line takes field 5 alone.
+    let bytes = encode(&record_fields());
+    agree(&bytes);
+    let result = DetectionResultView::decode(&bytes).unwrap();
+    let view = result.processes().next().unwrap();
+    assert_eq!(view.name(), "the-name");
+    let args: Vec<_> = view.command_line().collect();
+    assert_eq!(args, ["first", "second", "third"]);
+    // A record decoded alone walks its command line's bytes instead.
+    let Field::Message(4, fields) = &record_fields()[0] else {
+        unreachable!()
+    };
+    let alone = encode(fields);
+    let decoded = ProcessRecordView::decode(&alone).unwrap();
+    let view = decoded.view();
+    assert_eq!(view.name(), "the-name");
+    assert_eq!(view.command_line().len(), 3);
+    let args: Vec<_> = view.command_line().collect();
+    assert_eq!(args, ["first", "second", "third"]);
+    assert!(same_bits(
+        &ProtoProcessRecord::decode(alone.as_slice()).unwrap(),
+        &view.to_owned()
+    ));
+}
+
+/// A record whose arguments have other fields between them.
+fn record_fields() -> Vec<Field> {
+    vec![Field::Message(
+        4,
+        vec![
+            Field::Bytes(5, b"first".to_vec()),
+            Field::Bytes(3, b"the-name".to_vec()),
+            Field::Bytes(5, b"second".to_vec()),
+            Field::Bytes(4, b"/the/path".to_vec()),
+            Field::Bytes(99, b"unknown".to_vec()),
+            Field::Bytes(5, b"third".to_vec()),
+        ],
+    )]
+}
+
+#[test]
+fn the_largest_32_bit_key_is_an_invalid_wire_type_as_prost_says() {
+    // u32::MAX as a key: field 0x1fff_ffff, wire type 7. Any larger key
+    // is over 32 bits.
+    let mut bytes = Vec::new();
+    varint(u64::from(u32::MAX), &mut bytes);
+    agree(&bytes);
+    let err = DetectionResultView::decode(&bytes).unwrap_err();
+    assert_eq!(err.problem, WireProblem::InvalidWireType(7));
+    let mut bytes = Vec::new();
+    varint(u64::from(u32::MAX) + 1, &mut bytes);
+    let err = DetectionResultView::decode(&bytes).unwrap_err();
+    assert_eq!(
+        err.problem,
+        WireProblem::InvalidKey(u64::from(u32::MAX) + 1)
+    );
+}
