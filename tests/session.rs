@@ -557,3 +557,32 @@ fn a_cancelled_stream_ends_failed_and_marked_and_a_whole_result_says_whether_it_
         }
     }
 }
+
+#[test]
+fn a_frame_that_needs_all_it_asks_for_waits_out_a_lagging_reader() {
+    let (mut producer, mut consumer) = ring::pair(&RingConfig::new(64 << 10)).unwrap();
+    // Fill the ring: not even an empty END frame fits.
+    let mut filled = 0;
+    for size in [1000, 64, 1] {
+        while producer.try_write(&vec![0; size], 0).is_ok() {
+            filled += 1;
+            assert!(filled < 5000, "a 64 KiB ring holds fewer frames");
+        }
+    }
+    let writer = thread::spawn(move || {
+        let stream = ResultWriter::new(&mut producer, "late", Duration::from_secs(60));
+        stream.finish()
+    });
+    // The reader lags far longer than the 10 ms a writer gives the largest
+    // frame: an END frame needs exactly what it asks for, so it waits on,
+    // up to the stall timeout.
+    thread::sleep(Duration::from_millis(300));
+    for _ in 0..filled {
+        consumer.try_read(|frame| frame.len()).unwrap();
+    }
+    let chunks = read_all(&mut consumer);
+    assert_eq!(chunks.len(), 1);
+    assert!(chunks[0].result.processes.is_empty());
+    let stats = writer.join().unwrap().expect("the writer waited for room");
+    assert_eq!(stats.frames, 1);
+}
