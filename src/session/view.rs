@@ -1551,6 +1551,8 @@ pub(super) fn count_records(bytes: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
 
     /// A varint read as prost reads it, with ten bytes to hand (the
@@ -1591,5 +1593,50 @@ mod tests {
             Reader::new(&[0x80, 0x80]).varint(),
             Err(WireProblem::Truncated)
         );
+    }
+
+    /// `count_records` sizes the notes before the pass: it counts field 4's
+    /// entries among the other fields, stops where the bytes stop making
+    /// sense, and never counts past one over the limit.
+    #[test]
+    fn records_are_counted_among_other_fields_up_to_one_past_the_limit() {
+        let record = ProtoProcessRecord {
+            pid: 7,
+            name: "a".into(),
+            ..Default::default()
+        };
+        let mut result = DetectionResult::success("t", vec![record.clone(); 3]);
+        result.hash_result = Some(Default::default());
+        let bytes = result.encode_to_vec();
+        assert_eq!(count_records(&bytes), 3);
+        assert_eq!(count_records(&[]), 0);
+
+        // A field 4 that is a varint is another field, and an unknown
+        // length-delimited field is skipped.
+        let empty_record = [0x22, 0x00];
+        let mut mixed = empty_record.to_vec();
+        mixed.extend_from_slice(&[0x20, 0x05, 0x32, 0x02, 0x22, 0x00]);
+        mixed.extend_from_slice(&empty_record);
+        assert_eq!(count_records(&mixed), 2);
+
+        // The count stops at a bad key, a group, a cut record or a cut
+        // unknown field: what was counted before stays.
+        for bad in [
+            &[0x07][..],
+            &[0x33, 0x34],
+            &[0x34],
+            &[0x22, 0x05, 0x00],
+            &[0x32, 0x05, 0x00],
+        ] {
+            let mut bytes = [empty_record, empty_record].concat();
+            bytes.extend_from_slice(bad);
+            bytes.extend_from_slice(&empty_record);
+            assert_eq!(count_records(&bytes), 2, "{bad:x?}");
+        }
+
+        let over = empty_record.repeat(MAX_PROCESSES_PER_RESULT + 5);
+        assert_eq!(count_records(&over), MAX_PROCESSES_PER_RESULT + 1);
+        let at = empty_record.repeat(MAX_PROCESSES_PER_RESULT);
+        assert_eq!(count_records(&at), MAX_PROCESSES_PER_RESULT);
     }
 }
