@@ -179,6 +179,22 @@ fn peer_gone_mark_wakes_a_parked_reader() {
     assert!(matches!(result(&rx, start), Err(RingError::PeerGone)));
 }
 
+/// A producer has nothing of the peer's to drain: for it the mark is a
+/// close, so its parked writer wakes at once with `Closed` (the consumer,
+/// still attached, never closed).
+#[test]
+fn peer_gone_mark_closes_a_producer_and_wakes_its_writer() {
+    let (producer, consumer, control) = ring();
+    let closer = producer.closer();
+    let rx = spawn_write(producer);
+    wait_parked(&control, PRODUCER_WAIT_OFFSET);
+    let start = Instant::now();
+    closer.mark_peer_gone();
+    assert!(closer.is_closed());
+    assert!(matches!(result(&rx, start), Err(RingError::Closed)));
+    assert!(!consumer.closer().is_closed());
+}
+
 #[test]
 fn consumer_close_wakes_a_parked_writer() {
     let (producer, consumer, control) = ring();
