@@ -500,6 +500,66 @@ fn rule_errors_are_the_owned_paths() {
     agree(&bytes);
 }
 
+/// Offsets in the views are 32-bit, so bytes of 4 GiB or more are refused
+/// before a byte is read, and 4 GiB less one byte is read. The zeroed
+/// buffers are only reserved: no path touches more than a page (a zero
+/// byte is a key with field number 0, refused at once, and the high byte
+/// after it ends the ASCII run a record's fast path looks for first).
+#[test]
+fn four_gib_are_refused_unread_and_one_byte_less_is_read() {
+    let limit = u32::MAX as usize;
+    let over = vec![0u8; limit + 1];
+    let mut at = vec![0u8; limit];
+    at[1] = 0x80;
+    let problem = |result: Result<(), WireError>| result.expect_err("refused").problem;
+    assert_eq!(
+        problem(ProcessRecordView::decode(&over).map(drop)),
+        WireProblem::TooLarge
+    );
+    assert_eq!(
+        problem(DetectionResultView::decode(&over).map(drop)),
+        WireProblem::TooLarge
+    );
+    assert!(matches!(
+        DetectionResultView::parse(&over).map(drop),
+        Err(ViewError::Wire(WireError {
+            problem: WireProblem::TooLarge,
+            ..
+        }))
+    ));
+    assert_eq!(
+        problem(ProcessRecordView::decode(&at).map(drop)),
+        WireProblem::FieldNumberZero
+    );
+    assert_eq!(
+        problem(DetectionResultView::decode(&at).map(drop)),
+        WireProblem::FieldNumberZero
+    );
+}
+
+/// A record decoded alone checks the rules only when asked
+/// (`validate`), and then exactly as the owned record does.
+#[test]
+fn a_record_decoded_alone_is_validated_as_the_owned_record_is() {
+    let good = common::worker(7);
+    let bytes = good.encode_to_vec();
+    let decoded = ProcessRecordView::decode(&bytes).expect("decodes");
+    assert_eq!(decoded.view().validate(), Ok(()));
+    assert_eq!(good.validate(), Ok(()));
+
+    let mut too_long = good.clone();
+    too_long.command_line = vec!["x".repeat(64 << 10); 3];
+    let mut negative = good.clone();
+    negative.cpu_usage = Some(-1.0);
+    for bad in [too_long, negative] {
+        let bytes = bad.encode_to_vec();
+        // The encoding is fine: decoding alone does not refuse it.
+        let decoded = ProcessRecordView::decode(&bytes).expect("decodes");
+        let err = decoded.view().validate().expect_err("a rule is broken");
+        assert_eq!(err, bad.validate().expect_err("a rule is broken"));
+    }
+}
+
 #[test]
 fn a_command_line_split_by_other_fields_is_its_arguments_only() {
     // Arguments with the name, a path and an unknown string between them:
