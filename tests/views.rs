@@ -36,6 +36,16 @@ fn agree(bytes: &[u8]) {
                 view.to_owned()
             );
             assert_eq!(view.process_count(), owned.processes.len());
+            // The hash result's accessors, beside its `to_owned`.
+            let hash = view.hash_result().map(|h| {
+                let fields = (h.hash_value(), h.algorithm(), h.file_path());
+                (fields, h.success(), h.error_message())
+            });
+            let owned_hash = owned.hash_result.as_ref().map(|h| {
+                let fields = (&*h.hash_value, &*h.algorithm, &*h.file_path);
+                (fields, h.success, h.error_message.as_deref())
+            });
+            assert_eq!(hash, owned_hash);
             for (record, view) in owned.processes.iter().zip(view.processes()) {
                 assert!(same_bits(record, &view.to_owned()));
                 assert_eq!(view.command_line().len(), record.command_line.len());
@@ -371,9 +381,14 @@ fn nested_groups_are_skipped_up_to_prosts_limit() {
         agree(&top);
         let in_record = encode(&[
             Field::Bytes(1, b"t".to_vec()),
-            Field::Message(4, vec![group]),
+            Field::Message(4, vec![group.clone()]),
         ]);
         agree(&in_record);
+        let in_hash_result = encode(&[
+            Field::Bytes(1, b"t".to_vec()),
+            Field::Message(5, vec![group]),
+        ]);
+        agree(&in_hash_result);
     }
     // The limits really are reached in that range.
     let deep = |depth| {
@@ -619,4 +634,61 @@ fn the_largest_32_bit_key_is_an_invalid_wire_type_as_prost_says() {
         err.problem,
         WireProblem::InvalidKey(u64::from(u32::MAX) + 1)
     );
+}
+
+/// A view prints as its record does, under its own name, and its command
+/// line as a list; the same whether the arguments were noted (a result's
+/// record) or are walked (a record decoded alone).
+#[test]
+fn a_view_and_its_command_line_print_their_fields() {
+    let record = ProtoProcessRecord {
+        pid: 7,
+        ppid: Some(1),
+        name: "a\"b".into(),
+        command_line: vec!["x".into(), "y".into()],
+        start_time: Some(5),
+        cpu_usage: Some(1.5),
+        executable_hash: Some("ab".into()),
+        hash_algorithm: Some("sha256".into()),
+        user_id: Some("0".into()),
+        accessible: true,
+        collection_time: 9,
+        ..Default::default()
+    };
+    let expected = "ProcessRecordView { pid: 7, ppid: Some(1), name: \"a\\\"b\", \
+                    executable_path: None, command_line: [\"x\", \"y\"], start_time: Some(5), \
+                    cpu_usage: Some(1.5), memory_usage: None, executable_hash: Some(\"ab\"), \
+                    hash_algorithm: Some(\"sha256\"), user_id: Some(\"0\"), accessible: true, \
+                    file_exists: false, collection_time: 9 }";
+    let result = DetectionResult::success("t", vec![record.clone()]).encode_to_vec();
+    let view = DetectionResultView::decode(&result).expect("decodes");
+    let noted = view.processes().next().expect("a record");
+    assert_eq!(format!("{noted:?}"), expected);
+    assert_eq!(format!("{:?}", noted.command_line()), "[\"x\", \"y\"]");
+    let bytes = record.encode_to_vec();
+    let decoded = ProcessRecordView::decode(&bytes).expect("decodes");
+    assert_eq!(format!("{:?}", decoded.view()), expected);
+    assert_eq!(
+        format!("{:?}", decoded.view().command_line()),
+        "[\"x\", \"y\"]"
+    );
+}
+
+/// A walked command line (a record decoded alone) whose bytes are all
+/// text but have another field between two arguments: the second is found
+/// past that field, and cut from the text at its own place.
+#[test]
+fn a_walked_command_line_steps_over_a_field_between_its_arguments() {
+    let bytes = encode(&[
+        Field::Bytes(5, b"first".to_vec()),
+        Field::Bytes(3, b"name".to_vec()),
+        Field::Bytes(5, b"second".to_vec()),
+        Field::Bytes(5, b"".to_vec()),
+    ]);
+    let owned = ProtoProcessRecord::decode(bytes.as_slice()).expect("prost decodes");
+    assert_eq!(owned.command_line, ["first", "second", ""]);
+    let decoded = ProcessRecordView::decode(&bytes).expect("decodes");
+    let view = decoded.view();
+    assert_eq!(view.command_line().collect::<Vec<_>>(), owned.command_line);
+    assert_eq!(view.name(), "name");
 }
