@@ -815,7 +815,12 @@ mod tests {
     #[test]
     fn bad_headers_are_refused() {
         type Case = (u64, u32, u64, u64, fn(&CorruptKind) -> bool);
-        let cases: [Case; 6] = [
+        // Each capacity rule alone: a power of two, at least the least, at
+        // most the most (each of these would otherwise fail on the size).
+        let not_a_power = 3 * MIN_CAPACITY as u64;
+        let too_small = MIN_CAPACITY as u64 / 2;
+        let too_large = 2 * MAX_CAPACITY as u64;
+        let cases: [Case; 9] = [
             (0, LAYOUT_VERSION, CAP as u64, 64, |k| {
                 matches!(k, CorruptKind::BadMagic { found: 0 })
             }),
@@ -825,6 +830,27 @@ mod tests {
             (MAGIC, LAYOUT_VERSION, CAP as u64 - 8, 64, |k| {
                 matches!(k, CorruptKind::BadCapacity { .. })
             }),
+            (
+                MAGIC,
+                LAYOUT_VERSION,
+                not_a_power,
+                64,
+                |k| matches!(k, CorruptKind::BadCapacity { found } if *found == 3 * MIN_CAPACITY as u64),
+            ),
+            (
+                MAGIC,
+                LAYOUT_VERSION,
+                too_small,
+                64,
+                |k| matches!(k, CorruptKind::BadCapacity { found } if *found == MIN_CAPACITY as u64 / 2),
+            ),
+            (
+                MAGIC,
+                LAYOUT_VERSION,
+                too_large,
+                64,
+                |k| matches!(k, CorruptKind::BadCapacity { found } if *found == 2 * MAX_CAPACITY as u64),
+            ),
             (MAGIC, LAYOUT_VERSION, 2 * CAP as u64, 64, |k| {
                 matches!(
                     k,
@@ -853,22 +879,33 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused() {
-        for len in [0, 4096, data_region_len(MAX_CAPACITY) + 4096] {
+        // A region outside the sizes a ring can have is refused before it
+        // is mapped, against the largest size (not the header's).
+        let largest = data_region_len(MAX_CAPACITY);
+        for len in [0, 4096, largest + 4096] {
             let (fds, file) = hand_made(len, true);
             if len >= DATA_OFFSET {
                 write_header(&file, MAGIC, LAYOUT_VERSION, CAP as u64, 64);
             }
+            let err = attach_err(&fds);
             assert!(
                 matches!(
-                    attach_err(&fds),
+                    err,
                     RingError::Corrupt(CorruptKind::RegionSize {
                         region: Region::Data,
-                        ..
-                    })
+                        found,
+                        expected,
+                    }) if found == len as u64 && expected == largest as u64
                 ),
-                "length {len}"
+                "length {len}: {err:?}"
             );
         }
+        // The largest ring itself attaches (sparse: nothing is touched but
+        // the header).
+        let (fds, file) = hand_made(largest, true);
+        write_header(&file, MAGIC, LAYOUT_VERSION, MAX_CAPACITY as u64, 64);
+        let reader = attach(&fds).unwrap();
+        assert_eq!(reader.shared().capacity(), MAX_CAPACITY);
         // A consumer region of the wrong size.
         let data = memfd::create("d", data_region_len(CAP) as u64).unwrap();
         memfd::add_seals(&data, REQUIRED_SEALS).unwrap();
