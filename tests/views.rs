@@ -692,3 +692,27 @@ fn a_walked_command_line_steps_over_a_field_between_its_arguments() {
     assert_eq!(view.command_line().collect::<Vec<_>>(), owned.command_line);
     assert_eq!(view.name(), "name");
 }
+
+/// A result's records are an exact-size iterator (its length counts down as
+/// records are taken, `nth` skips), and the result prints its fields with
+/// the number of records.
+#[test]
+fn the_records_count_down_and_the_result_prints_its_fields() {
+    let records: Vec<_> = (0..3).map(common::worker).collect();
+    let bytes = DetectionResult::success("t-9", records).encode_to_vec();
+    let view = DetectionResultView::parse(&bytes).expect("valid");
+    let mut processes = view.processes();
+    for left in (0..=3).rev() {
+        assert_eq!(processes.size_hint(), (left, Some(left)));
+        assert_eq!(processes.len(), left);
+        assert_eq!(processes.next().is_some(), left > 0);
+    }
+    let mut processes = view.processes();
+    assert_eq!(processes.nth(1).map(|p| p.pid()), Some(1));
+    assert_eq!(processes.len(), 1);
+    assert_eq!(
+        format!("{view:?}"),
+        "DetectionResultView { task_id: \"t-9\", success: true, error_message: None, \
+         processes: 3, hash_result: None }"
+    );
+}
