@@ -817,9 +817,9 @@ mod tests {
         type Case = (u64, u32, u64, u64, fn(&CorruptKind) -> bool);
         // Each capacity rule alone: a power of two, at least the least, at
         // most the most (each of these would otherwise fail on the size).
-        let not_a_power = 3 * MIN_CAPACITY as u64;
-        let too_small = MIN_CAPACITY as u64 / 2;
-        let too_large = 2 * MAX_CAPACITY as u64;
+        const NOT_A_POWER: u64 = 3 * MIN_CAPACITY as u64;
+        const TOO_SMALL: u64 = MIN_CAPACITY as u64 / 2;
+        const TOO_LARGE: u64 = 2 * MAX_CAPACITY as u64;
         let cases: [Case; 9] = [
             (0, LAYOUT_VERSION, CAP as u64, 64, |k| {
                 matches!(k, CorruptKind::BadMagic { found: 0 })
@@ -830,27 +830,15 @@ mod tests {
             (MAGIC, LAYOUT_VERSION, CAP as u64 - 8, 64, |k| {
                 matches!(k, CorruptKind::BadCapacity { .. })
             }),
-            (
-                MAGIC,
-                LAYOUT_VERSION,
-                not_a_power,
-                64,
-                |k| matches!(k, CorruptKind::BadCapacity { found } if *found == 3 * MIN_CAPACITY as u64),
-            ),
-            (
-                MAGIC,
-                LAYOUT_VERSION,
-                too_small,
-                64,
-                |k| matches!(k, CorruptKind::BadCapacity { found } if *found == MIN_CAPACITY as u64 / 2),
-            ),
-            (
-                MAGIC,
-                LAYOUT_VERSION,
-                too_large,
-                64,
-                |k| matches!(k, CorruptKind::BadCapacity { found } if *found == 2 * MAX_CAPACITY as u64),
-            ),
+            (MAGIC, LAYOUT_VERSION, NOT_A_POWER, 64, |k| {
+                matches!(k, CorruptKind::BadCapacity { found: NOT_A_POWER })
+            }),
+            (MAGIC, LAYOUT_VERSION, TOO_SMALL, 64, |k| {
+                matches!(k, CorruptKind::BadCapacity { found: TOO_SMALL })
+            }),
+            (MAGIC, LAYOUT_VERSION, TOO_LARGE, 64, |k| {
+                matches!(k, CorruptKind::BadCapacity { found: TOO_LARGE })
+            }),
             (MAGIC, LAYOUT_VERSION, 2 * CAP as u64, 64, |k| {
                 matches!(
                     k,
